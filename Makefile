@@ -1,0 +1,45 @@
+# Two commands for a newcomer: `make demo` and `make test`. Both create .venv when missing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-dev
+BENCH_STAMP := $(VENV)/.installed-bench
+
+.PHONY: demo test lint types pytest bench docs clean
+
+$(PY):
+	$(PYTHON) -c 'import sys; sys.exit("runtrack needs Python >= 3.11, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+demo: $(STAMP)
+	$(PY) examples/demo.py
+
+lint: $(STAMP)
+	$(PY) -m ruff check src tests benchmarks examples docs
+	$(PY) -m ruff format --check src tests benchmarks examples docs
+
+types: $(STAMP)
+	$(PY) -m mypy src tests
+
+pytest: $(STAMP)
+	$(PY) -m pytest
+
+test: lint types pytest
+
+bench: $(BENCH_STAMP)
+	$(PY) benchmarks/run.py
+
+docs: $(STAMP)
+	$(PY) -m mkdocs build --strict
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache site dist

@@ -1,0 +1,51 @@
+"""runtrack: fire-and-forget background runs for asyncio services, every one tracked.
+
+Start work with `BackgroundTaskManager.start_task` or `BackgroundTaskManager.submit`; its
+status, progress, result or error land in a `RunRegistry` (in memory by default; SQL and
+Redis in ``runtrack.registry.sql`` and ``runtrack.registry.redis``) that every replica,
+CLI and dashboard can read.
+"""
+
+from runtrack._context import RunHandle, current_run, report_progress
+from runtrack._exceptions import (
+    DuplicateRunError,
+    ManagerClosedError,
+    NoActiveRunError,
+    QueueFullError,
+    RegistryUnavailableError,
+    RunNotFoundError,
+    RuntrackError,
+)
+from runtrack._manager import BackgroundTaskManager, Listener
+from runtrack._models import OutputChunk, Retry, Run, RunEvent
+from runtrack._stats import ManagerStats, NameStats
+from runtrack._status import TERMINAL, RunStatus
+from runtrack.registry import InMemoryRunRegistry, RunRegistry, registry_from_url
+
+__all__ = [
+    "TERMINAL",
+    "BackgroundTaskManager",
+    "DuplicateRunError",
+    "InMemoryRunRegistry",
+    "Listener",
+    "ManagerClosedError",
+    "ManagerStats",
+    "NameStats",
+    "NoActiveRunError",
+    "OutputChunk",
+    "QueueFullError",
+    "RegistryUnavailableError",
+    "Retry",
+    "Run",
+    "RunEvent",
+    "RunHandle",
+    "RunNotFoundError",
+    "RunRegistry",
+    "RunStatus",
+    "RuntrackError",
+    "current_run",
+    "registry_from_url",
+    "report_progress",
+]
+
+__version__ = "0.1.0.dev0"

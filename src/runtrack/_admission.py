@@ -1,0 +1,218 @@
+"""Waiting runs and the order they are admitted in.
+
+A waiting run is a `Job` in a `Lanes` structure: one lane per concurrency group, each lane a
+deque per priority. Admission pops the highest priority (FIFO within it) among the lanes whose
+group has a free slot. Waiting costs no Task and no semaphore: executors pull from here.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from runtrack._models import Retry
+
+__all__ = ["DONE", "QUEUED", "RUNNING", "Job", "Lanes"]
+
+QUEUED: Final = 0
+RUNNING: Final = 1
+DONE: Final = 2
+
+
+class Job:
+    """A run this manager holds: its identity, what to execute, and where it is."""
+
+    __slots__ = (
+        "attempt",
+        "cancel_requested",
+        "coro",
+        "created_us",
+        "factory",
+        "group",
+        "max_attempts",
+        "name",
+        "parameters",
+        "priority",
+        "retry",
+        "run_id",
+        "seq",
+        "started",
+        "state",
+        "tags",
+        "task",
+        "timeout",
+        "timer",
+        "waiters",
+    )
+
+    def __init__(
+        self,
+        run_id: str,
+        name: str,
+        coro: Awaitable[Any] | None,
+        *,
+        created_us: int,
+        group: str | None = None,
+        priority: int = 0,
+        timeout: float | None = None,
+        parameters: dict[str, Any] | None = None,
+        tags: dict[str, str] | None = None,
+        factory: Callable[[], Awaitable[Any]] | None = None,
+        retry: Retry | None = None,
+        attempt: int = 1,
+        max_attempts: int = 1,
+    ) -> None:
+        self.run_id = run_id
+        self.name = name
+        self.coro = coro
+        self.created_us = created_us
+        self.group = group
+        self.priority = priority
+        self.timeout = timeout
+        self.parameters = parameters
+        self.tags = tags
+        self.factory = factory
+        self.retry = retry
+        self.attempt = attempt
+        self.max_attempts = max_attempts
+        self.seq = 0
+        self.state = QUEUED
+        self.cancel_requested = False
+        self.task: asyncio.Task[None] | None = None
+        self.started = 0.0
+        self.waiters: list[asyncio.Future[None]] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class _Lane:
+    """Waiting jobs of one group: a deque per priority and a heap of the priorities present."""
+
+    __slots__ = ("buckets", "prios", "size")
+
+    def __init__(self) -> None:
+        self.buckets: dict[int, deque[Job]] = {}
+        self.prios: list[int] = []  # negated priorities, a min-heap
+        self.size = 0  # live jobs; cancelled ones stay in their deque until reached
+
+    def push(self, job: Job) -> None:
+        self.size += 1
+        bucket = self.buckets.get(job.priority)
+        if bucket is None:
+            bucket = self.buckets[job.priority] = deque()
+            heapq.heappush(self.prios, -job.priority)
+        bucket.append(job)
+
+    def head(self) -> Job | None:
+        """The next live job, dropping jobs cancelled while they waited."""
+        while self.prios:
+            prio = -self.prios[0]
+            bucket = self.buckets[prio]
+            while bucket:
+                job = bucket[0]
+                if job.state == QUEUED:
+                    return job
+                bucket.popleft()
+            del self.buckets[prio]
+            heapq.heappop(self.prios)
+        return None
+
+    def pop_head(self) -> None:
+        self.size -= 1
+        prio = -self.prios[0]
+        bucket = self.buckets[prio]
+        bucket.popleft()
+        if not bucket:
+            del self.buckets[prio]
+            heapq.heappop(self.prios)
+
+
+class Lanes:
+    """Every waiting job of a manager, in admission order, with per-group running counts."""
+
+    __slots__ = ("_lanes", "_seq", "group_limits", "running_by_group")
+
+    def __init__(self, group_limits: dict[str, int]) -> None:
+        self._lanes: dict[str | None, _Lane] = {}
+        self._seq = 0
+        self.group_limits = group_limits
+        self.running_by_group: dict[str, int] = {}
+
+    def push(self, job: Job) -> None:
+        """Add a waiting job (it keeps its place among equals: FIFO)."""
+        self._seq += 1
+        job.seq = self._seq
+        lane = self._lanes.get(job.group)
+        if lane is None:
+            lane = self._lanes[job.group] = _Lane()
+        lane.push(job)
+
+    def pop(self) -> Job | None:
+        """Take the job to admit next, or None if no waiting job may start now.
+
+        The job's group (if any) is charged a running slot; `release` gives it back.
+        """
+        lanes = self._lanes
+        if len(lanes) == 1 and None in lanes:
+            lane = lanes[None]
+            job = lane.head()
+            if job is not None:
+                lane.pop_head()
+            return job
+        best: Job | None = None
+        best_lane: _Lane | None = None
+        limits = self.group_limits
+        running = self.running_by_group
+        for group, lane in lanes.items():
+            if group is not None:
+                limit = limits.get(group)
+                if limit is not None and running.get(group, 0) >= limit:
+                    continue
+            job = lane.head()
+            if job is None:
+                continue
+            if best is None or (job.priority, -job.seq) > (best.priority, -best.seq):
+                best, best_lane = job, lane
+        if best is None or best_lane is None:
+            return None
+        best_lane.pop_head()
+        if best.group is not None:
+            running[best.group] = running.get(best.group, 0) + 1
+        return best
+
+    def discard(self, job: Job) -> None:
+        """Forget a waiting job that was cancelled (it stays in its deque, skipped)."""
+        self._lanes[job.group].size -= 1
+
+    def admissible(self) -> int:
+        """How many waiting jobs could start now if executors were free."""
+        total = 0
+        for group, lane in self._lanes.items():
+            limit = None if group is None else self.group_limits.get(group)
+            if limit is None:
+                total += lane.size
+            else:
+                total += max(0, min(lane.size, limit - self.running_by_group.get(group, 0)))
+        return total
+
+    def release(self, job: Job) -> None:
+        """Give back the group slot a popped job held."""
+        if job.group is not None:
+            left = self.running_by_group[job.group] - 1
+            if left:
+                self.running_by_group[job.group] = left
+            else:
+                del self.running_by_group[job.group]
+
+    def drain(self) -> Iterator[Job]:
+        """Remove and yield every job still waiting."""
+        lanes, self._lanes = self._lanes, {}
+        for lane in lanes.values():
+            for bucket in lane.buckets.values():
+                for job in bucket:
+                    if job.state == QUEUED:
+                        yield job

@@ -1,0 +1,96 @@
+"""The errors runtrack raises.
+
+Every error is a subclass of `RuntrackError`, so one ``except`` catches them all::
+
+    RuntrackError
+    ├── DuplicateRunError          a run id that already exists (registry) or is active (manager)
+    ├── RunNotFoundError           no run with that id
+    ├── QueueFullError             more runs waiting for admission than ``max_pending``
+    ├── ManagerClosedError         the manager is shutting down or closed
+    ├── NoActiveRunError           ``current_run()`` called outside a run
+    └── RegistryUnavailableError   the registry cannot be reached
+
+Bad arguments are `TypeError` or `ValueError`, and bad run data is pydantic's
+``ValidationError``, as usual in Python.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DuplicateRunError",
+    "ManagerClosedError",
+    "NoActiveRunError",
+    "QueueFullError",
+    "RegistryUnavailableError",
+    "RunNotFoundError",
+    "RuntrackError",
+]
+
+
+class RuntrackError(Exception):
+    """Base class of every error runtrack raises."""
+
+
+class DuplicateRunError(RuntrackError):
+    """A run with this id already exists in the registry, or is active in the manager."""
+
+    def __init__(self, run_id: str, *, where: str = "registry") -> None:
+        self.run_id = run_id
+        super().__init__(
+            f"run {run_id!r} already exists in the {where}: "
+            "pass a fresh run_id, or leave it out to get a new UUID"
+        )
+
+
+class RunNotFoundError(RuntrackError):
+    """No run with this id exists."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(
+            f"no run {run_id!r} in the registry: check the id, or whether it was cleaned up"
+        )
+
+
+class QueueFullError(RuntrackError):
+    """More runs would wait for admission than ``max_pending`` allows."""
+
+    def __init__(self, max_pending: int) -> None:
+        self.max_pending = max_pending
+        super().__init__(
+            f"{max_pending} runs are already waiting for admission (max_pending={max_pending}): "
+            "retry later, or raise max_pending or max_concurrency"
+        )
+
+
+class ManagerClosedError(RuntrackError):
+    """The manager no longer accepts runs because its shutdown has begun."""
+
+    def __init__(self, state: str) -> None:
+        self.state = state
+        super().__init__(
+            f"the BackgroundTaskManager is {state} and accepts no new runs: "
+            "submit runs before shutdown(), or create a new manager"
+        )
+
+
+class NoActiveRunError(RuntrackError):
+    """``current_run()`` or ``report_progress()`` was called outside a run."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "no run is executing in this context: current_run() and report_progress() "
+            "work only inside code started by a BackgroundTaskManager"
+        )
+
+
+class RegistryUnavailableError(RuntrackError):
+    """The registry could not be reached in time."""
+
+    def __init__(self, backend: str, detail: str = "") -> None:
+        self.backend = backend
+        suffix = f" ({detail})" if detail else ""
+        super().__init__(
+            f"the {backend} registry is unavailable{suffix}: check that the server is "
+            "running and reachable, then retry"
+        )

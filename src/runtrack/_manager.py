@@ -1,0 +1,968 @@
+"""`BackgroundTaskManager`: starts runs, admits them under limits, and records what happens."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import functools
+import inspect
+import os
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Self
+
+import structlog
+from pydantic import JsonValue, TypeAdapter, ValidationError
+
+from runtrack._admission import DONE, QUEUED, RUNNING, Job, Lanes
+from runtrack._clock import dt_to_us, now_us
+from runtrack._context import _current
+from runtrack._exceptions import (
+    DuplicateRunError,
+    ManagerClosedError,
+    QueueFullError,
+    RunNotFoundError,
+    RuntrackError,
+)
+from runtrack._models import Retry, Run, RunEvent, new_run_id, utcnow
+from runtrack._stats import ManagerStats, StatsCollector
+from runtrack._status import RunStatus
+from runtrack._writer import DirectWriter, QueueWriter, Writer
+from runtrack.registry.base import RunRegistry
+from runtrack.registry.memory import InMemoryRunRegistry
+
+__all__ = ["BackgroundTaskManager", "Listener"]
+
+Listener = Callable[[RunEvent], object]
+"""A status-change callback: a plain function, or an async one (run as a tracked task)."""
+
+_UNBOUNDED = sys.maxsize
+_JSON: TypeAdapter[Any] = TypeAdapter(JsonValue)
+_PLAIN = (str, int, float, bool, type(None))
+
+
+class _State(enum.Enum):
+    CREATED = "created"
+    RUNNING = "running"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+def _default_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{new_run_id()[:8]}"
+
+
+def _name_of(target: object) -> str:
+    func = target.func if isinstance(target, functools.partial) else target
+    name = getattr(func, "__qualname__", None)
+    return name if isinstance(name, str) else type(target).__qualname__
+
+
+def _is_async_callable(fn: object) -> bool:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - an object with an async __call__
+    )
+
+
+def _close(coro: object) -> None:
+    if inspect.iscoroutine(coro):
+        coro.close()
+
+
+def _check_limit(name: str, value: int | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{name} must be None or an int >= 1, got {value!r}")
+
+
+class BackgroundTaskManager:
+    """Starts background runs, admits them under limits, and records every status change.
+
+    Runs wait in a priority queue (higher ``priority`` first, FIFO within one) and are
+    admitted into at most ``max_concurrency`` executors; ``group_limits`` caps runs per
+    group. A waiting run costs no Task and no semaphore. Every status change is written to
+    the registry, which every replica, CLI and dashboard can read.
+
+    Args:
+        registry: Where runs are recorded; None means a fresh `InMemoryRunRegistry`.
+        max_concurrency: Most runs executing at once; None is unbounded.
+        max_pending: Most runs waiting for admission; more raise `QueueFullError`.
+        group_limits: Most runs executing at once per group, e.g. ``{"exports": 2}``.
+        default_timeout: Seconds a run may take when it sets no ``timeout``.
+        shutdown_grace: Seconds `shutdown` waits for runs before cancelling them.
+        owner: This manager's name in the registry (default ``host:pid:random``).
+        heartbeat_interval: Seconds between heartbeats of running runs, which also pick up
+            cancellations made by other managers sharing the registry.
+        cancel_timeout: Seconds to wait for a cancelled run's code to stop before it is
+            reported as ignoring cancellation.
+
+    Example:
+        >>> import asyncio
+        >>> from runtrack import BackgroundTaskManager, Run
+        >>> async def greet(who: str) -> str:
+        ...     return f"hello {who}"
+        >>> async def main() -> object:
+        ...     async with BackgroundTaskManager(max_concurrency=10) as manager:
+        ...         run_id = manager.start_task(Run(name="greet"), greet("ada"))
+        ...         return (await manager.wait(run_id)).result
+        >>> asyncio.run(main())
+        'hello ada'
+    """
+
+    def __init__(
+        self,
+        registry: RunRegistry | None = None,
+        *,
+        max_concurrency: int | None = None,
+        max_pending: int | None = None,
+        group_limits: Mapping[str, int] | None = None,
+        default_timeout: float | None = None,
+        shutdown_grace: float = 30.0,
+        owner: str | None = None,
+        heartbeat_interval: float = 10.0,
+        cancel_timeout: float = 5.0,
+    ) -> None:
+        _check_limit("max_concurrency", max_concurrency)
+        if max_pending is not None and (not isinstance(max_pending, int) or max_pending < 0):
+            raise ValueError(f"max_pending must be None or an int >= 0, got {max_pending!r}")
+        limits = dict(group_limits or {})
+        for group, limit in limits.items():
+            _check_limit(f"group_limits[{group!r}]", limit)
+        for name, seconds in (
+            ("default_timeout", default_timeout),
+            ("heartbeat_interval", heartbeat_interval),
+            ("cancel_timeout", cancel_timeout),
+        ):
+            if seconds is not None and not seconds > 0:
+                raise ValueError(f"{name} must be > 0 seconds, got {seconds!r}")
+        if shutdown_grace < 0:
+            raise ValueError(f"shutdown_grace must be >= 0 seconds, got {shutdown_grace!r}")
+        if registry is None:
+            registry = InMemoryRunRegistry()
+        elif not isinstance(registry, RunRegistry):
+            raise TypeError(
+                f"registry must implement runtrack.RunRegistry, got {type(registry).__name__}"
+            )
+        self.registry: RunRegistry = registry
+        self.owner: str = owner or _default_owner()
+        self._writer: Writer = (
+            DirectWriter(registry, self.owner)
+            if isinstance(registry, InMemoryRunRegistry)
+            else QueueWriter(registry, self.owner, self._on_conflict)
+        )
+        self._max_concurrency = max_concurrency
+        self._limit = max_concurrency or _UNBOUNDED
+        self._max_pending = max_pending
+        self._default_timeout = default_timeout
+        self._shutdown_grace = shutdown_grace
+        self._heartbeat_interval = heartbeat_interval
+        self._cancel_timeout = cancel_timeout
+        self._lanes = Lanes(limits)
+        self._jobs: dict[str, Job] = {}
+        self._waiting = 0  # jobs in the lanes (admissible when a slot frees)
+        self._delayed = 0  # queued jobs waiting for a delay or a retry backoff
+        self._running = 0
+        self._executors = 0
+        self._starting = 0  # executors created that have not taken their first job yet
+        self._pump_scheduled = False
+        self._state = _State.CREATED
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closed = asyncio.Event()
+        self._listeners: list[Listener] = []
+        self._background: set[asyncio.Task[Any]] = set()
+        self._stats = StatsCollector()
+        self._log = structlog.get_logger("runtrack").bind(owner=self.owner)
+
+    def __repr__(self) -> str:
+        return (
+            f"<BackgroundTaskManager {self._state.value} active={len(self._jobs)} "
+            f"queued={self._waiting + self._delayed}>"
+        )
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        self._start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.shutdown()
+
+    def _start(self) -> asyncio.AbstractEventLoop:
+        if self._state is _State.RUNNING and self._loop is not None:
+            return self._loop
+        if self._state is not _State.CREATED:
+            raise ManagerClosedError(self._state.value)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntrackError(
+                "BackgroundTaskManager needs a running event loop: use it from async code"
+            ) from None
+        self._loop = loop
+        self._state = _State.RUNNING
+        self._spawn_background(self._heartbeat())
+        self._log.debug("manager_started", max_concurrency=self._max_concurrency)
+        return loop
+
+    def _spawn_background(self, coro: Awaitable[Any]) -> None:
+        assert self._loop is not None
+        task = self._loop.create_task(coro)  # type: ignore[arg-type]
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Stop accepting runs, wait up to ``grace`` seconds, then cancel what is left.
+
+        Afterwards no run of this manager is QUEUED or RUNNING in the registry and every
+        write has been flushed. Calling it again waits for the first call to finish.
+
+        Args:
+            grace: Seconds to let queued and running runs finish; default ``shutdown_grace``.
+        """
+        if self._state is _State.CLOSED:
+            return
+        if self._state is _State.CLOSING:
+            await self._closed.wait()
+            return
+        self._state = _State.CLOSING
+        grace = self._shutdown_grace if grace is None else grace
+        try:
+            await self._drain(grace)
+            await self._cancel_all()
+            for task in list(self._background):
+                task.cancel()
+            await asyncio.gather(*self._background, return_exceptions=True)
+            await self._writer.aclose()
+        finally:
+            self._state = _State.CLOSED
+            self._closed.set()
+            self._log.debug("manager_closed")
+
+    async def aclose(self) -> None:
+        """Alias of `shutdown` with the default grace."""
+        await self.shutdown()
+
+    async def _drain(self, grace: float) -> None:
+        deadline = time.monotonic() + grace
+        while self._jobs:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            now = time.monotonic()
+            self._log.info(
+                "shutdown_waiting",
+                grace_left=round(left, 3),
+                runs=[
+                    {
+                        "run_id": j.run_id,
+                        "name": j.name,
+                        "status": "running" if j.state == RUNNING else "queued",
+                        "running_for": round(now - j.started, 3) if j.state == RUNNING else None,
+                    }
+                    for j in list(self._jobs.values())[:50]
+                ],
+                active=len(self._jobs),
+            )
+            try:
+                async with asyncio.timeout(min(left, 5.0)):
+                    await self._idle.wait()
+            except TimeoutError:
+                continue
+
+    async def _cancel_all(self) -> None:
+        if not self._jobs:
+            return
+        self._log.warning("shutdown_cancelling", active=len(self._jobs))
+        jobs = list(self._jobs.values())
+        await asyncio.gather(*(self._cancel_job(job) for job in jobs))
+
+    # -- submitting -------------------------------------------------------------------------
+
+    def start_task(self, run: Run, coro: Awaitable[Any]) -> str:
+        """Start ``coro`` as the run ``run`` and return its id at once.
+
+        The run is recorded QUEUED (unless the registry already has it), waits for
+        admission, and its outcome is recorded when it ends. Exceptions inside ``coro`` are
+        recorded, never raised here. If the call raises, ``coro`` is closed.
+
+        Raises:
+            TypeError: ``run`` is not a `Run`, or ``coro`` is not awaitable.
+            DuplicateRunError: a run with this id is active in this manager.
+            QueueFullError: ``max_pending`` runs are already waiting.
+            ManagerClosedError: shutdown has begun.
+        """
+        if not isinstance(run, Run):
+            _close(coro)
+            raise TypeError(f"start_task() takes a runtrack.Run first, got {type(run).__name__}")
+        if not inspect.isawaitable(coro):
+            raise TypeError(
+                f"start_task() needs an awaitable (a coroutine such as work()), got "
+                f"{type(coro).__name__}: call the async function, or use submit(fn, ...)"
+            )
+        try:
+            loop = self._admit_check(run.run_id)
+        except BaseException:
+            _close(coro)
+            raise
+        job = Job(
+            run.run_id,
+            run.name or _name_of(coro),
+            coro,
+            created_us=dt_to_us(run.created_at),
+            group=run.group,
+            priority=run.priority,
+            timeout=self._default_timeout if run.timeout is None else run.timeout,
+            parameters=run.parameters or None,
+            tags=run.tags or None,
+            attempt=run.attempt,
+            max_attempts=run.max_attempts,
+        )
+        inserted = self._writer.insert(job)
+        self._enqueue(job, loop, inserted=inserted)
+        return job.run_id
+
+    async def submit(
+        self,
+        fn_or_coro: Callable[..., Awaitable[Any]] | Awaitable[Any],
+        *args: Any,
+        name: str | None = None,
+        run_id: str | None = None,
+        parameters: Mapping[str, Any] | None = None,
+        tags: Mapping[str, str] | None = None,
+        group: str | None = None,
+        priority: int = 0,
+        timeout: float | None = None,
+        retry: Retry | None = None,
+        delay: float | None = None,
+        **kwargs: Any,
+    ) -> Run:
+        """Record a run QUEUED, then start it; returns the recorded `Run`.
+
+        Unlike `start_task`, the QUEUED record is written before this returns, so any
+        reader of the registry, in any process, sees it.
+
+        Args:
+            fn_or_coro: An async function (called with ``*args, **kwargs`` when admitted)
+                or a coroutine.
+            name: The kind of work; default the function's qualified name.
+            run_id: The id; default a fresh UUID4.
+            parameters: JSON describing the work (shown in dashboards).
+            tags: String labels to filter runs by.
+            group: Concurrency group (see ``group_limits``).
+            priority: Higher is admitted first.
+            timeout: Seconds before the run fails with ``TimeoutError``.
+            retry: Re-run failures (needs an async function, not a coroutine).
+            delay: Seconds to wait before the run may be admitted.
+            *args: Positional arguments for ``fn_or_coro``.
+            **kwargs: Keyword arguments for ``fn_or_coro``.
+
+        Raises:
+            TypeError: not an async function or awaitable; arguments or retry with a coroutine.
+            pydantic.ValidationError: non-JSON parameters, bad tags, bad timeout, ...
+            DuplicateRunError: the id exists in the registry or is active here.
+            QueueFullError: ``max_pending`` runs are already waiting.
+            ManagerClosedError: shutdown has begun.
+
+        Example:
+            >>> import asyncio
+            >>> from runtrack import BackgroundTaskManager, Retry
+            >>> async def resize(image: str, width: int) -> int:
+            ...     return width
+            >>> async def main() -> str:
+            ...     async with BackgroundTaskManager() as manager:
+            ...         run = await manager.submit(
+            ...             resize, "cat.png", width=64, retry=Retry(attempts=3), tags={"app": "demo"}
+            ...         )
+            ...         return (await manager.wait(run.run_id)).status.value
+            >>> asyncio.run(main())
+            'completed'
+        """
+        factory: Callable[[], Awaitable[Any]] | None = None
+        coro: Awaitable[Any] | None = None
+        if callable(fn_or_coro) and not inspect.isawaitable(fn_or_coro):
+            if not _is_async_callable(fn_or_coro):
+                raise TypeError(
+                    f"submit() takes an async function or a coroutine, got "
+                    f"{_name_of(fn_or_coro)!r}, which is not async"
+                )
+            factory = functools.partial(fn_or_coro, *args, **kwargs)
+        elif inspect.isawaitable(fn_or_coro):
+            coro = fn_or_coro
+            if args or kwargs or retry is not None:
+                _close(coro)
+                raise TypeError(
+                    "submit() got a coroutine together with arguments or retry=: pass the "
+                    "async function itself, as submit(fn, *args, retry=...), so it can be "
+                    "called again"
+                )
+        else:
+            raise TypeError(
+                f"submit() takes an async function or a coroutine, got {type(fn_or_coro).__name__}"
+            )
+        if retry is not None and not isinstance(retry, Retry):
+            _close(coro)
+            raise TypeError(f"retry must be a runtrack.Retry, got {type(retry).__name__}")
+        if delay is not None and (isinstance(delay, bool) or not delay >= 0):
+            _close(coro)
+            raise ValueError(f"delay must be >= 0 seconds, got {delay!r}")
+        try:
+            run = Run(
+                run_id=run_id or new_run_id(),
+                name=name or _name_of(fn_or_coro),
+                parameters=dict(parameters or {}),
+                tags=dict(tags or {}),
+                group=group,
+                priority=priority,
+                timeout=timeout,
+                max_attempts=retry.attempts if retry is not None else 1,
+                owner=self.owner,
+            )
+            loop = self._admit_check(run.run_id)
+        except (ValidationError, RuntrackError):
+            _close(coro)
+            raise
+        job = Job(
+            run.run_id,
+            run.name,
+            coro,
+            created_us=dt_to_us(run.created_at),
+            group=run.group,
+            priority=run.priority,
+            timeout=self._default_timeout if run.timeout is None else run.timeout,
+            parameters=run.parameters or None,
+            tags=run.tags or None,
+            factory=factory,
+            retry=retry,
+            max_attempts=run.max_attempts,
+        )
+        # Reserve the id so a concurrent submit of the same id fails here, not in the registry.
+        self._jobs[job.run_id] = job
+        self._idle.clear()
+        try:
+            inserted = await self._writer.insert_now(job)
+        except BaseException:
+            self._forget(job)
+            _close(coro)
+            raise
+        if not inserted:
+            self._forget(job)
+            _close(coro)
+            raise DuplicateRunError(job.run_id)
+        if self._state is not _State.RUNNING:  # shutdown began while we wrote
+            job.state = DONE
+            self._forget(job)
+            _close(coro)
+            await self._writer.cas_now(job, RunStatus.CANCELLED, {"finished_at": now_us()})
+            raise ManagerClosedError(self._state.value)
+        self._emit(job, RunStatus.QUEUED, None)
+        if delay:
+            self._delayed += 1
+            job.timer = loop.call_later(delay, self._release_delayed, job)
+        else:
+            self._push(job, loop)
+        return run
+
+    def _admit_check(self, run_id: str) -> asyncio.AbstractEventLoop:
+        loop = self._start() if self._state is not _State.RUNNING else self._loop
+        assert loop is not None
+        if run_id in self._jobs:
+            raise DuplicateRunError(run_id, where="manager")
+        if self._max_pending is not None:
+            free = self._limit - self._running - self._waiting
+            if self._waiting + self._delayed - max(free, 0) >= self._max_pending:
+                raise QueueFullError(self._max_pending)
+        return loop
+
+    def _enqueue(self, job: Job, loop: asyncio.AbstractEventLoop, *, inserted: bool) -> None:
+        self._jobs[job.run_id] = job
+        self._idle.clear()
+        if inserted and self._listeners:
+            self._emit(job, RunStatus.QUEUED, None)
+        self._log.debug("run_queued", run_id=job.run_id, name=job.name, status="queued")
+        self._push(job, loop)
+
+    def _push(self, job: Job, loop: asyncio.AbstractEventLoop) -> None:
+        self._waiting += 1
+        self._lanes.push(job)
+        if not self._pump_scheduled and self._executors < self._limit:
+            self._pump_scheduled = True
+            loop.call_soon(self._pump)
+
+    def _release_delayed(self, job: Job) -> None:
+        job.timer = None
+        if job.state != QUEUED:
+            return
+        self._delayed -= 1
+        assert self._loop is not None
+        self._push(job, self._loop)
+
+    def _pump(self) -> None:
+        self._pump_scheduled = False
+        need = min(self._lanes.admissible() - self._starting, self._limit - self._executors)
+        if need <= 0:
+            return
+        loop = self._loop
+        assert loop is not None
+        self._executors += need
+        self._starting += need
+        for _ in range(need):
+            loop.create_task(self._executor())
+
+    def _forget(self, job: Job) -> None:
+        if self._jobs.get(job.run_id) is job:
+            del self._jobs[job.run_id]
+            if not self._jobs:
+                self._idle.set()
+
+    # -- executing --------------------------------------------------------------------------
+
+    async def _executor(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        lanes = self._lanes
+        writer = self._writer
+        self._starting -= 1
+        try:
+            while self._executors <= self._limit:
+                job = lanes.pop()
+                if job is None:
+                    return
+                self._waiting -= 1
+                await self._execute(job, task, writer)
+        finally:
+            self._executors -= 1
+
+    async def _execute(self, job: Job, task: asyncio.Task[None], writer: Writer) -> None:
+        started_us = now_us()
+        changes: dict[str, Any] = {
+            "started_at": started_us,
+            "owner": self.owner,
+            "attempt": job.attempt,
+            "heartbeat_at": started_us,
+        }
+        if job.attempt > 1:
+            changes["error_type"] = changes["error_message"] = None
+        if not writer.cas(job, RunStatus.RUNNING, changes):
+            # Cancelled (or finished) elsewhere before it could start.
+            self._lanes.release(job)
+            self._finish_local(job, self._status_in_registry(job), RunStatus.QUEUED, None)
+            _close(job.coro)
+            return
+        coro = job.coro
+        if coro is None:
+            assert job.factory is not None
+            try:
+                coro = job.factory()
+            except Exception as exc:
+                coro = _raise(exc)
+        job.coro = None
+        job.state = RUNNING
+        job.task = task
+        job.started = time.monotonic()
+        self._running += 1
+        if self._listeners:
+            self._emit(job, RunStatus.RUNNING, RunStatus.QUEUED)
+        self._log.debug(
+                "run_started", run_id=job.run_id, name=job.name, status="running",
+                attempt=job.attempt,
+            )  # fmt: skip
+        token = _current.set((self, job))
+        error: BaseException | None = None
+        result: Any = None
+        try:
+            if job.timeout is None:
+                result = await coro
+            else:
+                async with asyncio.timeout(job.timeout):
+                    result = await coro
+        except asyncio.CancelledError as exc:
+            if not job.cancel_requested:
+                # The executor itself is being cancelled (event loop teardown): record the
+                # run CANCELLED, then let the cancellation through.
+                _current.reset(token)
+                self._settle(job, RunStatus.CANCELLED, None, None)
+                raise
+            error = exc
+        except (KeyboardInterrupt, SystemExit) as exc:
+            _current.reset(token)
+            self._settle(job, RunStatus.FAILED, None, exc)
+            raise
+        except BaseException as exc:  # noqa: BLE001 - every failure is recorded, none escapes
+            error = exc
+        _current.reset(token)
+        if job.cancel_requested:
+            task.uncancel()
+            if error is None:
+                self._log.warning(
+                    "run_ignored_cancellation",
+                    run_id=job.run_id,
+                    name=job.name,
+                    detail="the coroutine caught CancelledError and returned; it is recorded "
+                    "CANCELLED. Re-raise CancelledError after cleanup.",
+                )
+            self._settle(job, RunStatus.CANCELLED, None, None)
+        elif error is None:
+            self._settle(job, RunStatus.COMPLETED, result, None)
+        elif job.retry is not None and job.retry.should_retry(error, job.attempt):
+            self._requeue(job, error)
+        else:
+            self._settle(job, RunStatus.FAILED, None, error)
+
+    def _settle(
+        self, job: Job, status: RunStatus, result: Any, error: BaseException | None
+    ) -> None:
+        """Record the end of a running job (unless a cancel already recorded it)."""
+        self._running -= 1
+        self._lanes.release(job)
+        job.task = None
+        duration = time.monotonic() - job.started
+        if job.cancel_requested:
+            status = RunStatus.CANCELLED  # cancel_task already wrote it
+        else:
+            changes: dict[str, Any] = {"finished_at": now_us()}
+            if status is RunStatus.COMPLETED:
+                if result is not None and not isinstance(result, _PLAIN):
+                    result = self._json_result(job, result)
+                changes["result"] = result
+            elif error is not None:
+                changes["error_type"] = type(error).__name__
+                changes["error_message"] = str(error) or repr(error)
+            if not self._writer.cas(job, status, changes):
+                status = self._status_in_registry(job)
+        if status is RunStatus.FAILED:
+            self._log.error(
+                "run_failed", run_id=job.run_id, name=job.name, status="failed",
+                attempt=job.attempt, duration=duration, exc_info=error,
+            )  # fmt: skip
+        else:
+            self._log.debug(
+                f"run_{status.value}", run_id=job.run_id, name=job.name, status=status.value,
+                attempt=job.attempt, duration=duration,
+            )  # fmt: skip
+        self._finish_local(job, status, RunStatus.RUNNING, duration, error)
+
+    def _finish_local(
+        self,
+        job: Job,
+        status: RunStatus,
+        previous: RunStatus,
+        duration: float | None,
+        error: BaseException | None = None,
+    ) -> None:
+        job.state = DONE
+        self._stats.finished(job.name, status, duration)
+        if self._listeners:
+            self._emit(job, status, previous, error=error, duration=duration)
+        waiters = job.waiters
+        if waiters:
+            job.waiters = None
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+        self._forget(job)
+
+    def _status_in_registry(self, job: Job) -> RunStatus:
+        if isinstance(self._writer, DirectWriter):
+            rec = self._writer._registry._runs.get(job.run_id)
+            if rec is not None and rec.status.is_terminal:
+                return rec.status
+        return RunStatus.CANCELLED
+
+    def _requeue(self, job: Job, error: BaseException) -> None:
+        assert job.retry is not None and self._loop is not None
+        self._running -= 1
+        self._lanes.release(job)
+        job.task = None
+        delay = job.retry.delay(job.attempt)
+        changes = {
+            "attempt": job.attempt + 1,
+            "error_type": type(error).__name__,
+            "error_message": str(error) or repr(error),
+        }
+        if not self._writer.cas(job, RunStatus.QUEUED, changes):
+            self._finish_local(job, self._status_in_registry(job), RunStatus.RUNNING, None)
+            return
+        self._log.warning(
+            "run_retrying", run_id=job.run_id, name=job.name, status="queued",
+            attempt=job.attempt, next_attempt=job.attempt + 1, delay=delay,
+            error_type=type(error).__name__, error_message=str(error),
+        )  # fmt: skip
+        job.attempt += 1
+        job.state = QUEUED
+        if self._listeners:
+            self._emit(job, RunStatus.QUEUED, RunStatus.RUNNING, error=error)
+        self._delayed += 1
+        job.timer = self._loop.call_later(delay, self._release_delayed, job)
+
+    def _json_result(self, job: Job, result: Any) -> Any:
+        try:
+            _JSON.validate_python(result)
+        except ValidationError:
+            self._log.warning(
+                "run_result_not_json",
+                run_id=job.run_id,
+                name=job.name,
+                result_type=type(result).__name__,
+                detail="the run completed but its result is not JSON; recorded result=None. "
+                "Return JSON-compatible values (dict, list, str, numbers, bool, None).",
+            )
+            return None
+        return result
+
+    # -- cancelling and waiting ---------------------------------------------------------------
+
+    async def cancel_task(self, run_id: str) -> bool:
+        """Cancel a queued or running run, here or in another manager sharing the registry.
+
+        A queued run is removed without taking a concurrency slot; a running run's code gets
+        `asyncio.CancelledError`. The run is recorded CANCELLED before this returns.
+
+        Returns:
+            True if the run was queued or running and is now CANCELLED; False if it is
+            unknown or already finished.
+        """
+        job = self._jobs.get(run_id)
+        if job is None:
+            try:
+                run = await self.registry.transition(
+                    run_id, RunStatus.CANCELLED, finished_at=utcnow()
+                )
+            except ValueError:
+                return False
+            return run is not None
+        return await self._cancel_job(job)
+
+    async def _cancel_job(self, job: Job) -> bool:
+        if job.state == DONE:
+            return False
+        if job.state == QUEUED:
+            if job.timer is not None:
+                job.timer.cancel()
+                job.timer = None
+                self._delayed -= 1
+            else:
+                self._waiting -= 1
+                self._lanes.discard(job)
+            job.state = DONE  # the lanes skip it from now on
+            _close(job.coro)
+            job.coro = None
+            won = await self._writer.cas_now(job, RunStatus.CANCELLED, {"finished_at": now_us()})
+            status = RunStatus.CANCELLED if won else self._status_in_registry(job)
+            self._log.info("run_cancelled", run_id=job.run_id, name=job.name, status="cancelled")
+            self._finish_local(job, status, RunStatus.QUEUED, None)
+            return won
+        # Running: record the cancellation first, so it wins against a completion.
+        if job.cancel_requested:
+            won = False
+        else:
+            job.cancel_requested = True
+            won = await self._writer.cas_now(job, RunStatus.CANCELLED, {"finished_at": now_us()})
+            if job.task is not None:
+                job.task.cancel()
+        await self._await_job(job, self._cancel_timeout)
+        return won
+
+    async def _await_job(self, job: Job, timeout: float | None) -> bool:
+        if job.state == DONE:
+            return True
+        assert self._loop is not None
+        fut = self._loop.create_future()
+        if job.waiters is None:
+            job.waiters = []
+        job.waiters.append(fut)
+        try:
+            async with asyncio.timeout(timeout):
+                await fut
+        except TimeoutError:
+            if job.cancel_requested:
+                self._log.error(
+                    "run_ignores_cancellation",
+                    run_id=job.run_id,
+                    name=job.name,
+                    waited=timeout,
+                    detail="recorded CANCELLED, but its code is still running",
+                )
+            return False
+        return True
+
+    def _on_conflict(self, run_id: str) -> None:
+        """A write of ours did not apply: the run was finished or cancelled elsewhere."""
+        job = self._jobs.get(run_id)
+        if job is not None and job.state == RUNNING and not job.cancel_requested:
+            job.cancel_requested = True
+            if job.task is not None:
+                job.task.cancel()
+
+    async def wait(self, run_id: str, timeout: float | None = None) -> Run:
+        """Wait for a run to finish and return its terminal record.
+
+        Works for runs of other managers too (by polling the registry).
+
+        Raises:
+            RunNotFoundError: the registry has no such run.
+            TimeoutError: it did not finish within ``timeout`` seconds.
+        """
+        async with asyncio.timeout(timeout):
+            job = self._jobs.get(run_id)
+            if job is not None:
+                await self._await_job(job, None)
+                await self._writer.flush()
+            delay = 0.01
+            while True:
+                run = await self.registry.get_run(run_id)
+                if run is None:
+                    raise RunNotFoundError(run_id)
+                if run.status.is_terminal:
+                    return run
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def wait_all(self, timeout: float | None = None) -> None:
+        """Wait until nothing is queued or running in this manager; writes are flushed.
+
+        Raises:
+            TimeoutError: runs were still active after ``timeout`` seconds (none is cancelled).
+        """
+        async with asyncio.timeout(timeout):
+            await self._idle.wait()
+            await self._writer.flush()
+
+    # -- progress, heartbeats, listeners --------------------------------------------------------
+
+    async def _record_progress(self, job: Job, fraction: float, message: str | None) -> None:
+        self._writer.update(job.run_id, {"progress": fraction, "progress_message": message})
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat_interval)
+            running = [j for j in self._jobs.values() if j.state == RUNNING]
+            if not running:
+                continue
+            beat = now_us()
+            for job in running:
+                self._writer.update(job.run_id, {"heartbeat_at": beat})
+            try:
+                statuses = await self._writer.status_of([j.run_id for j in running])
+            except Exception as exc:  # the registry may be away; try again next beat
+                self._log.warning("heartbeat_failed", exc_info=exc)
+                continue
+            for job in running:
+                status = statuses.get(job.run_id)
+                if status is not None and status.is_terminal:
+                    self._log.info(
+                        "run_cancelled_elsewhere", run_id=job.run_id, name=job.name,
+                        status=status.value,
+                    )  # fmt: skip
+                    self._on_conflict(job.run_id)
+
+    def add_listener(self, callback: Listener) -> None:
+        """Call ``callback(event)`` with a `RunEvent` on every status change of this manager.
+
+        A callback may be sync or async; its exceptions are logged, never raised.
+        """
+        if not callable(callback):
+            raise TypeError(f"add_listener() takes a callable, got {type(callback).__name__}")
+        self._listeners.append(callback)
+
+    def remove_listener(self, callback: Listener) -> None:
+        """Stop calling ``callback``."""
+        self._listeners.remove(callback)
+
+    def _emit(
+        self,
+        job: Job,
+        status: RunStatus,
+        previous: RunStatus | None,
+        *,
+        error: BaseException | None = None,
+        duration: float | None = None,
+    ) -> None:
+        if not self._listeners:
+            return
+        event = RunEvent(
+            run_id=job.run_id,
+            name=job.name,
+            status=status,
+            previous=previous,
+            at=utcnow(),
+            attempt=job.attempt,
+            group=job.group,
+            error_type=None if error is None else type(error).__name__,
+            error_message=None if error is None else str(error),
+            duration=duration,
+        )
+        for callback in list(self._listeners):
+            try:
+                outcome = callback(event)
+                if inspect.isawaitable(outcome):
+                    self._spawn_background(self._guard_listener(outcome))
+            except Exception as exc:
+                self._log.error("listener_failed", run_id=job.run_id, exc_info=exc)
+
+    async def _guard_listener(self, outcome: Awaitable[object]) -> None:
+        try:
+            await outcome
+        except Exception as exc:
+            self._log.error("listener_failed", exc_info=exc)
+
+    # -- introspection --------------------------------------------------------------------------
+
+    def get_active_task_count(self) -> int:
+        """How many runs are queued or running in this manager."""
+        return len(self._jobs)
+
+    def get_active_task_ids(self) -> list[str]:
+        """Ids of the runs queued or running in this manager."""
+        return list(self._jobs)
+
+    def is_task_active(self, run_id: str) -> bool:
+        """Whether the run is queued or running in this manager."""
+        return run_id in self._jobs
+
+    @property
+    def max_concurrency(self) -> int | None:
+        """The current limit on runs executing at once (None: unbounded)."""
+        return self._max_concurrency
+
+    def set_max_concurrency(self, limit: int | None) -> None:
+        """Change the concurrency limit while running.
+
+        Raising it admits waiting runs at once; lowering it lets running runs finish and
+        admits no more until the count is under the new limit.
+        """
+        _check_limit("max_concurrency", limit)
+        self._max_concurrency = limit
+        self._limit = limit or _UNBOUNDED
+        if self._waiting and self._loop is not None and not self._pump_scheduled:
+            self._pump_scheduled = True
+            self._loop.call_soon(self._pump)
+
+    def stats(self) -> ManagerStats:
+        """A snapshot of counts, limits and per-name outcomes."""
+        counts = dict.fromkeys(RunStatus, 0)
+        counts.update(self._stats.totals())
+        queued = self._waiting + self._delayed
+        counts[RunStatus.QUEUED] = queued
+        counts[RunStatus.RUNNING] = self._running
+        return ManagerStats(
+            state=self._state.value,
+            owner=self.owner,
+            counts=counts,
+            queued=queued,
+            running=self._running,
+            max_concurrency=self._max_concurrency,
+            max_pending=self._max_pending,
+            group_limits=dict(self._lanes.group_limits),
+            running_by_group=dict(self._lanes.running_by_group),
+            by_name=self._stats.by_name(),
+        )
+
+
+async def _raise(exc: Exception) -> Any:
+    raise exc

@@ -1,0 +1,237 @@
+"""How a manager's status writes reach its registry.
+
+`DirectWriter` applies writes to an `InMemoryRunRegistry` synchronously, so they are visible
+at once and cost a dict lookup. `QueueWriter` serves any other `RunRegistry`: writes are
+queued and applied in order by one background task, so the run never waits for the registry;
+a compare-and-set that did not apply is reported back to the manager.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Protocol
+
+import structlog
+
+from runtrack._clock import us_to_dt
+from runtrack._exceptions import DuplicateRunError, RunNotFoundError
+from runtrack._models import Run
+from runtrack._status import PREDECESSORS, RunStatus
+from runtrack.registry.memory import InMemoryRunRegistry, _Rec
+
+if TYPE_CHECKING:
+    from runtrack._admission import Job
+    from runtrack.registry.base import RunRegistry
+
+__all__ = ["DirectWriter", "QueueWriter", "Writer", "job_to_run"]
+
+_TIME_FIELDS = ("started_at", "finished_at", "heartbeat_at")
+
+
+def job_to_run(job: Job, owner: str) -> Run:
+    """The QUEUED record of a job, as a `Run`."""
+    return Run(
+        run_id=job.run_id,
+        name=job.name,
+        created_at=us_to_dt(job.created_us),
+        parameters=job.parameters or {},
+        tags=job.tags or {},
+        group=job.group,
+        priority=job.priority,
+        timeout=job.timeout,
+        attempt=job.attempt,
+        max_attempts=job.max_attempts,
+        owner=owner,
+    )
+
+
+class Writer(Protocol):
+    """What the manager needs from a writer. Timestamps in ``changes`` are int µs."""
+
+    def insert(self, job: Job) -> bool:
+        """Record the job QUEUED unless its id exists; False if it certainly existed."""
+        ...
+
+    async def insert_now(self, job: Job) -> bool:
+        """Record the job QUEUED before returning; False if the id existed."""
+        ...
+
+    def cas(self, job: Job, to: RunStatus, changes: dict[str, Any]) -> bool:
+        """Move the run to ``to`` from its legal predecessors; False if it certainly failed."""
+        ...
+
+    async def cas_now(self, job: Job, to: RunStatus, changes: dict[str, Any]) -> bool:
+        """Like `cas`, applied before returning, with the true outcome."""
+        ...
+
+    def update(self, run_id: str, changes: dict[str, Any]) -> None:
+        """Set non-status fields."""
+        ...
+
+    async def status_of(self, run_ids: list[str]) -> dict[str, RunStatus]:
+        """Current statuses of these runs (missing ones left out)."""
+        ...
+
+    async def flush(self) -> None:
+        """Return once every write made so far is applied."""
+        ...
+
+    async def aclose(self) -> None:
+        """Flush and stop."""
+        ...
+
+
+class DirectWriter:
+    """Synchronous writes into an `InMemoryRunRegistry` (the manager's fast path)."""
+
+    __slots__ = ("_owner", "_registry")
+
+    def __init__(self, registry: InMemoryRunRegistry, owner: str) -> None:
+        self._registry = registry
+        self._owner = owner
+
+    def insert(self, job: Job) -> bool:
+        rec = _Rec()
+        rec.run_id = job.run_id
+        rec.name = job.name
+        rec.status = RunStatus.QUEUED
+        rec.created_at = job.created_us
+        rec.started_at = rec.finished_at = rec.heartbeat_at = None
+        rec.parameters = job.parameters
+        rec.tags = job.tags
+        rec.group = job.group
+        rec.priority = job.priority
+        rec.timeout = job.timeout
+        rec.attempt = job.attempt
+        rec.max_attempts = job.max_attempts
+        rec.progress = rec.progress_message = rec.result = None
+        rec.error_type = rec.error_message = None
+        rec.owner = self._owner
+        return self._registry._insert(rec)
+
+    async def insert_now(self, job: Job) -> bool:
+        return self.insert(job)
+
+    def cas(self, job: Job, to: RunStatus, changes: dict[str, Any]) -> bool:
+        return self._registry._cas(job.run_id, to, PREDECESSORS[to], changes) is not None
+
+    async def cas_now(self, job: Job, to: RunStatus, changes: dict[str, Any]) -> bool:
+        return self.cas(job, to, changes)
+
+    def update(self, run_id: str, changes: dict[str, Any]) -> None:
+        self._registry._update(run_id, changes)
+
+    async def status_of(self, run_ids: list[str]) -> dict[str, RunStatus]:
+        runs = self._registry._runs
+        return {rid: runs[rid].status for rid in run_ids if rid in runs}
+
+    async def flush(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _as_datetimes(changes: dict[str, Any]) -> dict[str, Any]:
+    out = dict(changes)
+    for field in _TIME_FIELDS:
+        value = out.get(field)
+        if isinstance(value, int):
+            out[field] = us_to_dt(value)
+    return out
+
+
+class QueueWriter:
+    """Writes to any `RunRegistry`, queued and applied in order by one background task."""
+
+    def __init__(
+        self,
+        registry: RunRegistry,
+        owner: str,
+        on_conflict: Callable[[str], None],
+    ) -> None:
+        self._registry = registry
+        self._owner = owner
+        self._on_conflict = on_conflict
+        self._ops: deque[tuple[str, Callable[[], Coroutine[Any, Any, Any]]]] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._log = structlog.get_logger("runtrack").bind(owner=owner)
+
+    def _put(self, run_id: str, op: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+        self._ops.append((run_id, op))
+        self._idle.clear()
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        while self._ops:
+            run_id, op = self._ops.popleft()
+            try:
+                await op()
+            except Exception as exc:  # a failed write must not stop the ones behind it
+                self._log.error("registry_write_failed", run_id=run_id, exc_info=exc)
+        self._idle.set()
+
+    def insert(self, job: Job) -> bool:
+        run = job_to_run(job, self._owner)
+
+        async def op() -> None:
+            try:
+                await self._registry.add_run(run)
+            except DuplicateRunError:
+                pass  # start_task records the run only if it is not already there
+
+        self._put(job.run_id, op)
+        return True
+
+    async def insert_now(self, job: Job) -> bool:
+        await self.flush()
+        try:
+            await self._registry.add_run(job_to_run(job, self._owner))
+        except DuplicateRunError:
+            return False
+        return True
+
+    def cas(self, job: Job, to: RunStatus, changes: dict[str, Any]) -> bool:
+        run_id = job.run_id
+        values = _as_datetimes(changes)
+
+        async def op() -> None:
+            if await self._registry.transition(run_id, to, **values) is None:
+                self._on_conflict(run_id)
+
+        self._put(run_id, op)
+        return True
+
+    async def cas_now(self, job: Job, to: RunStatus, changes: dict[str, Any]) -> bool:
+        await self.flush()
+        return await self._registry.transition(job.run_id, to, **_as_datetimes(changes)) is not None
+
+    def update(self, run_id: str, changes: dict[str, Any]) -> None:
+        values = _as_datetimes(changes)
+
+        async def op() -> None:
+            try:
+                await self._registry.update_run(run_id, **values)
+            except RunNotFoundError:
+                pass  # cleaned up or never recorded: nothing to update
+
+        self._put(run_id, op)
+
+    async def status_of(self, run_ids: list[str]) -> dict[str, RunStatus]:
+        out: dict[str, RunStatus] = {}
+        for run_id in run_ids:
+            run = await self._registry.get_run(run_id)
+            if run is not None:
+                out[run_id] = run.status
+        return out
+
+    async def flush(self) -> None:
+        await self._idle.wait()
+
+    async def aclose(self) -> None:
+        await self.flush()

@@ -1,0 +1,68 @@
+"""`registry_from_url`: build a registry from a URL."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Final
+from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from runtrack.registry.base import RunRegistry
+
+__all__ = ["SCHEMES", "registry_from_url"]
+
+#: URL scheme -> (module, class, extra that provides it).
+SCHEMES: Final[dict[str, tuple[str, str, str | None]]] = {
+    "memory": ("runtrack.registry.memory", "InMemoryRunRegistry", None),
+    "sqlite+aiosqlite": ("runtrack.registry.sql", "SQLRunRegistry", "sql"),
+    "postgresql+asyncpg": ("runtrack.registry.sql", "SQLRunRegistry", "sql"),
+    "mysql+asyncmy": ("runtrack.registry.sql", "SQLRunRegistry", "sql"),
+    "redis": ("runtrack.registry.redis", "RedisRunRegistry", "redis"),
+    "rediss": ("runtrack.registry.redis", "RedisRunRegistry", "redis"),
+}
+
+_FORMS: Final = (
+    "memory://, sqlite+aiosqlite:///path.db, postgresql+asyncpg://user@host/db, "
+    "mysql+asyncmy://user@host/db, redis://host:6379/0"
+)
+
+
+def registry_from_url(url: str) -> RunRegistry:
+    """Build the registry a URL names.
+
+    Args:
+        url: ``memory://``, ``sqlite+aiosqlite:///path.db``, ``postgresql+asyncpg://…``,
+            ``mysql+asyncmy://…`` or ``redis://…`` (``rediss://`` for TLS).
+
+    Returns:
+        A registry that creates its schema on first use.
+
+    Raises:
+        ValueError: the URL is malformed or its scheme unknown.
+        ImportError: the backend's extra (``runtrack[sql]``, ``runtrack[redis]``) is missing.
+
+    Example:
+        >>> from runtrack import registry_from_url
+        >>> registry_from_url("memory://")
+        <InMemoryRunRegistry runs=0>
+    """
+    if not isinstance(url, str):
+        raise TypeError(f"registry_from_url() takes a URL string, got {type(url).__name__}")
+    scheme = urlsplit(url).scheme.lower() if "://" in url else ""
+    if scheme not in SCHEMES:
+        shown = f"scheme {scheme!r}" if scheme else "no scheme"
+        raise ValueError(f"cannot build a registry from a URL with {shown}: use one of {_FORMS}")
+    module_name, class_name, extra = SCHEMES[scheme]
+    if scheme == "memory":
+        from runtrack.registry.memory import InMemoryRunRegistry
+
+        return InMemoryRunRegistry()
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ImportError(
+            f"the {scheme} registry needs an extra: pip install 'runtrack[{extra}]' ({exc})"
+        ) from exc
+    factory = getattr(module, class_name)
+    registry: RunRegistry = factory(url)
+    return registry

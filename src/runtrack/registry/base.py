@@ -1,0 +1,243 @@
+"""The `RunRegistry` protocol every backend implements, and helpers the backends share."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import timedelta
+from typing import Any, Final, Protocol, Self, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+from runtrack._models import (
+    Attempt,
+    OutputChunk,
+    Progress,
+    Run,
+    Seconds,
+    Tags,
+    UTCDatetime,
+)
+from runtrack._status import TERMINAL, RunStatus
+
+__all__ = [
+    "MUTABLE_FIELDS",
+    "StatusFilter",
+    "RunRegistry",
+    "validate_changes",
+    "validate_list_args",
+    "validate_output",
+]
+
+StatusFilter = RunStatus | str | Iterable[RunStatus | str] | None
+
+#: Fields that ``transition(**changes)`` and ``update_run(**changes)`` may set.
+MUTABLE_FIELDS: Final = frozenset(
+    {
+        "attempt",
+        "error_message",
+        "error_type",
+        "finished_at",
+        "heartbeat_at",
+        "max_attempts",
+        "owner",
+        "priority",
+        "progress",
+        "progress_message",
+        "result",
+        "started_at",
+        "tags",
+        "timeout",
+    }
+)
+
+
+@runtime_checkable
+class RunRegistry(Protocol):
+    """**Protocol:** where runs are recorded, shared by every manager and reader.
+
+    Every method is ``async``. Implementations: `InMemoryRunRegistry` (the default),
+    ``runtrack.registry.sql.SQLRunRegistry`` and ``runtrack.registry.redis.RedisRunRegistry``;
+    each passes the same conformance suite. A registry is an async context manager that
+    closes itself on exit.
+    """
+
+    async def add_run(self, run: Run) -> None:
+        """Insert a new run.
+
+        Raises:
+            DuplicateRunError: a run with this id exists.
+        """
+        ...
+
+    async def get_run(self, run_id: str) -> Run | None:
+        """Return the run with this id, or None."""
+        ...
+
+    async def transition(
+        self,
+        run_id: str,
+        to: RunStatus | str,
+        *,
+        expect: StatusFilter = None,
+        **changes: Any,
+    ) -> Run | None:
+        """Atomically move a run to ``to`` if its current status is in ``expect``.
+
+        Args:
+            run_id: The run.
+            to: The new status.
+            expect: Statuses it may move from; default the legal predecessors of ``to``.
+            **changes: Other fields to set in the same write (see `MUTABLE_FIELDS`).
+
+        Returns:
+            The updated run, or None if the run is missing or its status did not match.
+
+        Raises:
+            ValueError: an illegal transition, or a field that cannot change.
+        """
+        ...
+
+    async def update_run(self, run_id: str, **changes: Any) -> Run:
+        """Set non-status fields (progress, heartbeat, ...) and return the updated run.
+
+        Raises:
+            RunNotFoundError: no such run.
+            ValueError: a field that cannot change (``status``: use `transition`).
+        """
+        ...
+
+    async def list_runs(
+        self,
+        *,
+        status: StatusFilter = None,
+        name: str | None = None,
+        group: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Run]:
+        """Runs matching every given filter, newest (by ``created_at``) first."""
+        ...
+
+    async def count_runs(self, *, name: str | None = None) -> dict[RunStatus, int]:
+        """How many runs are in each status (every status is a key)."""
+        ...
+
+    async def append_output(
+        self, run_id: str, chunks: Iterable[tuple[str, str]]
+    ) -> list[OutputChunk]:
+        """Append ``(stream, text)`` chunks; returns them numbered (seq from 1 per run).
+
+        Raises:
+            RunNotFoundError: no such run.
+        """
+        ...
+
+    async def get_output(
+        self, run_id: str, *, since: int = 0, limit: int | None = None
+    ) -> list[OutputChunk]:
+        """Chunks with ``seq > since``, oldest first, at most ``limit`` of them."""
+        ...
+
+    async def cleanup_old_runs(
+        self,
+        *,
+        older_than: timedelta,
+        statuses: StatusFilter = TERMINAL,
+        keep: int = 0,
+    ) -> int:
+        """Delete finished runs (and their output) that finished over ``older_than`` ago.
+
+        The newest ``keep`` runs among ``statuses`` are kept whatever their age. Runs that
+        are not finished are never deleted.
+
+        Returns:
+            How many runs were deleted.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections. Safe to call twice."""
+        ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, *exc_info: object) -> None: ...
+
+
+class _Changes(BaseModel):
+    """Validates the fields of a change with the same rules as `Run`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    attempt: Attempt = 1
+    error_message: str | None = None
+    error_type: str | None = None
+    finished_at: UTCDatetime | None = None
+    heartbeat_at: UTCDatetime | None = None
+    max_attempts: Attempt = 1
+    owner: str | None = None
+    priority: int = 0
+    progress: Progress | None = None
+    progress_message: str | None = None
+    result: JsonValue = None
+    started_at: UTCDatetime | None = None
+    tags: Tags = Field(default_factory=dict)
+    timeout: Seconds | None = None
+
+
+def validate_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate the ``**changes`` of `RunRegistry.transition` / `RunRegistry.update_run`.
+
+    Returns:
+        The validated values (datetimes normalised to UTC).
+
+    Raises:
+        ValueError: a field that does not exist or cannot change.
+        pydantic.ValidationError: a value of the wrong type or range.
+    """
+    unknown = set(changes) - MUTABLE_FIELDS
+    if unknown:
+        names = ", ".join(sorted(unknown))
+        hint = " (use transition() to change status)" if "status" in unknown else ""
+        raise ValueError(
+            f"cannot change {names}{hint}; changeable fields: {', '.join(sorted(MUTABLE_FIELDS))}"
+        )
+    if not changes:
+        return {}
+    model = _Changes.model_validate(changes)
+    return {k: getattr(model, k) for k in changes}
+
+
+def validate_list_args(limit: int, offset: int) -> None:
+    """Reject a negative ``offset`` or a ``limit`` below 1.
+
+    Raises:
+        ValueError: either bound is out of range.
+    """
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit must be an int >= 1, got {limit!r}")
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise ValueError(f"offset must be an int >= 0, got {offset!r}")
+
+
+def validate_output(chunks: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Check ``(stream, text)`` chunks for `RunRegistry.append_output`.
+
+    Raises:
+        TypeError: a chunk is not a pair of strings.
+        ValueError: a stream name is empty or longer than 64 characters.
+    """
+    items: list[tuple[str, str]] = []
+    for chunk in chunks:
+        if (
+            not isinstance(chunk, tuple)
+            or len(chunk) != 2
+            or not isinstance(chunk[0], str)
+            or not isinstance(chunk[1], str)
+        ):
+            raise TypeError(f"output chunks are (stream, text) pairs of str, got {chunk!r}")
+        if not 1 <= len(chunk[0]) <= 64:
+            raise ValueError(f"stream name must be 1 to 64 characters, got {chunk[0]!r}")
+        items.append(chunk)
+    return items

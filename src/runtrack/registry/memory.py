@@ -1,0 +1,319 @@
+"""`InMemoryRunRegistry`: the default registry, living in the process's memory."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import timedelta
+from typing import Any, Self
+
+from runtrack._clock import dt_to_us, now_us, us_to_dt
+from runtrack._exceptions import DuplicateRunError, RunNotFoundError
+from runtrack._models import OutputChunk, Run
+from runtrack._status import TERMINAL, RunStatus, check_transition, normalize_statuses
+from runtrack.registry.base import (
+    StatusFilter,
+    validate_changes,
+    validate_list_args,
+    validate_output,
+)
+
+__all__ = ["InMemoryRunRegistry"]
+
+_TIME_FIELDS = frozenset({"created_at", "started_at", "finished_at", "heartbeat_at"})
+
+
+class _Rec:
+    """A run as stored here: slotted, timestamps as integer microseconds, {} kept as None."""
+
+    __slots__ = (
+        "attempt",
+        "created_at",
+        "error_message",
+        "error_type",
+        "finished_at",
+        "group",
+        "heartbeat_at",
+        "max_attempts",
+        "name",
+        "owner",
+        "parameters",
+        "priority",
+        "progress",
+        "progress_message",
+        "result",
+        "run_id",
+        "started_at",
+        "status",
+        "tags",
+        "timeout",
+    )
+
+    run_id: str
+    name: str
+    status: RunStatus
+    created_at: int
+    started_at: int | None
+    finished_at: int | None
+    parameters: dict[str, Any] | None
+    tags: dict[str, str] | None
+    group: str | None
+    priority: int
+    timeout: float | None
+    attempt: int
+    max_attempts: int
+    progress: float | None
+    progress_message: str | None
+    result: Any
+    error_type: str | None
+    error_message: str | None
+    owner: str | None
+    heartbeat_at: int | None
+
+    def to_run(self) -> Run:
+        data: dict[str, Any] = {}
+        for field in _Rec.__slots__:
+            value = getattr(self, field)
+            if field in _TIME_FIELDS and value is not None:
+                value = us_to_dt(value)
+            data[field] = value
+        data["parameters"] = dict(self.parameters or {})
+        data["tags"] = dict(self.tags or {})
+        return Run.model_construct(**data)
+
+    @property
+    def age_us(self) -> int:
+        return self.finished_at if self.finished_at is not None else self.created_at
+
+
+def _rec_from_run(run: Run) -> _Rec:
+    rec = _Rec()
+    for field in _Rec.__slots__:
+        value = getattr(run, field)
+        if field in _TIME_FIELDS and value is not None:
+            value = dt_to_us(value)
+        setattr(rec, field, value)
+    rec.parameters = dict(run.parameters) or None
+    rec.tags = dict(run.tags) or None
+    return rec
+
+
+def _set_fields(rec: _Rec, changes: Mapping[str, Any]) -> None:
+    for field, value in changes.items():
+        if field in _TIME_FIELDS and value is not None:
+            value = dt_to_us(value)
+        elif field == "tags":
+            value = dict(value) or None
+        setattr(rec, field, value)
+
+
+class InMemoryRunRegistry:
+    """A `RunRegistry` in this process's memory: fast, and gone when the process ends.
+
+    Managers in the same process (and event loop) may share one. Runs are kept until
+    `cleanup_old_runs` removes them; each finished run costs well under 1 KiB.
+
+    Example:
+        >>> import asyncio
+        >>> from runtrack import InMemoryRunRegistry, Run
+        >>> async def main() -> str:
+        ...     async with InMemoryRunRegistry() as registry:
+        ...         await registry.add_run(Run(run_id="r1", name="demo"))
+        ...         run = await registry.get_run("r1")
+        ...         return run.status.value
+        >>> asyncio.run(main())
+        'queued'
+    """
+
+    def __init__(self) -> None:
+        self._runs: dict[str, _Rec] = {}
+        self._output: dict[str, list[OutputChunk]] = {}
+        # True while runs were inserted in created_at order: list_runs can then walk
+        # the dict backwards instead of sorting.
+        self._in_order = True
+        self._last_created = 0
+
+    def __repr__(self) -> str:
+        return f"<InMemoryRunRegistry runs={len(self._runs)}>"
+
+    # -- the fast path the manager uses (synchronous, same semantics) -----------------
+
+    def _insert(self, rec: _Rec) -> bool:
+        if rec.run_id in self._runs:
+            return False
+        self._runs[rec.run_id] = rec
+        if rec.created_at < self._last_created:
+            self._in_order = False
+        else:
+            self._last_created = rec.created_at
+        return True
+
+    def _cas(
+        self, run_id: str, to: RunStatus, expect: frozenset[RunStatus], changes: dict[str, Any]
+    ) -> _Rec | None:
+        rec = self._runs.get(run_id)
+        if rec is None or rec.status not in expect:
+            return None
+        rec.status = to
+        for field, value in changes.items():
+            setattr(rec, field, value)
+        return rec
+
+    def _update(self, run_id: str, changes: dict[str, Any]) -> bool:
+        rec = self._runs.get(run_id)
+        if rec is None:
+            return False
+        for field, value in changes.items():
+            setattr(rec, field, value)
+        return True
+
+    # -- RunRegistry ----------------------------------------------------------------------
+
+    async def add_run(self, run: Run) -> None:
+        """Insert a new run.
+
+        Raises:
+            TypeError: ``run`` is not a `Run`.
+            DuplicateRunError: a run with this id exists.
+        """
+        if not isinstance(run, Run):
+            raise TypeError(f"add_run() takes a runtrack.Run, got {type(run).__name__}")
+        if not self._insert(_rec_from_run(run)):
+            raise DuplicateRunError(run.run_id)
+
+    async def get_run(self, run_id: str) -> Run | None:
+        """Return the run with this id, or None."""
+        rec = self._runs.get(run_id)
+        return None if rec is None else rec.to_run()
+
+    async def transition(
+        self,
+        run_id: str,
+        to: RunStatus | str,
+        *,
+        expect: StatusFilter = None,
+        **changes: Any,
+    ) -> Run | None:
+        """Move a run to ``to`` if its status is in ``expect`` (see `RunRegistry`)."""
+        target, expected = check_transition(to, expect)
+        valid = validate_changes(changes)
+        rec = self._runs.get(run_id)
+        if rec is None or rec.status not in expected:
+            return None
+        rec.status = target
+        _set_fields(rec, valid)
+        return rec.to_run()
+
+    async def update_run(self, run_id: str, **changes: Any) -> Run:
+        """Set non-status fields and return the updated run (see `RunRegistry`)."""
+        valid = validate_changes(changes)
+        rec = self._runs.get(run_id)
+        if rec is None:
+            raise RunNotFoundError(run_id)
+        _set_fields(rec, valid)
+        return rec.to_run()
+
+    async def list_runs(
+        self,
+        *,
+        status: StatusFilter = None,
+        name: str | None = None,
+        group: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Run]:
+        """Runs matching every filter, newest first (see `RunRegistry`)."""
+        validate_list_args(limit, offset)
+        statuses = normalize_statuses(status)
+        wanted_tags = dict(tags or {})
+        out: list[Run] = []
+        skipped = 0
+        for rec in self._newest_first():
+            if statuses is not None and rec.status not in statuses:
+                continue
+            if name is not None and rec.name != name:
+                continue
+            if group is not None and rec.group != group:
+                continue
+            if wanted_tags:
+                have = rec.tags or {}
+                if any(have.get(k) != v for k, v in wanted_tags.items()):
+                    continue
+            if skipped < offset:
+                skipped += 1
+                continue
+            out.append(rec.to_run())
+            if len(out) >= limit:
+                break
+        return out
+
+    def _newest_first(self) -> Iterable[_Rec]:
+        if self._in_order:
+            return reversed(self._runs.values())
+        return sorted(reversed(self._runs.values()), key=lambda r: r.created_at, reverse=True)
+
+    async def count_runs(self, *, name: str | None = None) -> dict[RunStatus, int]:
+        """How many runs are in each status (see `RunRegistry`)."""
+        counts = dict.fromkeys(RunStatus, 0)
+        for rec in self._runs.values():
+            if name is None or rec.name == name:
+                counts[rec.status] += 1
+        return counts
+
+    async def append_output(
+        self, run_id: str, chunks: Iterable[tuple[str, str]]
+    ) -> list[OutputChunk]:
+        """Append ``(stream, text)`` chunks, numbered from 1 per run (see `RunRegistry`)."""
+        items = validate_output(chunks)
+        if run_id not in self._runs:
+            raise RunNotFoundError(run_id)
+        stored = self._output.setdefault(run_id, [])
+        at = us_to_dt(now_us())
+        new = [
+            OutputChunk(seq=len(stored) + i, stream=stream, text=text, at=at)
+            for i, (stream, text) in enumerate(items, start=1)
+        ]
+        stored.extend(new)
+        return new
+
+    async def get_output(
+        self, run_id: str, *, since: int = 0, limit: int | None = None
+    ) -> list[OutputChunk]:
+        """Chunks with ``seq > since``, oldest first (see `RunRegistry`)."""
+        if since < 0:
+            raise ValueError(f"since must be >= 0, got {since!r}")
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be >= 1 or None, got {limit!r}")
+        chunks = self._output.get(run_id, [])[since:]
+        return chunks if limit is None else chunks[:limit]
+
+    async def cleanup_old_runs(
+        self,
+        *,
+        older_than: timedelta,
+        statuses: StatusFilter = TERMINAL,
+        keep: int = 0,
+    ) -> int:
+        """Delete finished runs older than ``older_than`` (see `RunRegistry`)."""
+        if not isinstance(older_than, timedelta):
+            raise TypeError(f"older_than must be a datetime.timedelta, got {older_than!r}")
+        if keep < 0:
+            raise ValueError(f"keep must be >= 0, got {keep!r}")
+        wanted = (normalize_statuses(statuses) or frozenset()) & TERMINAL
+        cutoff = now_us() - older_than // timedelta(microseconds=1)
+        candidates = [r for r in self._runs.values() if r.status in wanted]
+        candidates.sort(key=lambda r: r.age_us, reverse=True)
+        doomed = [r.run_id for r in candidates[keep:] if r.age_us < cutoff]
+        for run_id in doomed:
+            del self._runs[run_id]
+            self._output.pop(run_id, None)
+        return len(doomed)
+
+    async def aclose(self) -> None:
+        """Nothing to release; the runs stay readable."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
