@@ -12,40 +12,41 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
+from runtrack._status import RunStatus
+from runtrack.registry.memory import _Record
+
 if TYPE_CHECKING:
     import asyncio
 
     from runtrack._models import Retry
 
-__all__ = ["DONE", "QUEUED", "RUNNING", "Job", "Lanes"]
+__all__ = ["DONE", "FINISHING", "QUEUED", "RUNNING", "Job", "Lanes"]
 
 QUEUED: Final = 0
 RUNNING: Final = 1
-DONE: Final = 2
+FINISHING: Final = 2  # the coroutine ended; its terminal write is on its way (QueueWriter)
+DONE: Final = 3
 
 
-class Job:
-    """A run this manager holds: its identity, what to execute, and where it is."""
+class Job(_Record):
+    """A run this manager holds: its record fields, what to execute, and where it is.
+
+    On an `InMemoryRunRegistry` the job itself is the stored record (``rec is self``); on
+    other registries ``rec`` is None and the record fields are what the writer sends.
+    Timestamps (``created_at`` ...) are integer microseconds since the epoch.
+    """
 
     __slots__ = (
-        "attempt",
         "cancel_requested",
         "coro",
-        "created_us",
         "factory",
-        "group",
-        "max_attempts",
-        "name",
-        "parameters",
-        "priority",
+        "outcome",
+        "rec",
         "retry",
-        "run_id",
         "seq",
         "started",
         "state",
-        "tags",
         "task",
-        "timeout",
         "timer",
         "waiters",
     )
@@ -55,8 +56,7 @@ class Job:
         run_id: str,
         name: str,
         coro: Awaitable[Any] | None,
-        *,
-        created_us: int,
+        created_at: int,
         group: str | None = None,
         priority: int = 0,
         timeout: float | None = None,
@@ -69,17 +69,21 @@ class Job:
     ) -> None:
         self.run_id = run_id
         self.name = name
-        self.coro = coro
-        self.created_us = created_us
+        self.status = RunStatus.QUEUED
+        self.created_at = created_at
+        self.started_at = self.finished_at = self.heartbeat_at = None
+        self.parameters = parameters
+        self.tags = tags
         self.group = group
         self.priority = priority
         self.timeout = timeout
-        self.parameters = parameters
-        self.tags = tags
-        self.factory = factory
-        self.retry = retry
         self.attempt = attempt
         self.max_attempts = max_attempts
+        self.progress = self.progress_message = self.result = None
+        self.error_type = self.error_message = self.owner = None
+        self.coro = coro
+        self.factory = factory
+        self.retry = retry
         self.seq = 0
         self.state = QUEUED
         self.cancel_requested = False
@@ -87,6 +91,13 @@ class Job:
         self.started = 0.0
         self.waiters: list[asyncio.Future[None]] | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.rec: _Record | None = None
+        self.outcome: tuple[RunStatus, float | None, BaseException | None] | None = None
+
+    def release(self) -> None:
+        """Drop what only execution needed, once the job is done (it may live on as a record)."""
+        self.coro = self.factory = self.retry = self.task = self.timer = self.rec = None
+        self.outcome = None
 
 
 class _Lane:
@@ -119,6 +130,24 @@ class _Lane:
                 bucket.popleft()
             del self.buckets[prio]
             heapq.heappop(self.prios)
+        return None
+
+    def pop(self) -> Job | None:
+        """Remove and return the next live job (the fast path without groups)."""
+        prios = self.prios
+        while prios:
+            prio = -prios[0]
+            bucket = self.buckets[prio]
+            while bucket:
+                job = bucket.popleft()
+                if job.state == QUEUED:
+                    self.size -= 1
+                    if not bucket:
+                        del self.buckets[prio]
+                        heapq.heappop(prios)
+                    return job
+            del self.buckets[prio]
+            heapq.heappop(prios)
         return None
 
     def pop_head(self) -> None:
@@ -158,11 +187,7 @@ class Lanes:
         """
         lanes = self._lanes
         if len(lanes) == 1 and None in lanes:
-            lane = lanes[None]
-            job = lane.head()
-            if job is not None:
-                lane.pop_head()
-            return job
+            return lanes[None].pop()
         best: Job | None = None
         best_lane: _Lane | None = None
         limits = self.group_limits
@@ -192,8 +217,7 @@ class Lanes:
         """How many waiting jobs could start now if executors were free."""
         total = 0
         for group, lane in self._lanes.items():
-            limit = None if group is None else self.group_limits.get(group)
-            if limit is None:
+            if group is None or (limit := self.group_limits.get(group)) is None:
                 total += lane.size
             else:
                 total += max(0, min(lane.size, limit - self.running_by_group.get(group, 0)))

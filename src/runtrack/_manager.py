@@ -6,17 +6,19 @@ import asyncio
 import enum
 import functools
 import inspect
+import logging
 import os
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from types import CoroutineType
 from typing import Any, Self
 
 import structlog
 from pydantic import JsonValue, TypeAdapter, ValidationError
 
-from runtrack._admission import DONE, QUEUED, RUNNING, Job, Lanes
+from runtrack._admission import DONE, FINISHING, QUEUED, RUNNING, Job, Lanes
 from runtrack._clock import dt_to_us, now_us
 from runtrack._context import _current
 from runtrack._exceptions import (
@@ -30,7 +32,7 @@ from runtrack._models import Retry, Run, RunEvent, new_run_id, utcnow
 from runtrack._stats import ManagerStats, StatsCollector
 from runtrack._status import RunStatus
 from runtrack._writer import DirectWriter, QueueWriter, Writer
-from runtrack.registry.base import RunRegistry
+from runtrack.registry.base import RunRegistry, is_int
 from runtrack.registry.memory import InMemoryRunRegistry
 
 __all__ = ["BackgroundTaskManager", "Listener"]
@@ -39,8 +41,10 @@ Listener = Callable[[RunEvent], object]
 """A status-change callback: a plain function, or an async one (run as a tracked task)."""
 
 _UNBOUNDED = sys.maxsize
+_FIRST_BATCH = 8
+_MAX_BATCH = 4096
 _JSON: TypeAdapter[Any] = TypeAdapter(JsonValue)
-_PLAIN = (str, int, float, bool, type(None))
+_PLAIN = frozenset({str, int, float, bool})
 
 
 class _State(enum.Enum):
@@ -73,8 +77,8 @@ def _close(coro: object) -> None:
         coro.close()
 
 
-def _check_limit(name: str, value: int | None) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+def _check_limit(name: str, value: object) -> None:
+    if value is not None and (not is_int(value) or value < 1):  # type: ignore[operator]
         raise ValueError(f"{name} must be None or an int >= 1, got {value!r}")
 
 
@@ -126,7 +130,8 @@ class BackgroundTaskManager:
         cancel_timeout: float = 5.0,
     ) -> None:
         _check_limit("max_concurrency", max_concurrency)
-        if max_pending is not None and (not isinstance(max_pending, int) or max_pending < 0):
+        pending: object = max_pending
+        if pending is not None and (not is_int(pending) or max_pending < 0):  # type: ignore[operator]
             raise ValueError(f"max_pending must be None or an int >= 0, got {max_pending!r}")
         limits = dict(group_limits or {})
         for group, limit in limits.items():
@@ -151,7 +156,7 @@ class BackgroundTaskManager:
         self._writer: Writer = (
             DirectWriter(registry, self.owner)
             if isinstance(registry, InMemoryRunRegistry)
-            else QueueWriter(registry, self.owner, self._on_conflict)
+            else QueueWriter(registry, self.owner, self._on_conflict, self._on_finished)
         )
         self._max_concurrency = max_concurrency
         self._limit = max_concurrency or _UNBOUNDED
@@ -167,6 +172,7 @@ class BackgroundTaskManager:
         self._running = 0
         self._executors = 0
         self._starting = 0  # executors created that have not taken their first job yet
+        self._ramp = _FIRST_BATCH
         self._pump_scheduled = False
         self._state = _State.CREATED
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -175,8 +181,12 @@ class BackgroundTaskManager:
         self._closed = asyncio.Event()
         self._listeners: list[Listener] = []
         self._background: set[asyncio.Task[Any]] = set()
+        self._executor_tasks: set[asyncio.Task[None]] = set()
         self._stats = StatsCollector()
         self._log = structlog.get_logger("runtrack").bind(owner=self.owner)
+        # Resolved once: a filtered-out debug call still costs a method call per transition.
+        is_enabled = getattr(self._log, "is_enabled_for", None)
+        self._debug = bool(is_enabled(logging.DEBUG)) if callable(is_enabled) else True
 
     def __repr__(self) -> str:
         return (
@@ -210,9 +220,9 @@ class BackgroundTaskManager:
         self._log.debug("manager_started", max_concurrency=self._max_concurrency)
         return loop
 
-    def _spawn_background(self, coro: Awaitable[Any]) -> None:
+    def _spawn_background(self, coro: Coroutine[Any, Any, None]) -> None:
         assert self._loop is not None
-        task = self._loop.create_task(coro)  # type: ignore[arg-type]
+        task = self._loop.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -298,9 +308,9 @@ class BackgroundTaskManager:
             ManagerClosedError: shutdown has begun.
         """
         if not isinstance(run, Run):
-            _close(coro)
+            _close(coro)  # type: ignore[unreachable]
             raise TypeError(f"start_task() takes a runtrack.Run first, got {type(run).__name__}")
-        if not inspect.isawaitable(coro):
+        if type(coro) is not CoroutineType and not inspect.isawaitable(coro):
             raise TypeError(
                 f"start_task() needs an awaitable (a coroutine such as work()), got "
                 f"{type(coro).__name__}: call the async function, or use submit(fn, ...)"
@@ -310,21 +320,40 @@ class BackgroundTaskManager:
         except BaseException:
             _close(coro)
             raise
+        timeout = run.timeout
         job = Job(
             run.run_id,
             run.name or _name_of(coro),
             coro,
-            created_us=dt_to_us(run.created_at),
-            group=run.group,
-            priority=run.priority,
-            timeout=self._default_timeout if run.timeout is None else run.timeout,
-            parameters=run.parameters or None,
-            tags=run.tags or None,
-            attempt=run.attempt,
-            max_attempts=run.max_attempts,
+            round(run.created_at.timestamp() * 1_000_000),
+            run.group,
+            run.priority,
+            self._default_timeout if timeout is None else timeout,
+            run.parameters or None,
+            run.tags or None,
+            None,
+            None,
+            run.attempt,
+            run.max_attempts,
         )
         inserted = self._writer.insert(job)
-        self._enqueue(job, loop, inserted=inserted)
+        # What _push() does, inlined: this is the hot path of every run.
+        jobs = self._jobs
+        if not jobs:
+            self._idle.clear()
+        jobs[job.run_id] = job
+        if self._listeners and inserted:
+            self._emit(job, RunStatus.QUEUED, None)
+        if self._debug:
+            self._log.debug(
+                "run_queued", run_id=job.run_id, name=job.name, status="queued",
+                attempt=job.attempt,
+            )  # fmt: skip
+        self._waiting += 1
+        self._lanes.push(job)
+        if not self._pump_scheduled and self._executors < self._limit:
+            self._pump_scheduled = True
+            loop.call_soon(self._pump)
         return job.run_id
 
     async def submit(
@@ -377,7 +406,7 @@ class BackgroundTaskManager:
             >>> async def main() -> str:
             ...     async with BackgroundTaskManager() as manager:
             ...         run = await manager.submit(
-            ...             resize, "cat.png", width=64, retry=Retry(attempts=3), tags={"app": "demo"}
+            ...             resize, "cat.png", width=64, retry=Retry(attempts=3), tags={"k": "v"}
             ...         )
             ...         return (await manager.wait(run.run_id)).status.value
             >>> asyncio.run(main())
@@ -406,7 +435,7 @@ class BackgroundTaskManager:
                 f"submit() takes an async function or a coroutine, got {type(fn_or_coro).__name__}"
             )
         if retry is not None and not isinstance(retry, Retry):
-            _close(coro)
+            _close(coro)  # type: ignore[unreachable]
             raise TypeError(f"retry must be a runtrack.Retry, got {type(retry).__name__}")
         if delay is not None and (isinstance(delay, bool) or not delay >= 0):
             _close(coro)
@@ -431,7 +460,7 @@ class BackgroundTaskManager:
             run.run_id,
             run.name,
             coro,
-            created_us=dt_to_us(run.created_at),
+            created_at=dt_to_us(run.created_at),
             group=run.group,
             priority=run.priority,
             timeout=self._default_timeout if run.timeout is None else run.timeout,
@@ -461,6 +490,11 @@ class BackgroundTaskManager:
             await self._writer.cas_now(job, RunStatus.CANCELLED, {"finished_at": now_us()})
             raise ManagerClosedError(self._state.value)
         self._emit(job, RunStatus.QUEUED, None)
+        if self._debug:
+            self._log.debug(
+                "run_queued", run_id=job.run_id, name=job.name, status="queued",
+                attempt=job.attempt,
+            )  # fmt: skip
         if delay:
             self._delayed += 1
             job.timer = loop.call_later(delay, self._release_delayed, job)
@@ -469,23 +503,16 @@ class BackgroundTaskManager:
         return run
 
     def _admit_check(self, run_id: str) -> asyncio.AbstractEventLoop:
-        loop = self._start() if self._state is not _State.RUNNING else self._loop
-        assert loop is not None
+        loop = self._loop
+        if loop is None or self._state is not _State.RUNNING:
+            loop = self._start()
         if run_id in self._jobs:
             raise DuplicateRunError(run_id, where="manager")
         if self._max_pending is not None:
-            free = self._limit - self._running - self._waiting
+            free = self._limit - self._running
             if self._waiting + self._delayed - max(free, 0) >= self._max_pending:
                 raise QueueFullError(self._max_pending)
         return loop
-
-    def _enqueue(self, job: Job, loop: asyncio.AbstractEventLoop, *, inserted: bool) -> None:
-        self._jobs[job.run_id] = job
-        self._idle.clear()
-        if inserted and self._listeners:
-            self._emit(job, RunStatus.QUEUED, None)
-        self._log.debug("run_queued", run_id=job.run_id, name=job.name, status="queued")
-        self._push(job, loop)
 
     def _push(self, job: Job, loop: asyncio.AbstractEventLoop) -> None:
         self._waiting += 1
@@ -503,21 +530,40 @@ class BackgroundTaskManager:
         self._push(job, self._loop)
 
     def _pump(self) -> None:
+        """Create executors for waiting runs, a batch per loop iteration.
+
+        An executor runs jobs back to back for as long as they finish without blocking, so a
+        flood of quick runs needs few executors. Only when runs are still waiting at the
+        next iteration (every executor is blocked inside a run) is a larger batch created,
+        doubling up to the concurrency limit: no Task per run, yet no run waits for long.
+        """
         self._pump_scheduled = False
-        need = min(self._lanes.admissible() - self._starting, self._limit - self._executors)
-        if need <= 0:
+        free = self._limit - self._executors
+        admissible = self._lanes.admissible() - self._starting
+        if free <= 0 or admissible <= 0:
+            self._ramp = _FIRST_BATCH
             return
+        need = min(admissible, free, self._ramp)
+        self._ramp = min(self._ramp * 2, _MAX_BATCH)
         loop = self._loop
         assert loop is not None
         self._executors += need
         self._starting += need
+        tasks = self._executor_tasks
         for _ in range(need):
-            loop.create_task(self._executor())
+            # The loop keeps only weak references to tasks: hold them until they end.
+            task = loop.create_task(self._executor())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        # Look again next iteration, after the new executors had their first go.
+        self._pump_scheduled = True
+        loop.call_soon(self._pump)
 
     def _forget(self, job: Job) -> None:
-        if self._jobs.get(job.run_id) is job:
-            del self._jobs[job.run_id]
-            if not self._jobs:
+        jobs = self._jobs
+        if jobs.get(job.run_id) is job:
+            del jobs[job.run_id]
+            if not jobs:
                 self._idle.set()
 
     # -- executing --------------------------------------------------------------------------
@@ -534,113 +580,127 @@ class BackgroundTaskManager:
                 if job is None:
                     return
                 self._waiting -= 1
-                await self._execute(job, task, writer)
+                if not writer.start(job, now_us()):
+                    self._not_started(job)
+                    continue
+                coro = job.coro
+                if coro is None:
+                    coro = self._make_coro(job)
+                job.coro = None
+                job.state = RUNNING
+                job.task = task
+                job.started = time.monotonic()
+                self._running += 1
+                if self._listeners:
+                    self._emit(job, RunStatus.RUNNING, RunStatus.QUEUED)
+                if self._debug:
+                    self._log.debug(
+                        "run_started", run_id=job.run_id, name=job.name, status="running",
+                        attempt=job.attempt,
+                    )  # fmt: skip
+                token = _current.set((self, job))
+                try:
+                    try:
+                        if job.timeout is None:
+                            result = await coro
+                        else:
+                            async with asyncio.timeout(job.timeout):
+                                result = await coro
+                    finally:
+                        _current.reset(token)
+                except asyncio.CancelledError:
+                    if not job.cancel_requested:
+                        # The executor itself is being cancelled (event loop teardown):
+                        # record the run CANCELLED, then let the cancellation through.
+                        self._settle(job, RunStatus.CANCELLED, None, None)
+                        raise
+                    task.uncancel()
+                    self._settle(job, RunStatus.CANCELLED, None, None)
+                    continue
+                except (KeyboardInterrupt, SystemExit) as exc:
+                    self._settle(job, RunStatus.FAILED, None, exc)
+                    raise
+                except BaseException as exc:  # every failure is recorded here, none escapes
+                    if job.cancel_requested:
+                        task.uncancel()
+                        self._settle(job, RunStatus.CANCELLED, None, None)
+                    elif job.retry is not None and job.retry.should_retry(exc, job.attempt):
+                        self._requeue(job, exc)
+                    else:
+                        self._settle(job, RunStatus.FAILED, None, exc)
+                    continue
+                if job.cancel_requested:
+                    task.uncancel()
+                    self._log.warning(
+                        "run_ignored_cancellation",
+                        run_id=job.run_id,
+                        name=job.name,
+                        detail="the coroutine caught CancelledError and returned; it is "
+                        "recorded CANCELLED. Re-raise CancelledError after cleaning up.",
+                    )
+                    self._settle(job, RunStatus.CANCELLED, None, None)
+                else:
+                    self._settle(job, RunStatus.COMPLETED, result, None)
         finally:
             self._executors -= 1
 
-    async def _execute(self, job: Job, task: asyncio.Task[None], writer: Writer) -> None:
-        started_us = now_us()
-        changes: dict[str, Any] = {
-            "started_at": started_us,
-            "owner": self.owner,
-            "attempt": job.attempt,
-            "heartbeat_at": started_us,
-        }
-        if job.attempt > 1:
-            changes["error_type"] = changes["error_message"] = None
-        if not writer.cas(job, RunStatus.RUNNING, changes):
-            # Cancelled (or finished) elsewhere before it could start.
-            self._lanes.release(job)
-            self._finish_local(job, self._status_in_registry(job), RunStatus.QUEUED, None)
-            _close(job.coro)
-            return
-        coro = job.coro
-        if coro is None:
-            assert job.factory is not None
-            try:
-                coro = job.factory()
-            except Exception as exc:
-                coro = _raise(exc)
+    def _not_started(self, job: Job) -> None:
+        """The QUEUED → RUNNING write did not apply: it was cancelled or finished elsewhere."""
+        self._lanes.release(job)
+        _close(job.coro)
         job.coro = None
-        job.state = RUNNING
-        job.task = task
-        job.started = time.monotonic()
-        self._running += 1
-        if self._listeners:
-            self._emit(job, RunStatus.RUNNING, RunStatus.QUEUED)
-        self._log.debug(
-                "run_started", run_id=job.run_id, name=job.name, status="running",
-                attempt=job.attempt,
-            )  # fmt: skip
-        token = _current.set((self, job))
-        error: BaseException | None = None
-        result: Any = None
+        self._finish_local(job, self._status_in_registry(job), RunStatus.QUEUED, None)
+
+    def _make_coro(self, job: Job) -> Awaitable[Any]:
+        assert job.factory is not None
         try:
-            if job.timeout is None:
-                result = await coro
-            else:
-                async with asyncio.timeout(job.timeout):
-                    result = await coro
-        except asyncio.CancelledError as exc:
-            if not job.cancel_requested:
-                # The executor itself is being cancelled (event loop teardown): record the
-                # run CANCELLED, then let the cancellation through.
-                _current.reset(token)
-                self._settle(job, RunStatus.CANCELLED, None, None)
-                raise
-            error = exc
-        except (KeyboardInterrupt, SystemExit) as exc:
-            _current.reset(token)
-            self._settle(job, RunStatus.FAILED, None, exc)
-            raise
-        except BaseException as exc:  # noqa: BLE001 - every failure is recorded, none escapes
-            error = exc
-        _current.reset(token)
-        if job.cancel_requested:
-            task.uncancel()
-            if error is None:
-                self._log.warning(
-                    "run_ignored_cancellation",
-                    run_id=job.run_id,
-                    name=job.name,
-                    detail="the coroutine caught CancelledError and returned; it is recorded "
-                    "CANCELLED. Re-raise CancelledError after cleanup.",
-                )
-            self._settle(job, RunStatus.CANCELLED, None, None)
-        elif error is None:
-            self._settle(job, RunStatus.COMPLETED, result, None)
-        elif job.retry is not None and job.retry.should_retry(error, job.attempt):
-            self._requeue(job, error)
-        else:
-            self._settle(job, RunStatus.FAILED, None, error)
+            return job.factory()
+        except Exception as exc:  # recorded as the run's failure
+            return _raise(exc)
 
     def _settle(
         self, job: Job, status: RunStatus, result: Any, error: BaseException | None
     ) -> None:
         """Record the end of a running job (unless a cancel already recorded it)."""
         self._running -= 1
-        self._lanes.release(job)
+        if job.group is not None:
+            self._lanes.release(job)
         job.task = None
         duration = time.monotonic() - job.started
         if job.cancel_requested:
-            status = RunStatus.CANCELLED  # cancel_task already wrote it
+            status = RunStatus.CANCELLED  # cancel_task (or another manager) already wrote it
         else:
-            changes: dict[str, Any] = {"finished_at": now_us()}
-            if status is RunStatus.COMPLETED:
-                if result is not None and not isinstance(result, _PLAIN):
-                    result = self._json_result(job, result)
-                changes["result"] = result
-            elif error is not None:
-                changes["error_type"] = type(error).__name__
-                changes["error_message"] = str(error) or repr(error)
-            if not self._writer.cas(job, status, changes):
+            if result is not None and type(result) not in _PLAIN:
+                result = self._json_result(job, result)
+            if error is None:
+                written = self._writer.finish(job, status, now_us(), result, None, None)
+            else:
+                written = self._writer.finish(
+                    job, status, now_us(), None, type(error).__name__, str(error) or repr(error)
+                )
+            if written is None:  # the writer calls _on_finished once the write is applied
+                job.state = FINISHING
+                job.outcome = (status, duration, error)
+                return
+            if not written:
                 status = self._status_in_registry(job)
+        self._ended(job, status, duration, error)
+
+    def _on_finished(self, job: Job, applied: bool) -> None:
+        """A terminal write the writer applied later: now the run has really ended."""
+        assert job.outcome is not None
+        status, duration, error = job.outcome
+        self._ended(job, status if applied else self._status_in_registry(job), duration, error)
+
+    def _ended(
+        self, job: Job, status: RunStatus, duration: float | None, error: BaseException | None
+    ) -> None:
         if status is RunStatus.FAILED:
             self._log.error(
                 "run_failed", run_id=job.run_id, name=job.name, status="failed",
                 attempt=job.attempt, duration=duration, exc_info=error,
             )  # fmt: skip
-        else:
+        elif self._debug:
             self._log.debug(
                 f"run_{status.value}", run_id=job.run_id, name=job.name, status=status.value,
                 attempt=job.attempt, duration=duration,
@@ -666,22 +726,25 @@ class BackgroundTaskManager:
                 if not fut.done():
                     fut.set_result(None)
         self._forget(job)
+        job.release()
 
     def _status_in_registry(self, job: Job) -> RunStatus:
-        if isinstance(self._writer, DirectWriter):
-            rec = self._writer._registry._runs.get(job.run_id)
-            if rec is not None and rec.status.is_terminal:
-                return rec.status
+        """The terminal status another writer gave a run our write could not change."""
+        rec = job.rec
+        if rec is not None and rec.status.is_terminal:
+            return rec.status
         return RunStatus.CANCELLED
 
     def _requeue(self, job: Job, error: BaseException) -> None:
-        assert job.retry is not None and self._loop is not None
+        assert job.retry is not None
+        assert self._loop is not None
         self._running -= 1
         self._lanes.release(job)
         job.task = None
         delay = job.retry.delay(job.attempt)
+        next_attempt = job.attempt + 1
         changes = {
-            "attempt": job.attempt + 1,
+            "attempt": next_attempt,
             "error_type": type(error).__name__,
             "error_message": str(error) or repr(error),
         }
@@ -690,10 +753,10 @@ class BackgroundTaskManager:
             return
         self._log.warning(
             "run_retrying", run_id=job.run_id, name=job.name, status="queued",
-            attempt=job.attempt, next_attempt=job.attempt + 1, delay=delay,
+            attempt=next_attempt - 1, next_attempt=next_attempt, delay=delay,
             error_type=type(error).__name__, error_message=str(error),
         )  # fmt: skip
-        job.attempt += 1
+        job.attempt = next_attempt
         job.state = QUEUED
         if self._listeners:
             self._emit(job, RunStatus.QUEUED, RunStatus.RUNNING, error=error)
@@ -729,6 +792,7 @@ class BackgroundTaskManager:
         """
         job = self._jobs.get(run_id)
         if job is None:
+            await self._writer.flush()  # our own pending writes of this run land first
             try:
                 run = await self.registry.transition(
                     run_id, RunStatus.CANCELLED, finished_at=utcnow()
@@ -742,21 +806,18 @@ class BackgroundTaskManager:
         if job.state == DONE:
             return False
         if job.state == QUEUED:
-            if job.timer is not None:
-                job.timer.cancel()
-                job.timer = None
-                self._delayed -= 1
-            else:
-                self._waiting -= 1
-                self._lanes.discard(job)
-            job.state = DONE  # the lanes skip it from now on
-            _close(job.coro)
-            job.coro = None
+            self._drop_queued(job)
             won = await self._writer.cas_now(job, RunStatus.CANCELLED, {"finished_at": now_us()})
             status = RunStatus.CANCELLED if won else self._status_in_registry(job)
-            self._log.info("run_cancelled", run_id=job.run_id, name=job.name, status="cancelled")
+            self._log.info(
+                "run_cancelled", run_id=job.run_id, name=job.name, status=status.value,
+                attempt=job.attempt,
+            )  # fmt: skip
             self._finish_local(job, status, RunStatus.QUEUED, None)
             return won
+        if job.state == FINISHING:
+            await self._writer.flush()  # its terminal write lands first: nothing to cancel
+            return False
         # Running: record the cancellation first, so it wins against a completion.
         if job.cancel_requested:
             won = False
@@ -767,6 +828,19 @@ class BackgroundTaskManager:
                 job.task.cancel()
         await self._await_job(job, self._cancel_timeout)
         return won
+
+    def _drop_queued(self, job: Job) -> None:
+        """Take a queued job out of the lanes (or its timer) without running it."""
+        if job.timer is not None:
+            job.timer.cancel()
+            job.timer = None
+            self._delayed -= 1
+        else:
+            self._waiting -= 1
+            self._lanes.discard(job)
+        job.state = DONE  # the lanes skip it from now on
+        _close(job.coro)
+        job.coro = None
 
     async def _await_job(self, job: Job, timeout: float | None) -> bool:
         if job.state == DONE:
@@ -794,10 +868,15 @@ class BackgroundTaskManager:
     def _on_conflict(self, run_id: str) -> None:
         """A write of ours did not apply: the run was finished or cancelled elsewhere."""
         job = self._jobs.get(run_id)
-        if job is not None and job.state == RUNNING and not job.cancel_requested:
+        if job is None or job.cancel_requested:
+            return
+        if job.state == RUNNING:
             job.cancel_requested = True
             if job.task is not None:
                 job.task.cancel()
+        elif job.state == QUEUED:
+            self._drop_queued(job)
+            self._finish_local(job, RunStatus.CANCELLED, RunStatus.QUEUED, None)
 
     async def wait(self, run_id: str, timeout: float | None = None) -> Run:
         """Wait for a run to finish and return its terminal record.

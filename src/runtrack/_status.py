@@ -9,7 +9,7 @@ from typing import Final
 __all__ = ["PREDECESSORS", "TERMINAL", "RunStatus", "check_transition", "normalize_statuses"]
 
 
-class RunStatus(str, enum.Enum):
+class RunStatus(enum.StrEnum):
     """Where a run is in its life.
 
     ``QUEUED → RUNNING → COMPLETED | FAILED | CANCELLED``; a queued run may also be
@@ -27,9 +27,6 @@ class RunStatus(str, enum.Enum):
     def is_terminal(self) -> bool:
         """Whether the run is finished: nothing may change this status any more."""
         return self in TERMINAL
-
-    def __str__(self) -> str:
-        return self.value
 
 
 TERMINAL: Final = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})

@@ -9,6 +9,7 @@ a compare-and-set that did not apply is reported back to the manager.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
@@ -19,7 +20,7 @@ from runtrack._clock import us_to_dt
 from runtrack._exceptions import DuplicateRunError, RunNotFoundError
 from runtrack._models import Run
 from runtrack._status import PREDECESSORS, RunStatus
-from runtrack.registry.memory import InMemoryRunRegistry, _Rec
+from runtrack.registry.memory import InMemoryRunRegistry
 
 if TYPE_CHECKING:
     from runtrack._admission import Job
@@ -35,7 +36,7 @@ def job_to_run(job: Job, owner: str) -> Run:
     return Run(
         run_id=job.run_id,
         name=job.name,
-        created_at=us_to_dt(job.created_us),
+        created_at=us_to_dt(job.created_at),
         parameters=job.parameters or {},
         tags=job.tags or {},
         group=job.group,
@@ -56,6 +57,25 @@ class Writer(Protocol):
 
     async def insert_now(self, job: Job) -> bool:
         """Record the job QUEUED before returning; False if the id existed."""
+        ...
+
+    def start(self, job: Job, started_us: int) -> bool:
+        """QUEUED → RUNNING for the job's attempt; False if it certainly did not apply."""
+        ...
+
+    def finish(
+        self,
+        job: Job,
+        status: RunStatus,
+        finished_us: int,
+        result: Any,
+        error_type: str | None,
+        error_message: str | None,
+    ) -> bool | None:
+        """RUNNING → a terminal status: whether it applied, or None if the answer comes later.
+
+        A writer that answers later calls the manager's ``on_finished(job, applied)``.
+        """
         ...
 
     def cas(self, job: Job, to: RunStatus, changes: dict[str, Any]) -> bool:
@@ -86,33 +106,54 @@ class Writer(Protocol):
 class DirectWriter:
     """Synchronous writes into an `InMemoryRunRegistry` (the manager's fast path)."""
 
-    __slots__ = ("_owner", "_registry")
+    __slots__ = ("_owner", "_registry", "_runs")
 
     def __init__(self, registry: InMemoryRunRegistry, owner: str) -> None:
         self._registry = registry
+        self._runs = registry._runs
         self._owner = owner
 
     def insert(self, job: Job) -> bool:
-        rec = _Rec()
-        rec.run_id = job.run_id
-        rec.name = job.name
-        rec.status = RunStatus.QUEUED
-        rec.created_at = job.created_us
-        rec.started_at = rec.finished_at = rec.heartbeat_at = None
-        rec.parameters = job.parameters
-        rec.tags = job.tags
-        rec.group = job.group
-        rec.priority = job.priority
-        rec.timeout = job.timeout
-        rec.attempt = job.attempt
-        rec.max_attempts = job.max_attempts
-        rec.progress = rec.progress_message = rec.result = None
-        rec.error_type = rec.error_message = None
-        rec.owner = self._owner
-        return self._registry._insert(rec)
+        job.owner = self._owner
+        if self._registry._insert(job):
+            job.rec = job
+            return True
+        job.rec = self._runs[job.run_id]  # recorded before start_task: run that record
+        return False
 
     async def insert_now(self, job: Job) -> bool:
         return self.insert(job)
+
+    def start(self, job: Job, started_us: int) -> bool:
+        rec = job.rec
+        if rec is None or rec.status is not RunStatus.QUEUED:
+            return False
+        rec.status = RunStatus.RUNNING
+        rec.started_at = rec.heartbeat_at = started_us
+        rec.owner = self._owner
+        if job.attempt != 1:
+            rec.attempt = job.attempt
+            rec.error_type = rec.error_message = None
+        return True
+
+    def finish(
+        self,
+        job: Job,
+        status: RunStatus,
+        finished_us: int,
+        result: Any,
+        error_type: str | None,
+        error_message: str | None,
+    ) -> bool:
+        rec = job.rec
+        if rec is None or rec.status is not RunStatus.RUNNING:
+            return False
+        rec.status = status
+        rec.finished_at = finished_us
+        rec.result = result
+        rec.error_type = error_type
+        rec.error_message = error_message
+        return True
 
     def cas(self, job: Job, to: RunStatus, changes: dict[str, Any]) -> bool:
         return self._registry._cas(job.run_id, to, PREDECESSORS[to], changes) is not None
@@ -151,10 +192,12 @@ class QueueWriter:
         registry: RunRegistry,
         owner: str,
         on_conflict: Callable[[str], None],
+        on_finished: Callable[[Job, bool], None],
     ) -> None:
         self._registry = registry
         self._owner = owner
         self._on_conflict = on_conflict
+        self._on_finished = on_finished
         self._ops: deque[tuple[str, Callable[[], Coroutine[Any, Any, Any]]]] = deque()
         self._task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
@@ -180,10 +223,9 @@ class QueueWriter:
         run = job_to_run(job, self._owner)
 
         async def op() -> None:
-            try:
+            # start_task records the run only if it is not already there
+            with contextlib.suppress(DuplicateRunError):
                 await self._registry.add_run(run)
-            except DuplicateRunError:
-                pass  # start_task records the run only if it is not already there
 
         self._put(job.run_id, op)
         return True
@@ -207,6 +249,43 @@ class QueueWriter:
         self._put(run_id, op)
         return True
 
+    def start(self, job: Job, started_us: int) -> bool:
+        changes: dict[str, Any] = {
+            "started_at": started_us,
+            "heartbeat_at": started_us,
+            "owner": self._owner,
+            "attempt": job.attempt,
+        }
+        if job.attempt > 1:
+            changes["error_type"] = changes["error_message"] = None
+        return self.cas(job, RunStatus.RUNNING, changes)
+
+    def finish(
+        self,
+        job: Job,
+        status: RunStatus,
+        finished_us: int,
+        result: Any,
+        error_type: str | None,
+        error_message: str | None,
+    ) -> bool | None:
+        changes: dict[str, Any] = {"finished_at": us_to_dt(finished_us)}
+        if result is not None:
+            changes["result"] = result
+        if error_type is not None:
+            changes["error_type"] = error_type
+            changes["error_message"] = error_message
+
+        async def op() -> None:
+            applied = False
+            try:
+                applied = await self._registry.transition(job.run_id, status, **changes) is not None
+            finally:
+                self._on_finished(job, applied)
+
+        self._put(job.run_id, op)
+        return None
+
     async def cas_now(self, job: Job, to: RunStatus, changes: dict[str, Any]) -> bool:
         await self.flush()
         return await self._registry.transition(job.run_id, to, **_as_datetimes(changes)) is not None
@@ -215,10 +294,9 @@ class QueueWriter:
         values = _as_datetimes(changes)
 
         async def op() -> None:
-            try:
+            # cleaned up or never recorded: nothing to update
+            with contextlib.suppress(RunNotFoundError):
                 await self._registry.update_run(run_id, **values)
-            except RunNotFoundError:
-                pass  # cleaned up or never recorded: nothing to update
 
         self._put(run_id, op)
 

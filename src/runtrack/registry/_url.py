@@ -6,6 +6,8 @@ import importlib
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
+from runtrack.registry.memory import InMemoryRunRegistry
+
 if TYPE_CHECKING:
     from runtrack.registry.base import RunRegistry
 
@@ -52,11 +54,9 @@ def registry_from_url(url: str) -> RunRegistry:
     if scheme not in SCHEMES:
         shown = f"scheme {scheme!r}" if scheme else "no scheme"
         raise ValueError(f"cannot build a registry from a URL with {shown}: use one of {_FORMS}")
-    module_name, class_name, extra = SCHEMES[scheme]
     if scheme == "memory":
-        from runtrack.registry.memory import InMemoryRunRegistry
-
         return InMemoryRunRegistry()
+    module_name, class_name, extra = SCHEMES[scheme]
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

@@ -21,8 +21,9 @@ from runtrack._status import TERMINAL, RunStatus
 
 __all__ = [
     "MUTABLE_FIELDS",
-    "StatusFilter",
     "RunRegistry",
+    "StatusFilter",
+    "is_int",
     "validate_changes",
     "validate_list_args",
     "validate_output",
@@ -215,13 +216,18 @@ def validate_list_args(limit: int, offset: int) -> None:
     Raises:
         ValueError: either bound is out of range.
     """
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+    if not is_int(limit) or limit < 1:
         raise ValueError(f"limit must be an int >= 1, got {limit!r}")
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+    if not is_int(offset) or offset < 0:
         raise ValueError(f"offset must be an int >= 0, got {offset!r}")
 
 
-def validate_output(chunks: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+def is_int(value: object) -> bool:
+    """Whether ``value`` is an int and not a bool (callers may not be type-checked)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def validate_output(chunks: Iterable[object]) -> list[tuple[str, str]]:
     """Check ``(stream, text)`` chunks for `RunRegistry.append_output`.
 
     Raises:
@@ -239,5 +245,5 @@ def validate_output(chunks: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
             raise TypeError(f"output chunks are (stream, text) pairs of str, got {chunk!r}")
         if not 1 <= len(chunk[0]) <= 64:
             raise ValueError(f"stream name must be 1 to 64 characters, got {chunk[0]!r}")
-        items.append(chunk)
+        items.append((chunk[0], chunk[1]))
     return items

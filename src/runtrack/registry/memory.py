@@ -22,8 +22,12 @@ __all__ = ["InMemoryRunRegistry"]
 _TIME_FIELDS = frozenset({"created_at", "started_at", "finished_at", "heartbeat_at"})
 
 
-class _Rec:
-    """A run as stored here: slotted, timestamps as integer microseconds, {} kept as None."""
+class _Record:
+    """A run as stored here: slotted, timestamps as integer microseconds, {} kept as None.
+
+    The manager's jobs subclass it, so a job it starts on this registry is stored as is,
+    with no copy and no lookup per status change.
+    """
 
     __slots__ = (
         "attempt",
@@ -71,39 +75,42 @@ class _Rec:
 
     def to_run(self) -> Run:
         data: dict[str, Any] = {}
-        for field in _Rec.__slots__:
+        for field in _FIELDS:
             value = getattr(self, field)
-            if field in _TIME_FIELDS and value is not None:
-                value = us_to_dt(value)
-            data[field] = value
+            data[field] = us_to_dt(value) if field in _TIME_FIELDS and value is not None else value
         data["parameters"] = dict(self.parameters or {})
         data["tags"] = dict(self.tags or {})
-        return Run.model_construct(**data)
+        return Run.model_validate(data)
 
     @property
     def age_us(self) -> int:
         return self.finished_at if self.finished_at is not None else self.created_at
 
 
-def _rec_from_run(run: Run) -> _Rec:
-    rec = _Rec()
-    for field in _Rec.__slots__:
+_FIELDS = _Record.__slots__
+
+
+def _rec_from_run(run: Run) -> _Record:
+    rec = _Record()
+    for field in _FIELDS:
         value = getattr(run, field)
         if field in _TIME_FIELDS and value is not None:
-            value = dt_to_us(value)
-        setattr(rec, field, value)
+            setattr(rec, field, dt_to_us(value))
+        else:
+            setattr(rec, field, value)
     rec.parameters = dict(run.parameters) or None
     rec.tags = dict(run.tags) or None
     return rec
 
 
-def _set_fields(rec: _Rec, changes: Mapping[str, Any]) -> None:
+def _set_fields(rec: _Record, changes: Mapping[str, Any]) -> None:
     for field, value in changes.items():
         if field in _TIME_FIELDS and value is not None:
-            value = dt_to_us(value)
+            setattr(rec, field, dt_to_us(value))
         elif field == "tags":
-            value = dict(value) or None
-        setattr(rec, field, value)
+            setattr(rec, field, dict(value) or None)
+        else:
+            setattr(rec, field, value)
 
 
 class InMemoryRunRegistry:
@@ -125,7 +132,7 @@ class InMemoryRunRegistry:
     """
 
     def __init__(self) -> None:
-        self._runs: dict[str, _Rec] = {}
+        self._runs: dict[str, _Record] = {}
         self._output: dict[str, list[OutputChunk]] = {}
         # True while runs were inserted in created_at order: list_runs can then walk
         # the dict backwards instead of sorting.
@@ -137,7 +144,7 @@ class InMemoryRunRegistry:
 
     # -- the fast path the manager uses (synchronous, same semantics) -----------------
 
-    def _insert(self, rec: _Rec) -> bool:
+    def _insert(self, rec: _Record) -> bool:
         if rec.run_id in self._runs:
             return False
         self._runs[rec.run_id] = rec
@@ -149,7 +156,7 @@ class InMemoryRunRegistry:
 
     def _cas(
         self, run_id: str, to: RunStatus, expect: frozenset[RunStatus], changes: dict[str, Any]
-    ) -> _Rec | None:
+    ) -> _Record | None:
         rec = self._runs.get(run_id)
         if rec is None or rec.status not in expect:
             return None
@@ -247,10 +254,13 @@ class InMemoryRunRegistry:
                 break
         return out
 
-    def _newest_first(self) -> Iterable[_Rec]:
+    def _newest_first(self) -> Iterable[_Record]:
         if self._in_order:
             return reversed(self._runs.values())
-        return sorted(reversed(self._runs.values()), key=lambda r: r.created_at, reverse=True)
+        # Newest first; among equal created_at, the last inserted first (as in the fast path).
+        newest = list(reversed(self._runs.values()))
+        newest.sort(key=lambda r: r.created_at, reverse=True)
+        return newest
 
     async def count_runs(self, *, name: str | None = None) -> dict[RunStatus, int]:
         """How many runs are in each status (see `RunRegistry`)."""
