@@ -6,14 +6,19 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
+from redis_registries import REDIS_REGISTRIES
 from registries import REGISTRIES, RegistryFactory
+from sql_registries import SQL_REGISTRIES
 
 from runtrack import RunRegistry
 
 
+ALL_REGISTRIES = [*REGISTRIES, *SQL_REGISTRIES, *REDIS_REGISTRIES]
+
+
 @pytest_asyncio.fixture(
-    params=[factory for _, factory in REGISTRIES],
-    ids=[backend for backend, _ in REGISTRIES],
+    params=[factory for _, factory in ALL_REGISTRIES],
+    ids=[backend for backend, _ in ALL_REGISTRIES],
 )
 async def registry(request: pytest.FixtureRequest) -> AsyncIterator[RunRegistry]:
     """A fresh, empty registry of each backend in ``tests/registries.py``, closed after."""

@@ -12,7 +12,7 @@ import gc
 import inspect
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, Self
 
@@ -690,7 +690,7 @@ class TestAdmission:
             {"default_timeout": 0},
             {"shutdown_grace": -1.0},
         ],
-        ids=lambda options: ",".join(options),
+        ids=["max_concurrency", "max_pending", "group_limits", "default_timeout", "grace"],
     )
     def test_invalid_options_are_value_errors(self, options: dict[str, Any]) -> None:
         with pytest.raises(ValueError, match=next(iter(options))):
@@ -970,9 +970,7 @@ class TestRetries:
             assert {"run_id", "name", "status", "attempt"} <= entry.keys()
             assert entry["run_id"] == run.run_id
 
-    async def test_the_last_failure_ends_failed(
-        self, task_manager: BackgroundTaskManager
-    ) -> None:
+    async def test_the_last_failure_ends_failed(self, task_manager: BackgroundTaskManager) -> None:
         calls = 0
 
         async def always_down() -> None:
@@ -1386,9 +1384,7 @@ class TestFailures:
 class TestRunContext:
     """current_run and report_progress see the run executing in this context."""
 
-    async def test_current_run_describes_the_run(
-        self, task_manager: BackgroundTaskManager
-    ) -> None:
+    async def test_current_run_describes_the_run(self, task_manager: BackgroundTaskManager) -> None:
         seen: list[RunHandle] = []
 
         async def introspect(x: int) -> int:
@@ -1555,9 +1551,7 @@ class TestListeners:
             RunStatus.CANCELLED,
         )
 
-    async def test_an_async_listener_is_awaited(
-        self, task_manager: BackgroundTaskManager
-    ) -> None:
+    async def test_an_async_listener_is_awaited(self, task_manager: BackgroundTaskManager) -> None:
         finished = asyncio.Event()
         statuses: list[RunStatus] = []
 
@@ -1712,7 +1706,7 @@ class TestStats:
 TRANSITION_FIELDS = {"run_id", "name", "status", "attempt"}
 
 
-def events_of(logs: list[Mapping[str, Any]], run_id: str) -> list[Mapping[str, Any]]:
+def events_of(logs: Sequence[Mapping[str, Any]], run_id: str) -> list[Mapping[str, Any]]:
     return [e for e in logs if e.get("run_id") == run_id]
 
 

@@ -165,7 +165,9 @@ class DelegatingRegistry:
 
 
 @pytest.fixture(params=["memory", "queued-writer"])
-def registry(request: pytest.FixtureRequest, runtrack_registry: InMemoryRunRegistry) -> Any:
+def manager_registry(
+    request: pytest.FixtureRequest, runtrack_registry: InMemoryRunRegistry
+) -> Any:
     """The registry managers write to: the in-memory one, or it behind the queued writer.
 
     Tests read ``runtrack_registry`` directly, which is the same data either way.
@@ -180,15 +182,15 @@ ManagerFactory = Callable[..., BackgroundTaskManager]
 
 @pytest.fixture
 async def make_manager(
-    registry: RunRegistry, runtrack_registry: InMemoryRunRegistry
+    manager_registry: RunRegistry, runtrack_registry: InMemoryRunRegistry
 ) -> AsyncIterator[ManagerFactory]:
-    """Build managers on ``registry``; every one is shut down and checked after the test."""
+    """Build managers on ``manager_registry``; every one is shut down and checked after the test."""
     made: list[BackgroundTaskManager] = []
 
     def make(**options: Any) -> BackgroundTaskManager:
         options.setdefault("heartbeat_interval", 0.02)
         options.setdefault("cancel_timeout", SAFETY)
-        manager = BackgroundTaskManager(registry, **options)
+        manager = BackgroundTaskManager(manager_registry, **options)
         made.append(manager)
         return manager
 

@@ -17,7 +17,8 @@ from datetime import timedelta
 from typing import Any, Self, TypeVar
 
 import pytest
-from hypothesis import event, settings
+from hypothesis import event as note
+from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -172,7 +173,7 @@ class ManagerMachine(RuleBasedStateMachine):
                 len(self.events),
             )
             stable = stable + 1 if snapshot == previous else 0
-            if stable >= 5:
+            if stable >= 3:
                 return
             previous = snapshot
         raise AssertionError("the manager never settled")
@@ -204,9 +205,7 @@ class ManagerMachine(RuleBasedStateMachine):
         queued_writer=st.booleans(),
         initial=st.lists(st.integers(min_value=-2, max_value=2), min_size=3, max_size=8),
     )
-    def start(
-        self, max_concurrency: int | None, queued_writer: bool, initial: list[int]
-    ) -> None:
+    def start(self, max_concurrency: int | None, queued_writer: bool, initial: list[int]) -> None:
         async def make() -> BackgroundTaskManager:
             registry = DelegatingRegistry(self.registry) if queued_writer else self.registry
             manager = BackgroundTaskManager(
@@ -251,7 +250,7 @@ class ManagerMachine(RuleBasedStateMachine):
             return
         run_id = data.draw(st.sampled_from(candidates), label="run")
         before = self.status(run_id)
-        event(f"complete a {before.value} run")
+        note(f"complete a {before.value} run")
         self.outcomes[run_id].set_result(f"result of {run_id}")
         self.settle()
         if before is RunStatus.RUNNING:
@@ -267,7 +266,7 @@ class ManagerMachine(RuleBasedStateMachine):
             return
         run_id = data.draw(st.sampled_from(candidates), label="run")
         before = self.status(run_id)
-        event(f"fail a {before.value} run")
+        note(f"fail a {before.value} run")
         self.outcomes[run_id].set_exception(ValueError(f"{run_id} failed"))
         self.settle()
         if before is RunStatus.RUNNING:
@@ -284,7 +283,7 @@ class ManagerMachine(RuleBasedStateMachine):
         candidates = [r for r in newest_first if statuses[r] in ACTIVE] if only_active else []
         run_id = data.draw(st.sampled_from(candidates or newest_first), label="run")
         before = statuses[run_id]
-        event(f"cancel a {before.value} run")
+        note(f"cancel a {before.value} run")
         cancelled = self.run(self.manager.cancel_task(run_id))
         self.settle()
         after = self.status(run_id)
@@ -328,7 +327,7 @@ class ManagerMachine(RuleBasedStateMachine):
     # -- invariants -----------------------------------------------------------------------
 
     @invariant()
-    def invariants(self) -> None:
+    def steady_state_holds(self) -> None:
         statuses = self.statuses()
         counts = self.run(self.registry.count_runs())
         assert set(statuses) == set(self.run_ids)
@@ -381,9 +380,7 @@ class ManagerMachine(RuleBasedStateMachine):
             if self._manager is not None and not self.closed:
                 self.run(self.manager.shutdown(grace=0))
                 self.closed = True
-                self.check_nothing_is_active_after_shutdown(
-                    self.run(self.registry.count_runs())
-                )
+                self.check_nothing_is_active_after_shutdown(self.run(self.registry.count_runs()))
             for outcome in self.outcomes.values():
                 if not outcome.done():
                     outcome.cancel()
@@ -393,7 +390,5 @@ class ManagerMachine(RuleBasedStateMachine):
             self.runner.close()
 
 
-ManagerMachine.TestCase.settings = settings(
-    max_examples=50, stateful_step_count=30, deadline=None
-)
+ManagerMachine.TestCase.settings = settings(max_examples=50, stateful_step_count=30, deadline=None)
 TestManagerMachine = ManagerMachine.TestCase

@@ -33,6 +33,10 @@ def _short_teardown(monkeypatch):
 """
 
 
+#: Plugins the inner sessions do not need (hypothesis' summary alone costs a second each).
+INNER_ARGS = ("-p", "no:randomly", "-p", "no:hypothesispytest", "-p", "no:anyio")
+
+
 @pytest.fixture
 def inner(pytester: pytest.Pytester) -> pytest.Pytester:
     """A pytester directory configured like a user's async test suite."""
@@ -98,7 +102,7 @@ class TestLeakCheck:
                 assert (await runtrack_registry.get_run(run.run_id)).status == "completed"
             """
         )
-        result = inner.runpytest("-p", "no:randomly")
+        result = inner.runpytest(*INNER_ARGS)
         result.assert_outcomes(passed=1)
 
     def test_a_run_still_going_at_the_end_is_awaited(self, inner: pytest.Pytester) -> None:
@@ -121,7 +125,7 @@ class TestLeakCheck:
                 assert finished == [True]
             """
         )
-        result = inner.runpytest("-p", "no:randomly")
+        result = inner.runpytest(*INNER_ARGS)
         result.assert_outcomes(passed=2)
 
     def test_a_leaked_run_fails_the_test_at_teardown(self, inner: pytest.Pytester) -> None:
@@ -136,13 +140,11 @@ class TestLeakCheck:
                 await task_manager.submit(forever, run_id="leaked-run")
             """
         )
-        result = inner.runpytest("-p", "no:randomly")
+        result = inner.runpytest(*INNER_ARGS)
         result.assert_outcomes(passed=1, errors=1)
         result.stdout.fnmatch_lines(["*task_manager*still active*", "*leaked-run*"])
 
-    def test_a_run_left_active_in_the_registry_fails_the_test(
-        self, inner: pytest.Pytester
-    ) -> None:
+    def test_a_run_left_active_in_the_registry_fails_the_test(self, inner: pytest.Pytester) -> None:
         inner.makepyfile(
             """
             from runtrack import Run
@@ -151,7 +153,7 @@ class TestLeakCheck:
                 await runtrack_registry.add_run(Run(run_id="stray-run", name="stray"))
             """
         )
-        result = inner.runpytest("-p", "no:randomly")
+        result = inner.runpytest(*INNER_ARGS)
         result.assert_outcomes(passed=1, errors=1)
         result.stdout.fnmatch_lines(["*non-terminal*stray-run*"])
 
@@ -185,7 +187,7 @@ class TestLeakCheck:
                 await task_manager.submit(forever, run_id="leaked-run")
             """
         )
-        result = inner.runpytest("-p", "no:randomly")
+        result = inner.runpytest(*INNER_ARGS)
         # One error: task_manager's failure. check_after's own assertions passed.
         result.assert_outcomes(passed=1, errors=1)
         assert "assert cancelled" not in result.stdout.str()

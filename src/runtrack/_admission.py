@@ -51,6 +51,11 @@ class Job(_Record):
         "waiters",
     )
 
+    # Set later, when first needed: seq (by Lanes.push), started (when it runs), outcome.
+    seq: int
+    started: float
+    outcome: tuple[RunStatus, float | None, BaseException | None]
+
     def __init__(
         self,
         run_id: str,
@@ -84,20 +89,16 @@ class Job(_Record):
         self.coro = coro
         self.factory = factory
         self.retry = retry
-        self.seq = 0
         self.state = QUEUED
         self.cancel_requested = False
         self.task: asyncio.Task[None] | None = None
-        self.started = 0.0
         self.waiters: list[asyncio.Future[None]] | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.rec: _Record | None = None
-        self.outcome: tuple[RunStatus, float | None, BaseException | None] | None = None
 
     def release(self) -> None:
         """Drop what only execution needed, once the job is done (it may live on as a record)."""
         self.coro = self.factory = self.retry = self.task = self.timer = self.rec = None
-        self.outcome = None
 
 
 class _Lane:

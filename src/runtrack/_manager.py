@@ -11,6 +11,7 @@ import os
 import socket
 import sys
 import time
+from time import time_ns
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from types import CoroutineType
 from typing import Any, Self
@@ -580,7 +581,7 @@ class BackgroundTaskManager:
                 if job is None:
                     return
                 self._waiting -= 1
-                if not writer.start(job, now_us()):
+                if not writer.start(job, time_ns() // 1000):
                     self._not_started(job)
                     continue
                 coro = job.coro
@@ -673,10 +674,10 @@ class BackgroundTaskManager:
             if result is not None and type(result) not in _PLAIN:
                 result = self._json_result(job, result)
             if error is None:
-                written = self._writer.finish(job, status, now_us(), result, None, None)
+                written = self._writer.finish(job, status, time_ns() // 1000, result, None, None)
             else:
                 written = self._writer.finish(
-                    job, status, now_us(), None, type(error).__name__, str(error) or repr(error)
+                    job, status, now_us(), None, type(error).__name__, _describe(error, job)
                 )
             if written is None:  # the writer calls _on_finished once the write is applied
                 job.state = FINISHING
@@ -688,7 +689,6 @@ class BackgroundTaskManager:
 
     def _on_finished(self, job: Job, applied: bool) -> None:
         """A terminal write the writer applied later: now the run has really ended."""
-        assert job.outcome is not None
         status, duration, error = job.outcome
         self._ended(job, status if applied else self._status_in_registry(job), duration, error)
 
@@ -725,8 +725,12 @@ class BackgroundTaskManager:
             for fut in waiters:
                 if not fut.done():
                     fut.set_result(None)
-        self._forget(job)
-        job.release()
+        jobs = self._jobs
+        if jobs.get(job.run_id) is job:  # _forget(), inlined
+            del jobs[job.run_id]
+            if not jobs:
+                self._idle.set()
+        job.coro = job.factory = job.retry = job.task = job.timer = job.rec = None
 
     def _status_in_registry(self, job: Job) -> RunStatus:
         """The terminal status another writer gave a run our write could not change."""
@@ -746,7 +750,7 @@ class BackgroundTaskManager:
         changes = {
             "attempt": next_attempt,
             "error_type": type(error).__name__,
-            "error_message": str(error) or repr(error),
+            "error_message": _describe(error, job),
         }
         if not self._writer.cas(job, RunStatus.QUEUED, changes):
             self._finish_local(job, self._status_in_registry(job), RunStatus.RUNNING, None)
@@ -973,7 +977,7 @@ class BackgroundTaskManager:
             attempt=job.attempt,
             group=job.group,
             error_type=None if error is None else type(error).__name__,
-            error_message=None if error is None else str(error),
+            error_message=None if error is None else _describe(error, job),
             duration=duration,
         )
         for callback in list(self._listeners):
@@ -1041,6 +1045,16 @@ class BackgroundTaskManager:
             running_by_group=dict(self._lanes.running_by_group),
             by_name=self._stats.by_name(),
         )
+
+
+def _describe(error: BaseException, job: Job) -> str:
+    """The error message recorded for a failed attempt."""
+    message = str(error)
+    if message:
+        return message
+    if isinstance(error, TimeoutError) and job.timeout is not None:
+        return f"the run took longer than its timeout of {job.timeout:g}s"
+    return repr(error)
 
 
 async def _raise(exc: Exception) -> Any:

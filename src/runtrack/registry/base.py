@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, Final, Protocol, Self, runtime_checkable
 
@@ -21,7 +22,9 @@ from runtrack._status import TERMINAL, RunStatus
 
 __all__ = [
     "MUTABLE_FIELDS",
+    "BatchWriting",
     "RunRegistry",
+    "RunWrite",
     "StatusFilter",
     "is_int",
     "validate_changes",
@@ -50,6 +53,55 @@ MUTABLE_FIELDS: Final = frozenset(
         "timeout",
     }
 )
+
+
+@dataclasses.dataclass(slots=True)
+class RunWrite:
+    """One write of a batch given to `BatchWriting.write_batch`.
+
+    The manager's writer coalesces a run's pending lifecycle writes into one `RunWrite`:
+
+    - ``insert`` set: create the run if its id is absent (``run`` holds the full record,
+      already carrying the latest status and fields). If the id exists, fall through to
+      the compare-and-set below, so a run recorded before ``start_task`` is still updated.
+    - ``to`` set: compare-and-set, applied only if the stored status is in ``expect``;
+      ``changes`` (validated values, datetimes aware UTC) are set in the same write.
+    - neither: set ``changes`` on the run if it exists (progress, heartbeat, ...).
+
+    Attributes:
+        run_id: The run.
+        run: The record to insert when absent, or None.
+        to: The target status of the compare-and-set, or None.
+        expect: The statuses the compare-and-set may apply from.
+        changes: Field values to set (names from `MUTABLE_FIELDS`).
+    """
+
+    run_id: str
+    run: Run | None = None
+    to: RunStatus | None = None
+    expect: frozenset[RunStatus] = frozenset()
+    changes: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@runtime_checkable
+class BatchWriting(Protocol):
+    """**Protocol:** a registry that applies many writes in one round trip.
+
+    Registries that implement it (SQL, Redis, memory) get group-committed writes from the
+    manager; others get their writes one call at a time.
+    """
+
+    async def write_batch(self, writes: Sequence[RunWrite]) -> list[bool]:
+        """Apply ``writes`` in order, each atomically; return whether each one applied.
+
+        An insert applies when the run was absent, or when the compare-and-set it falls
+        through to applies. A field-only write applies when the run exists.
+
+        Raises:
+            RegistryUnavailableError: the backend could not be reached; nothing was applied
+                (the whole batch is one transaction or one server-side script).
+        """
+        ...
 
 
 @runtime_checkable

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, Self
 
@@ -11,6 +11,7 @@ from runtrack._exceptions import DuplicateRunError, RunNotFoundError
 from runtrack._models import OutputChunk, Run
 from runtrack._status import TERMINAL, RunStatus, check_transition, normalize_statuses
 from runtrack.registry.base import (
+    RunWrite,
     StatusFilter,
     validate_changes,
     validate_list_args,
@@ -186,6 +187,23 @@ class InMemoryRunRegistry:
             raise TypeError(f"add_run() takes a runtrack.Run, got {type(run).__name__}")
         if not self._insert(_rec_from_run(run)):
             raise DuplicateRunError(run.run_id)
+
+    async def write_batch(self, writes: Sequence[RunWrite]) -> list[bool]:
+        """Apply writes in order, each atomically (see `BatchWriting`)."""
+        applied: list[bool] = []
+        for write in writes:
+            rec = self._runs.get(write.run_id)
+            if write.run is not None and rec is None:
+                applied.append(self._insert(_rec_from_run(write.run)))
+                continue
+            if rec is None or (write.to is not None and rec.status not in write.expect):
+                applied.append(False)
+                continue
+            if write.to is not None:
+                rec.status = write.to
+            _set_fields(rec, write.changes)
+            applied.append(True)
+        return applied
 
     async def get_run(self, run_id: str) -> Run | None:
         """Return the run with this id, or None."""

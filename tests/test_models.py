@@ -1,0 +1,690 @@
+"""Tests for the data runtrack records, its statuses, errors, registry URLs and public names."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+from types import ModuleType
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+import runtrack
+import runtrack.registry
+from runtrack import (
+    TERMINAL,
+    DuplicateRunError,
+    InMemoryRunRegistry,
+    ManagerClosedError,
+    NoActiveRunError,
+    OutputChunk,
+    QueueFullError,
+    RegistryUnavailableError,
+    Retry,
+    Run,
+    RunEvent,
+    RunNotFoundError,
+    RunStatus,
+    RuntrackError,
+    registry_from_url,
+)
+
+CEST = timezone(timedelta(hours=2))
+
+
+def param_id(value: object) -> str:
+    """A short, readable test id: long strings by their length, classes by name."""
+    if isinstance(value, dict):
+        return ",".join(
+            f"{k if isinstance(k, str) and len(k) <= 20 else param_id(k)}={param_id(v)}"
+            for k, v in value.items()
+        )
+    if isinstance(value, str) and len(value) > 20:
+        return f"{value[0]}*{len(value)}"
+    if isinstance(value, type):
+        return value.__name__
+    return repr(value)
+
+
+def assert_uuid4(value: str) -> None:
+    parsed = uuid.UUID(value)
+    assert str(parsed) == value
+    assert parsed.version == 4
+    assert parsed.variant == uuid.RFC_4122
+
+
+class TestRunDefaults:
+    """A Run built with no arguments is a fresh QUEUED run created now."""
+
+    def test_defaults(self) -> None:
+        before = datetime.now(UTC)
+        run = Run()
+        after = datetime.now(UTC)
+
+        assert_uuid4(run.run_id)
+        assert run.status is RunStatus.QUEUED
+        assert before <= run.created_at <= after
+        assert run.created_at.tzinfo is UTC
+        assert (run.name, run.parameters, run.tags, run.group) == ("", {}, {}, None)
+        assert (run.priority, run.timeout, run.attempt, run.max_attempts) == (0, None, 1, 1)
+        assert (run.started_at, run.finished_at, run.heartbeat_at) == (None, None, None)
+        assert (run.progress, run.progress_message, run.result) == (None, None, None)
+        assert (run.error_type, run.error_message, run.owner) == (None, None, None)
+        assert not run.is_finished
+        assert run.duration is None
+
+    def test_fresh_uuid4_every_time(self) -> None:
+        # Enough ids to cross several refills of any buffered source of randomness, built
+        # both with and without fields that need full validation.
+        run_ids = [Run().run_id for _ in range(300)] + [
+            Run(parameters={"i": i}).run_id for i in range(300)
+        ]
+
+        for run_id in run_ids:
+            assert_uuid4(run_id)
+        assert len(set(run_ids)) == len(run_ids)
+
+    @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+    def test_forked_child_gets_other_ids(self) -> None:
+        # In a subprocess, so that forking cannot copy pytest's threads.
+        script = textwrap.dedent(
+            """
+            import json, os
+            from runtrack import Run
+
+            Run()  # draw once, so the parent holds buffered randomness at the fork
+            read, write = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                os.close(read)
+                os.write(write, json.dumps([Run().run_id for _ in range(20)]).encode())
+                os._exit(0)
+            os.close(write)
+            with os.fdopen(read) as pipe:
+                child = json.load(pipe)
+            os.waitpid(pid, 0)
+            print(json.dumps({"parent": [Run().run_id for _ in range(20)], "child": child}))
+            """
+        )
+
+        proc = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, check=True
+        )
+
+        ids = json.loads(proc.stdout)
+        assert len(ids["child"]) == 20
+        assert not set(ids["parent"]) & set(ids["child"])
+
+    def test_fresh_containers(self) -> None:
+        first, second = Run(), Run(name="x")
+
+        assert first.parameters is not second.parameters
+        assert first.tags is not second.tags
+
+    def test_status_from_string(self) -> None:
+        run = Run(status="running")
+
+        assert run.status is RunStatus.RUNNING
+        assert run.model_dump(mode="json")["status"] == "running"
+
+    def test_properties(self) -> None:
+        start = datetime(2024, 1, 1, 12, tzinfo=UTC)
+        run = Run(
+            status=RunStatus.COMPLETED,
+            started_at=start,
+            finished_at=start + timedelta(seconds=1.5),
+        )
+
+        assert run.is_finished
+        assert run.duration == 1.5
+
+
+class TestRunCommonFieldsPath:
+    """A Run built from name, run_id, group and priority only is validated all the same."""
+
+    def test_same_as_full_validation(self) -> None:
+        fields: dict[str, Any] = {"name": "job", "run_id": "r-1", "group": "g", "priority": 3}
+        quick = Run(**fields)
+        full = Run.model_validate({**fields, "created_at": quick.created_at})
+
+        assert quick == full
+        assert repr(quick) == repr(full)
+        assert quick.model_dump_json() == full.model_dump_json()
+        assert quick.model_fields_set == set(fields)
+        assert Run.model_validate_json(quick.model_dump_json()) == quick
+
+    def test_frozen(self) -> None:
+        run = Run(name="job")
+
+        with pytest.raises(ValidationError):
+            run.name = "other"  # type: ignore[misc]
+
+    @pytest.mark.parametrize(
+        "fields",
+        [
+            {"run_id": ""},
+            {"run_id": "x" * 256},
+            {"run_id": 5},
+            {"run_id": None},
+            {"name": "x" * 256},
+            {"name": 3},
+            {"name": None},
+            {"group": ""},
+            {"group": "x" * 256},
+            {"group": 1},
+            {"priority": "high"},
+            {"priority": 1.5},
+            {"priority": None},
+        ],
+        ids=param_id,
+    )
+    def test_rejects(self, fields: dict[str, Any]) -> None:
+        with pytest.raises(ValidationError):
+            Run(**fields)
+
+
+class TestRunValidation:
+    """Run rejects data that the registries could not store faithfully."""
+
+    @pytest.mark.parametrize("field", ["created_at", "started_at", "finished_at", "heartbeat_at"])
+    def test_naive_datetime(self, field: str) -> None:
+        with pytest.raises(ValidationError, match=field):
+            Run(**{field: datetime(2024, 1, 1, 12)})
+
+    @pytest.mark.parametrize(
+        "parameters",
+        [
+            {"x": object()},
+            {"x": {1, 2}},
+            {"x": b"bytes"},
+            {"x": datetime(2024, 1, 1, tzinfo=UTC)},
+            {"x": {"nested": object()}},
+            {1: "int key"},
+            ["not", "a", "dict"],
+        ],
+        ids=["object", "set", "bytes", "datetime", "nested", "int-key", "list"],
+    )
+    def test_non_json_parameters(self, parameters: Any) -> None:
+        with pytest.raises(ValidationError, match="parameters"):
+            Run(parameters=parameters)
+
+    def test_non_json_result(self) -> None:
+        with pytest.raises(ValidationError, match="result"):
+            Run(result=object())
+
+    @pytest.mark.parametrize("status", ["done", "QUEUED", "", None])
+    def test_unknown_status(self, status: Any) -> None:
+        with pytest.raises(ValidationError, match="status"):
+            Run(status=status)
+
+    def test_frozen(self) -> None:
+        run = Run(parameters={"a": 1})
+
+        with pytest.raises(ValidationError):
+            run.status = RunStatus.FAILED  # type: ignore[misc]
+
+        assert run.status is RunStatus.QUEUED
+
+    def test_extra_fields_forbidden(self) -> None:
+        with pytest.raises(ValidationError, match="statu"):
+            Run(statu="queued")  # type: ignore[call-arg]
+
+    def test_aware_datetimes_normalised_to_utc(self) -> None:
+        local = datetime(2024, 6, 1, 14, 30, 0, 7, tzinfo=CEST)
+
+        run = Run(created_at=local, started_at=local, finished_at=local, heartbeat_at=local)
+
+        expected = datetime(2024, 6, 1, 12, 30, 0, 7, tzinfo=UTC)
+        for stamp in (run.created_at, run.started_at, run.finished_at, run.heartbeat_at):
+            assert stamp == expected
+            assert stamp is not None
+            assert stamp.utcoffset() == timedelta(0)
+        assert run.model_dump(mode="json")["created_at"] == "2024-06-01T12:30:00.000007Z"
+
+    @pytest.mark.parametrize(
+        ("fields", "ok"),
+        [
+            ({"progress": 0.0}, True),
+            ({"progress": 1.0}, True),
+            ({"progress": -0.01}, False),
+            ({"progress": 1.01}, False),
+            ({"attempt": 1}, True),
+            ({"attempt": 0}, False),
+            ({"max_attempts": 0}, False),
+            ({"timeout": 0.001}, True),
+            ({"timeout": 0}, False),
+            ({"timeout": -1}, False),
+            ({"run_id": "x"}, True),
+            ({"run_id": "x" * 255}, True),
+            ({"run_id": "x" * 256}, False),
+            ({"run_id": ""}, False),
+            ({"name": "x" * 255}, True),
+            ({"group": "x" * 255}, True),
+            ({"tags": {"k" * 255: "v" * 255}}, True),
+            ({"tags": {"k" * 256: "v"}}, False),
+            ({"tags": {"k": "v" * 256}}, False),
+            ({"tags": {"k": 1}}, False),
+        ],
+        ids=param_id,
+    )
+    def test_limits(self, fields: dict[str, Any], ok: bool) -> None:
+        if ok:
+            assert getattr(Run(**fields), next(iter(fields))) == next(iter(fields.values()))
+        else:
+            with pytest.raises(ValidationError, match=next(iter(fields))):
+                Run(**fields)
+
+
+class TestRunJSON:
+    """A Run survives a trip through JSON unchanged."""
+
+    def test_round_trip(self) -> None:
+        run = Run(
+            name="报告 ✓",
+            status=RunStatus.FAILED,
+            created_at=datetime(2024, 2, 29, 23, 59, 59, 999999, tzinfo=CEST),
+            started_at=datetime(2024, 3, 1, tzinfo=UTC),
+            finished_at=datetime(2024, 3, 1, 0, 0, 1, tzinfo=UTC),
+            parameters={"n": [1, 2.5, None, True, {"deep": "ü"}]},
+            tags={"team": "billing"},
+            group="exports",
+            priority=-1,
+            timeout=3.0,
+            attempt=2,
+            max_attempts=3,
+            progress=0.5,
+            progress_message="half",
+            result={"rows": 3},
+            error_type="ValueError",
+            error_message="bad",
+            owner="host:1",
+            heartbeat_at=datetime(2024, 3, 1, 0, 0, 0, 500, tzinfo=UTC),
+        )
+
+        dumped = run.model_dump_json()
+
+        assert Run.model_validate_json(dumped) == run
+        assert json.loads(dumped)["status"] == "failed"
+        assert Run.model_validate(run.model_dump(mode="json")) == run
+
+
+class TestRunStatus:
+    """RunStatus is a str enum whose values are the lower-case names."""
+
+    def test_values(self) -> None:
+        assert [s.value for s in RunStatus] == [
+            "queued",
+            "running",
+            "completed",
+            "failed",
+            "cancelled",
+        ]
+        for status in RunStatus:
+            assert status.value == status.name.lower()
+            assert isinstance(status, str)
+            assert status == status.value
+            assert RunStatus(status.value) is status
+
+    def test_str(self) -> None:
+        for status in RunStatus:
+            assert str(status) == status.value
+            assert f"{status}" == status.value
+
+    def test_is_terminal(self) -> None:
+        assert {s for s in RunStatus if s.is_terminal} == {
+            RunStatus.COMPLETED,
+            RunStatus.FAILED,
+            RunStatus.CANCELLED,
+        }
+        assert frozenset(s for s in RunStatus if s.is_terminal) == TERMINAL
+
+    def test_unknown(self) -> None:
+        with pytest.raises(ValueError, match="done"):
+            RunStatus("done")
+
+
+class TestOutputChunk:
+    """OutputChunk is a numbered, timestamped piece of a run's output."""
+
+    def test_defaults(self) -> None:
+        before = datetime.now(UTC)
+        chunk = OutputChunk(seq=1, text="hi")
+
+        assert chunk.stream == "stdout"
+        assert before <= chunk.at <= datetime.now(UTC)
+        assert chunk.at.utcoffset() == timedelta(0)
+
+    @pytest.mark.parametrize(
+        "fields",
+        [
+            {"seq": 0, "text": "x"},
+            {"seq": 1},
+            {"seq": 1, "text": "x", "stream": ""},
+            {"seq": 1, "text": "x", "stream": "s" * 65},
+            {"seq": 1, "text": "x", "at": datetime(2024, 1, 1)},
+            {"seq": 1, "text": "x", "extra": 1},
+        ],
+        ids=["seq-0", "no-text", "empty-stream", "long-stream", "naive-at", "extra"],
+    )
+    def test_rejects(self, fields: dict[str, Any]) -> None:
+        with pytest.raises(ValidationError):
+            OutputChunk(**fields)
+
+    def test_utc_and_frozen(self) -> None:
+        chunk = OutputChunk(seq=2, text="x", at=datetime(2024, 1, 1, 2, tzinfo=CEST))
+
+        assert chunk.at == datetime(2024, 1, 1, 0, tzinfo=UTC)
+        assert chunk.at.utcoffset() == timedelta(0)
+        with pytest.raises(ValidationError):
+            chunk.seq = 3  # type: ignore[misc]
+        assert OutputChunk.model_validate_json(chunk.model_dump_json()) == chunk
+
+
+class TestRetry:
+    """Retry validates its settings and computes the delay before each retry."""
+
+    @pytest.mark.parametrize(
+        ("kwargs", "error"),
+        [
+            ({"attempts": 0}, ValueError),
+            ({"attempts": -1}, ValueError),
+            ({"attempts": 2.0}, ValueError),
+            ({"attempts": True}, ValueError),
+            ({"backoff": -0.1}, ValueError),
+            ({"factor": 0.5}, ValueError),
+            ({"on": ()}, TypeError),
+            ({"on": (KeyboardInterrupt,)}, TypeError),
+            ({"on": ("ValueError",)}, TypeError),
+            ({"on": ValueError}, TypeError),
+        ],
+        ids=param_id,
+    )
+    def test_rejects(self, kwargs: dict[str, Any], error: type[Exception]) -> None:
+        with pytest.raises(error, match=next(iter(kwargs))):
+            Retry(**kwargs)
+
+    def test_defaults(self) -> None:
+        retry = Retry()
+
+        assert retry.attempts == 3
+        assert [retry.delay(n) for n in (1, 2, 3)] == [1.0, 2.0, 4.0]
+
+    def test_schedule(self) -> None:
+        retry = Retry(attempts=10, backoff=0.5, factor=3, max_backoff=10)
+
+        assert [retry.delay(n) for n in range(1, 6)] == [0.5, 1.5, 4.5, 10, 10]
+
+    def test_constant(self) -> None:
+        retry = Retry(backoff=2, factor=1)
+
+        assert {retry.delay(n) for n in range(1, 20)} == {2}
+
+    def test_zero_backoff(self) -> None:
+        assert Retry(backoff=0).delay(5) == 0
+
+    def test_callable_backoff(self) -> None:
+        calls: list[int] = []
+
+        def backoff(failed_attempt: int) -> float:
+            calls.append(failed_attempt)
+            return {1: 0.25, 2: -5.0}.get(failed_attempt, 1000.0)
+
+        retry = Retry(attempts=5, backoff=backoff, max_backoff=60)
+
+        assert [retry.delay(n) for n in (1, 2, 3)] == [0.25, 0.0, 60]
+        assert calls == [1, 2, 3]
+
+    def test_should_retry(self) -> None:
+        retry = Retry(attempts=3, on=(LookupError, TimeoutError))
+
+        assert retry.should_retry(KeyError("k"), 1)
+        assert retry.should_retry(TimeoutError(), 2)
+        assert not retry.should_retry(TimeoutError(), 3)
+        assert not retry.should_retry(ValueError("v"), 1)
+
+    def test_single_attempt_never_retries(self) -> None:
+        assert not Retry(attempts=1).should_retry(Exception(), 1)
+
+    def test_frozen(self) -> None:
+        retry = Retry()
+
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            retry.attempts = 5  # type: ignore[misc]
+
+
+class TestRunEvent:
+    """RunEvent.as_dict is ready for json.dumps."""
+
+    def test_as_dict(self) -> None:
+        at = datetime(2024, 1, 1, 12, 0, 0, 5, tzinfo=UTC)
+        event = RunEvent(
+            run_id="r1",
+            name="job",
+            status=RunStatus.FAILED,
+            previous=RunStatus.RUNNING,
+            at=at,
+            attempt=2,
+            group="g",
+            error_type="ValueError",
+            error_message="bad ü",
+            duration=1.25,
+        )
+
+        data = json.loads(json.dumps(event.as_dict()))
+
+        assert data == {
+            "run_id": "r1",
+            "name": "job",
+            "status": "failed",
+            "previous": "running",
+            "at": at.isoformat(),
+            "attempt": 2,
+            "group": "g",
+            "error_type": "ValueError",
+            "error_message": "bad ü",
+            "duration": 1.25,
+        }
+        assert datetime.fromisoformat(data["at"]) == at
+        assert set(data) == {f.name for f in dataclasses.fields(RunEvent)}
+
+    def test_new_run(self) -> None:
+        event = RunEvent(
+            run_id="r1", name="job", status=RunStatus.QUEUED, previous=None, at=datetime.now(UTC)
+        )
+
+        data = event.as_dict()
+
+        assert data["status"] == "queued"
+        assert data["previous"] is None
+        json.dumps(data)
+
+
+def all_errors() -> list[RuntrackError]:
+    return [
+        DuplicateRunError("r-1"),
+        DuplicateRunError("r-1", where="manager"),
+        RunNotFoundError("r-1"),
+        QueueFullError(7),
+        ManagerClosedError("closed"),
+        NoActiveRunError(),
+        RegistryUnavailableError("redis", "timed out after 5 s"),
+    ]
+
+
+class TestErrors:
+    """Every error is a RuntrackError that says what happened and what to do."""
+
+    def test_hierarchy(self) -> None:
+        classes = {type(error) for error in all_errors()}
+
+        assert classes == set(RuntrackError.__subclasses__())
+        assert issubclass(RuntrackError, Exception)
+
+    @pytest.mark.parametrize(
+        ("error", "says"),
+        list(
+            zip(
+                all_errors(),
+                [
+                    ["'r-1'", "registry", "fresh run_id"],
+                    ["'r-1'", "manager"],
+                    ["'r-1'", "check the id"],
+                    ["max_pending=7", "retry later"],
+                    ["closed", "new manager"],
+                    ["current_run()", "BackgroundTaskManager"],
+                    ["redis", "timed out after 5 s", "retry"],
+                ],
+                strict=True,
+            )
+        ),
+        ids=[
+            "DuplicateRunError",
+            "DuplicateRunError-manager",
+            "RunNotFoundError",
+            "QueueFullError",
+            "ManagerClosedError",
+            "NoActiveRunError",
+            "RegistryUnavailableError",
+        ],
+    )
+    def test_message(self, error: RuntrackError, says: list[str]) -> None:
+        message = str(error)
+
+        for part in says:
+            assert part in message
+
+    def test_context(self) -> None:
+        assert DuplicateRunError("r-1").run_id == "r-1"
+        assert RunNotFoundError("r-1").run_id == "r-1"
+        assert QueueFullError(7).max_pending == 7
+        assert ManagerClosedError("closing").state == "closing"
+        assert RegistryUnavailableError("postgresql").backend == "postgresql"
+
+    @pytest.mark.parametrize("error", all_errors(), ids=lambda e: type(e).__name__)
+    def test_pickle(self, error: RuntrackError) -> None:
+        # Errors cross process boundaries (process pools, job queues) by pickling.
+        copy = pickle.loads(pickle.dumps(error))
+
+        assert type(copy) is type(error)
+        assert str(copy) == str(error)
+        assert vars(copy) == vars(error)
+
+
+class TestRegistryFromURL:
+    """registry_from_url builds a registry, or says which URLs it accepts."""
+
+    @pytest.mark.parametrize("url", ["memory://", "MEMORY://", "memory://anything"])
+    def test_memory(self, url: str) -> None:
+        first, second = registry_from_url(url), registry_from_url(url)
+
+        assert isinstance(first, InMemoryRunRegistry)
+        assert first is not second
+
+    @pytest.mark.parametrize(
+        "url",
+        [
+            "foo://x",
+            "postgres://admin:s3cret@db.example/app",
+            "sqlite:///runs.db",
+            "mysql://root:s3cret@localhost/app",
+            "",
+            "memory",
+            "memory:",
+            "memory:/",
+            "://",
+            "not a url",
+            "admin:s3cret@db.example/app",
+            "memory://[",
+            "redis://admin:s3cret@[::1",
+        ],
+        ids=repr,
+    )
+    def test_bad_url(self, url: str) -> None:
+        with pytest.raises(ValueError, match="use one of") as info:
+            registry_from_url(url)
+
+        message = str(info.value)
+        for form in (
+            "memory://",
+            "sqlite+aiosqlite:///",
+            "postgresql+asyncpg://",
+            "mysql+asyncmy://",
+            "redis://",
+        ):
+            assert form in message
+        assert "s3cret" not in message
+
+    @pytest.mark.parametrize("url", [None, b"memory://", 1, ["memory://"]], ids=repr)
+    def test_not_a_string(self, url: Any) -> None:
+        with pytest.raises(TypeError, match="URL"):
+            registry_from_url(url)
+
+
+def isort_key(name: str) -> tuple[int, str]:
+    """The order ruff's RUF022 keeps ``__all__`` in: CONSTANTS, then Classes, then others."""
+    if name.isupper():
+        return (0, name)
+    return (1, name) if name[0].isupper() else (2, name)
+
+
+class TestPublicAPI:
+    """The public modules export exactly their public names, in sorted order."""
+
+    @pytest.mark.parametrize("module", [runtrack, runtrack.registry], ids=lambda m: m.__name__)
+    def test_all_sorted_and_complete(self, module: ModuleType) -> None:
+        exported: list[str] = module.__all__
+        public = {
+            name
+            for name, value in vars(module).items()
+            if not name.startswith("_") and not isinstance(value, ModuleType)
+        }
+
+        assert exported == sorted(exported, key=isort_key)
+        assert len(set(exported)) == len(exported)
+        assert set(exported) == public
+        namespace: dict[str, Any] = {}
+        exec(f"from {module.__name__} import *", namespace)
+        assert set(exported) <= set(namespace)
+
+    def test_contract_names(self) -> None:
+        for name in (
+            "BackgroundTaskManager",
+            "DuplicateRunError",
+            "InMemoryRunRegistry",
+            "ManagerClosedError",
+            "QueueFullError",
+            "RegistryUnavailableError",
+            "Retry",
+            "Run",
+            "RunEvent",
+            "RunNotFoundError",
+            "RunRegistry",
+            "RunStatus",
+            "RuntrackError",
+            "OutputChunk",
+            "current_run",
+            "registry_from_url",
+            "report_progress",
+        ):
+            assert name in runtrack.__all__
+
+    def test_import_needs_no_extra(self) -> None:
+        script = (
+            "import sys, runtrack; "
+            "print(sorted(m for m in ('fastapi', 'redis', 'sqlalchemy', 'runtrack.fastapi', "
+            "'runtrack.registry.sql', 'runtrack.registry.redis') if m in sys.modules))"
+        )
+
+        proc = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, check=True
+        )
+
+        assert proc.stdout.strip() == "[]"
