@@ -6,12 +6,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
+
 from redis_registries import REDIS_REGISTRIES
 from registries import REGISTRIES, RegistryFactory
-from sql_registries import SQL_REGISTRIES
-
 from runtrack import RunRegistry
-
+from sql_registries import SQL_REGISTRIES
 
 ALL_REGISTRIES = [*REGISTRIES, *SQL_REGISTRIES, *REDIS_REGISTRIES]
 

@@ -16,6 +16,8 @@ Bad arguments are `TypeError` or `ValueError`, and bad run data is pydantic's
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "DuplicateRunError",
     "ManagerClosedError",
@@ -30,11 +32,28 @@ __all__ = [
 class RuntrackError(Exception):
     """Base class of every error runtrack raises."""
 
+    _init_args: tuple[object, ...] = ()
+    _init_kwargs: dict[str, object] = {}  # noqa: RUF012 - replaced per instance, never mutated
+
+    def __reduce__(self) -> str | tuple[Any, ...]:
+        # The leaves build their message from their own arguments: rebuild them from those,
+        # so an error survives pickling (process pools, queues) unchanged.
+        if type(self).__init__ is RuntrackError.__init__:
+            return super().__reduce__()
+        return (_rebuild, (type(self), self._init_args, self._init_kwargs))
+
+
+def _rebuild(
+    cls: type[RuntrackError], args: tuple[object, ...], kwargs: dict[str, object]
+) -> RuntrackError:
+    return cls(*args, **kwargs)
+
 
 class DuplicateRunError(RuntrackError):
     """A run with this id already exists in the registry, or is active in the manager."""
 
     def __init__(self, run_id: str, *, where: str = "registry") -> None:
+        self._init_args, self._init_kwargs = (run_id,), {"where": where}
         self.run_id = run_id
         super().__init__(
             f"run {run_id!r} already exists in the {where}: "
@@ -46,6 +65,7 @@ class RunNotFoundError(RuntrackError):
     """No run with this id exists."""
 
     def __init__(self, run_id: str) -> None:
+        self._init_args = (run_id,)
         self.run_id = run_id
         super().__init__(
             f"no run {run_id!r} in the registry: check the id, or whether it was cleaned up"
@@ -56,6 +76,7 @@ class QueueFullError(RuntrackError):
     """More runs would wait for admission than ``max_pending`` allows."""
 
     def __init__(self, max_pending: int) -> None:
+        self._init_args = (max_pending,)
         self.max_pending = max_pending
         super().__init__(
             f"{max_pending} runs are already waiting for admission (max_pending={max_pending}): "
@@ -67,6 +88,7 @@ class ManagerClosedError(RuntrackError):
     """The manager no longer accepts runs because its shutdown has begun."""
 
     def __init__(self, state: str) -> None:
+        self._init_args = (state,)
         self.state = state
         super().__init__(
             f"the BackgroundTaskManager is {state} and accepts no new runs: "
@@ -88,6 +110,7 @@ class RegistryUnavailableError(RuntrackError):
     """The registry could not be reached in time."""
 
     def __init__(self, backend: str, detail: str = "") -> None:
+        self._init_args = (backend, detail)
         self.backend = backend
         suffix = f" ({detail})" if detail else ""
         super().__init__(

@@ -11,8 +11,8 @@ import os
 import socket
 import sys
 import time
-from time import time_ns
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from time import time_ns
 from types import CoroutineType
 from typing import Any, Self
 

@@ -225,8 +225,12 @@ class Retry:
             raise ValueError(f"Retry(backoff={self.backoff!r}): backoff must be >= 0 seconds")
         if self.factor < 1:
             raise ValueError(f"Retry(factor={self.factor!r}): factor must be >= 1")
-        on: tuple[object, ...] = self.on
-        if not on or not all(isinstance(e, type) and issubclass(e, Exception) for e in on):
+        on: object = self.on
+        if (
+            not isinstance(on, tuple)
+            or not on
+            or not all(isinstance(e, type) and issubclass(e, Exception) for e in on)
+        ):
             raise TypeError(
                 f"Retry(on=...) takes a non-empty tuple of Exception subclasses, got {self.on!r}"
             )

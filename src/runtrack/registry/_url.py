@@ -50,7 +50,12 @@ def registry_from_url(url: str) -> RunRegistry:
     """
     if not isinstance(url, str):
         raise TypeError(f"registry_from_url() takes a URL string, got {type(url).__name__}")
-    scheme = urlsplit(url).scheme.lower() if "://" in url else ""
+    try:
+        scheme = urlsplit(url).scheme.lower() if "://" in url else ""
+        if scheme in SCHEMES and scheme != "memory":
+            urlsplit(url).port  # noqa: B018 - parses host and port: malformed ones raise here
+    except ValueError:
+        raise ValueError(f"malformed registry URL: use one of {_FORMS}") from None
     if scheme not in SCHEMES:
         shown = f"scheme {scheme!r}" if scheme else "no scheme"
         raise ValueError(f"cannot build a registry from a URL with {shown}: use one of {_FORMS}")

@@ -130,6 +130,7 @@ class RunRegistry(Protocol):
         self,
         run_id: str,
         to: RunStatus | str,
+        /,
         *,
         expect: StatusFilter = None,
         **changes: Any,
@@ -150,7 +151,7 @@ class RunRegistry(Protocol):
         """
         ...
 
-    async def update_run(self, run_id: str, **changes: Any) -> Run:
+    async def update_run(self, run_id: str, /, **changes: Any) -> Run:
         """Set non-status fields (progress, heartbeat, ...) and return the updated run.
 
         Raises:

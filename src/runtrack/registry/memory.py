@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, Self
@@ -99,8 +100,10 @@ def _rec_from_run(run: Run) -> _Record:
             setattr(rec, field, dt_to_us(value))
         else:
             setattr(rec, field, value)
-    rec.parameters = dict(run.parameters) or None
+    # Deep copies: the caller's Run must not share nested data with the stored record.
+    rec.parameters = copy.deepcopy(run.parameters) or None
     rec.tags = dict(run.tags) or None
+    rec.result = copy.deepcopy(run.result)
     return rec
 
 
@@ -214,6 +217,7 @@ class InMemoryRunRegistry:
         self,
         run_id: str,
         to: RunStatus | str,
+        /,
         *,
         expect: StatusFilter = None,
         **changes: Any,
@@ -228,7 +232,7 @@ class InMemoryRunRegistry:
         _set_fields(rec, valid)
         return rec.to_run()
 
-    async def update_run(self, run_id: str, **changes: Any) -> Run:
+    async def update_run(self, run_id: str, /, **changes: Any) -> Run:
         """Set non-status fields and return the updated run (see `RunRegistry`)."""
         valid = validate_changes(changes)
         rec = self._runs.get(run_id)
@@ -327,7 +331,8 @@ class InMemoryRunRegistry:
             raise TypeError(f"older_than must be a datetime.timedelta, got {older_than!r}")
         if keep < 0:
             raise ValueError(f"keep must be >= 0, got {keep!r}")
-        wanted = (normalize_statuses(statuses) or frozenset()) & TERMINAL
+        wanted = TERMINAL if statuses is None else normalize_statuses(statuses) or frozenset()
+        wanted &= TERMINAL
         cutoff = now_us() - older_than // timedelta(microseconds=1)
         candidates = [r for r in self._runs.values() if r.status in wanted]
         candidates.sort(key=lambda r: r.age_us, reverse=True)

@@ -1,0 +1,361 @@
+"""`BatchWriter`: group-committed registry writes for SQL and Redis registries.
+
+A run's lifecycle costs several writes (QUEUED, RUNNING, a terminal status, progress,
+heartbeats). Written one round trip at a time, the registry would cap throughput, so writes
+wait in a per-run pending entry and one background task sends everything pending as one
+`BatchWriting.write_batch` call: one transaction or one server-side script. While a batch is
+in flight the next one gathers, so under load batches grow instead of queueing round trips.
+A run whose QUEUED, RUNNING and COMPLETED writes fall in one window is written once, with its
+final state.
+
+When the registry is unreachable the batch is retried with backoff and merged, oldest first,
+with what was written meanwhile; runs keep executing. Outcomes the manager depends on (a
+terminal write, a compare-and-set that did not apply) are reported back when known.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+import structlog
+
+from runtrack._clock import us_to_dt
+from runtrack._exceptions import RegistryUnavailableError, RuntrackError
+from runtrack._models import Run
+from runtrack._status import PREDECESSORS, RunStatus
+from runtrack.registry.base import RunWrite
+
+if TYPE_CHECKING:
+    from runtrack._admission import Job
+    from runtrack.registry.base import BatchWriting, RunRegistry
+
+__all__ = ["BatchWriter"]
+
+#: Most writes sent in one batch (SQL parameter limits, Redis script argument size).
+MAX_BATCH: Final = 500
+#: Backoff between retries while the registry is unreachable, in seconds.
+RETRY_FIRST: Final = 0.05
+RETRY_MAX: Final = 2.0
+_TRANSIENT: Final = (RegistryUnavailableError, ConnectionError, TimeoutError, OSError)
+_TIME_FIELDS: Final = ("started_at", "finished_at", "heartbeat_at")
+
+
+class _Entry:
+    """Every pending write of one run, merged into one."""
+
+    __slots__ = ("changes", "expect", "finishing", "insert", "job", "to", "waiters")
+
+    def __init__(self, job: Job | None) -> None:
+        self.job = job
+        self.insert = False
+        self.to: RunStatus | None = None
+        self.expect: frozenset[RunStatus] = frozenset()
+        self.changes: dict[str, Any] = {}
+        self.finishing = False  # holds a terminal write the manager waits to hear about
+        self.waiters: list[asyncio.Future[bool]] = []
+
+    def cas(self, to: RunStatus, expect: frozenset[RunStatus], changes: dict[str, Any]) -> None:
+        if self.to is None:
+            self.expect = expect  # the first compare-and-set decides where it may apply from
+        self.to = to
+        self.changes.update(changes)
+
+    def absorb(self, newer: _Entry) -> None:
+        """Merge a later entry of the same run into this one (this one is applied first)."""
+        self.insert = self.insert or newer.insert
+        if newer.to is not None:
+            self.cas(newer.to, newer.expect, newer.changes)
+        else:
+            self.changes.update(newer.changes)
+        self.job = self.job or newer.job
+        self.finishing = self.finishing or newer.finishing
+        self.waiters.extend(newer.waiters)
+
+
+def _as_datetimes(changes: dict[str, Any]) -> dict[str, Any]:
+    out = dict(changes)
+    for field in _TIME_FIELDS:
+        value = out.get(field)
+        if isinstance(value, int):
+            out[field] = us_to_dt(value)
+    return out
+
+
+def _job_record(job: Job) -> Run:
+    """The job's record fields (kept current by this writer) as a `Run` to insert."""
+    return Run(
+        run_id=job.run_id,
+        name=job.name,
+        status=job.status,
+        created_at=us_to_dt(job.created_at),
+        started_at=None if job.started_at is None else us_to_dt(job.started_at),
+        finished_at=None if job.finished_at is None else us_to_dt(job.finished_at),
+        parameters=job.parameters or {},
+        tags=job.tags or {},
+        group=job.group,
+        priority=job.priority,
+        timeout=job.timeout,
+        attempt=job.attempt,
+        max_attempts=job.max_attempts,
+        progress=job.progress,
+        progress_message=job.progress_message,
+        result=job.result,
+        error_type=job.error_type,
+        error_message=job.error_message,
+        owner=job.owner,
+        heartbeat_at=None if job.heartbeat_at is None else us_to_dt(job.heartbeat_at),
+    )
+
+
+class BatchWriter:
+    """Coalescing, group-committed writes to a `BatchWriting` registry."""
+
+    def __init__(
+        self,
+        registry: RunRegistry,
+        owner: str,
+        on_conflict: Callable[[str], None],
+        on_finished: Callable[[Job, bool], None],
+        *,
+        backend: str,
+        submit_timeout: float = 10.0,
+        close_timeout: float = 30.0,
+    ) -> None:
+        self._registry = registry
+        self._batch: BatchWriting = registry  # type: ignore[assignment]
+        self._owner = owner
+        self._on_conflict = on_conflict
+        self._on_finished = on_finished
+        self._backend = backend
+        self._submit_timeout = submit_timeout
+        self._close_timeout = close_timeout
+        self._pending: dict[str, _Entry] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._wake = asyncio.Event()
+        self._outage_since: float | None = None
+        self._log = structlog.get_logger("runtrack").bind(owner=owner, backend=backend)
+
+    # -- recording writes --------------------------------------------------------------
+
+    def _entry(self, run_id: str, job: Job | None) -> _Entry:
+        entry = self._pending.get(run_id)
+        if entry is None:
+            entry = self._pending[run_id] = _Entry(job)
+            if self._task is None or self._task.done():
+                self._task = asyncio.get_running_loop().create_task(self._run())
+            self._idle.clear()
+            self._wake.set()
+        elif entry.job is None:
+            entry.job = job
+        return entry
+
+    def insert(self, job: Job) -> bool:
+        job.owner = self._owner
+        self._entry(job.run_id, job).insert = True
+        return True
+
+    async def insert_now(self, job: Job) -> bool:
+        job.owner = self._owner
+        entry = self._entry(job.run_id, job)
+        entry.insert = True
+        done = asyncio.get_running_loop().create_future()
+        entry.waiters.append(done)
+        try:
+            async with asyncio.timeout(self._submit_timeout):
+                return await asyncio.shield(done)
+        except TimeoutError:
+            self._abandon(job.run_id)
+            raise RegistryUnavailableError(
+                self._backend, f"the run was not recorded within {self._submit_timeout:g}s"
+            ) from None
+
+    def _abandon(self, run_id: str) -> None:
+        """Drop a pending insert nobody will run (its submit gave up)."""
+        entry = self._pending.get(run_id)
+        if entry is not None and entry.insert:
+            del self._pending[run_id]
+
+    def start(self, job: Job, started_us: int) -> bool:
+        job.status = RunStatus.RUNNING
+        job.started_at = job.heartbeat_at = started_us
+        job.owner = self._owner
+        changes: dict[str, Any] = {
+            "started_at": started_us,
+            "heartbeat_at": started_us,
+            "owner": self._owner,
+            "attempt": job.attempt,
+        }
+        if job.attempt > 1:
+            job.error_type = job.error_message = None
+            changes["error_type"] = changes["error_message"] = None
+        self._entry(job.run_id, job).cas(
+            RunStatus.RUNNING, PREDECESSORS[RunStatus.RUNNING], changes
+        )
+        return True
+
+    def finish(
+        self,
+        job: Job,
+        status: RunStatus,
+        finished_us: int,
+        result: Any,
+        error_type: str | None,
+        error_message: str | None,
+    ) -> bool | None:
+        job.status = status
+        job.finished_at = finished_us
+        job.result = result
+        job.error_type = error_type
+        job.error_message = error_message
+        entry = self._entry(job.run_id, job)
+        entry.cas(
+            status,
+            PREDECESSORS[status],
+            {
+                "finished_at": finished_us,
+                "result": result,
+                "error_type": error_type,
+                "error_message": error_message,
+            },
+        )
+        entry.finishing = True
+        return None
+
+    def cas(self, job: Job, to: RunStatus, changes: dict[str, Any]) -> bool:
+        job.status = to
+        for field, value in changes.items():
+            setattr(job, field, value)
+        self._entry(job.run_id, job).cas(to, PREDECESSORS[to], changes)
+        return True
+
+    async def cas_now(self, job: Job, to: RunStatus, changes: dict[str, Any]) -> bool:
+        entry = self._entry(job.run_id, job)
+        entry.cas(to, PREDECESSORS[to], changes)
+        done = asyncio.get_running_loop().create_future()
+        entry.waiters.append(done)
+        return await asyncio.shield(done)
+
+    def update(self, run_id: str, changes: dict[str, Any]) -> None:
+        self._entry(run_id, None).changes.update(changes)
+
+    async def status_of(self, run_ids: list[str]) -> dict[str, RunStatus]:
+        out: dict[str, RunStatus] = {}
+        for run_id in run_ids:
+            run = await self._registry.get_run(run_id)
+            if run is not None:
+                out[run_id] = run.status
+        return out
+
+    async def flush(self) -> None:
+        await self._idle.wait()
+
+    async def aclose(self) -> None:
+        try:
+            async with asyncio.timeout(self._close_timeout):
+                await self.flush()
+        except TimeoutError:
+            self._log.error(
+                "registry_writes_lost",
+                pending=len(self._pending),
+                detail=f"the {self._backend} registry stayed unreachable for "
+                f"{self._close_timeout:g}s at shutdown; these runs' last writes are lost",
+            )
+        if self._task is not None:
+            self._task.cancel()
+
+    # -- sending batches ------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        delay = RETRY_FIRST
+        while True:
+            if not self._pending:
+                self._idle.set()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            # One loop turn lets writes made in this iteration join the batch.
+            await asyncio.sleep(0)
+            run_ids = list(self._pending)[:MAX_BATCH]
+            entries = [self._pending.pop(run_id) for run_id in run_ids]
+            writes = [self._to_write(run_id, e) for run_id, e in zip(run_ids, entries, strict=True)]
+            try:
+                applied = await self._batch.write_batch(writes)
+            except _TRANSIENT as exc:
+                self._requeue(run_ids, entries)
+                self._note_outage(exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+                continue
+            except Exception as exc:
+                applied = await self._one_by_one(writes, exc)
+            if self._outage_since is not None:
+                self._log.warning(
+                    "registry_available_again",
+                    outage=round(time.monotonic() - self._outage_since, 3),
+                )
+                self._outage_since = None
+            delay = RETRY_FIRST
+            for entry, ok in zip(entries, applied, strict=True):
+                self._report(entry, ok)
+
+    def _to_write(self, run_id: str, entry: _Entry) -> RunWrite:
+        run = None
+        if entry.insert and entry.job is not None:
+            run = _job_record(entry.job)
+        return RunWrite(
+            run_id=run_id,
+            run=run,
+            to=entry.to,
+            expect=entry.expect,
+            changes=_as_datetimes(entry.changes),
+        )
+
+    def _requeue(self, run_ids: list[str], entries: list[_Entry]) -> None:
+        """Put a failed batch back in front of what was written meanwhile."""
+        newer = self._pending
+        self._pending = {}
+        for run_id, entry in zip(run_ids, entries, strict=True):
+            self._pending[run_id] = entry
+        for run_id, entry in newer.items():
+            old = self._pending.get(run_id)
+            if old is None:
+                self._pending[run_id] = entry
+            else:
+                old.absorb(entry)
+
+    def _note_outage(self, exc: BaseException) -> None:
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+            self._log.warning(
+                "registry_unavailable",
+                error=str(exc),
+                pending=len(self._pending),
+                detail="runs keep executing; their writes are retried until it is back",
+            )
+
+    async def _one_by_one(self, writes: Sequence[RunWrite], exc: Exception) -> list[bool]:
+        """A batch failed for a reason other than an outage: find and drop the bad write."""
+        self._log.error("registry_batch_failed", writes=len(writes), exc_info=exc)
+        applied: list[bool] = []
+        for write in writes:
+            try:
+                applied.extend(await self._batch.write_batch([write]))
+            except (RuntrackError, ValueError, TypeError) as single:
+                self._log.error("registry_write_dropped", run_id=write.run_id, exc_info=single)
+                applied.append(False)
+        return applied
+
+    def _report(self, entry: _Entry, applied: bool) -> None:
+        for fut in entry.waiters:
+            if not fut.done():
+                fut.set_result(applied)
+        job = entry.job
+        if entry.finishing and job is not None:
+            self._on_finished(job, applied)
+        elif not applied and entry.to is not None and job is not None:
+            self._on_conflict(job.run_id)
