@@ -1,10 +1,74 @@
-"""Conformance-suite factories for the redis registries (see `registries.py`)."""
+"""Conformance-suite factories for the redis registries (see `registries.py`).
+
+The URL comes from ``RUNTRACK_TEST_REDIS_URL`` (default ``redis://127.0.0.1:6379/0``).
+Each registry gets a prefix of its own, and every key under it is deleted afterwards.
+"""
 
 from __future__ import annotations
 
-from typing import Final
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Final
+from uuid import uuid4
 
-from registries import RegistryFactory
+from registries import REDIS_URL_ENV, RegistryFactory, skip_or_fail
+from runtrack import RunRegistry
+
+__all__ = ["REDIS_REGISTRIES", "redis_prefix", "redis_registry", "redis_url"]
+
+DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6379/0"
+
+
+def redis_url() -> str:
+    """The test server's URL."""
+    return os.environ.get(REDIS_URL_ENV) or DEFAULT_REDIS_URL
+
+
+@asynccontextmanager
+async def redis_prefix() -> AsyncIterator[str]:
+    """A fresh key prefix on the test server; every key under it is deleted on exit.
+
+    Skips (or on CI fails) the test when the redis extra is missing or the server is down.
+    """
+    try:
+        import redis.asyncio
+        import redis.exceptions
+    except ImportError:
+        skip_or_fail("redis-py is not installed (pip install 'runtrack[redis]')")
+    url = redis_url()
+    client = redis.asyncio.Redis.from_url(url)
+    try:
+        try:
+            await client.ping()
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+            skip_or_fail(f"Redis at {url} is unreachable: {exc}")
+        prefix = f"rt-test:{uuid4().hex}:"
+        try:
+            yield prefix
+        finally:
+            # SCAN is fine here: test clean-up only, never in the registry itself.
+            keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
+            for i in range(0, len(keys), 1000):
+                await client.delete(*keys[i : i + 1000])
+    finally:
+        await client.aclose()
+
+
+@asynccontextmanager
+async def redis_registry(**options: Any) -> AsyncIterator[RunRegistry]:
+    """A `RedisRunRegistry` on a fresh prefix, closed and wiped on exit."""
+    from runtrack.registry.redis import RedisRunRegistry
+
+    async with redis_prefix() as prefix:
+        registry = RedisRunRegistry(redis_url(), prefix=prefix, **options)
+        try:
+            yield registry
+        finally:
+            await registry.aclose()
+
 
 #: ``(test id, factory)`` pairs appended to `registries.REGISTRIES`.
-REDIS_REGISTRIES: Final[list[tuple[str, RegistryFactory]]] = []
+REDIS_REGISTRIES: Final[list[tuple[str, RegistryFactory]]] = [
+    ("redis", redis_registry),
+]

@@ -112,13 +112,14 @@ class DelegatingRegistry:
         self,
         run_id: str,
         to: RunStatus | str,
+        /,
         *,
         expect: StatusFilter = None,
         **changes: Any,
     ) -> Run | None:
         return await self.inner.transition(run_id, to, expect=expect, **changes)
 
-    async def update_run(self, run_id: str, **changes: Any) -> Run:
+    async def update_run(self, run_id: str, /, **changes: Any) -> Run:
         return await self.inner.update_run(run_id, **changes)
 
     async def list_runs(
@@ -299,6 +300,20 @@ class TestStartTask:
         assert inspect.getcoroutinestate(second) == inspect.CORO_CLOSED
         gate.open()
         assert (await task_manager.wait(run.run_id, timeout=SAFETY)).name == "first"
+
+    async def test_a_run_already_finished_in_the_registry_is_not_executed(
+        self, task_manager: BackgroundTaskManager, runtrack_registry: InMemoryRunRegistry
+    ) -> None:
+        # Cancelled through the API before any worker picked it up.
+        run = Run(name="too_late")
+        await runtrack_registry.add_run(run)
+        await runtrack_registry.transition(run.run_id, RunStatus.CANCELLED)
+        gate = Gate()
+        task_manager.start_task(run, gate.body())
+        finished = await task_manager.wait(run.run_id, timeout=SAFETY)
+        assert finished.status is RunStatus.CANCELLED
+        assert gate.starts == 0
+        assert not task_manager.is_task_active(run.run_id)
 
     async def test_a_run_already_in_the_registry_is_executed_not_recorded_again(
         self, task_manager: BackgroundTaskManager, runtrack_registry: InMemoryRunRegistry
@@ -550,6 +565,28 @@ class TestAdmission:
         blocker.open()
         await manager.wait_all(timeout=SAFETY)
         assert order == ["high-1", "high-2", "mid", "mid-2", "low", "low-2", "negative"]
+
+    async def test_priority_order_spans_groups(self, make_manager: ManagerFactory) -> None:
+        manager = make_manager(max_concurrency=1, group_limits={"a": 5})
+        blocker = Gate()
+        await manager.submit(blocker.body, name="blocker")
+        await wait_event(blocker.started)
+        order: list[str] = []
+
+        async def record(label: str) -> None:
+            order.append(label)
+
+        for label, group, priority in [
+            ("a-low", "a", 0),
+            ("none-mid", None, 5),
+            ("b-high", "b", 9),
+            ("a-high", "a", 9),
+            ("b-low", "b", 0),
+        ]:
+            await manager.submit(record, label, group=group, priority=priority)
+        blocker.open()
+        await manager.wait_all(timeout=SAFETY)
+        assert order == ["b-high", "a-high", "none-mid", "a-low", "b-low"]
 
     async def test_max_pending_counts_waiting_runs_not_running_ones(
         self, make_manager: ManagerFactory, runtrack_registry: InMemoryRunRegistry
@@ -1287,6 +1324,39 @@ class TestShutdown:
         await manager.wait_all(timeout=SAFETY)
 
 
+# -- heartbeats ---------------------------------------------------------------------------
+
+
+class TestHeartbeat:
+    """A running run's heartbeat_at advances every heartbeat_interval."""
+
+    async def test_heartbeat_at_advances_while_a_run_executes(
+        self, task_manager: BackgroundTaskManager, runtrack_registry: InMemoryRunRegistry
+    ) -> None:
+        gate = Gate()
+        run = await task_manager.submit(gate.body)
+        await wait_event(gate.started)
+        first = await runtrack_registry.get_run(run.run_id)
+        assert first is not None
+        assert first.heartbeat_at is not None
+        # Polls the registry: there is no event for a heartbeat. The fixture beats every
+        # 0.05 s; SAFETY bounds the wait.
+        async with asyncio.timeout(SAFETY):
+            while True:
+                current = await runtrack_registry.get_run(run.run_id)
+                assert current is not None
+                assert current.heartbeat_at is not None
+                if current.heartbeat_at > first.heartbeat_at:
+                    break
+                await asyncio.sleep(0.01)
+        gate.open()
+        await task_manager.wait(run.run_id, timeout=SAFETY)
+
+    def test_heartbeat_interval_must_be_positive(self) -> None:
+        with pytest.raises(ValueError, match="heartbeat_interval"):
+            BackgroundTaskManager(heartbeat_interval=0)
+
+
 # -- failures -----------------------------------------------------------------------------
 
 
@@ -1363,6 +1433,7 @@ class TestFailures:
     ) -> None:
         registry = InMemoryRunRegistry()
         run = Run(name="interrupt")
+        unhandled: list[dict[str, Any]] = []
 
         async def interrupt() -> None:
             raise exc_type
@@ -1372,9 +1443,19 @@ class TestFailures:
             manager.start_task(run, interrupt())
             await manager.wait(run.run_id, timeout=SAFETY)
 
-        with pytest.raises(exc_type):
-            asyncio.run(main())
-        recorded = registry._runs[run.run_id]
+        with asyncio.Runner() as runner:
+            # asyncio reports the task the exception escaped from whenever that task is
+            # garbage-collected. This handler only records the report: the default one
+            # formats a traceback inside whatever the collector interrupted, and on Python
+            # 3.11 doing that inside pytest's own ast.parse() breaks every later parse.
+            runner.get_loop().set_exception_handler(
+                lambda _loop, context: unhandled.append(context)
+            )
+            with pytest.raises(exc_type):
+                runner.run(main())
+        gc.collect()
+        recorded = asyncio.run(registry.get_run(run.run_id))
+        assert recorded is not None
         assert recorded.status.is_terminal
 
 
@@ -1868,3 +1949,24 @@ class TestQueuedWriter:
         finished = await owner.wait(run.run_id, timeout=SAFETY)
         assert finished.status is RunStatus.CANCELLED
         assert await status_of(registry.inner, run.run_id) is RunStatus.CANCELLED
+
+    async def test_cancel_a_queued_run_of_another_manager(
+        self, make_manager: ManagerFactory
+    ) -> None:
+        registry = DelegatingRegistry()
+        owner, other = make_manager(registry, max_concurrency=1), make_manager(registry)
+        events: list[RunEvent] = []
+        owner.add_listener(events.append)
+        blocker, queued = Gate(), Gate()
+        await owner.submit(blocker.body)
+        waiting = await owner.submit(queued.body)
+        await wait_event(blocker.started)
+        assert await other.cancel_task(waiting.run_id) is True
+        blocker.open()
+        finished = await owner.wait(waiting.run_id, timeout=SAFETY)
+        await owner.wait_all(timeout=SAFETY)
+        assert finished.status is RunStatus.CANCELLED
+        assert not queued.starts or queued.cancelled.is_set()
+        terminal = [e.status for e in events if e.run_id == waiting.run_id and e.status.is_terminal]
+        assert terminal == [RunStatus.CANCELLED]
+        assert owner.stats().counts == await registry.inner.count_runs()

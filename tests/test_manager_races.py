@@ -20,6 +20,7 @@ import pytest
 from runtrack import (
     TERMINAL,
     BackgroundTaskManager,
+    DuplicateRunError,
     InMemoryRunRegistry,
     ManagerClosedError,
     OutputChunk,
@@ -107,13 +108,14 @@ class DelegatingRegistry:
         self,
         run_id: str,
         to: RunStatus | str,
+        /,
         *,
         expect: StatusFilter = None,
         **changes: Any,
     ) -> Run | None:
         return await self.inner.transition(run_id, to, expect=expect, **changes)
 
-    async def update_run(self, run_id: str, **changes: Any) -> Run:
+    async def update_run(self, run_id: str, /, **changes: Any) -> Run:
         return await self.inner.update_run(run_id, **changes)
 
     async def list_runs(
@@ -165,9 +167,7 @@ class DelegatingRegistry:
 
 
 @pytest.fixture(params=["memory", "queued-writer"])
-def manager_registry(
-    request: pytest.FixtureRequest, runtrack_registry: InMemoryRunRegistry
-) -> Any:
+def manager_registry(request: pytest.FixtureRequest, runtrack_registry: InMemoryRunRegistry) -> Any:
     """The registry managers write to: the in-memory one, or it behind the queued writer.
 
     Tests read ``runtrack_registry`` directly, which is the same data either way.
@@ -620,6 +620,53 @@ class TestShutdownVersusSubmit:
         if finished.status is RunStatus.COMPLETED:
             assert finished.result == "just in time"
         assert manager.stats().counts == await runtrack_registry.count_runs()
+
+
+# -- the same id submitted twice at once -----------------------------------------------------
+
+
+class TestDuplicateSubmits:
+    """Two submits of one run id at once: exactly one is accepted."""
+
+    @pytest.mark.parametrize("count", [2, 5])
+    async def test_concurrent_submits_of_one_id(
+        self, make_manager: ManagerFactory, runtrack_registry: InMemoryRunRegistry, count: int
+    ) -> None:
+        manager = make_manager()
+        gates = [Gate() for _ in range(count)]
+        results = await asyncio.gather(
+            *(manager.submit(g.body, run_id="only-once") for g in gates),
+            return_exceptions=True,
+        )
+        accepted = [r for r in results if isinstance(r, Run)]
+        refused = [r for r in results if isinstance(r, DuplicateRunError)]
+        assert (len(accepted), len(refused)) == (1, count - 1), results
+        for gate in gates:
+            gate.open()
+        await manager.wait_all(timeout=SAFETY)
+        assert sum(g.starts for g in gates) == 1
+        assert sum((await runtrack_registry.count_runs()).values()) == 1
+        assert await manager.cancel_task("only-once") is False
+
+    @pytest.mark.parametrize("count", [2, 5])
+    async def test_concurrent_submits_across_managers(
+        self, make_manager: ManagerFactory, runtrack_registry: InMemoryRunRegistry, count: int
+    ) -> None:
+        managers = [make_manager() for _ in range(count)]
+        gates = [Gate() for _ in range(count)]
+        results = await asyncio.gather(
+            *(m.submit(g.body, run_id="only-once") for m, g in zip(managers, gates, strict=True)),
+            return_exceptions=True,
+        )
+        accepted = [r for r in results if isinstance(r, Run)]
+        assert len(accepted) == 1, results
+        assert all(isinstance(r, DuplicateRunError) for r in results if not isinstance(r, Run))
+        for gate in gates:
+            gate.open()
+        for manager in managers:
+            await manager.wait_all(timeout=SAFETY)
+        assert sum(g.starts for g in gates) == 1
+        assert sum((await runtrack_registry.count_runs()).values()) == 1
 
 
 async def _noop() -> None:

@@ -64,13 +64,14 @@ class DelegatingRegistry:
         self,
         run_id: str,
         to: RunStatus | str,
+        /,
         *,
         expect: StatusFilter = None,
         **changes: Any,
     ) -> Run | None:
         return await self.inner.transition(run_id, to, expect=expect, **changes)
 
-    async def update_run(self, run_id: str, **changes: Any) -> Run:
+    async def update_run(self, run_id: str, /, **changes: Any) -> Run:
         return await self.inner.update_run(run_id, **changes)
 
     async def list_runs(

@@ -1003,3 +1003,54 @@ class TestLifecycle:
 
     async def test_is_a_run_registry(self, registry: RunRegistry) -> None:
         assert isinstance(registry, RunRegistry)
+
+
+class TestWriteBatch:
+    """write_batch applies coalesced writes in order, each atomically, and says which applied."""
+
+    async def test_insert_then_cas_and_field_updates(self, registry: RunRegistry) -> None:
+        from runtrack.registry.base import BatchWriting, RunWrite
+
+        assert isinstance(registry, BatchWriting)
+        when = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+        done = Run(run_id="b-new", name="batch", status=RunStatus.COMPLETED, result={"n": 1})
+        await registry.add_run(Run(run_id="b-old", name="batch"))
+        await registry.add_run(Run(run_id="b-dup", name="batch"))
+        applied = await registry.write_batch(
+            [
+                RunWrite(
+                    "b-new", run=done, to=RunStatus.COMPLETED, expect=frozenset({RunStatus.QUEUED})
+                ),
+                RunWrite(
+                    "b-old",
+                    run=Run(run_id="b-old", name="batch", status=RunStatus.RUNNING),
+                    to=RunStatus.RUNNING,
+                    expect=frozenset({RunStatus.QUEUED}),
+                    changes={"started_at": when, "owner": "me"},
+                ),
+                RunWrite("b-dup", run=Run(run_id="b-dup", name="batch")),
+                RunWrite("b-missing", changes={"progress": 0.5}),
+                RunWrite("b-old", changes={"progress": 0.25, "progress_message": "¼ ✓"}),
+                RunWrite(
+                    "b-old",
+                    to=RunStatus.COMPLETED,
+                    expect=frozenset({RunStatus.QUEUED}),
+                    changes={"result": 1},
+                ),
+            ]
+        )
+        assert applied == [True, True, False, False, True, False]
+        new = await registry.get_run("b-new")
+        assert new is not None
+        assert new.status is RunStatus.COMPLETED
+        assert new.result == {"n": 1}
+        old = await registry.get_run("b-old")
+        assert old is not None
+        assert old.status is RunStatus.RUNNING
+        assert old.started_at == when
+        assert old.owner == "me"
+        assert old.progress == 0.25
+        assert old.progress_message == "¼ ✓"
+        assert old.result is None
+        assert await registry.get_run("b-missing") is None
+        assert (await registry.count_runs())[RunStatus.QUEUED] == 1  # b-dup untouched

@@ -234,8 +234,8 @@ class BatchWriter:
         return True
 
     async def cas_now(self, job: Job, to: RunStatus, changes: dict[str, Any]) -> bool:
-        entry = self._entry(job.run_id, job)
-        entry.cas(to, PREDECESSORS[to], changes)
+        self.cas(job, to, changes)
+        entry = self._pending[job.run_id]
         done = asyncio.get_running_loop().create_future()
         entry.waiters.append(done)
         return await asyncio.shield(done)

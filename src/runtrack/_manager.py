@@ -20,6 +20,7 @@ import structlog
 from pydantic import JsonValue, TypeAdapter, ValidationError
 
 from runtrack._admission import DONE, FINISHING, QUEUED, RUNNING, Job, Lanes
+from runtrack._batch import BatchWriter
 from runtrack._clock import dt_to_us, now_us
 from runtrack._context import _current
 from runtrack._exceptions import (
@@ -33,7 +34,7 @@ from runtrack._models import Retry, Run, RunEvent, new_run_id, utcnow
 from runtrack._stats import ManagerStats, StatsCollector
 from runtrack._status import RunStatus
 from runtrack._writer import DirectWriter, QueueWriter, Writer
-from runtrack.registry.base import RunRegistry, is_int
+from runtrack.registry.base import BatchWriting, RunRegistry, is_int
 from runtrack.registry.memory import InMemoryRunRegistry
 
 __all__ = ["BackgroundTaskManager", "Listener"]
@@ -103,6 +104,8 @@ class BackgroundTaskManager:
             cancellations made by other managers sharing the registry.
         cancel_timeout: Seconds to wait for a cancelled run's code to stop before it is
             reported as ignoring cancellation.
+        registry_timeout: Seconds `submit` waits for its QUEUED record while the registry
+            is unreachable before raising `RegistryUnavailableError`.
 
     Example:
         >>> import asyncio
@@ -129,6 +132,7 @@ class BackgroundTaskManager:
         owner: str | None = None,
         heartbeat_interval: float = 10.0,
         cancel_timeout: float = 5.0,
+        registry_timeout: float = 10.0,
     ) -> None:
         _check_limit("max_concurrency", max_concurrency)
         pending: object = max_pending
@@ -141,6 +145,7 @@ class BackgroundTaskManager:
             ("default_timeout", default_timeout),
             ("heartbeat_interval", heartbeat_interval),
             ("cancel_timeout", cancel_timeout),
+            ("registry_timeout", registry_timeout),
         ):
             if seconds is not None and not seconds > 0:
                 raise ValueError(f"{name} must be > 0 seconds, got {seconds!r}")
@@ -154,11 +159,20 @@ class BackgroundTaskManager:
             )
         self.registry: RunRegistry = registry
         self.owner: str = owner or _default_owner()
-        self._writer: Writer = (
-            DirectWriter(registry, self.owner)
-            if isinstance(registry, InMemoryRunRegistry)
-            else QueueWriter(registry, self.owner, self._on_conflict, self._on_finished)
-        )
+        self._writer: Writer
+        if isinstance(registry, InMemoryRunRegistry):
+            self._writer = DirectWriter(registry, self.owner)
+        elif isinstance(registry, BatchWriting):
+            self._writer = BatchWriter(
+                registry,
+                self.owner,
+                self._on_conflict,
+                self._on_finished,
+                backend=getattr(registry, "backend", type(registry).__name__),
+                submit_timeout=registry_timeout,
+            )
+        else:
+            self._writer = QueueWriter(registry, self.owner, self._on_conflict, self._on_finished)
         self._max_concurrency = max_concurrency
         self._limit = max_concurrency or _UNBOUNDED
         self._max_pending = max_pending

@@ -61,9 +61,10 @@ class RunWrite:
 
     The manager's writer coalesces a run's pending lifecycle writes into one `RunWrite`:
 
-    - ``insert`` set: create the run if its id is absent (``run`` holds the full record,
-      already carrying the latest status and fields). If the id exists, fall through to
-      the compare-and-set below, so a run recorded before ``start_task`` is still updated.
+    - ``run`` set: create the run if its id is absent (``run`` holds the full record,
+      already carrying the latest status and fields). If the id exists and ``to`` is set,
+      fall through to the compare-and-set below, so a run recorded before ``start_task``
+      is still updated; if ``to`` is None, the write does not apply (a duplicate id).
     - ``to`` set: compare-and-set, applied only if the stored status is in ``expect``;
       ``changes`` (validated values, datetimes aware UTC) are set in the same write.
     - neither: set ``changes`` on the run if it exists (progress, heartbeat, ...).
@@ -95,7 +96,8 @@ class BatchWriting(Protocol):
         """Apply ``writes`` in order, each atomically; return whether each one applied.
 
         An insert applies when the run was absent, or when the compare-and-set it falls
-        through to applies. A field-only write applies when the run exists.
+        through to applies (an insert without ``to`` on an existing id does not apply). A
+        field-only write applies when the run exists.
 
         Raises:
             RegistryUnavailableError: the backend could not be reached; nothing was applied

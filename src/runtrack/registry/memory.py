@@ -199,7 +199,11 @@ class InMemoryRunRegistry:
             if write.run is not None and rec is None:
                 applied.append(self._insert(_rec_from_run(write.run)))
                 continue
-            if rec is None or (write.to is not None and rec.status not in write.expect):
+            if (
+                rec is None
+                or (write.to is None and write.run is not None)
+                or (write.to is not None and rec.status not in write.expect)
+            ):
                 applied.append(False)
                 continue
             if write.to is not None:

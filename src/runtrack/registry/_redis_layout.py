@@ -1,0 +1,477 @@
+"""The Redis key layout of `RedisRunRegistry` and the Lua scripts that write it.
+
+Every key starts with the registry's prefix (``runtrack:`` by default)::
+
+    {prefix}schema                      "1": the layout version, set on first use
+    {prefix}run:{run_id}                hash: one run (see ``FIELDS``)
+    {prefix}out:{run_id}                list: output chunks, seq = position + 1
+    {prefix}idx:created                 zset: every run, scored by created_at (µs)
+    {prefix}idx:status:{status}         zset: runs in that status, scored by created_at
+    {prefix}idx:name:{n}:{name}         zset: runs of that name, scored by created_at
+    {prefix}idx:group:{n}:{group}       zset: runs of that group, scored by created_at
+    {prefix}idx:tag:{n}:{key}={value}   zset: runs with that tag, scored by created_at
+    {prefix}idx:finished                zset: terminal runs, scored by age (finished_at,
+                                        else created_at): cleanup and expiry walk it
+    {prefix}expiring                    hash: run_id -> JSON list of the run's name, group
+                                        and tag index keys, for runs under finished_ttl
+    {prefix}op:{token}                  string: the outcome of one write script call, kept
+                                        briefly so a call redis-py retries is not re-applied
+    {prefix}tmp:*                       scratch sets of one script call, deleted before it ends
+
+``{n}`` is the UTF-8 byte length of the text after it: run ids, names, groups and tags
+are stored verbatim (any character, ``:`` and ``=`` included), and the length prefix makes
+every index key name one exact (kind, value) pair, so no value can reach another index.
+
+Scripts build key names from the prefix given in ``ARGV[1]`` (the run and index keys of a
+write depend on the stored run), so the registry needs a standalone Redis (or Sentinel),
+not a Cluster.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Final
+
+from runtrack._status import TERMINAL, RunStatus
+
+__all__ = [
+    "ADD",
+    "APPEND",
+    "BATCH",
+    "CLEANUP",
+    "CLEANUP_CHUNK",
+    "COUNT",
+    "LIST",
+    "ONE",
+    "SCHEMA_VERSION",
+    "SWEEP_CHUNK",
+    "WRITE",
+    "Keys",
+]
+
+SCHEMA_VERSION: Final = "1"
+
+SCHEMA: Final = "schema"
+RUN: Final = "run:"
+OUT: Final = "out:"
+IDX_CREATED: Final = "idx:created"
+IDX_FINISHED: Final = "idx:finished"
+IDX_STATUS: Final = "idx:status:"
+IDX_NAME: Final = "idx:name:"
+IDX_GROUP: Final = "idx:group:"
+IDX_TAG: Final = "idx:tag:"
+EXPIRING: Final = "expiring"
+OP: Final = "op:"
+TMP: Final = "tmp:"
+
+#: How long the outcome of a write call is kept for a retried call to find (ms).
+OP_TTL_MS: Final = 120_000
+#: Most runs one script call deletes: long cleanups go in several calls, so Redis
+#: keeps serving other clients between them.
+CLEANUP_CHUNK: Final = 500
+#: Most expired runs one read call unindexes before it reads (it calls again for more).
+SWEEP_CHUNK: Final = 500
+
+#: Modes of the WRITE script.
+ADD: Final = "add"
+ONE: Final = "one"
+BATCH: Final = "batch"
+
+
+def _len_prefixed(text: str) -> str:
+    return f"{len(text.encode())}:{text}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Keys:
+    """The key names of one prefix (the Lua scripts build the same names)."""
+
+    prefix: str
+
+    @property
+    def schema(self) -> str:
+        """The schema version key."""
+        return self.prefix + SCHEMA
+
+    @property
+    def created(self) -> str:
+        """The index of every run by creation time."""
+        return self.prefix + IDX_CREATED
+
+    @property
+    def finished(self) -> str:
+        """The index of terminal runs by age."""
+        return self.prefix + IDX_FINISHED
+
+    @property
+    def expiring(self) -> str:
+        """The index keys of runs under ``finished_ttl``."""
+        return self.prefix + EXPIRING
+
+    def run(self, run_id: str) -> str:
+        """The hash of one run."""
+        return self.prefix + RUN + run_id
+
+    def out(self, run_id: str) -> str:
+        """The output list of one run."""
+        return self.prefix + OUT + run_id
+
+    def status(self, status: RunStatus) -> str:
+        """The index of runs in ``status``."""
+        return self.prefix + IDX_STATUS + status.value
+
+    def name(self, name: str) -> str:
+        """The index of runs named ``name``."""
+        return self.prefix + IDX_NAME + _len_prefixed(name)
+
+    def group(self, group: str) -> str:
+        """The index of runs in ``group``."""
+        return self.prefix + IDX_GROUP + _len_prefixed(group)
+
+    def tag(self, key: str, value: str) -> str:
+        """The index of runs tagged ``key=value``."""
+        return self.prefix + IDX_TAG + _len_prefixed(key) + "=" + value
+
+
+_STATUSES = ", ".join(f"'{s.value}'" for s in RunStatus)
+_TERMINAL = ", ".join(f"{s.value} = true" for s in sorted(TERMINAL))
+
+# Shared by every script. ARGV[1] is the prefix, ARGV[2] finished_ttl in µs (0: none).
+# Numbers go back to Redis through num(): Lua would print a µs timestamp as 1.7e+15.
+# Each helper reads (and decodes) everything it needs before its first write, so a
+# script that fails fails before it changes anything.
+_PRELUDE: Final = f"""
+local P = ARGV[1]
+local TTL = tonumber(ARGV[2])
+local K_RUN = P .. '{RUN}'
+local K_OUT = P .. '{OUT}'
+local K_CREATED = P .. '{IDX_CREATED}'
+local K_FINISHED = P .. '{IDX_FINISHED}'
+local K_STATUS = P .. '{IDX_STATUS}'
+local K_NAME = P .. '{IDX_NAME}'
+local K_GROUP = P .. '{IDX_GROUP}'
+local K_TAG = P .. '{IDX_TAG}'
+local K_EXPIRING = P .. '{EXPIRING}'
+local K_OP = P .. '{OP}'
+local K_TMP = P .. '{TMP}'
+local STATUSES = {{{_STATUSES}}}
+local TERMINAL = {{{_TERMINAL}}}
+
+local function num(n) return string.format('%.0f', n) end
+
+local function now_us()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+
+local function lp(s) return #s .. ':' .. s end
+
+-- The name, group and tag index keys of a run (tags: the stored JSON, or false).
+local function attr_keys(name, group, tags)
+  local keys = {{K_NAME .. lp(name)}}
+  if group then keys[#keys + 1] = K_GROUP .. lp(group) end
+  if tags then
+    for k, v in pairs(cjson.decode(tags)) do keys[#keys + 1] = K_TAG .. lp(k) .. '=' .. v end
+  end
+  return keys
+end
+
+-- Delete a run, its output and every index entry; works on a run whose hash expired
+-- if its index keys were recorded in K_EXPIRING.
+local function purge(id)
+  local rk = K_RUN .. id
+  local f = redis.call('HMGET', rk, 'status', 'name', 'group', 'tags')
+  local keys
+  if f[1] then
+    keys = attr_keys(f[2], f[3], f[4])
+  else
+    local meta = redis.call('HGET', K_EXPIRING, id)
+    keys = meta and cjson.decode(meta) or {{}}
+  end
+  for _, k in ipairs(keys) do redis.call('ZREM', k, id) end
+  for _, s in ipairs(STATUSES) do redis.call('ZREM', K_STATUS .. s, id) end
+  redis.call('ZREM', K_CREATED, id)
+  redis.call('ZREM', K_FINISHED, id)
+  redis.call('HDEL', K_EXPIRING, id)
+  redis.call('DEL', rk, K_OUT .. id)
+end
+
+-- Unindex, in bounded steps, the runs whose finished_ttl has run out: their hashes are
+-- expiring (or gone). True when more remain.
+local function sweep()
+  if TTL <= 0 then return false end
+  local ids = redis.call('ZRANGEBYSCORE', K_FINISHED, '-inf', '(' .. num(now_us() - TTL),
+    'LIMIT', 0, {SWEEP_CHUNK})
+  for _, id in ipairs(ids) do purge(id) end
+  return #ids == {SWEEP_CHUNK}
+end
+
+-- Bookkeeping of a terminal run: its age in K_FINISHED and, under finished_ttl, its expiry.
+local function settle(id)
+  local rk = K_RUN .. id
+  local f = redis.call('HMGET', rk, 'finished_at', 'created_at', 'name', 'group', 'tags')
+  local age = f[1] or f[2]
+  if TTL <= 0 then
+    redis.call('ZADD', K_FINISHED, age, id)
+    return
+  end
+  local meta = cjson.encode(attr_keys(f[3], f[4], f[5]))
+  local deadline = math.ceil((tonumber(age) + TTL) / 1000)
+  if deadline * 1000 <= now_us() then
+    purge(id)
+    return
+  end
+  redis.call('ZADD', K_FINISHED, age, id)
+  redis.call('PEXPIREAT', rk, num(deadline))
+  redis.call('PEXPIREAT', K_OUT .. id, num(deadline))
+  redis.call('HSET', K_EXPIRING, id, meta)
+end
+
+-- Insert a run unless its id exists. fields: name -> stored string.
+local function insert(id, fields)
+  local rk = K_RUN .. id
+  if redis.call('EXISTS', rk) == 1 then return false end
+  local keys = attr_keys(fields.name, fields.group, fields.tags)
+  -- leftovers of an expired run with this id would otherwise unindex the new one
+  if redis.call('ZSCORE', K_FINISHED, id) then purge(id) end
+  local args = {{}}
+  for f, v in pairs(fields) do
+    args[#args + 1] = f
+    args[#args + 1] = v
+  end
+  redis.call('HSET', rk, unpack(args))
+  local c = fields.created_at
+  redis.call('ZADD', K_CREATED, c, id)
+  redis.call('ZADD', K_STATUS .. fields.status, c, id)
+  for _, k in ipairs(keys) do redis.call('ZADD', k, c, id) end
+  if TERMINAL[fields.status] then settle(id) end
+  return true
+end
+
+-- Compare-and-set (to: new status, expect: list of statuses) or, without to, a plain
+-- update; set: field -> string, del: fields to clear. False if missing or no match.
+local function apply(id, to, expect, set, del)
+  local rk = K_RUN .. id
+  local cur = redis.call('HMGET', rk, 'status', 'name', 'group', 'tags', 'created_at')
+  local status = cur[1]
+  if not status then return false end
+  if to then
+    local ok = false
+    for _, s in ipairs(expect or {{}}) do if s == status then ok = true end end
+    if not ok then return false end
+  end
+  set = set or {{}}
+  del = del or {{}}
+  local retag = set.tags ~= nil
+  for _, f in ipairs(del) do if f == 'tags' then retag = true end end
+  local old_keys, new_keys
+  if retag then
+    old_keys = attr_keys(cur[2], cur[3], cur[4])
+    new_keys = attr_keys(cur[2], cur[3], set.tags or false)
+  end
+  local args = {{}}
+  for f, v in pairs(set) do
+    args[#args + 1] = f
+    args[#args + 1] = v
+  end
+  if to then
+    args[#args + 1] = 'status'
+    args[#args + 1] = to
+  end
+  if #args > 0 then redis.call('HSET', rk, unpack(args)) end
+  if #del > 0 then redis.call('HDEL', rk, unpack(del)) end
+  if retag then
+    for _, k in ipairs(old_keys) do redis.call('ZREM', k, id) end
+    for _, k in ipairs(new_keys) do redis.call('ZADD', k, cur[5], id) end
+  end
+  if to then
+    redis.call('ZREM', K_STATUS .. status, id)
+    redis.call('ZADD', K_STATUS .. to, cur[5], id)
+  end
+  if TERMINAL[to or status] then settle(id) end
+  return true
+end
+"""
+
+#: ARGV: prefix, ttl, token, mode, then one JSON write each:
+#: {"id", "ins": {field: str}, "to", "exp": [status], "set": {field: str}, "del": [field]}.
+#: add: insert only, returns 1 or 0. one: returns the run's hash after the write, or nil.
+#: batch: each write in order, returns 1 or 0 per write: an insert applies if the id is
+#: absent, else falls through to its compare-and-set (without ``to``, it does not apply);
+#: a field-only write applies if the run exists.
+WRITE: Final = (
+    _PRELUDE
+    + f"""
+local token, mode = ARGV[3], ARGV[4]
+local opk = K_OP .. token
+
+local function reply(flags)
+  if mode == '{BATCH}' then
+    local r = {{}}
+    for i = 1, #flags do r[i] = tonumber(string.sub(flags, i, i)) end
+    return r
+  elseif mode == '{ADD}' then
+    return tonumber(flags)
+  elseif flags == '1' then
+    return redis.call('HGETALL', K_RUN .. cjson.decode(ARGV[5]).id)
+  end
+  return false
+end
+
+local done = redis.call('GET', opk)
+if done then return reply(done) end
+
+local writes = {{}}
+for i = 5, #ARGV do writes[#writes + 1] = cjson.decode(ARGV[i]) end
+local flags = {{}}
+for i, w in ipairs(writes) do
+  local ok
+  if mode == '{ADD}' then
+    ok = insert(w.id, w.ins)
+  elseif w.ins and redis.call('EXISTS', K_RUN .. w.id) == 0 then
+    ok = insert(w.id, w.ins)
+  elseif w.ins and not w.to then
+    ok = false
+  else
+    ok = apply(w.id, w.to, w.exp, w.set, w.del)
+  end
+  flags[i] = ok and '1' or '0'
+end
+flags = table.concat(flags)
+redis.call('SET', opk, flags, 'PX', {OP_TTL_MS})
+return reply(flags)
+"""
+)
+
+#: ARGV: prefix, ttl, token, run_id, then the encoded chunks. Returns the new length of
+#: the output list, or -1 if the run does not exist.
+APPEND: Final = (
+    _PRELUDE
+    + f"""
+local opk = K_OP .. ARGV[3]
+local done = redis.call('GET', opk)
+if done then return tonumber(done) end
+local rk = K_RUN .. ARGV[4]
+if redis.call('EXISTS', rk) == 0 then return -1 end
+local ok = K_OUT .. ARGV[4]
+local n = redis.call('LLEN', ok)
+for i = 5, #ARGV, 1000 do
+  n = redis.call('RPUSH', ok, unpack(ARGV, i, math.min(i + 999, #ARGV)))
+end
+local expires = redis.call('PEXPIRETIME', rk)
+if expires > 0 then redis.call('PEXPIREAT', ok, expires) end
+redis.call('SET', opk, n, 'PX', {OP_TTL_MS})
+return n
+"""
+)
+
+#: KEYS: name/group/tag index keys that must all match. ARGV: prefix, ttl, limit, offset,
+#: then the wanted statuses (none: any). Returns {1} if it only swept (call again), else
+#: {0, hash, hash, ...} newest first.
+LIST: Final = (
+    _PRELUDE
+    + """
+if sweep() then return {1} end
+local limit, offset = tonumber(ARGV[3]), tonumber(ARGV[4])
+local tmp_status, tmp = K_TMP .. 'status', K_TMP .. 'list'
+local sets = {}
+for _, k in ipairs(KEYS) do sets[#sets + 1] = k end
+local nstatus = #ARGV - 4
+if nstatus == 1 then
+  sets[#sets + 1] = K_STATUS .. ARGV[5]
+elseif nstatus > 1 then
+  local args = {tmp_status, nstatus}
+  for i = 5, #ARGV do args[#args + 1] = K_STATUS .. ARGV[i] end
+  redis.call('ZUNIONSTORE', unpack(args))
+  sets[#sets + 1] = tmp_status
+end
+local src = K_CREATED
+if #sets == 1 then
+  src = sets[1]
+elseif #sets > 1 then
+  local args = {tmp, #sets}
+  for _, k in ipairs(sets) do args[#args + 1] = k end
+  args[#args + 1] = 'AGGREGATE'
+  args[#args + 1] = 'MAX'
+  redis.call('ZINTERSTORE', unpack(args))
+  src = tmp
+end
+
+-- Entries whose hash is gone (expired under another registry's finished_ttl) are
+-- removed as they are met, and the page is refilled from further down.
+local out = {0}
+local pos = offset
+while #out - 1 < limit do
+  local ids = redis.call('ZREVRANGE', src, pos, pos + limit - #out)
+  if #ids == 0 then break end
+  local kept = 0
+  for _, id in ipairs(ids) do
+    local h = redis.call('HGETALL', K_RUN .. id)
+    if #h == 0 then
+      purge(id)
+      redis.call('ZREM', src, id)
+      for _, k in ipairs(KEYS) do redis.call('ZREM', k, id) end
+    else
+      kept = kept + 1
+      out[#out + 1] = h
+    end
+  end
+  pos = pos + kept
+end
+redis.call('DEL', tmp, tmp_status)
+return out
+"""
+)
+
+#: KEYS: the name index key, or none. ARGV: prefix, ttl. Returns {1} if it only swept,
+#: else {0, count per status in RunStatus order}.
+COUNT: Final = (
+    _PRELUDE
+    + """
+if sweep() then return {1} end
+local out = {0}
+for _, s in ipairs(STATUSES) do
+  if KEYS[1] then
+    out[#out + 1] = redis.call('ZINTERCARD', 2, KEYS[1], K_STATUS .. s)
+  else
+    out[#out + 1] = redis.call('ZCARD', K_STATUS .. s)
+  end
+end
+return out
+"""
+)
+
+#: ARGV: prefix, ttl, cutoff (µs), keep, skip, then the terminal statuses to clean.
+#: Walks K_FINISHED oldest first from rank ``skip`` (runs of other statuses are skipped
+#: and counted in it) and deletes runs older than cutoff, sparing the newest ``keep``.
+#: Returns {1} if it only swept, else {0, deleted, skip, done}.
+CLEANUP: Final = (
+    _PRELUDE
+    + f"""
+if sweep() then return {{1}} end
+local cutoff, keep, skip = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+local wanted, total = {{}}, 0
+for i = 6, #ARGV do
+  wanted[ARGV[i]] = true
+  total = total + redis.call('ZCARD', K_STATUS .. ARGV[i])
+end
+local quota = total - keep
+if quota <= 0 then return {{0, 0, skip, 1}} end
+local ids = redis.call('ZRANGEBYSCORE', K_FINISHED, '-inf', '(' .. cutoff,
+  'LIMIT', skip, {CLEANUP_CHUNK})
+local deleted = 0
+for _, id in ipairs(ids) do
+  if deleted >= quota then return {{0, deleted, skip, 1}} end
+  local status = redis.call('HGET', K_RUN .. id, 'status')
+  if not status then
+    purge(id)
+  elseif wanted[status] then
+    purge(id)
+    deleted = deleted + 1
+  else
+    skip = skip + 1
+  end
+end
+return {{0, deleted, skip, #ids < {CLEANUP_CHUNK} and 1 or 0}}
+"""
+)

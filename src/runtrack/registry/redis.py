@@ -1,0 +1,572 @@
+"""`RedisRunRegistry`: runs in Redis, shared by every process that uses the same prefix.
+
+Needs the ``redis`` extra (``pip install 'runtrack[redis]'``). The key layout and the Lua
+scripts are described in ``runtrack.registry._redis_layout`` and ``docs/backends/redis.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Final, Self, cast
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis.asyncio
+import redis.exceptions
+
+from runtrack._clock import dt_to_us, now_us, us_to_dt
+from runtrack._exceptions import DuplicateRunError, RegistryUnavailableError, RunNotFoundError
+from runtrack._models import OutputChunk, Run
+from runtrack._status import TERMINAL, RunStatus, check_transition, normalize_statuses
+from runtrack.registry import _redis_layout as layout
+from runtrack.registry.base import (
+    MUTABLE_FIELDS,
+    RunWrite,
+    StatusFilter,
+    is_int,
+    validate_changes,
+    validate_list_args,
+    validate_output,
+)
+
+if TYPE_CHECKING:
+    from redis.commands.core import AsyncScript
+
+__all__ = ["RedisRunRegistry"]
+
+_BACKEND: Final = "redis"
+_TIME_FIELDS: Final = frozenset({"created_at", "started_at", "finished_at", "heartbeat_at"})
+_INT_FIELDS: Final = frozenset({"priority", "attempt", "max_attempts"})
+_FLOAT_FIELDS: Final = frozenset({"timeout", "progress"})
+_JSON_FIELDS: Final = frozenset({"parameters", "tags", "result"})
+_RUN_FIELDS: Final = tuple(Run.model_fields)
+
+
+# -- encoding: a run's fields as hash strings; None (and {} for parameters/tags) is absent --
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _encode(field: str, value: Any) -> str | None:
+    """One field as its stored string, or None when the field is absent."""
+    if value is None:
+        return None
+    if field in _TIME_FIELDS:
+        return str(value if is_int(value) else dt_to_us(value))
+    if field in _JSON_FIELDS:
+        if field != "result" and not value:
+            return None
+        return _json(value)
+    if field in _INT_FIELDS:
+        return str(int(value))
+    if field in _FLOAT_FIELDS:
+        return repr(float(value))
+    if field == "status":
+        return str(RunStatus(value).value)
+    return str(value)
+
+
+def _encode_run(run: Run) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for field in _RUN_FIELDS:
+        text = _encode(field, getattr(run, field))
+        if text is not None:
+            fields[field] = text
+    return fields
+
+
+def _encode_changes(changes: Mapping[str, Any]) -> tuple[dict[str, str], list[str]]:
+    """Changes as (fields to set, fields to clear)."""
+    unknown = set(changes) - MUTABLE_FIELDS
+    if unknown:
+        raise ValueError(f"cannot change {', '.join(sorted(unknown))}")
+    to_set: dict[str, str] = {}
+    to_clear: list[str] = []
+    for field, value in changes.items():
+        text = _encode(field, value)
+        if text is None:
+            to_clear.append(field)
+        else:
+            to_set[field] = text
+    return to_set, to_clear
+
+
+def _write_spec(
+    run_id: str,
+    *,
+    insert: Run | None = None,
+    to: RunStatus | None = None,
+    expect: Iterable[RunStatus] = (),
+    changes: Mapping[str, Any] | None = None,
+) -> str:
+    """One write for the WRITE script, as JSON (absent keys, never null: Lua sees nil)."""
+    spec: dict[str, Any] = {"id": run_id}
+    if insert is not None:
+        spec["ins"] = _encode_run(insert)
+    if to is not None:
+        spec["to"] = to.value
+        spec["exp"] = sorted(s.value for s in expect)
+    if changes:
+        to_set, to_clear = _encode_changes(changes)
+        if to_set:
+            spec["set"] = to_set
+        if to_clear:
+            spec["del"] = to_clear
+    return _json(spec)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _pairs(reply: Any) -> dict[str, str]:
+    """A hash reply (a flat list from RESP2 and scripts, a dict from RESP3) as str -> str."""
+    if isinstance(reply, dict):
+        return {_text(k): _text(v) for k, v in reply.items()}
+    items = [_text(v) for v in reply]
+    return dict(zip(items[::2], items[1::2], strict=True))
+
+
+def _decode_run(reply: Any) -> Run:
+    data: dict[str, Any] = {}
+    for field, text in _pairs(reply).items():
+        if field in _TIME_FIELDS:
+            data[field] = us_to_dt(int(text))
+        elif field in _JSON_FIELDS:
+            data[field] = json.loads(text)
+        elif field in _INT_FIELDS:
+            data[field] = int(text)
+        elif field in _FLOAT_FIELDS:
+            data[field] = float(text)
+        elif field in Run.model_fields:
+            data[field] = text
+    return Run.model_validate(data)
+
+
+# -- errors ---------------------------------------------------------------------------
+
+
+def _is_pool_exhausted(exc: BaseException) -> bool:
+    """Whether ``exc`` means every pooled connection is busy: not an outage."""
+    if isinstance(exc, redis.exceptions.MaxConnectionsError):
+        return True
+    # BlockingConnectionPool raises a bare ConnectionError when its wait for a free
+    # connection times out.
+    return (
+        type(exc) is redis.exceptions.ConnectionError
+        and isinstance(exc.__cause__, TimeoutError)
+        and "No connection available" in str(exc)
+    )
+
+
+def _is_transport_reset(exc: BaseException) -> bool:
+    """Whether ``exc`` is a connection reset that leaked out of asyncio's transport.
+
+    On CPython 3.12 to 3.14.0, writing to a connection the peer reset while it sat idle
+    in the pool raises TypeError or AttributeError from inside asyncio (redis-py issue
+    4287) instead of ConnectionError. Only errors raised in asyncio's own modules, on a
+    call that came through redis-py's connection code, count: a TypeError of ours does not.
+    """
+    if not isinstance(exc, TypeError | AttributeError):
+        return False
+    modules: list[str] = []
+    tb = exc.__traceback__
+    while tb is not None:
+        modules.append(str(tb.tb_frame.f_globals.get("__name__", "")))
+        tb = tb.tb_next
+    return (
+        bool(modules)
+        and modules[-1].startswith("asyncio.")
+        and any(m.startswith("redis.asyncio.") for m in modules)
+    )
+
+
+_CONFIG_ERRORS: Final = (
+    redis.exceptions.AuthenticationError,
+    redis.exceptions.AuthorizationError,
+)
+_OUTAGE_ERRORS: Final = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    OSError,
+)
+
+
+def _safe_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        user = parts.username or ""
+        host = netloc.rpartition("@")[2]
+        netloc = f"{user}:***@{host}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, "***" if k.lower() == "password" else v) for k, v in pairs])
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _describe_client(client: redis.asyncio.Redis) -> str:
+    """Where a client connects, as a URL without its password."""
+    kwargs = client.connection_pool.connection_kwargs
+    db = kwargs.get("db", 0)
+    if "path" in kwargs:
+        return f"unix://{kwargs['path']}?db={db}"
+    auth = ""
+    if kwargs.get("password") is not None:
+        auth = f"{kwargs.get('username') or ''}:***@"
+    elif kwargs.get("username"):
+        auth = f"{kwargs['username']}@"
+    host = kwargs.get("host", "localhost")
+    port = kwargs.get("port", 6379)
+    return f"redis://{auth}{host}:{port}/{db}"
+
+
+def _ttl_us(finished_ttl: timedelta | float | None) -> int:
+    value: object = finished_ttl  # callers may not be type-checked
+    if value is None:
+        return 0
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        raise TypeError(f"finished_ttl must be a timedelta, seconds or None, got {finished_ttl!r}")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"finished_ttl must be positive, got {finished_ttl!r}")
+    return max(1, round(seconds * 1_000_000))
+
+
+class RedisRunRegistry:
+    """A `RunRegistry` in Redis: every process using the same Redis and prefix sees the same runs.
+
+    Each run is a hash, indexed by sorted sets (creation time, status, name, group, tags,
+    age of finished runs); output chunks are a list per run. Every write is one Lua script
+    (the whole batch for `write_batch`), so it is atomic on the server: a cut connection
+    never leaves half a run, and two processes racing on a transition cannot both win.
+
+    Args:
+        url_or_client: A ``redis://`` / ``rediss://`` / ``unix://`` URL, or a
+            ``redis.asyncio.Redis`` client. A client you pass stays yours: `aclose`
+            leaves it open.
+        prefix: Start of every key, so that several registries can share one database.
+        finished_ttl: When set (a `timedelta` or seconds), a finished run and its output
+            expire that long after it finished (after ``finished_at``, else ``created_at``).
+            Give every registry sharing a prefix the same value.
+
+    Raises:
+        TypeError: ``url_or_client`` or ``finished_ttl`` has the wrong type.
+        ValueError: ``finished_ttl`` is not positive, or the URL is malformed.
+
+    Example:
+        >>> from runtrack.registry.redis import RedisRunRegistry
+        >>> RedisRunRegistry("redis://:secret@localhost:6379/0", prefix="myapp:")
+        <RedisRunRegistry redis://:***@localhost:6379/0 prefix='myapp:'>
+    """
+
+    def __init__(
+        self,
+        url_or_client: str | redis.asyncio.Redis,
+        *,
+        prefix: str = "runtrack:",
+        finished_ttl: timedelta | float | None = None,
+    ) -> None:
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str, got {prefix!r}")
+        self._ttl_us = _ttl_us(finished_ttl)
+        if isinstance(url_or_client, str):
+            self._where = _safe_url(url_or_client)
+            self._client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(url_or_client)
+            self._owns_client = True
+        elif isinstance(url_or_client, redis.asyncio.Redis):
+            self._where = _describe_client(url_or_client)
+            self._client = url_or_client
+            self._owns_client = False
+        else:
+            raise TypeError(
+                "RedisRunRegistry() takes a redis:// URL or a redis.asyncio.Redis client, "
+                f"got {type(url_or_client).__name__}"
+            )
+        self._prefix = prefix
+        self._keys = layout.Keys(prefix)
+        self._schema_checked = False
+        self._write = self._client.register_script(layout.WRITE)
+        self._append = self._client.register_script(layout.APPEND)
+        self._list = self._client.register_script(layout.LIST)
+        self._count = self._client.register_script(layout.COUNT)
+        self._cleanup = self._client.register_script(layout.CLEANUP)
+
+    def __repr__(self) -> str:
+        return f"<RedisRunRegistry {self._where} prefix={self._prefix!r}>"
+
+    @property
+    def prefix(self) -> str:
+        """The start of every key this registry uses."""
+        return self._prefix
+
+    @property
+    def finished_ttl(self) -> timedelta | None:
+        """How long finished runs are kept, or None to keep them until cleaned up."""
+        return timedelta(microseconds=self._ttl_us) if self._ttl_us else None
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _guard(self) -> AsyncIterator[None]:
+        """Turn connection failures into `RegistryUnavailableError` naming this server."""
+        try:
+            yield
+        except Exception as exc:
+            if _is_pool_exhausted(exc) or isinstance(exc, _CONFIG_ERRORS):
+                raise
+            if isinstance(exc, _OUTAGE_ERRORS):
+                raise self._unavailable(exc) from exc
+            if _is_transport_reset(exc):
+                # redis-py still thinks the reset connections are healthy: drop the idle
+                # ones so the next call connects afresh.
+                with contextlib.suppress(Exception):
+                    await self._client.connection_pool.disconnect(inuse_connections=False)
+                raise self._unavailable(exc) from exc
+            raise
+
+    def _unavailable(self, exc: BaseException) -> RegistryUnavailableError:
+        detail = f"{self._where}: {type(exc).__name__}: {exc}"
+        password = self._client.connection_pool.connection_kwargs.get("password")
+        if password:
+            detail = detail.replace(str(password), "***")
+        return RegistryUnavailableError(_BACKEND, detail)
+
+    async def _ready(self) -> None:
+        """Record the schema version on first use; refuse a prefix holding another one."""
+        if self._schema_checked:
+            return
+        found = await self._client.set(self._keys.schema, layout.SCHEMA_VERSION, nx=True, get=True)
+        version = None if found is None else _text(cast("bytes | str", found))
+        if version is not None and version != layout.SCHEMA_VERSION:
+            raise RuntimeError(
+                f"the keys under prefix {self._prefix!r} use runtrack's Redis schema "
+                f"version {version!r}; this runtrack reads version "
+                f"{layout.SCHEMA_VERSION!r}: use another prefix or migrate"
+            )
+        self._schema_checked = True
+
+    def _args(self, *rest: str | int) -> list[str | int]:
+        return [self._prefix, self._ttl_us, *rest]
+
+    @staticmethod
+    def _token() -> str:
+        return os.urandom(12).hex()
+
+    async def _run_write(self, mode: str, specs: Sequence[str]) -> Any:
+        async with self._guard():
+            await self._ready()
+            return await self._write(args=self._args(self._token(), mode, *specs))
+
+    # -- RunRegistry ----------------------------------------------------------------------
+
+    async def add_run(self, run: Run) -> None:
+        """Insert a new run.
+
+        Raises:
+            TypeError: ``run`` is not a `Run`.
+            DuplicateRunError: a run with this id exists.
+            RegistryUnavailableError: Redis could not be reached.
+        """
+        if not isinstance(run, Run):
+            raise TypeError(f"add_run() takes a runtrack.Run, got {type(run).__name__}")
+        spec = _write_spec(run.run_id, insert=run)
+        if not await self._run_write(layout.ADD, [spec]):
+            raise DuplicateRunError(run.run_id)
+
+    async def write_batch(self, writes: Sequence[RunWrite]) -> list[bool]:
+        """Apply writes in order in one server-side script (see `BatchWriting`).
+
+        Raises:
+            RegistryUnavailableError: Redis could not be reached; nothing was applied.
+        """
+        if not writes:
+            return []
+        specs = [
+            _write_spec(
+                w.run_id,
+                insert=w.run,
+                to=w.to,
+                expect=w.expect,
+                changes=w.changes,
+            )
+            for w in writes
+        ]
+        flags = await self._run_write(layout.BATCH, specs)
+        return [bool(flag) for flag in flags]
+
+    async def get_run(self, run_id: str) -> Run | None:
+        """Return the run with this id, or None."""
+        async with self._guard():
+            await self._ready()
+            reply = await self._client.hgetall(self._keys.run(run_id))
+        return _decode_run(reply) if reply else None
+
+    async def transition(
+        self,
+        run_id: str,
+        to: RunStatus | str,
+        *,
+        expect: StatusFilter = None,
+        **changes: Any,
+    ) -> Run | None:
+        """Move a run to ``to`` if its status is in ``expect`` (see `RunRegistry`).
+
+        The check and the write are one script, so concurrent callers (in any process)
+        cannot both succeed.
+        """
+        target, expected = check_transition(to, expect)
+        valid = validate_changes(changes)
+        spec = _write_spec(run_id, to=target, expect=expected, changes=valid)
+        reply = await self._run_write(layout.ONE, [spec])
+        return _decode_run(reply) if reply else None
+
+    async def update_run(self, run_id: str, **changes: Any) -> Run:
+        """Set non-status fields and return the updated run (see `RunRegistry`)."""
+        valid = validate_changes(changes)
+        spec = _write_spec(run_id, changes=valid)
+        reply = await self._run_write(layout.ONE, [spec])
+        if not reply:
+            raise RunNotFoundError(run_id)
+        return _decode_run(reply)
+
+    async def list_runs(
+        self,
+        *,
+        status: StatusFilter = None,
+        name: str | None = None,
+        group: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Run]:
+        """Runs matching every filter, newest first (see `RunRegistry`)."""
+        validate_list_args(limit, offset)
+        statuses = normalize_statuses(status)
+        if statuses is not None and not statuses:
+            return []
+        keys: list[str] = []
+        if name is not None:
+            keys.append(self._keys.name(name))
+        if group is not None:
+            keys.append(self._keys.group(group))
+        keys.extend(self._keys.tag(k, v) for k, v in dict(tags or {}).items())
+        # Every status is no filter at all: the script then walks one index instead of five.
+        wanted = () if statuses is None or statuses == frozenset(RunStatus) else statuses
+        args = self._args(limit, offset, *sorted(s.value for s in wanted))
+        async with self._guard():
+            await self._ready()
+            reply = await self._swept(self._list, keys, args)
+        return [_decode_run(h) for h in reply[1:]]
+
+    async def _swept(self, script: AsyncScript, keys: list[str], args: list[str | int]) -> Any:
+        """Call a read script until it has no expired runs left to sweep first."""
+        while True:
+            reply = await script(keys=keys, args=args)
+            if int(reply[0]) == 0:
+                return reply
+
+    async def count_runs(self, *, name: str | None = None) -> dict[RunStatus, int]:
+        """How many runs are in each status (see `RunRegistry`)."""
+        keys = [] if name is None else [self._keys.name(name)]
+        async with self._guard():
+            await self._ready()
+            reply = await self._swept(self._count, keys, self._args())
+        return {status: int(n) for status, n in zip(RunStatus, reply[1:], strict=True)}
+
+    async def append_output(
+        self, run_id: str, chunks: Iterable[tuple[str, str]]
+    ) -> list[OutputChunk]:
+        """Append ``(stream, text)`` chunks, numbered from 1 per run (see `RunRegistry`).
+
+        Raises:
+            RunNotFoundError: no such run.
+        """
+        items = validate_output(chunks)
+        stamp = now_us()
+        encoded = [_json([stamp, stream, text]) for stream, text in items]
+        async with self._guard():
+            await self._ready()
+            length = int(await self._append(args=self._args(self._token(), run_id, *encoded)))
+        if length < 0:
+            raise RunNotFoundError(run_id)
+        at = us_to_dt(stamp)
+        first = length - len(items) + 1
+        return [
+            OutputChunk(seq=first + i, stream=stream, text=text, at=at)
+            for i, (stream, text) in enumerate(items)
+        ]
+
+    async def get_output(
+        self, run_id: str, *, since: int = 0, limit: int | None = None
+    ) -> list[OutputChunk]:
+        """Chunks with ``seq > since``, oldest first (see `RunRegistry`)."""
+        if since < 0:
+            raise ValueError(f"since must be >= 0, got {since!r}")
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be >= 1 or None, got {limit!r}")
+        end = -1 if limit is None else since + limit - 1
+        async with self._guard():
+            await self._ready()
+            items = await self._client.lrange(self._keys.out(run_id), since, end)
+        chunks = []
+        for seq, item in enumerate(items, start=since + 1):
+            stamp, stream, text = json.loads(item)
+            chunks.append(OutputChunk(seq=seq, stream=stream, text=text, at=us_to_dt(stamp)))
+        return chunks
+
+    async def cleanup_old_runs(
+        self,
+        *,
+        older_than: timedelta,
+        statuses: StatusFilter = TERMINAL,
+        keep: int = 0,
+    ) -> int:
+        """Delete finished runs older than ``older_than`` (see `RunRegistry`).
+
+        Walks the index of finished runs oldest first, a few hundred runs per script call;
+        never scans the keyspace.
+        """
+        if not isinstance(older_than, timedelta):
+            raise TypeError(f"older_than must be a datetime.timedelta, got {older_than!r}")
+        if keep < 0:
+            raise ValueError(f"keep must be >= 0, got {keep!r}")
+        wanted = sorted(s.value for s in (normalize_statuses(statuses) or frozenset()) & TERMINAL)
+        cutoff = now_us() - older_than // timedelta(microseconds=1)
+        deleted = skip = 0
+        async with self._guard():
+            await self._ready()
+            if not wanted:
+                return 0
+            while True:
+                args = self._args(cutoff, keep, skip, *wanted)
+                reply = await self._swept(self._cleanup, [], args)
+                deleted += int(reply[1])
+                skip = int(reply[2])
+                if int(reply[3]):
+                    return deleted
+
+    async def aclose(self) -> None:
+        """Close the connections of a client this registry created. Safe to call twice.
+
+        A client passed to the constructor is left open for its owner to close.
+        """
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

@@ -1,0 +1,150 @@
+"""The manager's group-committed writes (BatchWriter) against a registry that can go away."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from runtrack import (
+    BackgroundTaskManager,
+    InMemoryRunRegistry,
+    RegistryUnavailableError,
+    Run,
+    RunStatus,
+)
+from runtrack.registry.base import RunWrite
+
+
+class FlakyBatchRegistry(InMemoryRunRegistry):
+    """An in-memory registry seen through write_batch only, which can be taken down.
+
+    Subclassing keeps every read method; the manager still takes the batch path because
+    ``write_batch`` is what it sees first for registries other than the plain memory one.
+    """
+
+    backend = "flaky"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+        self.batches: list[int] = []
+        self.back = asyncio.Event()
+
+    async def write_batch(self, writes: Sequence[RunWrite]) -> list[bool]:
+        if self.down:
+            raise RegistryUnavailableError("flaky", "connection refused")
+        self.batches.append(len(writes))
+        return await super().write_batch(writes)
+
+
+@pytest.fixture
+def flaky(monkeypatch: pytest.MonkeyPatch) -> FlakyBatchRegistry:
+    registry = FlakyBatchRegistry()
+    # Make the manager treat it as a remote registry (no synchronous fast path).
+    monkeypatch.setattr(
+        "runtrack._manager.InMemoryRunRegistry", type("NotThisOne", (), {}), raising=True
+    )
+    return registry
+
+
+async def _echo(value: Any) -> Any:
+    await asyncio.sleep(0)
+    return value
+
+
+class TestGroupCommit:
+    """Writes of many runs go out together, and a run's lifecycle coalesces."""
+
+    async def test_many_runs_few_batches_and_exact_records(self, flaky: FlakyBatchRegistry) -> None:
+        async with BackgroundTaskManager(flaky, max_concurrency=50) as manager:
+            ids = [manager.start_task(Run(name="echo"), _echo(i)) for i in range(500)]
+            await manager.wait_all(timeout=10)
+            for i, run_id in enumerate(ids):
+                run = await flaky.get_run(run_id)
+                assert run is not None
+                assert run.status is RunStatus.COMPLETED
+                assert run.result == i
+                assert run.started_at is not None
+                assert run.finished_at is not None
+        # 500 runs x 3 lifecycle writes, sent in far fewer batches.
+        assert sum(flaky.batches) < 3 * 500
+        assert len(flaky.batches) < 100
+
+    async def test_submit_returns_after_its_write_is_applied(
+        self, flaky: FlakyBatchRegistry
+    ) -> None:
+        async with BackgroundTaskManager(flaky) as manager:
+            gate = asyncio.Event()
+
+            async def wait_gate() -> None:
+                await gate.wait()
+
+            runs = await asyncio.gather(*(manager.submit(wait_gate) for _ in range(20)))
+            for run in runs:
+                stored = await flaky.get_run(run.run_id)
+                assert stored is not None
+                assert stored.status in (RunStatus.QUEUED, RunStatus.RUNNING)
+            gate.set()
+        assert (await flaky.count_runs())[RunStatus.COMPLETED] == 20
+
+
+class TestOutage:
+    """While the registry is down runs keep executing; their writes land once it is back."""
+
+    async def test_runs_finish_during_outage_and_records_catch_up(
+        self, flaky: FlakyBatchRegistry
+    ) -> None:
+        async with BackgroundTaskManager(flaky, max_concurrency=20, registry_timeout=0.2) as m:
+            first = await m.submit(_echo, "before")
+            await m.wait(first.run_id, timeout=5)
+            flaky.down = True
+            executed: list[int] = []
+            all_ran = asyncio.Event()
+
+            async def work(i: int) -> int:
+                executed.append(i)
+                if len(executed) == 200:
+                    all_ran.set()
+                await asyncio.sleep(0)
+                return i
+
+            ids = [m.start_task(Run(name="work"), work(i)) for i in range(200)]
+            # The runs execute although nothing can be written.
+            await asyncio.wait_for(all_ran.wait(), 5)
+            with pytest.raises(RegistryUnavailableError, match="flaky"):
+                await m.submit(_echo, "refused")
+            assert await flaky.get_run(ids[0]) is None  # nothing written yet
+            flaky.down = False
+            await m.wait_all(timeout=10)
+            for i, run_id in enumerate(ids):
+                run = await flaky.get_run(run_id)
+                assert run is not None, run_id
+                assert run.status is RunStatus.COMPLETED
+                assert run.result == i
+        counts = await flaky.count_runs()
+        assert counts[RunStatus.COMPLETED] == 201
+        assert counts[RunStatus.QUEUED] == counts[RunStatus.RUNNING] == 0
+
+    async def test_cancel_during_outage_wins_once_registry_is_back(
+        self, flaky: FlakyBatchRegistry
+    ) -> None:
+        async with BackgroundTaskManager(flaky) as manager:
+            started = asyncio.Event()
+
+            async def forever() -> None:
+                started.set()
+                await asyncio.Event().wait()
+
+            run = await manager.submit(forever)
+            await started.wait()
+            flaky.down = True
+            cancel = asyncio.create_task(manager.cancel_task(run.run_id))
+            await asyncio.sleep(0.1)
+            assert not cancel.done()  # the answer needs the registry
+            flaky.down = False
+            assert await asyncio.wait_for(cancel, 5) is True
+            final = await manager.wait(run.run_id, timeout=5)
+            assert final.status is RunStatus.CANCELLED

@@ -1,0 +1,513 @@
+"""What `SQLRunRegistry` promises beyond the conformance suite.
+
+Schema creation (once, and safely from two processes at once), SQLite's WAL setup,
+credentials kept out of reprs, logs and errors, outages told apart from pool exhaustion,
+``write_batch`` as one transaction, and exact string comparison on every database. Tests
+that involve "two processes" use two registries with two engines on the same tables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
+from structlog.testing import capture_logs
+
+from registries import skip_or_fail
+from runtrack import (
+    RegistryUnavailableError,
+    Run,
+    RunStatus,
+    registry_from_url,
+)
+from runtrack.registry.base import BatchWriting, RunWrite
+from runtrack.registry.sql import SCHEMA_VERSION, SQLRunRegistry
+from sql_registries import drop_tables, mysql_url, postgres_url, sql_registry, unique_prefix
+
+Q, R, C = RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.COMPLETED
+
+BACKENDS = ["sqlite", "postgresql", "mariadb"]
+
+
+_reachable: dict[str, str | None] = {}
+
+
+async def require_server(url: str) -> None:
+    """Skip (or fail on CI) unless the server behind ``url`` answers; probed once per URL."""
+    if url not in _reachable:
+        engine = create_async_engine(url)
+        try:
+            async with asyncio.timeout(5), engine.connect() as conn:
+                await conn.execute(sa.text("SELECT 1"))
+            _reachable[url] = None
+        except (OSError, TimeoutError, sa.exc.DBAPIError) as exc:
+            _reachable[url] = f"{type(exc).__name__}: {exc}"
+        finally:
+            await engine.dispose()
+    reason = _reachable[url]
+    if reason is not None:
+        skip_or_fail(f"{url} is unreachable ({reason})")
+
+
+@pytest.fixture(params=BACKENDS)
+async def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database URL of each SQL backend (SQLite: a file in this test's directory)."""
+    backend: str = request.param
+    if backend == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'runs.db'}"
+    url = postgres_url() if backend == "postgresql" else mysql_url()
+    await require_server(url)
+    return url
+
+
+@pytest.fixture
+async def registry(url: str) -> AsyncIterator[SQLRunRegistry]:
+    """A registry with tables of its own, dropped after the test."""
+    async with sql_registry(url) as registry:
+        yield registry
+
+
+@pytest.fixture
+def twin(url: str) -> Callable[[SQLRunRegistry], Any]:
+    """Open a second registry (another engine, as another process would) on the same tables."""
+
+    @asynccontextmanager
+    async def open_twin(first: SQLRunRegistry) -> AsyncIterator[SQLRunRegistry]:
+        async with SQLRunRegistry(url, table_prefix=first.table_prefix) as second:
+            yield second
+
+    return open_twin
+
+
+def statements(registry: SQLRunRegistry) -> list[str]:
+    """Every SQL statement the registry's engine sends from now on (the list fills up)."""
+    sent: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        sent.append(statement)
+
+    sa.event.listen(registry.engine.sync_engine, "before_cursor_execute", record)
+    return sent
+
+
+class TestSchema:
+    """The schema is created on first use, once, and records its version."""
+
+    async def test_created_once_with_version_row(self, url: str) -> None:
+        registry = SQLRunRegistry(url, table_prefix=unique_prefix())
+        try:
+            sent = statements(registry)
+
+            await asyncio.gather(*(registry.count_runs() for _ in range(10)))
+            await registry.add_run(Run(run_id="r1"))
+            await registry.list_runs()
+
+            creates = [s for s in sent if s.lstrip().upper().startswith("CREATE TABLE")]
+            assert len(creates) == 4
+            async with registry.engine.connect() as conn:
+                table = f"{registry.table_prefix}schema"
+                rows = (await conn.execute(sa.text(f"SELECT version FROM {table}"))).all()
+            assert [tuple(row) for row in rows] == [(SCHEMA_VERSION,)]
+        finally:
+            await drop_tables(registry)
+
+    async def test_tables_and_indexes(self, registry: SQLRunRegistry) -> None:
+        prefix = registry.table_prefix
+
+        def inspect(conn: sa.Connection) -> dict[str, Any]:
+            inspector = sa.inspect(conn)
+            tables = set(inspector.get_table_names())
+            indexes = {
+                tuple(ix["column_names"])
+                for table in ("runs", "tags")
+                for ix in inspector.get_indexes(f"{prefix}{table}")
+            }
+            return {"tables": tables, "indexes": indexes}
+
+        async with registry.engine.connect() as conn:
+            found = await conn.run_sync(inspect)
+
+        assert {f"{prefix}{t}" for t in ("runs", "tags", "output", "schema")} <= found["tables"]
+        assert {
+            ("created_at", "run_id"),
+            ("status", "created_at"),
+            ("name", "created_at"),
+            ("run_group", "created_at"),
+            ("key", "value", "run_id"),
+        } <= found["indexes"]
+
+    async def test_concurrent_creation_from_two_engines(self, url: str) -> None:
+        prefix = unique_prefix()
+        first = SQLRunRegistry(url, table_prefix=prefix)
+        second = SQLRunRegistry(url, table_prefix=prefix)
+        try:
+            await asyncio.gather(
+                first.add_run(Run(run_id="from-first")), second.add_run(Run(run_id="from-second"))
+            )
+
+            assert {r.run_id for r in await first.list_runs()} == {"from-first", "from-second"}
+            assert {r.run_id for r in await second.list_runs()} == {"from-first", "from-second"}
+        finally:
+            await second.aclose()
+            await drop_tables(first)
+
+    async def test_existing_schema_is_reused(
+        self, registry: SQLRunRegistry, twin: Callable[[SQLRunRegistry], Any]
+    ) -> None:
+        await registry.add_run(Run(run_id="kept"))
+
+        async with twin(registry) as second:
+            sent = statements(second)
+            run = await second.get_run("kept")
+
+        assert run is not None
+        assert not [s for s in sent if s.lstrip().upper().startswith("CREATE")]
+
+
+class TestSQLite:
+    """SQLite runs in WAL mode with a busy timeout and foreign keys on."""
+
+    async def test_pragmas(self, tmp_path: Path) -> None:
+        url = f"sqlite+aiosqlite:///{tmp_path / 'runs.db'}"
+        async with sql_registry(url) as registry, registry.engine.connect() as conn:
+            mode = await conn.scalar(sa.text("PRAGMA journal_mode"))
+            timeout = await conn.scalar(sa.text("PRAGMA busy_timeout"))
+            foreign_keys = await conn.scalar(sa.text("PRAGMA foreign_keys"))
+
+        assert (mode, timeout, foreign_keys) == ("wal", 5000, 1)
+
+    async def test_engine_passed_in_is_configured(self, tmp_path: Path) -> None:
+        engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'runs.db'}")
+        try:
+            async with SQLRunRegistry(engine) as registry:
+                await registry.add_run(Run(run_id="r1"))
+                async with engine.connect() as conn:
+                    assert await conn.scalar(sa.text("PRAGMA journal_mode")) == "wal"
+            # the registry did not dispose of an engine it was given
+            assert engine.sync_engine.pool.checkedin() > 0
+        finally:
+            await engine.dispose()
+
+    async def test_memory_database(self) -> None:
+        async with SQLRunRegistry("sqlite+aiosqlite://") as registry:
+            await asyncio.gather(*(registry.add_run(Run(run_id=f"r{i}")) for i in range(20)))
+            results = await asyncio.gather(*(registry.transition("r0", R) for _ in range(10)))
+
+            assert len(await registry.list_runs()) == 20
+            assert sum(r is not None for r in results) == 1
+
+
+class TestCredentials:
+    """Passwords never show in reprs, errors or log lines."""
+
+    SECRET = "s3cr3t-pw"
+
+    @pytest.mark.parametrize(
+        "url",
+        [
+            f"postgresql+asyncpg://postgres:{SECRET}@127.0.0.1:5432/test",
+            f"mysql+asyncmy://root:{SECRET}@127.0.0.1:3306/test",
+            f"mysql+asyncmy://root@127.0.0.1:3306/test?password={SECRET}",
+        ],
+        ids=["postgresql", "mariadb", "query-password"],
+    )
+    def test_repr_hides_password(self, url: str) -> None:
+        registry = SQLRunRegistry(url, table_prefix="p_")
+
+        text = repr(registry)
+
+        assert self.SECRET not in text
+        assert "***" in text
+        assert text.startswith("<SQLRunRegistry ")
+        assert text.endswith(" prefix='p_'>")
+
+    def test_repr_example(self) -> None:
+        registry = SQLRunRegistry(
+            f"postgresql+asyncpg://postgres:{self.SECRET}@127.0.0.1:5432/test"
+        )
+
+        assert repr(registry) == (
+            "<SQLRunRegistry postgresql+asyncpg://postgres:***@127.0.0.1:5432/test "
+            "prefix='runtrack_'>"
+        )
+
+    async def test_error_and_logs_hide_password(self) -> None:
+        url = f"postgresql+asyncpg://postgres:{self.SECRET}@127.0.0.1:1/test"
+        with capture_logs() as logs, pytest.raises(RegistryUnavailableError) as info:
+            async with SQLRunRegistry(url) as registry:
+                await registry.get_run("x")
+
+        assert self.SECRET not in str(info.value)
+        assert self.SECRET not in repr(logs)
+
+
+class TestPrefix:
+    """table_prefix is validated, since it becomes part of SQL identifiers."""
+
+    @pytest.mark.parametrize(
+        "prefix", ["bad-prefix", "x; DROP TABLE runs; --", "a" * 33, "é_", 'q"', "a b"]
+    )
+    def test_bad_prefix(self, prefix: str) -> None:
+        with pytest.raises(ValueError, match="table_prefix"):
+            SQLRunRegistry("sqlite+aiosqlite:///runs.db", table_prefix=prefix)
+
+    def test_non_string_prefix(self) -> None:
+        with pytest.raises(ValueError, match="table_prefix"):
+            SQLRunRegistry("sqlite+aiosqlite:///runs.db", table_prefix=None)  # type: ignore[arg-type]
+
+    @pytest.mark.parametrize("prefix", ["", "runtrack_", "App_2_", "_x"])
+    def test_good_prefix(self, prefix: str) -> None:
+        assert SQLRunRegistry("sqlite+aiosqlite:///runs.db", table_prefix=prefix).table_prefix == (
+            prefix
+        )
+
+    def test_not_a_url(self) -> None:
+        with pytest.raises(TypeError, match="AsyncEngine"):
+            SQLRunRegistry(42)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="URL"):
+            SQLRunRegistry("not a url")
+
+
+class TestOutages:
+    """An unreachable database is a RegistryUnavailableError naming it; a full pool is not."""
+
+    @pytest.mark.parametrize(
+        ("url", "backend"),
+        [
+            ("postgresql+asyncpg://postgres@127.0.0.1:1/test", "PostgreSQL"),
+            ("mysql+asyncmy://root@127.0.0.1:1/test", "MySQL/MariaDB"),
+            ("sqlite+aiosqlite:////nonexistent-dir/sub/runs.db", "SQLite"),
+        ],
+        ids=["postgresql", "mariadb", "sqlite"],
+    )
+    async def test_unreachable(self, url: str, backend: str) -> None:
+        started = time.monotonic()
+        async with SQLRunRegistry(url) as registry:
+            for call in (lambda: registry.get_run("x"), lambda: registry.add_run(Run())):
+                with pytest.raises(RegistryUnavailableError) as info:
+                    await call()
+
+                assert info.value.backend == backend
+                assert backend in str(info.value)
+        assert time.monotonic() - started < 5
+
+    async def test_pool_exhaustion_is_not_an_outage(self, url: str) -> None:
+        engine = create_async_engine(url, pool_size=1, max_overflow=0, pool_timeout=0.1)
+        registry = SQLRunRegistry(engine, table_prefix=unique_prefix())
+        try:
+            await registry.count_runs()
+            async with engine.connect() as held:
+                await held.execute(sa.text("SELECT 1"))
+
+                with pytest.raises(sa.exc.TimeoutError):
+                    await registry.get_run("x")
+        finally:
+            await drop_tables(registry)
+
+    async def test_failed_batch_rolls_back(self, registry: SQLRunRegistry) -> None:
+        await registry.add_run(Run(run_id="old", status=R))
+
+        def cut(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            if statement.lstrip().upper().startswith("UPDATE"):
+                raise ConnectionResetError("connection reset by peer (simulated)")
+
+        sa.event.listen(registry.engine.sync_engine, "before_cursor_execute", cut)
+        with pytest.raises(RegistryUnavailableError):
+            await registry.write_batch(
+                [
+                    RunWrite("new", run=Run(run_id="new")),
+                    RunWrite("old", to=C, expect=frozenset({R}), changes={"result": 1}),
+                ]
+            )
+        sa.event.remove(registry.engine.sync_engine, "before_cursor_execute", cut)
+
+        assert await registry.get_run("new") is None
+        old = await registry.get_run("old")
+        assert old is not None
+        assert (old.status, old.result) == (R, None)
+
+
+class TestWriteBatch:
+    """write_batch on SQL: insert-if-absent, CAS, field updates, and insert races."""
+
+    async def test_semantics(self, registry: SQLRunRegistry) -> None:
+        assert isinstance(registry, BatchWriting)
+        await registry.add_run(Run(run_id="queued", tags={"a": "1"}))
+        await registry.add_run(Run(run_id="done", status=C))
+
+        applied = await registry.write_batch(
+            [
+                # absent: inserted as given
+                RunWrite("fresh", run=Run(run_id="fresh", status=R, tags={"t": "x"}), to=R),
+                # present: falls through to the CAS, which applies
+                RunWrite("queued", run=Run(run_id="queued"), to=R, expect=frozenset({Q})),
+                # CAS miss: done is terminal
+                RunWrite("done", to=C, expect=frozenset({R}), changes={"result": 2}),
+                # field-only update of a missing run
+                RunWrite("missing", changes={"progress": 0.5}),
+                # field-only update of a present run, tags included
+                RunWrite("queued", changes={"progress": 0.5, "tags": {"b": "2"}}),
+                # the same run again, later in the batch: sees the earlier writes
+                RunWrite("fresh", to=C, expect=frozenset({R}), changes={"result": [1]}),
+            ]
+        )
+
+        assert applied == [True, True, False, False, True, True]
+        fresh = await registry.get_run("fresh")
+        assert fresh is not None
+        assert (fresh.status, fresh.result, fresh.tags) == (C, [1], {"t": "x"})
+        queued = await registry.get_run("queued")
+        assert queued is not None
+        assert (queued.status, queued.progress, queued.tags) == (R, 0.5, {"b": "2"})
+        assert [r.run_id for r in await registry.list_runs(tags={"b": "2"})] == ["queued"]
+        assert await registry.list_runs(tags={"a": "1"}) == []
+        assert [r.run_id for r in await registry.list_runs(tags={"t": "x"})] == ["fresh"]
+        assert await registry.get_run("missing") is None
+        done = await registry.get_run("done")
+        assert done is not None
+        assert done.result is None
+
+    async def test_empty_batch(self, registry: SQLRunRegistry) -> None:
+        assert await registry.write_batch([]) == []
+
+    async def test_unknown_field(self, registry: SQLRunRegistry) -> None:
+        with pytest.raises(ValueError, match="name"):
+            await registry.write_batch([RunWrite("x", changes={"name": "y"})])
+
+    async def test_insert_race_between_two_processes(
+        self, registry: SQLRunRegistry, twin: Callable[[SQLRunRegistry], Any]
+    ) -> None:
+        async with twin(registry) as second:
+            rounds = []
+            for i in range(10):
+                run_id = f"race-{i}"
+                write = RunWrite(
+                    run_id, run=Run(run_id=run_id, status=R), to=R, expect=frozenset({Q})
+                )
+                rounds.append(
+                    await asyncio.gather(registry.write_batch([write]), second.write_batch([write]))
+                )
+
+        for first, other in rounds:
+            assert sorted([*first, *other]) == [False, True]
+        assert len(await registry.list_runs()) == 10
+
+
+class TestAcrossProcesses:
+    """Two engines on the same tables behave like two processes sharing the registry."""
+
+    async def test_transition_race(
+        self, registry: SQLRunRegistry, twin: Callable[[SQLRunRegistry], Any]
+    ) -> None:
+        await registry.add_run(Run(run_id="r", status=R))
+
+        async with twin(registry) as second:
+            results = await asyncio.gather(
+                *(
+                    (registry, second)[i % 2].transition("r", C, owner=f"writer-{i}")
+                    for i in range(20)
+                )
+            )
+
+        winners = [r for r in results if r is not None]
+        assert len(winners) == 1
+        assert await registry.get_run("r") == winners[0]
+
+    async def test_concurrent_appends_never_collide(
+        self, registry: SQLRunRegistry, twin: Callable[[SQLRunRegistry], Any]
+    ) -> None:
+        await registry.add_run(Run(run_id="r"))
+
+        async with twin(registry) as second:
+            await asyncio.gather(
+                *(
+                    (registry, second)[i % 2].append_output(
+                        "r", [("stdout", f"{i}a"), ("stdout", f"{i}b")]
+                    )
+                    for i in range(20)
+                )
+            )
+
+        chunks = await registry.get_output("r")
+        assert [c.seq for c in chunks] == list(range(1, 41))
+        texts = [c.text for c in chunks]
+        for i in range(20):  # each append's chunks are consecutive
+            assert texts.index(f"{i}b") == texts.index(f"{i}a") + 1
+
+
+class TestExactStrings:
+    """Strings compare exactly on every database: case, accents and trailing spaces count."""
+
+    async def test_ids_differing_in_case_and_spaces(self, registry: SQLRunRegistry) -> None:
+        ids = ["run", "Run", "run ", "rün", " run"]
+        for run_id in ids:
+            await registry.add_run(Run(run_id=run_id, name=run_id, tags={"k": run_id}))
+
+        for run_id in ids:
+            got = await registry.get_run(run_id)
+            assert got is not None
+            assert got.run_id == run_id
+            assert [r.run_id for r in await registry.list_runs(name=run_id)] == [run_id]
+            assert [r.run_id for r in await registry.list_runs(tags={"k": run_id})] == [run_id]
+
+
+class TestRegistryFromURL:
+    """registry_from_url builds a SQLRunRegistry for every SQL scheme."""
+
+    @pytest.mark.parametrize(
+        "url",
+        [
+            "sqlite+aiosqlite:///runs.db",
+            "postgresql+asyncpg://postgres@127.0.0.1:5432/test",
+            "mysql+asyncmy://root@127.0.0.1:3306/test",
+        ],
+        ids=BACKENDS,
+    )
+    async def test_builds_sql_registry(self, url: str) -> None:
+        registry = registry_from_url(url)
+
+        assert isinstance(registry, SQLRunRegistry)
+        assert registry.table_prefix == "runtrack_"
+        scheme = url.partition("://")[0]
+        assert repr(registry).startswith(f"<SQLRunRegistry {scheme}://")
+        await registry.aclose()
+
+    async def test_works_end_to_end(self, tmp_path: Path) -> None:
+        async with AsyncExitStack() as stack:
+            registry = registry_from_url(f"sqlite+aiosqlite:///{tmp_path / 'runs.db'}")
+            await stack.enter_async_context(registry)
+            await registry.add_run(Run(run_id="r1"))
+
+            assert [r.run_id for r in await registry.list_runs()] == ["r1"]
+
+
+class TestLifecycle:
+    """aclose disposes of the engine the registry built, not of one it was given."""
+
+    async def test_owned_engine_disposed(self, registry: SQLRunRegistry) -> None:
+        await registry.count_runs()
+        assert registry.engine.sync_engine.pool.checkedin() > 0
+
+        await registry.aclose()
+        await registry.aclose()
+
+        assert registry.engine.sync_engine.pool.checkedin() == 0
+
+    async def test_given_engine_kept(self, url: str) -> None:
+        engine = create_async_engine(url)
+        registry = SQLRunRegistry(engine, table_prefix=unique_prefix())
+        try:
+            await registry.count_runs()
+            await registry.aclose()
+
+            assert engine.sync_engine.pool.checkedin() > 0
+            assert registry.engine is engine
+        finally:
+            await drop_tables(registry)
