@@ -17,8 +17,8 @@ from typing import Any
 from uuid import uuid4
 
 import pytest
-from redis_registries import redis_prefix, redis_url
 
+from redis_registries import redis_prefix, redis_url
 from runtrack import (
     DuplicateRunError,
     RegistryUnavailableError,
@@ -106,6 +106,75 @@ async def wait_until_gone(client: Any, key: str, timeout: float = 5.0) -> None:
     while await client.exists(key):
         assert time.monotonic() < deadline, f"{key} did not expire within {timeout} s"
         await asyncio.sleep(0.02)
+
+
+class ReplyDroppingProxy:
+    """A loopback proxy to Redis that, once armed, loses the reply to the next EVALSHA.
+
+    The server runs the script; the client sees its connection close instead of the
+    reply, as when a network cut lands between the two. redis-py then re-sends the call.
+    """
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self.armed = False
+        self.dropped = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def close(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        self._writers += [writer, up_writer]
+        doomed = asyncio.Event()
+
+        async def to_server() -> None:
+            while data := await reader.read(65536):
+                if self.armed and b"EVALSHA" in data:
+                    self.armed = False
+                    doomed.set()
+                up_writer.write(data)
+                await up_writer.drain()
+
+        async def to_client() -> None:
+            while data := await up_reader.read(65536):
+                if doomed.is_set():
+                    self.dropped.set()
+                    writer.close()
+                    up_writer.close()
+                    return
+                writer.write(data)
+                await writer.drain()
+
+        for pump in (to_server(), to_client()):
+            task = asyncio.create_task(pump)
+            self._tasks.add(task)
+
+
+@pytest.fixture
+async def proxy() -> AsyncIterator[ReplyDroppingProxy]:
+    from urllib.parse import urlsplit
+
+    url = urlsplit(redis_url())
+    proxy = ReplyDroppingProxy((url.hostname or "127.0.0.1", url.port or 6379))
+    await proxy.start()
+    yield proxy
+    await proxy.close()
 
 
 class TestKeyLayout:
@@ -269,6 +338,32 @@ class TestScripts:
 
         assert done is not None
         assert redone == done  # the first call's outcome, not "status did not match"
+
+    async def test_lost_reply_is_not_applied_twice(
+        self, make_registry: Factory, proxy: ReplyDroppingProxy
+    ) -> None:
+        assert proxy._server is not None
+        port = proxy._server.sockets[0].getsockname()[1]
+        registry = await make_registry(url_or_client=f"redis://127.0.0.1:{port}/0")
+        await registry.add_run(Run(run_id="warm-up"))  # loads the scripts
+
+        proxy.armed = True
+        await registry.add_run(Run(run_id="r1", status=R))  # no DuplicateRunError on resend
+        assert proxy.dropped.is_set()
+
+        proxy.dropped.clear()
+        proxy.armed = True
+        chunks = await registry.append_output("r1", [("stdout", "once")])
+        assert proxy.dropped.is_set()
+        assert [c.seq for c in chunks] == [1]
+        assert [c.text for c in await registry.get_output("r1")] == ["once"]
+
+        proxy.dropped.clear()
+        proxy.armed = True
+        done = await registry.transition("r1", C, result=1)
+        assert proxy.dropped.is_set()
+        assert done is not None  # applied once, reported as applied
+        assert done.result == 1
 
     async def test_scripts_reload_after_script_flush(
         self, registry: RedisRunRegistry, client: Any
@@ -525,6 +620,7 @@ class TestErrors:
         assert await registry.get_run("x") is None
         await registry.aclose()
         await client.aclose()
+        await pool.aclose()  # a pool passed in is not closed by its client
 
     async def test_blocking_pool_timeout_is_not_an_outage(self, prefix: str) -> None:
         pool = redis_asyncio.BlockingConnectionPool.from_url(
@@ -540,6 +636,7 @@ class TestErrors:
         finally:
             await pool.release(held)
         await client.aclose()
+        await pool.aclose()
 
     async def test_transport_reset_leaking_as_type_error(
         self, registry: RedisRunRegistry, monkeypatch: pytest.MonkeyPatch
@@ -547,7 +644,7 @@ class TestErrors:
         # redis-py issue 4287: on CPython 3.12+ a write on a connection the peer reset
         # raises TypeError from inside asyncio. Build that traceback shape for real.
         in_asyncio: dict[str, Any] = {"__name__": "asyncio.selector_events"}
-        exec(  # noqa: S102
+        exec(
             "def writelines():\n    raise TypeError(\"'NoneType' object is not callable\")\n",
             in_asyncio,
         )
@@ -555,7 +652,7 @@ class TestErrors:
             "__name__": "redis.asyncio.connection",
             "writelines": in_asyncio["writelines"],
         }
-        exec("async def execute_command(*args, **options):\n    writelines()\n", in_redis)  # noqa: S102
+        exec("async def execute_command(*args, **options):\n    writelines()\n", in_redis)
         monkeypatch.setattr(registry._client, "execute_command", in_redis["execute_command"])
 
         with pytest.raises(RegistryUnavailableError) as info:

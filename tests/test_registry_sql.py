@@ -9,6 +9,7 @@ that involve "two processes" use two registries with two engines on the same tab
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -95,6 +96,18 @@ def statements(registry: SQLRunRegistry) -> list[str]:
 
     sa.event.listen(registry.engine.sync_engine, "before_cursor_execute", record)
     return sent
+
+
+async def aiosqlite_threads_stopped() -> None:
+    """Wait until aiosqlite's worker threads have ended and handed back their results.
+
+    After a failed connect, aiosqlite stops its worker thread without awaiting it; the
+    thread then reports to the event loop, which must still be open by then.
+    """
+    async with asyncio.timeout(5):
+        while any("_connection_worker_thread" in t.name for t in threading.enumerate()):
+            await asyncio.sleep(0.001)
+    await asyncio.sleep(0)
 
 
 class TestSchema:
@@ -297,6 +310,7 @@ class TestOutages:
                 assert info.value.backend == backend
                 assert backend in str(info.value)
         assert time.monotonic() - started < 5
+        await aiosqlite_threads_stopped()
 
     async def test_pool_exhaustion_is_not_an_outage(self, url: str) -> None:
         engine = create_async_engine(url, pool_size=1, max_overflow=0, pool_timeout=0.1)

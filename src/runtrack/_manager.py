@@ -6,6 +6,7 @@ import asyncio
 import enum
 import functools
 import inspect
+import json
 import logging
 import os
 import socket
@@ -106,6 +107,9 @@ class BackgroundTaskManager:
             reported as ignoring cancellation.
         registry_timeout: Seconds `submit` waits for its QUEUED record while the registry
             is unreachable before raising `RegistryUnavailableError`.
+        max_payload_bytes: Largest JSON size of a run's parameters (larger ones are a
+            `ValueError` at submission) and of its result (a larger one is recorded as
+            None, with a warning); None for no limit.
 
     Example:
         >>> import asyncio
@@ -133,6 +137,7 @@ class BackgroundTaskManager:
         heartbeat_interval: float = 10.0,
         cancel_timeout: float = 5.0,
         registry_timeout: float = 10.0,
+        max_payload_bytes: int | None = 1_000_000,
     ) -> None:
         _check_limit("max_concurrency", max_concurrency)
         pending: object = max_pending
@@ -176,6 +181,10 @@ class BackgroundTaskManager:
         self._max_concurrency = max_concurrency
         self._limit = max_concurrency or _UNBOUNDED
         self._max_pending = max_pending
+        _check_limit("max_payload_bytes", max_payload_bytes)
+        self._max_payload = max_payload_bytes
+        # str results shorter than this cannot be over the limit: no need to measure them.
+        self._max_short_str = (max_payload_bytes or sys.maxsize) // 4 - 2
         self._default_timeout = default_timeout
         self._shutdown_grace = shutdown_grace
         self._heartbeat_interval = heartbeat_interval
@@ -331,6 +340,8 @@ class BackgroundTaskManager:
                 f"{type(coro).__name__}: call the async function, or use submit(fn, ...)"
             )
         try:
+            if run.parameters:
+                self._check_parameters(run.parameters)
             loop = self._admit_check(run.run_id)
         except BaseException:
             _close(coro)
@@ -467,8 +478,9 @@ class BackgroundTaskManager:
                 max_attempts=retry.attempts if retry is not None else 1,
                 owner=self.owner,
             )
+            self._check_parameters(run.parameters)
             loop = self._admit_check(run.run_id)
-        except (ValidationError, RuntrackError):
+        except (ValidationError, RuntrackError, ValueError):
             _close(coro)
             raise
         job = Job(
@@ -685,7 +697,10 @@ class BackgroundTaskManager:
         if job.cancel_requested:
             status = RunStatus.CANCELLED  # cancel_task (or another manager) already wrote it
         else:
-            if result is not None and type(result) not in _PLAIN:
+            if result is not None and (
+                type(result) not in _PLAIN
+                or (type(result) is str and len(result) > self._max_short_str)
+            ):
                 result = self._json_result(job, result)
             if error is None:
                 written = self._writer.finish(job, status, time_ns() // 1000, result, None, None)
@@ -782,9 +797,10 @@ class BackgroundTaskManager:
         job.timer = self._loop.call_later(delay, self._release_delayed, job)
 
     def _json_result(self, job: Job, result: Any) -> Any:
+        """The result as recorded: None (with a warning) if it is not JSON or too large."""
         try:
-            _JSON.validate_python(result)
-        except ValidationError:
+            size = _payload_size(_JSON.validate_python(result))
+        except (ValidationError, ValueError):
             self._log.warning(
                 "run_result_not_json",
                 run_id=job.run_id,
@@ -794,7 +810,27 @@ class BackgroundTaskManager:
                 "Return JSON-compatible values (dict, list, str, numbers, bool, None).",
             )
             return None
+        if self._max_payload is not None and size > self._max_payload:
+            self._log.warning(
+                "run_result_too_large",
+                run_id=job.run_id,
+                name=job.name,
+                size=size,
+                max_payload_bytes=self._max_payload,
+                detail="the run completed but its result is over max_payload_bytes; recorded "
+                "result=None. Store large results elsewhere and return a reference.",
+            )
+            return None
         return result
+
+    def _check_parameters(self, parameters: Mapping[str, Any]) -> None:
+        if self._max_payload is not None and parameters:
+            size = _payload_size(parameters)
+            if size > self._max_payload:
+                raise ValueError(
+                    f"parameters are {size} bytes of JSON, over max_payload_bytes="
+                    f"{self._max_payload}: pass a reference (an id, a URL) instead of the data"
+                )
 
     # -- cancelling and waiting ---------------------------------------------------------------
 
@@ -1059,6 +1095,11 @@ class BackgroundTaskManager:
             running_by_group=dict(self._lanes.running_by_group),
             by_name=self._stats.by_name(),
         )
+
+
+def _payload_size(value: Any) -> int:
+    """Bytes of ``value`` as compact UTF-8 JSON, as a registry stores it."""
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
 
 
 def _describe(error: BaseException, job: Job) -> str:

@@ -17,6 +17,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio
 import redis.exceptions
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
 
 from runtrack._clock import dt_to_us, now_us, us_to_dt
 from runtrack._exceptions import DuplicateRunError, RegistryUnavailableError, RunNotFoundError
@@ -44,6 +46,12 @@ _INT_FIELDS: Final = frozenset({"priority", "attempt", "max_attempts"})
 _FLOAT_FIELDS: Final = frozenset({"timeout", "progress"})
 _JSON_FIELDS: Final = frozenset({"parameters", "tags", "result"})
 _RUN_FIELDS: Final = tuple(Run.model_fields)
+#: Retries of a command whose connection failed (a client built from a URL): a pooled
+#: connection the server closed while idle is replaced without the caller noticing. Safe
+#: for writes, since a script call re-sent after its reply was lost is not applied twice.
+_RETRIES: Final = 3
+_BACKOFF_BASE: Final = 0.01
+_BACKOFF_CAP: Final = 0.5
 
 
 # -- encoding: a run's fields as hash strings; None (and {} for parameters/tags) is absent --
@@ -283,7 +291,10 @@ class RedisRunRegistry:
         self._ttl_us = _ttl_us(finished_ttl)
         if isinstance(url_or_client, str):
             self._where = _safe_url(url_or_client)
-            self._client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(url_or_client)
+            retry = Retry(ExponentialWithJitterBackoff(_BACKOFF_CAP, _BACKOFF_BASE), _RETRIES)
+            self._client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
+                url_or_client, retry=retry
+            )
             self._owns_client = True
         elif isinstance(url_or_client, redis.asyncio.Redis):
             self._where = _describe_client(url_or_client)
