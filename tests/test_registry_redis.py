@@ -720,6 +720,32 @@ class TestConstruction:
         assert repr(registry) == "<RedisRunRegistry redis://:***@127.0.0.1:6379/3 prefix='p:'>"
         await client.aclose()
 
+    @pytest.mark.parametrize(
+        "options",
+        [{"decode_responses": True}, {"protocol": 3}, {"protocol": 3, "decode_responses": True}],
+        ids=["decoded", "resp3", "resp3-decoded"],
+    )
+    async def test_any_client_settings(self, prefix: str, options: dict[str, Any]) -> None:
+        client = redis_asyncio.Redis.from_url(redis_url(), **options)
+        async with RedisRunRegistry(client, prefix=prefix, finished_ttl=3600) as registry:
+            run = Run(run_id="r1", name="n", tags={"a": "ü"}, parameters={"x": [1.5]})
+            await registry.add_run(run)
+            assert await registry.get_run("r1") == run
+            running = await registry.transition("r1", R)
+            assert running is not None
+            assert await registry.update_run("r1", progress=0.5) == running.model_copy(
+                update={"progress": 0.5}
+            )
+            await registry.append_output("r1", [("stdout", "ü")])
+            assert [c.text for c in await registry.get_output("r1")] == ["ü"]
+            assert await registry.write_batch([RunWrite("r1", to=C, expect=frozenset({R}))]) == [
+                True
+            ]
+            assert [r.run_id for r in await registry.list_runs(tags={"a": "ü"})] == ["r1"]
+            assert (await registry.count_runs(name="n"))[C] == 1
+            assert await registry.cleanup_old_runs(older_than=timedelta(0)) == 1
+        await client.aclose()
+
     async def test_registry_from_url(self) -> None:
         registry = registry_from_url(redis_url())
 
