@@ -400,7 +400,9 @@ class RedisRunRegistry:
         """Apply writes in order in one server-side script (see `BatchWriting`).
 
         Raises:
-            RegistryUnavailableError: Redis could not be reached; nothing was applied.
+            RegistryUnavailableError: Redis could not be reached. The batch is one script,
+                so it was applied entirely or not at all; it was applied only if the
+                connection broke after the server ran it and every resend failed.
         """
         if not writes:
             return []
@@ -428,6 +430,7 @@ class RedisRunRegistry:
         self,
         run_id: str,
         to: RunStatus | str,
+        /,
         *,
         expect: StatusFilter = None,
         **changes: Any,
@@ -443,7 +446,7 @@ class RedisRunRegistry:
         reply = await self._run_write(layout.ONE, [spec])
         return _decode_run(reply) if reply else None
 
-    async def update_run(self, run_id: str, **changes: Any) -> Run:
+    async def update_run(self, run_id: str, /, **changes: Any) -> Run:
         """Set non-status fields and return the updated run (see `RunRegistry`)."""
         valid = validate_changes(changes)
         spec = _write_spec(run_id, changes=valid)
