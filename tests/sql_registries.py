@@ -17,8 +17,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Final
 
-import sqlalchemy as sa
-
 from registries import MYSQL_URL_ENV, POSTGRES_URL_ENV, RegistryFactory, skip_or_fail
 from runtrack import RegistryUnavailableError, RunRegistry
 from runtrack.registry.sql import SQLRunRegistry
@@ -32,14 +30,11 @@ __all__ = [
     "mysql_url",
     "postgres_url",
     "sql_registry",
-    "table_names",
     "unique_prefix",
 ]
 
 DEFAULT_POSTGRES_URL: Final = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 DEFAULT_MYSQL_URL: Final = "mysql+asyncmy://root@127.0.0.1:3306/test"
-
-TABLES: Final = ("output", "tags", "runs", "schema")  # children first, for DROP
 
 
 def postgres_url() -> str:
@@ -57,21 +52,12 @@ def unique_prefix() -> str:
     return f"rt_{uuid.uuid4().hex[:10]}_"
 
 
-def table_names(prefix: str) -> list[str]:
-    """The registry's tables, children before parents."""
-    return [f"{prefix}{table}" for table in TABLES]
-
-
 async def drop_tables(registry: SQLRunRegistry) -> None:
     """Drop the registry's tables, then dispose of its engine."""
-    engine = registry.engine
     try:
-        async with engine.begin() as conn:
-            for name in table_names(registry.table_prefix):
-                quoted = engine.dialect.identifier_preparer.quote(name)
-                await conn.execute(sa.text(f"DROP TABLE IF EXISTS {quoted}"))
+        await registry.drop_schema()
     finally:
-        await engine.dispose()
+        await registry.engine.dispose()
 
 
 @asynccontextmanager

@@ -750,6 +750,7 @@ class TestConstruction:
         registry = registry_from_url(redis_url())
 
         assert isinstance(registry, RedisRunRegistry)
+        assert registry.backend == "redis"
         assert registry.prefix == "runtrack:"
         assert registry.finished_ttl is None
         await registry.aclose()

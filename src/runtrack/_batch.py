@@ -46,7 +46,7 @@ _TIME_FIELDS: Final = ("started_at", "finished_at", "heartbeat_at")
 class _Entry:
     """Every pending write of one run, merged into one."""
 
-    __slots__ = ("changes", "expect", "finishing", "insert", "job", "to", "waiters")
+    __slots__ = ("changes", "expect", "finishing", "insert", "job", "maybe", "to", "waiters")
 
     def __init__(self, job: Job | None) -> None:
         self.job = job
@@ -56,12 +56,27 @@ class _Entry:
         self.changes: dict[str, Any] = {}
         self.finishing = False  # holds a terminal write the manager waits to hear about
         self.waiters: list[asyncio.Future[bool]] = []
+        # Sent in a batch whose outcome is unknown (the connection broke before the reply):
+        # the registry may already hold this status from us.
+        self.maybe: RunStatus | None = None
 
     def cas(self, to: RunStatus, expect: frozenset[RunStatus], changes: dict[str, Any]) -> None:
         if self.to is None:
             self.expect = expect  # the first compare-and-set decides where it may apply from
         self.to = to
         self.changes.update(changes)
+
+    def sent_without_answer(self) -> None:
+        """The batch carrying this entry failed in flight: it may or may not have applied.
+
+        Retrying must then also apply from the status the lost write may have set (a
+        non-terminal one; a terminal one is checked by reading the run back), so a write
+        that did land is not mistaken for a conflict.
+        """
+        if self.to is not None:
+            self.maybe = self.to
+            if not self.to.is_terminal:
+                self.expect = self.expect | {self.to}
 
     def absorb(self, newer: _Entry) -> None:
         """Merge a later entry of the same run into this one (this one is applied first)."""
@@ -72,6 +87,8 @@ class _Entry:
             self.changes.update(newer.changes)
         self.job = self.job or newer.job
         self.finishing = self.finishing or newer.finishing
+        if self.maybe is not None and not self.maybe.is_terminal and self.to is not None:
+            self.expect = self.expect | {self.maybe}
         self.waiters.extend(newer.waiters)
 
 
@@ -286,6 +303,8 @@ class BatchWriter:
             try:
                 applied = await self._batch.write_batch(writes)
             except _TRANSIENT as exc:
+                for entry in entries:
+                    entry.sent_without_answer()
                 self._requeue(run_ids, entries)
                 self._note_outage(exc)
                 await asyncio.sleep(delay)
@@ -300,7 +319,9 @@ class BatchWriter:
                 )
                 self._outage_since = None
             delay = RETRY_FIRST
-            for entry, ok in zip(entries, applied, strict=True):
+            for run_id, entry, ok in zip(run_ids, entries, applied, strict=True):
+                if not ok and entry.maybe is not None:
+                    ok = await self._landed_before(run_id, entry)
                 self._report(entry, ok)
 
     def _to_write(self, run_id: str, entry: _Entry) -> RunWrite:
@@ -314,6 +335,20 @@ class BatchWriter:
             expect=entry.expect,
             changes=_as_datetimes(entry.changes),
         )
+
+    async def _landed_before(self, run_id: str, entry: _Entry) -> bool:
+        """Whether a write that did not apply now had in fact landed on an earlier try."""
+        try:
+            run = await self._registry.get_run(run_id)
+        except _TRANSIENT:
+            return False
+        if run is None or run.status is not entry.to:
+            return False
+        finished = entry.changes.get("finished_at")
+        if entry.to.is_terminal and finished is not None:
+            # Ours, not another writer's: the very finish time we sent.
+            return run.finished_at == us_to_dt(finished) if isinstance(finished, int) else True
+        return True
 
     def _requeue(self, run_ids: list[str], entries: list[_Entry]) -> None:
         """Put a failed batch back in front of what was written meanwhile."""

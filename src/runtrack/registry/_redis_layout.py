@@ -293,7 +293,7 @@ local function apply(id, to, expect, set, del)
 end
 """
 
-#: ARGV: prefix, ttl, token, mode, then one JSON write each:
+#: ARGV: prefix, ttl, token, mode, then a JSON array of writes, each
 #: {"id", "ins": {field: str}, "to", "exp": [status], "set": {field: str}, "del": [field]}.
 #: add: insert only, returns 1 or 0. one: returns the run's hash after the write, or nil.
 #: batch: each write in order, returns 1 or 0 per write: an insert applies if the id is
@@ -313,7 +313,7 @@ local function reply(flags)
   elseif mode == '{ADD}' then
     return tonumber(flags)
   elseif flags == '1' then
-    return redis.call('HGETALL', K_RUN .. cjson.decode(ARGV[5]).id)
+    return redis.call('HGETALL', K_RUN .. cjson.decode(ARGV[5])[1].id)
   end
   return false
 end
@@ -321,8 +321,7 @@ end
 local done = redis.call('GET', opk)
 if done then return reply(done) end
 
-local writes = {{}}
-for i = 5, #ARGV do writes[#writes + 1] = cjson.decode(ARGV[i]) end
+local writes = cjson.decode(ARGV[5])
 local flags = {{}}
 for i, w in ipairs(writes) do
   local ok

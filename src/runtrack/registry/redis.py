@@ -10,7 +10,7 @@ import contextlib
 import json
 import math
 import os
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final, Self, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -45,7 +45,20 @@ _TIME_FIELDS: Final = frozenset({"created_at", "started_at", "finished_at", "hea
 _INT_FIELDS: Final = frozenset({"priority", "attempt", "max_attempts"})
 _FLOAT_FIELDS: Final = frozenset({"timeout", "progress"})
 _JSON_FIELDS: Final = frozenset({"parameters", "tags", "result"})
-_RUN_FIELDS: Final = tuple(Run.model_fields)
+_EMPTY_IS_ABSENT: Final = frozenset({"parameters", "tags"})
+#: Run fields that may be None, other than the JSON ones.
+_OPTIONAL_FIELDS: Final = (
+    "started_at",
+    "finished_at",
+    "group",
+    "timeout",
+    "progress",
+    "progress_message",
+    "error_type",
+    "error_message",
+    "owner",
+    "heartbeat_at",
+)
 #: Retries of a command whose connection failed (a client built from a URL): a pooled
 #: connection the server closed while idle is replaced without the caller noticing. Safe
 #: for writes, since a script call re-sent after its reply was lost is not applied twice.
@@ -61,37 +74,50 @@ def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
+_ENCODERS: Final[dict[str, Callable[[Any], str]]] = {
+    **dict.fromkeys(_TIME_FIELDS, lambda v: str(v if is_int(v) else dt_to_us(v))),
+    **dict.fromkeys(_JSON_FIELDS, _json),
+    **dict.fromkeys(_INT_FIELDS, lambda v: str(int(v))),
+    **dict.fromkeys(_FLOAT_FIELDS, lambda v: repr(float(v))),
+    "status": lambda v: RunStatus(v).value,
+}
+
+
 def _encode(field: str, value: Any) -> str | None:
     """One field as its stored string, or None when the field is absent."""
-    if value is None:
+    if value is None or (not value and field in _EMPTY_IS_ABSENT):
         return None
-    if field in _TIME_FIELDS:
-        return str(value if is_int(value) else dt_to_us(value))
-    if field in _JSON_FIELDS:
-        if field != "result" and not value:
-            return None
-        return _json(value)
-    if field in _INT_FIELDS:
-        return str(int(value))
-    if field in _FLOAT_FIELDS:
-        return repr(float(value))
-    if field == "status":
-        return str(RunStatus(value).value)
-    return str(value)
+    encoder = _ENCODERS.get(field)
+    return str(value) if encoder is None else encoder(value)
 
 
 def _encode_run(run: Run) -> dict[str, str]:
-    fields: dict[str, str] = {}
-    for field in _RUN_FIELDS:
-        text = _encode(field, getattr(run, field))
-        if text is not None:
-            fields[field] = text
+    # Spelled out rather than looped over _encode: it runs for every run inserted.
+    fields = {
+        "run_id": run.run_id,
+        "name": run.name,
+        "status": run.status.value,
+        "created_at": str(dt_to_us(run.created_at)),
+        "priority": str(run.priority),
+        "attempt": str(run.attempt),
+        "max_attempts": str(run.max_attempts),
+    }
+    if run.parameters:
+        fields["parameters"] = _json(run.parameters)
+    if run.tags:
+        fields["tags"] = _json(run.tags)
+    if run.result is not None:
+        fields["result"] = _json(run.result)
+    for field in _OPTIONAL_FIELDS:
+        value = getattr(run, field)
+        if value is not None:
+            fields[field] = _ENCODERS.get(field, str)(value)
     return fields
 
 
 def _encode_changes(changes: Mapping[str, Any]) -> tuple[dict[str, str], list[str]]:
     """Changes as (fields to set, fields to clear)."""
-    unknown = set(changes) - MUTABLE_FIELDS
+    unknown = changes.keys() - MUTABLE_FIELDS
     if unknown:
         raise ValueError(f"cannot change {', '.join(sorted(unknown))}")
     to_set: dict[str, str] = {}
@@ -112,21 +138,21 @@ def _write_spec(
     to: RunStatus | None = None,
     expect: Iterable[RunStatus] = (),
     changes: Mapping[str, Any] | None = None,
-) -> str:
-    """One write for the WRITE script, as JSON (absent keys, never null: Lua sees nil)."""
+) -> dict[str, Any]:
+    """One write for the WRITE script (absent keys, never null: Lua would see a value)."""
     spec: dict[str, Any] = {"id": run_id}
     if insert is not None:
         spec["ins"] = _encode_run(insert)
     if to is not None:
         spec["to"] = to.value
-        spec["exp"] = sorted(s.value for s in expect)
+        spec["exp"] = [s.value for s in expect]
     if changes:
         to_set, to_clear = _encode_changes(changes)
         if to_set:
             spec["set"] = to_set
         if to_clear:
             spec["del"] = to_clear
-    return _json(spec)
+    return spec
 
 
 def _text(value: bytes | str) -> str:
@@ -318,6 +344,11 @@ class RedisRunRegistry:
         return f"<RedisRunRegistry {self._where} prefix={self._prefix!r}>"
 
     @property
+    def backend(self) -> str:
+        """``"redis"``: the name errors and logs give this registry."""
+        return _BACKEND
+
+    @property
     def prefix(self) -> str:
         """The start of every key this registry uses."""
         return self._prefix
@@ -375,10 +406,10 @@ class RedisRunRegistry:
     def _token() -> str:
         return os.urandom(12).hex()
 
-    async def _run_write(self, mode: str, specs: Sequence[str]) -> Any:
+    async def _run_write(self, mode: str, specs: list[dict[str, Any]]) -> Any:
         async with self._guard():
             await self._ready()
-            return await self._write(args=self._args(self._token(), mode, *specs))
+            return await self._write(args=self._args(self._token(), mode, _json(specs)))
 
     # -- RunRegistry ----------------------------------------------------------------------
 

@@ -15,24 +15,44 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import random
 import re
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, Final, Self, TypeVar
 
 import sqlalchemy as sa
 import structlog
-from sqlalchemy.dialects import mysql
-from sqlalchemy.engine import URL, Dialect, make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import StaticPool
 
-from runtrack._clock import dt_to_us, now_us, us_to_dt
+from runtrack._clock import now_us, us_to_dt
 from runtrack._exceptions import DuplicateRunError, RegistryUnavailableError, RunNotFoundError
 from runtrack._models import OutputChunk, Run
 from runtrack._status import TERMINAL, RunStatus, check_transition, normalize_statuses
+from runtrack.registry._sql_engine import (
+    PG_BAD_CHARACTER,
+    SQLITE_BEGIN_OPTION,
+    configure_sqlite,
+    create_engine,
+    is_conflict,
+    is_outage,
+    safe_url,
+    sqlstate,
+)
+from runtrack.registry._sql_schema import (
+    ALL_COLUMNS,
+    SCHEMA_VERSION,
+    WRITABLE_COLUMNS,
+    Tables,
+    chunks,
+    columns_from_changes,
+    row_from_run,
+    run_from_row,
+    status_values,
+    unnest_arrays,
+)
 from runtrack.registry.base import (
     MUTABLE_FIELDS,
     RunWrite,
@@ -44,140 +64,16 @@ from runtrack.registry.base import (
 
 __all__ = ["DEFAULT_TABLE_PREFIX", "SCHEMA_VERSION", "SQLRunRegistry"]
 
-#: The version of the table layout this module creates and reads.
-SCHEMA_VERSION: Final = 1
-
 #: The prefix of every table name unless ``table_prefix`` says otherwise.
 DEFAULT_TABLE_PREFIX: Final = "runtrack_"
 
 _PREFIX_RE: Final = re.compile(r"[A-Za-z0-9_]{0,32}")
-_ID_LENGTH: Final = 255
-#: Rows per IN (...) list: well under every driver's bound-parameter limit.
-_CHUNK: Final = 500
 #: Attempts of one transaction that lost a deadlock or an insert race.
 _ATTEMPTS: Final = 5
-#: PostgreSQL connect timeout (seconds) for engines built from a URL.
-_CONNECT_TIMEOUT: Final = 10.0
-#: SQLite: how long a writer waits for another process's write lock (milliseconds).
-_SQLITE_BUSY_TIMEOUT_MS: Final = 5000
-_SQLITE_BEGIN_OPTION: Final = "runtrack_sqlite_begin"
-
-_BACKEND_NAMES: Final = {"postgresql": "PostgreSQL", "mysql": "MySQL/MariaDB", "sqlite": "SQLite"}
-# PostgreSQL SQLSTATEs of a lost connection or a server that refuses work for now.
-_PG_OUTAGE_STATES: Final = frozenset({"57P01", "57P02", "57P03", "53300"})
-# PostgreSQL serialization failure and deadlock; MySQL/MariaDB deadlock.
-_PG_CONFLICT_STATES: Final = frozenset({"40001", "40P01"})
-_MYSQL_DEADLOCK: Final = 1213
-
-_TIME_COLUMNS: Final = frozenset({"created_at", "started_at", "finished_at", "heartbeat_at"})
-#: The columns a write may change: the status plus every `MUTABLE_FIELDS` field.
-_WRITABLE_COLUMNS: Final = ("status", *sorted(MUTABLE_FIELDS))
 
 _T = TypeVar("_T")
 
 _log = structlog.get_logger("runtrack")
-
-_Text = sa.Text().with_variant(mysql.LONGTEXT(), "mysql")
-_Ident = sa.String(_ID_LENGTH)
-
-
-class _Tables:
-    """The registry's tables, named with its prefix."""
-
-    def __init__(self, prefix: str) -> None:
-        self.metadata = sa.MetaData()
-        options: dict[str, Any] = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4"}
-        self.runs = sa.Table(
-            f"{prefix}runs",
-            self.metadata,
-            sa.Column("run_id", _Ident, primary_key=True),
-            sa.Column("name", _Ident, nullable=False),
-            sa.Column("status", sa.String(16), nullable=False),
-            sa.Column("created_at", sa.BigInteger, nullable=False),
-            sa.Column("started_at", sa.BigInteger),
-            sa.Column("finished_at", sa.BigInteger),
-            sa.Column("parameters", sa.JSON, nullable=False),
-            sa.Column("tags", sa.JSON, nullable=False),
-            # "group" is a reserved word in every SQL dialect
-            sa.Column("run_group", _Ident),
-            sa.Column("priority", sa.BigInteger, nullable=False),
-            sa.Column("timeout", sa.Double),
-            sa.Column("attempt", sa.BigInteger, nullable=False),
-            sa.Column("max_attempts", sa.BigInteger, nullable=False),
-            sa.Column("progress", sa.Double),
-            sa.Column("progress_message", _Text),
-            sa.Column("result", sa.JSON(none_as_null=True)),
-            sa.Column("error_type", _Text),
-            sa.Column("error_message", _Text),
-            sa.Column("owner", _Text),
-            sa.Column("heartbeat_at", sa.BigInteger),
-            sa.Index(f"{prefix}runs_created", "created_at", "run_id"),
-            sa.Index(f"{prefix}runs_status", "status", "created_at"),
-            sa.Index(f"{prefix}runs_name", "name", "created_at"),
-            sa.Index(f"{prefix}runs_group", "run_group", "created_at"),
-            **options,
-        )
-        self.tags = sa.Table(
-            f"{prefix}tags",
-            self.metadata,
-            sa.Column(
-                "run_id",
-                _Ident,
-                sa.ForeignKey(self.runs.c.run_id, ondelete="CASCADE"),
-                primary_key=True,
-            ),
-            sa.Column("key", _Ident, primary_key=True),
-            sa.Column("value", _Ident, nullable=False),
-            sa.Index(f"{prefix}tags_pair", "key", "value", "run_id"),
-            **options,
-        )
-        self.output = sa.Table(
-            f"{prefix}output",
-            self.metadata,
-            sa.Column(
-                "run_id",
-                _Ident,
-                sa.ForeignKey(self.runs.c.run_id, ondelete="CASCADE"),
-                primary_key=True,
-            ),
-            sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
-            sa.Column("stream", sa.String(64), nullable=False),
-            sa.Column("text", _Text, nullable=False),
-            sa.Column("at", sa.BigInteger, nullable=False),
-            **options,
-        )
-        self.schema = sa.Table(
-            f"{prefix}schema",
-            self.metadata,
-            sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
-            sa.Column("applied_at", sa.BigInteger, nullable=False),
-            **options,
-        )
-        runs = self.runs
-        self.update_row = (
-            runs.update()
-            .where(runs.c.run_id == sa.bindparam("u_run_id"))
-            .values(
-                {
-                    runs.c[name]: sa.bindparam(f"u_{name}", type_=runs.c[name].type)
-                    for name in _WRITABLE_COLUMNS
-                }
-            )
-        )
-
-    def use_collation(self, dialect: Dialect) -> None:
-        """Compare strings exactly on MySQL/MariaDB (case, accents and trailing spaces)."""
-        if dialect.name != "mysql":
-            return
-        version = dialect.server_version_info or ()
-        if getattr(dialect, "is_mariadb", False):
-            collation = "utf8mb4_nopad_bin"
-        elif version >= (8, 0, 17):
-            collation = "utf8mb4_0900_bin"
-        else:
-            collation = "utf8mb4_bin"
-        for table in self.metadata.tables.values():
-            table.dialect_kwargs["mysql_collate"] = collation
 
 
 class SQLRunRegistry:
@@ -230,7 +126,7 @@ class SQLRunRegistry:
             engine = url_or_engine
             self._owns_engine = False
         elif isinstance(url_or_engine, str | URL):
-            engine = _create_engine(url_or_engine)
+            engine = create_engine(url_or_engine)
             self._owns_engine = True
         else:
             raise TypeError(
@@ -239,22 +135,29 @@ class SQLRunRegistry:
             )
         self._engine = engine
         self._prefix = table_prefix
-        self._tables = _Tables(table_prefix)
+        self._tables = Tables(table_prefix)
         dialect = engine.dialect.name
-        self._backend = _BACKEND_NAMES.get(dialect, dialect)
+        self._dialect = dialect
+        self._batch_columns = [self._tables.runs.c[n] for n in ("run_id", *WRITABLE_COLUMNS)]
+        self._backend = engine.url.get_backend_name()
         self._sqlite = dialect == "sqlite"
-        # Writes go through an engine whose transactions begin with BEGIN IMMEDIATE on
-        # SQLite (the same engine and pool elsewhere).
+        # Every read is one SELECT, so it needs no transaction of its own: on PostgreSQL
+        # and SQLite reads run in autocommit mode and save the BEGIN/COMMIT round trips.
+        # Writes on SQLite begin with BEGIN IMMEDIATE. (Same engine and pool, other options.)
+        self._read_engine = engine
         self._write_engine = engine
+        if dialect == "postgresql":
+            self._read_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
         # SQLite takes one writer at a time anyway: queueing writers here keeps them off
         # its busy-wait loop. A :memory: database is one shared connection, so every
         # statement must take turns.
         self._write_lock: asyncio.Lock | None = None
         self._serialise_reads = False
         if self._sqlite:
-            _configure_sqlite(engine)
+            configure_sqlite(engine)
+            self._read_engine = engine.execution_options(**{SQLITE_BEGIN_OPTION: ""})
             self._write_engine = engine.execution_options(
-                **{_SQLITE_BEGIN_OPTION: "BEGIN IMMEDIATE"}
+                **{SQLITE_BEGIN_OPTION: "BEGIN IMMEDIATE"}
             )
             self._write_lock = asyncio.Lock()
             self._serialise_reads = isinstance(engine.sync_engine.pool, StaticPool)
@@ -267,12 +170,17 @@ class SQLRunRegistry:
         return self._engine
 
     @property
+    def backend(self) -> str:
+        """The database's name as errors and logs give it: ``sqlite``, ``postgresql``, ``mysql``."""
+        return self._backend
+
+    @property
     def table_prefix(self) -> str:
         """The prefix of the registry's table names."""
         return self._prefix
 
     def __repr__(self) -> str:
-        return f"<SQLRunRegistry {_safe_url(self._engine.url)} prefix={self._prefix!r}>"
+        return f"<SQLRunRegistry {safe_url(self._engine.url)} prefix={self._prefix!r}>"
 
     # -- RunRegistry ----------------------------------------------------------------------
 
@@ -286,7 +194,7 @@ class SQLRunRegistry:
         """
         if not isinstance(run, Run):
             raise TypeError(f"add_run() takes a runtrack.Run, got {type(run).__name__}")
-        row = _row_from_run(run)
+        row = row_from_run(run)
         t = self._tables
 
         async def work(conn: AsyncConnection) -> None:
@@ -315,7 +223,7 @@ class SQLRunRegistry:
             unknown = set(write.changes) - MUTABLE_FIELDS
             if unknown:
                 raise ValueError(f"write_batch() cannot change {', '.join(sorted(unknown))}")
-            prepared.append((write, _columns_from_changes(write.changes)))
+            prepared.append((write, columns_from_changes(write.changes)))
 
         async def work(conn: AsyncConnection) -> list[bool]:
             return await self._apply_batch(conn, prepared)
@@ -326,11 +234,17 @@ class SQLRunRegistry:
         self, conn: AsyncConnection, writes: Sequence[tuple[RunWrite, dict[str, Any]]]
     ) -> list[bool]:
         runs = self._tables.runs
+        # The MySQL upsert needs whole rows; the other statements only what may change.
+        columns = list(runs.c) if self._dialect == "mysql" else self._batch_columns
+        if self._dialect == "postgresql" and (conn.dialect.server_version_info or ()) >= (12,):
+            # A prepared "run_id IN ($1, ..., $500)" soon gets a generic plan, which on a
+            # table without statistics yet is a sequential scan: plan each batch afresh.
+            await conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_custom_plan")
         current: dict[str, dict[str, Any]] = {}
-        for chunk in _chunks(sorted({write.run_id for write, _ in writes})):
+        for chunk in chunks(sorted({write.run_id for write, _ in writes})):
             # Sorted and locked in key order, so two batches cannot deadlock each other.
             result = await conn.execute(
-                sa.select(runs)
+                sa.select(*columns)
                 .where(runs.c.run_id.in_(chunk))
                 .order_by(runs.c.run_id)
                 .with_for_update()
@@ -340,10 +254,10 @@ class SQLRunRegistry:
         updated: dict[str, dict[str, Any]] = {}
         retagged: set[str] = set()
         applied: list[bool] = []
-        for write, columns in writes:
+        for write, changes in writes:
             row = current.get(write.run_id)
             if write.run is not None and row is None:
-                row = _row_from_run(write.run)
+                row = row_from_run(write.run)
                 row["run_id"] = write.run_id
                 current[write.run_id] = inserted[write.run_id] = row
                 applied.append(True)
@@ -357,26 +271,41 @@ class SQLRunRegistry:
                 continue
             if write.to is not None:
                 row["status"] = write.to.value
-            row.update(columns)
+            row.update(changes)
             if write.run_id not in inserted:
                 updated[write.run_id] = row
-                if "tags" in columns:
+                if "tags" in changes:
                     retagged.add(write.run_id)
             applied.append(True)
         if inserted:
-            await conn.execute(runs.insert(), list(inserted.values()))
+            if self._dialect == "postgresql":
+                rows = list(inserted.values())
+                await conn.execute(self._tables.insert_unnest, unnest_arrays(rows, ALL_COLUMNS))
+            else:
+                await conn.execute(runs.insert(), list(inserted.values()))
             await self._insert_tags(conn, {i: row["tags"] for i, row in inserted.items()})
         if updated:
-            await conn.execute(
-                self._tables.update_row,
-                [
-                    {"u_run_id": run_id, **{f"u_{c}": row[c] for c in _WRITABLE_COLUMNS}}
-                    for run_id, row in updated.items()
-                ],
-            )
+            await self._update_rows(conn, list(updated.values()))
         if retagged:
             await self._replace_tags(conn, {i: updated[i]["tags"] for i in sorted(retagged)})
         return applied
+
+    async def _update_rows(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+        """Write the changed columns of existing, locked rows (see `_Tables`)."""
+        t = self._tables
+        if self._dialect == "postgresql":
+            names = ("run_id", *WRITABLE_COLUMNS)
+            await conn.execute(t.update_unnest, unnest_arrays(rows, names))
+        elif self._dialect == "mysql":
+            await conn.execute(t.upsert_mysql, rows)
+        else:
+            await conn.execute(
+                t.update_many,
+                [
+                    {"u_run_id": row["run_id"], **{name: row[name] for name in WRITABLE_COLUMNS}}
+                    for row in rows
+                ],
+            )
 
     async def get_run(self, run_id: str) -> Run | None:
         """Return the run with this id, or None.
@@ -394,6 +323,7 @@ class SQLRunRegistry:
         self,
         run_id: str,
         to: RunStatus | str,
+        /,
         *,
         expect: StatusFilter = None,
         **changes: Any,
@@ -408,13 +338,13 @@ class SQLRunRegistry:
             RegistryUnavailableError: the database could not be reached.
         """
         target, expected = check_transition(to, expect)
-        columns = _columns_from_changes(validate_changes(changes))
+        columns = columns_from_changes(validate_changes(changes))
         if not expected:
             return None
         runs = self._tables.runs
         statement = (
             runs.update()
-            .where(runs.c.run_id == run_id, runs.c.status.in_(_values(expected)))
+            .where(runs.c.run_id == run_id, runs.c.status.in_(status_values(expected)))
             .values(status=target.value, **columns)
         )
 
@@ -428,7 +358,7 @@ class SQLRunRegistry:
 
         return await self._transact(work, write=True)
 
-    async def update_run(self, run_id: str, **changes: Any) -> Run:
+    async def update_run(self, run_id: str, /, **changes: Any) -> Run:
         """Set non-status fields and return the updated run (see `RunRegistry`).
 
         Raises:
@@ -436,7 +366,7 @@ class SQLRunRegistry:
             ValueError: a field that cannot change (``status``: use `transition`).
             RegistryUnavailableError: the database could not be reached.
         """
-        columns = _columns_from_changes(validate_changes(changes))
+        columns = columns_from_changes(validate_changes(changes))
         runs = self._tables.runs
 
         async def work(conn: AsyncConnection) -> Run:
@@ -477,7 +407,7 @@ class SQLRunRegistry:
         runs, tag_rows = self._tables.runs, self._tables.tags
         query = sa.select(runs)
         if statuses is not None:
-            query = query.where(runs.c.status.in_(_values(statuses)))
+            query = query.where(runs.c.status.in_(status_values(statuses)))
         if name is not None:
             query = query.where(runs.c.name == name)
         if group is not None:
@@ -498,7 +428,7 @@ class SQLRunRegistry:
 
         async def work(conn: AsyncConnection) -> list[Run]:
             result = await conn.execute(query)
-            return [_run_from_row(row) for row in result.mappings()]
+            return [run_from_row(row) for row in result.mappings()]
 
         return await self._transact(work, write=False)
 
@@ -624,7 +554,7 @@ class SQLRunRegistry:
         t = self._tables
         runs = t.runs
         age = sa.func.coalesce(runs.c.finished_at, runs.c.created_at)
-        finished = runs.c.status.in_(_values(wanted))
+        finished = runs.c.status.in_(status_values(wanted))
 
         async def work(conn: AsyncConnection) -> int:
             doomed = sa.and_(finished, age < cutoff)
@@ -648,7 +578,7 @@ class SQLRunRegistry:
                 )
             ids = list((await conn.execute(sa.select(runs.c.run_id).where(doomed))).scalars())
             deleted = 0
-            for chunk in _chunks(ids):
+            for chunk in chunks(ids):
                 await conn.execute(t.output.delete().where(t.output.c.run_id.in_(chunk)))
                 await conn.execute(t.tags.delete().where(t.tags.c.run_id.in_(chunk)))
                 result = await conn.execute(runs.delete().where(runs.c.run_id.in_(chunk)))
@@ -656,6 +586,24 @@ class SQLRunRegistry:
             return deleted
 
         return await self._transact(work, write=True)
+
+    async def drop_schema(self) -> None:
+        """Drop the registry's tables and every run in them (for tests and teardown).
+
+        The next call that needs the tables creates them again.
+
+        Raises:
+            RegistryUnavailableError: the database could not be reached.
+        """
+        async with self._schema_lock:
+            try:
+                async with self._write_engine.begin() as conn:
+                    await conn.run_sync(self._tables.metadata.drop_all, checkfirst=True)
+            except Exception as exc:
+                if is_outage(exc):
+                    raise self._unavailable(exc) from exc
+                raise
+            self._schema_ready = False
 
     async def aclose(self) -> None:
         """Close the database connections if the registry built its engine. Safe twice."""
@@ -674,7 +622,7 @@ class SQLRunRegistry:
         runs = self._tables.runs
         result = await conn.execute(sa.select(runs).where(runs.c.run_id == run_id))
         row = result.mappings().first()
-        return None if row is None else _run_from_row(row)
+        return None if row is None else run_from_row(row)
 
     async def _insert_tags(
         self, conn: AsyncConnection, tags: Mapping[str, Mapping[str, str]]
@@ -691,7 +639,7 @@ class SQLRunRegistry:
         self, conn: AsyncConnection, tags: Mapping[str, Mapping[str, str]]
     ) -> None:
         tag_rows = self._tables.tags
-        for chunk in _chunks(list(tags)):
+        for chunk in chunks(list(tags)):
             await conn.execute(tag_rows.delete().where(tag_rows.c.run_id.in_(chunk)))
         await self._insert_tags(conn, tags)
 
@@ -708,7 +656,7 @@ class SQLRunRegistry:
         race to another process sees the row the second time and takes its CAS path.
         """
         await self._ensure_schema()
-        engine = self._write_engine if write else self._engine
+        engine = self._write_engine if write else self._read_engine
         serialise = self._write_lock is not None and (write or self._serialise_reads)
         attempt = 0
         while True:
@@ -720,11 +668,16 @@ class SQLRunRegistry:
                     conn = await stack.enter_async_context(engine.begin())
                     return await work(conn)
             except Exception as exc:
-                if attempt < _ATTEMPTS and _is_conflict(exc, integrity=retry_integrity):
+                if attempt < _ATTEMPTS and is_conflict(exc, integrity=retry_integrity):
                     await asyncio.sleep(random.uniform(0, 0.005 * attempt))
                     continue
-                if _is_outage(exc):
+                if is_outage(exc):
                     raise self._unavailable(exc) from exc
+                if sqlstate(exc) == PG_BAD_CHARACTER:
+                    raise ValueError(
+                        "PostgreSQL cannot store the NUL character (\\x00) in text: "
+                        "remove it from ids, names, tags, messages and output"
+                    ) from exc
                 raise
 
     async def _ensure_schema(self) -> None:
@@ -736,7 +689,7 @@ class SQLRunRegistry:
             try:
                 await self._create_schema()
             except Exception as exc:
-                if _is_outage(exc):
+                if is_outage(exc):
                     raise self._unavailable(exc) from exc
                 raise
             self._schema_ready = True
@@ -755,7 +708,7 @@ class SQLRunRegistry:
             except sa.exc.DBAPIError as exc:
                 # Another process created a table between our check and our CREATE: the
                 # next round's check sees it.
-                if attempt == _ATTEMPTS or (_is_outage(exc) and exc.connection_invalidated):
+                if attempt == _ATTEMPTS or (is_outage(exc) and exc.connection_invalidated):
                     raise
                 await asyncio.sleep(random.uniform(0, 0.01 * attempt))
         try:
@@ -775,13 +728,6 @@ class SQLRunRegistry:
                 schema_version=stored,
                 supported=SCHEMA_VERSION,
             )
-        _log.debug(
-            "sql_schema_ready",
-            backend=self._backend,
-            url=_safe_url(self._engine.url),
-            prefix=self._prefix,
-            schema_version=SCHEMA_VERSION,
-        )
 
     def _unavailable(self, exc: BaseException) -> RegistryUnavailableError:
         orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None else exc
@@ -792,177 +738,3 @@ class SQLRunRegistry:
         if len(detail) > 300:
             detail = detail[:297] + "..."
         return RegistryUnavailableError(self._backend, detail)
-
-
-# -- rows -----------------------------------------------------------------------------------
-
-
-def _row_from_run(run: Run) -> dict[str, Any]:
-    def us(value: Any) -> int | None:
-        return None if value is None else dt_to_us(value)
-
-    return {
-        "run_id": run.run_id,
-        "name": run.name,
-        "status": RunStatus(run.status).value,
-        "created_at": dt_to_us(run.created_at),
-        "started_at": us(run.started_at),
-        "finished_at": us(run.finished_at),
-        "parameters": dict(run.parameters),
-        "tags": dict(run.tags),
-        "run_group": run.group,
-        "priority": run.priority,
-        "timeout": run.timeout,
-        "attempt": run.attempt,
-        "max_attempts": run.max_attempts,
-        "progress": run.progress,
-        "progress_message": run.progress_message,
-        "result": run.result,
-        "error_type": run.error_type,
-        "error_message": run.error_message,
-        "owner": run.owner,
-        "heartbeat_at": us(run.heartbeat_at),
-    }
-
-
-def _columns_from_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
-    """Validated changes as column values (timestamps in microseconds)."""
-    columns: dict[str, Any] = {}
-    for field, value in changes.items():
-        if field in _TIME_COLUMNS and value is not None:
-            columns[field] = dt_to_us(value)
-        elif field == "tags":
-            columns[field] = dict(value)
-        else:
-            columns[field] = value
-    return columns
-
-
-def _run_from_row(row: Mapping[Any, Any]) -> Run:
-    data = dict(row)
-    data["group"] = data.pop("run_group")
-    for field in _TIME_COLUMNS:
-        if data[field] is not None:
-            data[field] = us_to_dt(data[field])
-    data["parameters"] = data["parameters"] or {}
-    data["tags"] = data["tags"] or {}
-    return Run.model_validate(data)
-
-
-def _values(statuses: Iterable[RunStatus]) -> list[str]:
-    return sorted(status.value for status in statuses)
-
-
-def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
-    for start in range(0, len(items), _CHUNK):
-        yield items[start : start + _CHUNK]
-
-
-# -- engines and errors ---------------------------------------------------------------------
-
-
-def _create_engine(url: str | URL) -> AsyncEngine:
-    try:
-        parsed = make_url(url)
-    except sa.exc.ArgumentError as exc:
-        raise ValueError(
-            "SQLRunRegistry() needs a database URL such as sqlite+aiosqlite:///runs.db, "
-            "postgresql+asyncpg://user@host/db or mysql+asyncmy://user@host/db"
-        ) from exc
-    connect_args: dict[str, Any] = {}
-    backend = parsed.get_backend_name()
-    if backend == "postgresql" and parsed.get_driver_name() == "asyncpg":
-        if "timeout" not in parsed.query:
-            connect_args["timeout"] = _CONNECT_TIMEOUT
-    elif backend == "mysql" and "charset" not in parsed.query:
-        parsed = parsed.update_query_dict({"charset": "utf8mb4"})
-    return create_async_engine(parsed, connect_args=connect_args)
-
-
-def _configure_sqlite(engine: AsyncEngine) -> None:
-    """WAL, a busy timeout, foreign keys, and BEGIN emitted by SQLAlchemy, not sqlite3.
-
-    sqlite3's own transaction handling begins late (at the first write) and never for
-    SELECT; taking BEGIN over, as SQLAlchemy's SQLite documentation recommends, lets write
-    transactions start with BEGIN IMMEDIATE and so take the write lock up front.
-    """
-    sync_engine = engine.sync_engine
-    if sa.event.contains(sync_engine, "connect", _sqlite_on_connect):
-        return
-    sa.event.listen(sync_engine, "connect", _sqlite_on_connect)
-    sa.event.listen(sync_engine, "begin", _sqlite_on_begin)
-
-
-def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.execute("PRAGMA foreign_keys = ON")
-    finally:
-        cursor.close()
-
-
-def _sqlite_on_begin(conn: sa.Connection) -> None:
-    conn.exec_driver_sql(conn.get_execution_options().get(_SQLITE_BEGIN_OPTION, "BEGIN"))
-
-
-def _safe_url(url: URL) -> str:
-    """The URL with its password (also one given as a query parameter) masked."""
-    secret = {k: "***" for k in url.query if k.lower() in {"password", "passwd", "pwd"}}
-    if secret:
-        url = url.update_query_dict(secret)
-    return url.render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
-
-
-def _sqlstate(exc: BaseException) -> str | None:
-    orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
-    state = getattr(orig, "sqlstate", None)
-    return state if isinstance(state, str) else None
-
-
-def _mysql_errno(exc: BaseException) -> int | None:
-    orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
-    args = getattr(orig, "args", ())
-    return args[0] if args and isinstance(args[0], int) else None
-
-
-def _is_conflict(exc: BaseException, *, integrity: bool) -> bool:
-    """A deadlock or serialisation failure (or, if asked, a lost insert race): retry."""
-    if not isinstance(exc, sa.exc.DBAPIError) or exc.connection_invalidated:
-        return False
-    if integrity and isinstance(exc, sa.exc.IntegrityError):
-        return True
-    return _sqlstate(exc) in _PG_CONFLICT_STATES or _mysql_errno(exc) == _MYSQL_DEADLOCK
-
-
-def _is_outage(exc: BaseException) -> bool:
-    """Whether ``exc`` means the database cannot be reached (worth retrying later).
-
-    Pool exhaustion (`sqlalchemy.exc.TimeoutError`) is not an outage: the server is fine,
-    this process asks too much of its pool.
-    """
-    if isinstance(exc, sa.exc.TimeoutError):
-        return False
-    if isinstance(exc, OSError | asyncio.TimeoutError):  # ConnectionRefusedError, resets, ...
-        return True
-    if isinstance(exc, sa.exc.DBAPIError):
-        if exc.connection_invalidated:
-            return True
-        if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
-            return True
-    state = _sqlstate(exc)
-    if state is not None:
-        return state.startswith("08") or state in _PG_OUTAGE_STATES
-    return _is_asyncpg_interface_error(exc)
-
-
-def _is_asyncpg_interface_error(exc: BaseException) -> bool:
-    """Whether ``exc`` is an asyncpg client-side error, raised unwrapped while connecting."""
-    try:
-        exceptions = importlib.import_module("asyncpg.exceptions")
-    except ImportError:
-        return False
-    interface_error: type[BaseException] = exceptions.InterfaceError
-    return isinstance(exc, interface_error)

@@ -1,0 +1,255 @@
+"""The tables of `SQLRunRegistry`, and the conversions between runs and rows."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Final
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql, postgresql
+from sqlalchemy.engine import Dialect
+
+from runtrack._clock import dt_to_us, us_to_dt
+from runtrack._models import MAX_ID_LENGTH, Run
+from runtrack._status import RunStatus
+from runtrack.registry.base import MUTABLE_FIELDS
+
+__all__ = [
+    "ALL_COLUMNS",
+    "SCHEMA_VERSION",
+    "WRITABLE_COLUMNS",
+    "Tables",
+    "chunks",
+    "columns_from_changes",
+    "row_from_run",
+    "run_from_row",
+    "status_values",
+    "unnest_arrays",
+]
+
+#: The version of the table layout this module creates and reads.
+SCHEMA_VERSION: Final = 1
+
+#: Rows per IN (...) list: well under every driver's bound-parameter limit.
+_CHUNK: Final = 500
+
+_TIME_COLUMNS: Final = frozenset({"created_at", "started_at", "finished_at", "heartbeat_at"})
+_JSON_COLUMNS: Final = frozenset({"parameters", "tags", "result"})
+#: The columns a write may change: the status plus every `MUTABLE_FIELDS` field.
+WRITABLE_COLUMNS: Final = ("status", *sorted(MUTABLE_FIELDS))
+#: Every column of the runs table.
+ALL_COLUMNS: Final = ("run_id", "name", "created_at", "parameters", "run_group", *WRITABLE_COLUMNS)
+
+_Text = sa.Text().with_variant(mysql.LONGTEXT(), "mysql")
+_Ident = sa.String(MAX_ID_LENGTH)
+
+
+class Tables:
+    """The registry's tables, named with its prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        self.metadata = sa.MetaData()
+        options: dict[str, Any] = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4"}
+        self.runs = sa.Table(
+            f"{prefix}runs",
+            self.metadata,
+            sa.Column("run_id", _Ident, primary_key=True),
+            sa.Column("name", _Ident, nullable=False),
+            sa.Column("status", sa.String(16), nullable=False),
+            sa.Column("created_at", sa.BigInteger, nullable=False),
+            sa.Column("started_at", sa.BigInteger),
+            sa.Column("finished_at", sa.BigInteger),
+            sa.Column("parameters", sa.JSON, nullable=False),
+            sa.Column("tags", sa.JSON, nullable=False),
+            # "group" is a reserved word in every SQL dialect
+            sa.Column("run_group", _Ident),
+            sa.Column("priority", sa.BigInteger, nullable=False),
+            sa.Column("timeout", sa.Double),
+            sa.Column("attempt", sa.BigInteger, nullable=False),
+            sa.Column("max_attempts", sa.BigInteger, nullable=False),
+            sa.Column("progress", sa.Double),
+            sa.Column("progress_message", _Text),
+            sa.Column("result", sa.JSON(none_as_null=True)),
+            sa.Column("error_type", _Text),
+            sa.Column("error_message", _Text),
+            sa.Column("owner", _Text),
+            sa.Column("heartbeat_at", sa.BigInteger),
+            sa.Index(f"{prefix}runs_created", "created_at", "run_id"),
+            sa.Index(f"{prefix}runs_status", "status", "created_at"),
+            sa.Index(f"{prefix}runs_name", "name", "created_at"),
+            sa.Index(f"{prefix}runs_group", "run_group", "created_at"),
+            **options,
+        )
+        self.tags = sa.Table(
+            f"{prefix}tags",
+            self.metadata,
+            sa.Column(
+                "run_id",
+                _Ident,
+                sa.ForeignKey(self.runs.c.run_id, ondelete="CASCADE"),
+                primary_key=True,
+            ),
+            sa.Column("key", _Ident, primary_key=True),
+            sa.Column("value", _Ident, nullable=False),
+            sa.Index(f"{prefix}tags_pair", "key", "value", "run_id"),
+            **options,
+        )
+        self.output = sa.Table(
+            f"{prefix}output",
+            self.metadata,
+            sa.Column(
+                "run_id",
+                _Ident,
+                sa.ForeignKey(self.runs.c.run_id, ondelete="CASCADE"),
+                primary_key=True,
+            ),
+            sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+            sa.Column("stream", sa.String(64), nullable=False),
+            sa.Column("text", _Text, nullable=False),
+            sa.Column("at", sa.BigInteger, nullable=False),
+            **options,
+        )
+        self.schema = sa.Table(
+            f"{prefix}schema",
+            self.metadata,
+            sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+            sa.Column("applied_at", sa.BigInteger, nullable=False),
+            **options,
+        )
+        runs = self.runs
+        # write_batch sends each kind of row with one statement:
+        # - PostgreSQL: INSERT ... SELECT and UPDATE ... FROM unnest(<one array per column>),
+        #   two to three times faster than multi-row VALUES or executemany;
+        # - MySQL/MariaDB: the changed rows as a multi-row INSERT ... ON DUPLICATE KEY UPDATE
+        #   of the full rows (locked, so they exist): executemany would send one UPDATE per
+        #   row;
+        # - elsewhere (SQLite): an executemany of one uniform full-row UPDATE.
+        self.update_many = runs.update().where(runs.c.run_id == sa.bindparam("u_run_id"))
+        self.insert_unnest = runs.insert().from_select(
+            list(ALL_COLUMNS), _unnest(runs, ALL_COLUMNS, "new")
+        )
+        new = _unnest(runs, ("run_id", *WRITABLE_COLUMNS), "new")
+        self.update_unnest = (
+            runs.update()
+            .values({name: new.c[name] for name in WRITABLE_COLUMNS})
+            .where(runs.c.run_id == new.c.run_id)
+        )
+        upsert = mysql.insert(runs)
+        self.upsert_mysql = upsert.on_duplicate_key_update(
+            {name: upsert.inserted[name] for name in WRITABLE_COLUMNS}
+        )
+
+    def use_collation(self, dialect: Dialect) -> None:
+        """Compare strings exactly on MySQL/MariaDB (case, accents and trailing spaces)."""
+        if dialect.name != "mysql":
+            return
+        version = dialect.server_version_info or ()
+        if getattr(dialect, "is_mariadb", False):
+            collation = "utf8mb4_nopad_bin"
+        elif version >= (8, 0, 17):
+            collation = "utf8mb4_0900_bin"
+        else:
+            collation = "utf8mb4_bin"
+        for table in self.metadata.tables.values():
+            table.dialect_kwargs["mysql_collate"] = collation
+
+
+def row_from_run(run: Run) -> dict[str, Any]:
+    """A run as a row of the runs table (timestamps in microseconds)."""
+
+    def us(value: Any) -> int | None:
+        return None if value is None else dt_to_us(value)
+
+    return {
+        "run_id": run.run_id,
+        "name": run.name,
+        "status": RunStatus(run.status).value,
+        "created_at": dt_to_us(run.created_at),
+        "started_at": us(run.started_at),
+        "finished_at": us(run.finished_at),
+        "parameters": dict(run.parameters),
+        "tags": dict(run.tags),
+        "run_group": run.group,
+        "priority": run.priority,
+        "timeout": run.timeout,
+        "attempt": run.attempt,
+        "max_attempts": run.max_attempts,
+        "progress": run.progress,
+        "progress_message": run.progress_message,
+        "result": run.result,
+        "error_type": run.error_type,
+        "error_message": run.error_message,
+        "owner": run.owner,
+        "heartbeat_at": us(run.heartbeat_at),
+    }
+
+
+def columns_from_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
+    """Validated changes as column values (timestamps in microseconds)."""
+    columns: dict[str, Any] = {}
+    for field, value in changes.items():
+        if field in _TIME_COLUMNS and value is not None:
+            columns[field] = dt_to_us(value)
+        elif field == "tags":
+            columns[field] = dict(value)
+        else:
+            columns[field] = value
+    return columns
+
+
+def run_from_row(row: Mapping[Any, Any]) -> Run:
+    """The `Run` a full row of the runs table holds."""
+    data = dict(row)
+    data["group"] = data.pop("run_group")
+    for field in _TIME_COLUMNS:
+        if data[field] is not None:
+            data[field] = us_to_dt(data[field])
+    data["parameters"] = data["parameters"] or {}
+    data["tags"] = data["tags"] or {}
+    return Run.model_validate(data)
+
+
+def _unnest(table: sa.Table, names: Sequence[str], alias: str) -> Any:
+    """PostgreSQL: ``SELECT <names> FROM unnest(:a_<name>, ...) AS alias(<names>)``.
+
+    Each parameter ``a_<name>`` is an array of one column's values (see `unnest_arrays`).
+    JSON travels as text and is cast back, since asyncpg has no codec for ``json[]``.
+    """
+    arrays = []
+    for name in names:
+        column_type = table.c[name].type
+        is_json = isinstance(column_type, sa.JSON)
+        array_type = postgresql.ARRAY(sa.Text if is_json else column_type)
+        arrays.append(sa.bindparam(f"a_{name}", type_=array_type))
+    derived = sa.func.unnest(*arrays).table_valued(*names).render_derived(name=alias)
+    return sa.select(
+        *(
+            sa.cast(derived.c[name], sa.JSON).label(name)
+            if isinstance(table.c[name].type, sa.JSON)
+            else derived.c[name]
+            for name in names
+        )
+    ).subquery(alias)
+
+
+def unnest_arrays(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> dict[str, Any]:
+    """The parameters of an `_unnest` statement: one array per column."""
+    arrays: dict[str, list[Any]] = {}
+    for name in names:
+        values = [row[name] for row in rows]
+        if name in _JSON_COLUMNS:
+            values = [None if v is None else json.dumps(v) for v in values]
+        arrays[f"a_{name}"] = values
+    return arrays
+
+
+def status_values(statuses: Iterable[RunStatus]) -> list[str]:
+    """Statuses as the strings stored, sorted (so equal sets give equal statements)."""
+    return sorted(status.value for status in statuses)
+
+
+def chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
+    """``items`` in slices short enough for one IN (...) list."""
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
