@@ -5,8 +5,10 @@ fail, time out, get cancelled, report progress, retry, wait for a concurrency gr
 the queue by priority; redraws their statuses while they run; and ends with a summary read
 back from the registry and from ``manager.stats()``.
 
-Runs are recorded in memory unless ``RUNTRACK_DEMO_URL`` names another registry, e.g.
-``RUNTRACK_DEMO_URL=sqlite+aiosqlite:///demo.db python examples/demo.py``.
+Runs are recorded in a fresh SQLite file, ``runtrack-demo.db`` in the current directory
+(the embedded default: WAL mode, every status change persisted), unless
+``RUNTRACK_DEMO_URL`` names another registry, e.g. ``RUNTRACK_DEMO_URL=memory://`` or
+``RUNTRACK_DEMO_URL=redis://127.0.0.1:6379/0``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import MutableMapping
+from pathlib import Path
 from typing import Any, TextIO
 
 import structlog
@@ -333,6 +336,16 @@ def configure_logging(logged: Counter[str]) -> None:
     )
 
 
+DEMO_DB = Path("runtrack-demo.db")
+
+
+def _fresh_sqlite_url() -> str:
+    """A SQLite registry in ./runtrack-demo.db, emptied first so the demo shows only its runs."""
+    for leftover in (DEMO_DB, Path(f"{DEMO_DB}-wal"), Path(f"{DEMO_DB}-shm")):
+        leftover.unlink(missing_ok=True)
+    return f"sqlite+aiosqlite:///{DEMO_DB.resolve()}"
+
+
 async def main() -> int:
     logged: Counter[str] = Counter()
     configure_logging(logged)
@@ -342,7 +355,7 @@ async def main() -> int:
         retry = event.status is RunStatus.QUEUED and event.previous is RunStatus.RUNNING
         events["retries" if retry else event.status.value] += 1
 
-    url = os.environ.get("RUNTRACK_DEMO_URL", "memory://")
+    url = os.environ.get("RUNTRACK_DEMO_URL") or _fresh_sqlite_url()
     started = time.monotonic()
     async with (
         registry_from_url(url) as registry,
@@ -367,6 +380,10 @@ async def main() -> int:
             screen.draw(runs, counts, time.monotonic() - started)
         elapsed = time.monotonic() - started
         print("\n".join(await summary(manager, runs, counts, events, logged, elapsed)))
+    if url.startswith("sqlite"):
+        where = url.split(":///", 1)[1]
+        print(f"\nEvery run above is recorded in {where}: read it again with")
+        print(f'  sqlite3 {where} "select name, status, error_type from runtrack_runs"')
     unfinished = [r for r in runs if not r.is_finished]
     if unfinished:
         print(f"error: {len(unfinished)} runs did not finish", file=sys.stderr)

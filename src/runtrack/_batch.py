@@ -46,7 +46,17 @@ _TIME_FIELDS: Final = ("started_at", "finished_at", "heartbeat_at")
 class _Entry:
     """Every pending write of one run, merged into one."""
 
-    __slots__ = ("changes", "expect", "finishing", "insert", "job", "maybe", "to", "waiters")
+    __slots__ = (
+        "changes",
+        "expect",
+        "finishing",
+        "insert",
+        "job",
+        "lost",
+        "maybe",
+        "to",
+        "waiters",
+    )
 
     def __init__(self, job: Job | None) -> None:
         self.job = job
@@ -59,6 +69,7 @@ class _Entry:
         # Sent in a batch whose outcome is unknown (the connection broke before the reply):
         # the registry may already hold this status from us.
         self.maybe: RunStatus | None = None
+        self.lost = False
 
     def cas(self, to: RunStatus, expect: frozenset[RunStatus], changes: dict[str, Any]) -> None:
         if self.to is None:
@@ -73,6 +84,7 @@ class _Entry:
         non-terminal one; a terminal one is checked by reading the run back), so a write
         that did land is not mistaken for a conflict.
         """
+        self.lost = True
         if self.to is not None:
             self.maybe = self.to
             if not self.to.is_terminal:
@@ -320,7 +332,7 @@ class BatchWriter:
                 self._outage_since = None
             delay = RETRY_FIRST
             for run_id, entry, ok in zip(run_ids, entries, applied, strict=True):
-                if not ok and entry.maybe is not None:
+                if not ok and entry.lost:
                     ok = await self._landed_before(run_id, entry)
                 self._report(entry, ok)
 
@@ -342,7 +354,18 @@ class BatchWriter:
             run = await self._registry.get_run(run_id)
         except _TRANSIENT:
             return False
-        if run is None or run.status is not entry.to:
+        if run is None:
+            return False
+        if entry.to is None:
+            # An insert alone: it landed if the stored run is the one we sent.
+            job = entry.job
+            return (
+                entry.insert
+                and job is not None
+                and run.owner == self._owner
+                and run.created_at == us_to_dt(job.created_at)
+            )
+        if run.status is not entry.to:
             return False
         finished = entry.changes.get("finished_at")
         if entry.to.is_terminal and finished is not None:
