@@ -26,6 +26,7 @@ from runtrack._clock import us_to_dt
 from runtrack._exceptions import RegistryUnavailableError, RuntrackError
 from runtrack._models import Run
 from runtrack._status import PREDECESSORS, RunStatus
+from runtrack._writer import as_datetimes, statuses_of
 from runtrack.registry.base import RunWrite
 
 if TYPE_CHECKING:
@@ -40,7 +41,6 @@ MAX_BATCH: Final = 500
 RETRY_FIRST: Final = 0.05
 RETRY_MAX: Final = 2.0
 _TRANSIENT: Final = (RegistryUnavailableError, ConnectionError, TimeoutError, OSError)
-_TIME_FIELDS: Final = ("started_at", "finished_at", "heartbeat_at")
 
 
 class _Entry:
@@ -102,15 +102,6 @@ class _Entry:
         if self.maybe is not None and not self.maybe.is_terminal and self.to is not None:
             self.expect = self.expect | {self.maybe}
         self.waiters.extend(newer.waiters)
-
-
-def _as_datetimes(changes: dict[str, Any]) -> dict[str, Any]:
-    out = dict(changes)
-    for field in _TIME_FIELDS:
-        value = out.get(field)
-        if isinstance(value, int):
-            out[field] = us_to_dt(value)
-    return out
 
 
 def _job_record(job: Job) -> Run:
@@ -273,12 +264,7 @@ class BatchWriter:
         self._entry(run_id, None).changes.update(changes)
 
     async def status_of(self, run_ids: list[str]) -> dict[str, RunStatus]:
-        out: dict[str, RunStatus] = {}
-        for run_id in run_ids:
-            run = await self._registry.get_run(run_id)
-            if run is not None:
-                out[run_id] = run.status
-        return out
+        return await statuses_of(self._registry, run_ids)
 
     async def flush(self) -> None:
         await self._idle.wait()
@@ -332,9 +318,8 @@ class BatchWriter:
                 self._outage_since = None
             delay = RETRY_FIRST
             for run_id, entry, ok in zip(run_ids, entries, applied, strict=True):
-                if not ok and entry.lost:
-                    ok = await self._landed_before(run_id, entry)
-                self._report(entry, ok)
+                landed = ok or (entry.lost and await self._landed_before(run_id, entry))
+                self._report(entry, landed)
 
     def _to_write(self, run_id: str, entry: _Entry) -> RunWrite:
         run = None
@@ -345,7 +330,7 @@ class BatchWriter:
             run=run,
             to=entry.to,
             expect=entry.expect,
-            changes=_as_datetimes(entry.changes),
+            changes=as_datetimes(entry.changes),
         )
 
     async def _landed_before(self, run_id: str, entry: _Entry) -> bool:

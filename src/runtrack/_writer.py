@@ -26,7 +26,14 @@ if TYPE_CHECKING:
     from runtrack._admission import Job
     from runtrack.registry.base import RunRegistry
 
-__all__ = ["DirectWriter", "QueueWriter", "Writer", "job_to_run"]
+__all__ = [
+    "DirectWriter",
+    "QueueWriter",
+    "Writer",
+    "as_datetimes",
+    "job_to_run",
+    "statuses_of",
+]
 
 _TIME_FIELDS = ("started_at", "finished_at", "heartbeat_at")
 
@@ -175,12 +182,23 @@ class DirectWriter:
         return None
 
 
-def _as_datetimes(changes: dict[str, Any]) -> dict[str, Any]:
+def as_datetimes(changes: dict[str, Any]) -> dict[str, Any]:
+    """``changes`` with integer-microsecond timestamps turned into datetimes."""
     out = dict(changes)
     for field in _TIME_FIELDS:
         value = out.get(field)
         if isinstance(value, int):
             out[field] = us_to_dt(value)
+    return out
+
+
+async def statuses_of(registry: RunRegistry, run_ids: list[str]) -> dict[str, RunStatus]:
+    """Current statuses of these runs, read one by one (missing ones left out)."""
+    out: dict[str, RunStatus] = {}
+    for run_id in run_ids:
+        run = await registry.get_run(run_id)
+        if run is not None:
+            out[run_id] = run.status
     return out
 
 
@@ -240,7 +258,7 @@ class QueueWriter:
 
     def cas(self, job: Job, to: RunStatus, changes: dict[str, Any]) -> bool:
         run_id = job.run_id
-        values = _as_datetimes(changes)
+        values = as_datetimes(changes)
 
         async def op() -> None:
             if await self._registry.transition(run_id, to, **values) is None:
@@ -288,10 +306,10 @@ class QueueWriter:
 
     async def cas_now(self, job: Job, to: RunStatus, changes: dict[str, Any]) -> bool:
         await self.flush()
-        return await self._registry.transition(job.run_id, to, **_as_datetimes(changes)) is not None
+        return await self._registry.transition(job.run_id, to, **as_datetimes(changes)) is not None
 
     def update(self, run_id: str, changes: dict[str, Any]) -> None:
-        values = _as_datetimes(changes)
+        values = as_datetimes(changes)
 
         async def op() -> None:
             # cleaned up or never recorded: nothing to update
@@ -301,12 +319,7 @@ class QueueWriter:
         self._put(run_id, op)
 
     async def status_of(self, run_ids: list[str]) -> dict[str, RunStatus]:
-        out: dict[str, RunStatus] = {}
-        for run_id in run_ids:
-            run = await self._registry.get_run(run_id)
-            if run is not None:
-                out[run_id] = run.status
-        return out
+        return await statuses_of(self._registry, run_ids)
 
     async def flush(self) -> None:
         await self._idle.wait()
