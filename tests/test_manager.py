@@ -12,21 +12,28 @@ import gc
 import inspect
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from datetime import timedelta
-from typing import Any, Self
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
-import runtrack
+from helpers import (
+    ACTIVE,
+    SAFETY,
+    DelegatingRegistry,
+    Gate,
+    ManagerFactory,
+    let_loop_run,
+    shut_down,
+    wait_event,
+)
 from runtrack import (
     BackgroundTaskManager,
     DuplicateRunError,
     InMemoryRunRegistry,
     ManagerClosedError,
     NoActiveRunError,
-    OutputChunk,
     QueueFullError,
     Retry,
     Run,
@@ -38,139 +45,6 @@ from runtrack import (
     current_run,
     report_progress,
 )
-from runtrack.registry.base import StatusFilter
-
-#: Seconds any single wait in a test may take before the test fails instead of hanging.
-SAFETY = 2.0
-
-ACTIVE = [RunStatus.QUEUED, RunStatus.RUNNING]
-
-
-# -- helpers ------------------------------------------------------------------------------
-
-
-async def wait_event(event: asyncio.Event, timeout: float = SAFETY) -> None:
-    """Wait for ``event``, failing the test after ``timeout`` seconds."""
-    async with asyncio.timeout(timeout):
-        await event.wait()
-
-
-async def let_loop_run(iterations: int = 20) -> None:
-    """Give every ready callback a chance to run (used only to show that nothing happens)."""
-    for _ in range(iterations):
-        await asyncio.sleep(0)
-
-
-class Gate:
-    """A run body the test controls: it reports that it started, then waits to be released."""
-
-    def __init__(self, label: str = "gate") -> None:
-        self.label = label
-        self.started = asyncio.Event()
-        self.cancelled = asyncio.Event()
-        self.starts = 0
-        self._release: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-
-    def open(self, result: Any = "done") -> None:
-        """Let the body return ``result``."""
-        if not self._release.done():
-            self._release.set_result(result)
-
-    def fail(self, exc: BaseException) -> None:
-        """Let the body raise ``exc``."""
-        if not self._release.done():
-            self._release.set_exception(exc)
-
-    async def body(self) -> Any:
-        """The run's code."""
-        self.starts += 1
-        self.started.set()
-        try:
-            return await asyncio.shield(self._release)
-        except asyncio.CancelledError:
-            self.cancelled.set()
-            raise
-
-
-class DelegatingRegistry:
-    """Only the `RunRegistry` protocol, over an in-memory registry.
-
-    The manager cannot take its in-memory fast path through this, so every test using it
-    exercises the queued writer.
-    """
-
-    def __init__(self, inner: InMemoryRunRegistry | None = None) -> None:
-        self.inner = inner if inner is not None else InMemoryRunRegistry()
-
-    async def add_run(self, run: Run) -> None:
-        await self.inner.add_run(run)
-
-    async def get_run(self, run_id: str) -> Run | None:
-        return await self.inner.get_run(run_id)
-
-    async def transition(
-        self,
-        run_id: str,
-        to: RunStatus | str,
-        /,
-        *,
-        expect: StatusFilter = None,
-        **changes: Any,
-    ) -> Run | None:
-        return await self.inner.transition(run_id, to, expect=expect, **changes)
-
-    async def update_run(self, run_id: str, /, **changes: Any) -> Run:
-        return await self.inner.update_run(run_id, **changes)
-
-    async def list_runs(
-        self,
-        *,
-        status: StatusFilter = None,
-        name: str | None = None,
-        group: str | None = None,
-        tags: Mapping[str, str] | None = None,
-        limit: int = 100,
-        offset: int = 0,
-    ) -> list[Run]:
-        return await self.inner.list_runs(
-            status=status, name=name, group=group, tags=tags, limit=limit, offset=offset
-        )
-
-    async def count_runs(self, *, name: str | None = None) -> dict[RunStatus, int]:
-        return await self.inner.count_runs(name=name)
-
-    async def append_output(
-        self, run_id: str, chunks: Iterable[tuple[str, str]]
-    ) -> list[OutputChunk]:
-        return await self.inner.append_output(run_id, chunks)
-
-    async def get_output(
-        self, run_id: str, *, since: int = 0, limit: int | None = None
-    ) -> list[OutputChunk]:
-        return await self.inner.get_output(run_id, since=since, limit=limit)
-
-    async def cleanup_old_runs(
-        self,
-        *,
-        older_than: timedelta,
-        statuses: StatusFilter = runtrack.TERMINAL,
-        keep: int = 0,
-    ) -> int:
-        return await self.inner.cleanup_old_runs(
-            older_than=older_than, statuses=statuses, keep=keep
-        )
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-
-ManagerFactory = Callable[..., BackgroundTaskManager]
 
 
 @pytest.fixture
@@ -191,11 +65,7 @@ async def make_manager(
     yield make
     leaked: list[str] = []
     for manager in made:
-        try:
-            await manager.wait_all(timeout=SAFETY / 2)
-        except TimeoutError:
-            leaked += manager.get_active_task_ids()
-        await manager.shutdown(grace=0)
+        leaked += await shut_down(manager)
         assert not await manager.registry.list_runs(status=ACTIVE), "a run was left active"
     if leaked:
         pytest.fail(f"make_manager: runs still active after the test: {leaked}")

@@ -11,159 +11,35 @@ the two operations, never by sleeping; timeouts are only safety bounds.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from datetime import timedelta
-from typing import Any, Self
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
+from helpers import (
+    ACTIVE,
+    SAFETY,
+    DelegatingRegistry,
+    Gate,
+    ManagerFactory,
+    let_loop_run,
+    shut_down,
+    wait_event,
+)
 from runtrack import (
-    TERMINAL,
     BackgroundTaskManager,
     DuplicateRunError,
     InMemoryRunRegistry,
     ManagerClosedError,
-    OutputChunk,
     Retry,
     Run,
     RunEvent,
     RunRegistry,
     RunStatus,
 )
-from runtrack.registry.base import StatusFilter
-
-#: Seconds any single wait may take before the test fails instead of hanging.
-SAFETY = 2.0
-
-ACTIVE = [RunStatus.QUEUED, RunStatus.RUNNING]
 
 #: Event-loop iterations between the two racing operations: 0 means "in the same tick".
 YIELDS = list(range(8))
-
-
-async def wait_event(event: asyncio.Event, timeout: float = SAFETY) -> None:
-    """Wait for ``event``, failing the test after ``timeout`` seconds."""
-    async with asyncio.timeout(timeout):
-        await event.wait()
-
-
-async def let_loop_run(iterations: int) -> None:
-    """Let the event loop run ``iterations`` times."""
-    for _ in range(iterations):
-        await asyncio.sleep(0)
-
-
-class Gate:
-    """A run body the test controls: it reports that it started, then waits to be released."""
-
-    def __init__(self, *, swallow_cancel: bool = False) -> None:
-        self.started = asyncio.Event()
-        self.cancelled = asyncio.Event()
-        self.starts = 0
-        self.swallow_cancel = swallow_cancel
-        self._release: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-
-    def open(self, result: Any = "done") -> None:
-        if not self._release.done():
-            self._release.set_result(result)
-
-    def fail(self, exc: BaseException) -> None:
-        if not self._release.done():
-            self._release.set_exception(exc)
-
-    async def body(self) -> Any:
-        self.starts += 1
-        self.started.set()
-        try:
-            return await asyncio.shield(self._release)
-        except asyncio.CancelledError:
-            self.cancelled.set()
-            if self.swallow_cancel:
-                return "swallowed"
-            raise
-
-
-class DelegatingRegistry:
-    """Only the `RunRegistry` protocol over an in-memory registry (forces the queued writer).
-
-    ``hold_add_run`` makes `add_run` wait until the test releases it, with ``adding`` set
-    while it waits, so a test can act while a QUEUED write is in flight.
-    """
-
-    def __init__(self, inner: InMemoryRunRegistry) -> None:
-        self.inner = inner
-        self.hold_add_run: asyncio.Event | None = None
-        self.adding = asyncio.Event()
-
-    async def add_run(self, run: Run) -> None:
-        if self.hold_add_run is not None:
-            self.adding.set()
-            await self.hold_add_run.wait()
-        await self.inner.add_run(run)
-
-    async def get_run(self, run_id: str) -> Run | None:
-        return await self.inner.get_run(run_id)
-
-    async def transition(
-        self,
-        run_id: str,
-        to: RunStatus | str,
-        /,
-        *,
-        expect: StatusFilter = None,
-        **changes: Any,
-    ) -> Run | None:
-        return await self.inner.transition(run_id, to, expect=expect, **changes)
-
-    async def update_run(self, run_id: str, /, **changes: Any) -> Run:
-        return await self.inner.update_run(run_id, **changes)
-
-    async def list_runs(
-        self,
-        *,
-        status: StatusFilter = None,
-        name: str | None = None,
-        group: str | None = None,
-        tags: Mapping[str, str] | None = None,
-        limit: int = 100,
-        offset: int = 0,
-    ) -> list[Run]:
-        return await self.inner.list_runs(
-            status=status, name=name, group=group, tags=tags, limit=limit, offset=offset
-        )
-
-    async def count_runs(self, *, name: str | None = None) -> dict[RunStatus, int]:
-        return await self.inner.count_runs(name=name)
-
-    async def append_output(
-        self, run_id: str, chunks: Iterable[tuple[str, str]]
-    ) -> list[OutputChunk]:
-        return await self.inner.append_output(run_id, chunks)
-
-    async def get_output(
-        self, run_id: str, *, since: int = 0, limit: int | None = None
-    ) -> list[OutputChunk]:
-        return await self.inner.get_output(run_id, since=since, limit=limit)
-
-    async def cleanup_old_runs(
-        self,
-        *,
-        older_than: timedelta,
-        statuses: StatusFilter = TERMINAL,
-        keep: int = 0,
-    ) -> int:
-        return await self.inner.cleanup_old_runs(
-            older_than=older_than, statuses=statuses, keep=keep
-        )
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
 
 @pytest.fixture(params=["memory", "queued-writer"])
@@ -175,9 +51,6 @@ def manager_registry(request: pytest.FixtureRequest, runtrack_registry: InMemory
     if request.param == "memory":
         return runtrack_registry
     return DelegatingRegistry(runtrack_registry)
-
-
-ManagerFactory = Callable[..., BackgroundTaskManager]
 
 
 @pytest.fixture
@@ -197,11 +70,7 @@ async def make_manager(
     yield make
     leaked: list[str] = []
     for manager in made:
-        try:
-            await manager.wait_all(timeout=SAFETY / 2)
-        except TimeoutError:
-            leaked += manager.get_active_task_ids()
-        await manager.shutdown(grace=0)
+        leaked += await shut_down(manager)
     assert not await runtrack_registry.list_runs(status=ACTIVE), "a run was left active"
     if leaked:
         pytest.fail(f"make_manager: runs still active after the test: {leaked}")

@@ -12,9 +12,8 @@ RUNNING after shutdown.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterable, Mapping
-from datetime import timedelta
-from typing import Any, Self, TypeVar
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import pytest
 from hypothesis import event as note
@@ -28,98 +27,17 @@ from hypothesis.stateful import (
     rule,
 )
 
+from helpers import ACTIVE, SAFETY, DelegatingRegistry
 from runtrack import (
-    TERMINAL,
     BackgroundTaskManager,
     InMemoryRunRegistry,
     ManagerClosedError,
-    OutputChunk,
     Run,
     RunEvent,
     RunStatus,
 )
-from runtrack.registry.base import StatusFilter
 
 T = TypeVar("T")
-
-#: Seconds a single operation may take before the example fails instead of hanging.
-SAFETY = 2.0
-
-ACTIVE = frozenset({RunStatus.QUEUED, RunStatus.RUNNING})
-
-
-class DelegatingRegistry:
-    """Only the `RunRegistry` protocol over an in-memory registry (forces the queued writer)."""
-
-    def __init__(self, inner: InMemoryRunRegistry) -> None:
-        self.inner = inner
-
-    async def add_run(self, run: Run) -> None:
-        await self.inner.add_run(run)
-
-    async def get_run(self, run_id: str) -> Run | None:
-        return await self.inner.get_run(run_id)
-
-    async def transition(
-        self,
-        run_id: str,
-        to: RunStatus | str,
-        /,
-        *,
-        expect: StatusFilter = None,
-        **changes: Any,
-    ) -> Run | None:
-        return await self.inner.transition(run_id, to, expect=expect, **changes)
-
-    async def update_run(self, run_id: str, /, **changes: Any) -> Run:
-        return await self.inner.update_run(run_id, **changes)
-
-    async def list_runs(
-        self,
-        *,
-        status: StatusFilter = None,
-        name: str | None = None,
-        group: str | None = None,
-        tags: Mapping[str, str] | None = None,
-        limit: int = 100,
-        offset: int = 0,
-    ) -> list[Run]:
-        return await self.inner.list_runs(
-            status=status, name=name, group=group, tags=tags, limit=limit, offset=offset
-        )
-
-    async def count_runs(self, *, name: str | None = None) -> dict[RunStatus, int]:
-        return await self.inner.count_runs(name=name)
-
-    async def append_output(
-        self, run_id: str, chunks: Iterable[tuple[str, str]]
-    ) -> list[OutputChunk]:
-        return await self.inner.append_output(run_id, chunks)
-
-    async def get_output(
-        self, run_id: str, *, since: int = 0, limit: int | None = None
-    ) -> list[OutputChunk]:
-        return await self.inner.get_output(run_id, since=since, limit=limit)
-
-    async def cleanup_old_runs(
-        self,
-        *,
-        older_than: timedelta,
-        statuses: StatusFilter = TERMINAL,
-        keep: int = 0,
-    ) -> int:
-        return await self.inner.cleanup_old_runs(
-            older_than=older_than, statuses=statuses, keep=keep
-        )
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
 
 async def controlled(outcome: asyncio.Future[str]) -> str:

@@ -16,9 +16,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from registries import skip_or_fail
-from tcp_proxy import TcpProxy, tcp_proxy
 
+from registries import skip_or_fail
 from runtrack import (
     BackgroundTaskManager,
     RegistryUnavailableError,
@@ -26,6 +25,7 @@ from runtrack import (
     RunRegistry,
     RunStatus,
 )
+from tcp_proxy import TcpProxy, tcp_proxy
 
 RUNS = 300
 OUTAGE = 2.0
