@@ -141,3 +141,7 @@ async def test_runs_survive_a_registry_outage(backend: str) -> None:
         counts = await direct.count_runs()
         assert counts[RunStatus.COMPLETED] == RUNS
         assert counts[RunStatus.QUEUED] == counts[RunStatus.RUNNING] == 0
+        # The submit that gave up is recorded CANCELLED, never left QUEUED with no one to run it.
+        assert counts[RunStatus.CANCELLED] == 1
+        (refused,) = await direct.list_runs(status=RunStatus.CANCELLED)
+        assert refused.error_type == "RegistryUnavailableError"

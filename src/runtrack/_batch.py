@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
-from runtrack._clock import us_to_dt
+from runtrack._clock import now_us, us_to_dt
 from runtrack._exceptions import RegistryUnavailableError, RuntrackError
 from runtrack._models import Run
 from runtrack._status import PREDECESSORS, RunStatus
@@ -189,16 +189,27 @@ class BatchWriter:
             async with asyncio.timeout(self._submit_timeout):
                 return await asyncio.shield(done)
         except TimeoutError:
-            self._abandon(job.run_id)
+            self._abandon(job)
             raise RegistryUnavailableError(
                 self._backend, f"the run was not recorded within {self._submit_timeout:g}s"
             ) from None
 
-    def _abandon(self, run_id: str) -> None:
-        """Drop a pending insert nobody will run (its submit gave up)."""
-        entry = self._pending.get(run_id)
-        if entry is not None and entry.insert:
-            del self._pending[run_id]
+    def _abandon(self, job: Job) -> None:
+        """Its submit gave up: the run will not execute, so it must end CANCELLED.
+
+        The QUEUED insert may be pending, or in a batch in flight whose fate is unknown;
+        either way a compare-and-set to CANCELLED follows it (or merges into it), so the
+        registry never keeps a QUEUED run that nobody will execute.
+        """
+        self.cas(
+            job,
+            RunStatus.CANCELLED,
+            {
+                "finished_at": now_us(),
+                "error_type": "RegistryUnavailableError",
+                "error_message": "not started: the registry was unreachable when it was submitted",
+            },
+        )
 
     def start(self, job: Job, started_us: int) -> bool:
         job.status = RunStatus.RUNNING
