@@ -1054,3 +1054,52 @@ class TestWriteBatch:
         assert old.result is None
         assert await registry.get_run("b-missing") is None
         assert (await registry.count_runs())[RunStatus.QUEUED] == 1  # b-dup untouched
+
+
+HOSTILE = [
+    "'; DROP TABLE runtrack_runs; --",
+    "quote \" and ' both",
+    "back\\slash \\' \\\"",
+    "redis:*:[a-z]?{x}",
+    "return redis.call('FLUSHALL')",
+    "x') redis.call('DEL', KEYS[1]) --",
+    "%s %(name)s {0} $1 ?",
+    "a=b:c=d",
+    "Ünïcödé ✓ 漢字 🚀",
+    "tab\tnew\nline",
+    "L" * 255,
+]
+
+
+class TestHostileInput:
+    """Strings that look like attacks are stored and found verbatim and touch nothing else."""
+
+    @pytest.mark.parametrize("text", HOSTILE, ids=range(len(HOSTILE)))
+    async def test_stored_and_found_verbatim(self, registry: RunRegistry, text: str) -> None:
+        control = Run(run_id="control", name="control", group="control", tags={"k": "v"})
+        await registry.add_run(control)
+        run = Run(run_id=text, name=text, group=text, tags={text: text}, parameters={text: text})
+        await registry.add_run(run)
+
+        stored = await registry.get_run(text)
+        assert stored is not None
+        assert (stored.run_id, stored.name, stored.group) == (text, text, text)
+        assert stored.tags == {text: text}
+        assert stored.parameters == {text: text}
+        for found in (
+            await registry.list_runs(name=text),
+            await registry.list_runs(group=text),
+            await registry.list_runs(tags={text: text}),
+        ):
+            assert [r.run_id for r in found] == [text]
+        assert (await registry.count_runs(name=text))[RunStatus.QUEUED] == 1
+
+        done = await registry.transition(text, RunStatus.RUNNING)
+        assert done is not None
+        await registry.append_output(text, [("stdout", text)])
+        assert [c.text for c in await registry.get_output(text)] == [text]
+
+        # Nothing else changed: the control run and the totals are intact.
+        assert await registry.get_run("control") == control
+        assert sum((await registry.count_runs()).values()) == 2
+        assert [r.run_id for r in await registry.list_runs(name="control")] == ["control"]
