@@ -6,6 +6,12 @@ Redis in ``runtrack.registry.sql`` and ``runtrack.registry.redis``) that every r
 CLI and dashboard can read.
 """
 
+from runtrack._background import (
+    BackgroundFunction,
+    background,
+    get_default_manager,
+    set_default_manager,
+)
 from runtrack._context import RunHandle, current_run, report_progress
 from runtrack._exceptions import (
     DuplicateRunError,
@@ -24,6 +30,7 @@ from runtrack.registry import InMemoryRunRegistry, RunRegistry, registry_from_ur
 
 __all__ = [
     "TERMINAL",
+    "BackgroundFunction",
     "BackgroundTaskManager",
     "DuplicateRunError",
     "InMemoryRunRegistry",
@@ -43,9 +50,12 @@ __all__ = [
     "RunRegistry",
     "RunStatus",
     "RuntrackError",
+    "background",
     "current_run",
+    "get_default_manager",
     "registry_from_url",
     "report_progress",
+    "set_default_manager",
 ]
 
 __version__ = "0.1.0.dev0"

@@ -21,6 +21,7 @@ import structlog
 from pydantic import JsonValue, TypeAdapter, ValidationError
 
 from runtrack._admission import DONE, FINISHING, QUEUED, RUNNING, Job, Lanes
+from runtrack._background import BackgroundFunction, P, RunOptions, decorator
 from runtrack._batch import BatchWriter
 from runtrack._clock import dt_to_us, now_us
 from runtrack._context import _current
@@ -441,6 +442,141 @@ class BackgroundTaskManager:
             >>> asyncio.run(main())
             'completed'
         """
+        run, job, loop = self._job_for(
+            fn_or_coro, args, kwargs, name=name, run_id=run_id, parameters=parameters,
+            tags=tags, group=group, priority=priority, timeout=timeout, retry=retry, delay=delay,
+        )  # fmt: skip
+        coro = job.coro
+        # Reserve the id so a concurrent submit of the same id fails here, not in the registry.
+        self._jobs[job.run_id] = job
+        self._idle.clear()
+        try:
+            inserted = await self._writer.insert_now(job)
+        except BaseException:
+            self._forget(job)
+            _close(coro)
+            raise
+        if not inserted:
+            self._forget(job)
+            _close(coro)
+            raise DuplicateRunError(job.run_id)
+        if self._state is not _State.RUNNING:  # shutdown began while we wrote
+            job.state = DONE
+            self._forget(job)
+            _close(coro)
+            await self._writer.cas_now(job, RunStatus.CANCELLED, {"finished_at": now_us()})
+            raise ManagerClosedError(self._state.value)
+        self._emit(job, RunStatus.QUEUED, None)
+        if self._debug:
+            self._log.debug(
+                "run_queued", run_id=job.run_id, name=job.name, status="queued",
+                attempt=job.attempt,
+            )  # fmt: skip
+        self._schedule(job, loop, delay)
+        return run
+
+    def start_call(
+        self,
+        fn: Callable[..., Awaitable[Any]],
+        *args: Any,
+        name: str | None = None,
+        run_id: str | None = None,
+        parameters: Mapping[str, Any] | None = None,
+        tags: Mapping[str, str] | None = None,
+        group: str | None = None,
+        priority: int = 0,
+        timeout: float | None = None,
+        retry: Retry | None = None,
+        delay: float | None = None,
+        **kwargs: Any,
+    ) -> str:
+        """Start ``fn(*args, **kwargs)`` as a run and return its id at once.
+
+        The synchronous sibling of `submit`, as `start_task` is for a ready coroutine: the
+        QUEUED record is written in the background (so the work runs, tracked here, even
+        while the registry is unreachable). Takes the same options as `submit`.
+
+        Raises:
+            TypeError: ``fn`` is not an async function.
+            pydantic.ValidationError: non-JSON parameters, bad tags, bad timeout, ...
+            DuplicateRunError: the id is active here.
+            QueueFullError: ``max_pending`` runs are already waiting.
+            ManagerClosedError: shutdown has begun.
+        """
+        _run, job, loop = self._job_for(
+            fn, args, kwargs, name=name, run_id=run_id, parameters=parameters, tags=tags,
+            group=group, priority=priority, timeout=timeout, retry=retry, delay=delay,
+        )  # fmt: skip
+        inserted = self._writer.insert(job)
+        if not self._jobs:
+            self._idle.clear()
+        self._jobs[job.run_id] = job
+        if inserted:
+            self._emit(job, RunStatus.QUEUED, None)
+        if self._debug:
+            self._log.debug(
+                "run_queued", run_id=job.run_id, name=job.name, status="queued",
+                attempt=job.attempt,
+            )  # fmt: skip
+        self._schedule(job, loop, delay)
+        return job.run_id
+
+    def background(
+        self,
+        *,
+        name: str | None = None,
+        timeout: float | None = None,
+        group: str | None = None,
+        priority: int = 0,
+        retry: Retry | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> Callable[[Callable[P, Awaitable[Any]]], BackgroundFunction[P]]:
+        """Decorate an async function so that calling it starts a run and returns its id.
+
+        Example:
+            >>> import asyncio
+            >>> from runtrack import BackgroundTaskManager
+            >>> manager = BackgroundTaskManager()
+            >>> @manager.background(timeout=60)
+            ... async def send_email(to: str) -> str:
+            ...     return f"sent to {to}"
+            >>> async def main() -> object:
+            ...     async with manager:
+            ...         run_id = send_email("ada@example.com")  # returns at once
+            ...         return (await manager.wait(run_id)).result
+            >>> asyncio.run(main())
+            'sent to ada@example.com'
+        """
+        options = RunOptions(
+            name=name, timeout=timeout, group=group, priority=priority, retry=retry,
+            tags=dict(tags or {}),
+        )  # fmt: skip
+        return decorator(lambda: self, options)
+
+    def _schedule(self, job: Job, loop: asyncio.AbstractEventLoop, delay: float | None) -> None:
+        if delay:
+            self._delayed += 1
+            job.timer = loop.call_later(delay, self._release_delayed, job)
+        else:
+            self._push(job, loop)
+
+    def _job_for(
+        self,
+        fn_or_coro: Callable[..., Awaitable[Any]] | Awaitable[Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        name: str | None,
+        run_id: str | None,
+        parameters: Mapping[str, Any] | None,
+        tags: Mapping[str, str] | None,
+        group: str | None,
+        priority: int,
+        timeout: float | None,
+        retry: Retry | None,
+        delay: float | None,
+    ) -> tuple[Run, Job, asyncio.AbstractEventLoop]:
+        """Validate what `submit` / `start_call` were given and build the job (not queued)."""
         factory: Callable[[], Awaitable[Any]] | None = None
         coro: Awaitable[Any] | None = None
         if callable(fn_or_coro) and not inspect.isawaitable(fn_or_coro):
@@ -500,37 +636,7 @@ class BackgroundTaskManager:
             retry=retry,
             max_attempts=run.max_attempts,
         )
-        # Reserve the id so a concurrent submit of the same id fails here, not in the registry.
-        self._jobs[job.run_id] = job
-        self._idle.clear()
-        try:
-            inserted = await self._writer.insert_now(job)
-        except BaseException:
-            self._forget(job)
-            _close(coro)
-            raise
-        if not inserted:
-            self._forget(job)
-            _close(coro)
-            raise DuplicateRunError(job.run_id)
-        if self._state is not _State.RUNNING:  # shutdown began while we wrote
-            job.state = DONE
-            self._forget(job)
-            _close(coro)
-            await self._writer.cas_now(job, RunStatus.CANCELLED, {"finished_at": now_us()})
-            raise ManagerClosedError(self._state.value)
-        self._emit(job, RunStatus.QUEUED, None)
-        if self._debug:
-            self._log.debug(
-                "run_queued", run_id=job.run_id, name=job.name, status="queued",
-                attempt=job.attempt,
-            )  # fmt: skip
-        if delay:
-            self._delayed += 1
-            job.timer = loop.call_later(delay, self._release_delayed, job)
-        else:
-            self._push(job, loop)
-        return run
+        return run, job, loop
 
     def _admit_check(self, run_id: str) -> asyncio.AbstractEventLoop:
         loop = self._loop

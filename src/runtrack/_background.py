@@ -1,0 +1,148 @@
+"""The ``@background`` decorator: calling the function starts a tracked run."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec
+
+from runtrack._exceptions import RuntrackError
+
+if TYPE_CHECKING:
+    from runtrack._manager import BackgroundTaskManager
+    from runtrack._models import Retry
+
+__all__ = [
+    "BackgroundFunction",
+    "P",
+    "RunOptions",
+    "background",
+    "decorator",
+    "get_default_manager",
+    "set_default_manager",
+]
+
+P = ParamSpec("P")
+
+_default: BackgroundTaskManager | None = None
+
+
+def set_default_manager(manager: BackgroundTaskManager | None) -> None:
+    """Make ``manager`` the one that module-level ``@runtrack.background`` functions use.
+
+    ``runtrack.fastapi.lifespan`` does this for the app's manager; None unsets it.
+    """
+    global _default  # noqa: PLW0603 - one process-wide default, like logging's root logger
+    _default = manager
+
+
+def get_default_manager() -> BackgroundTaskManager:
+    """The manager set by `set_default_manager`.
+
+    Raises:
+        RuntrackError: none is set.
+    """
+    if _default is None:
+        raise RuntrackError(
+            "no default BackgroundTaskManager: use runtrack.fastapi.lifespan(...) in your "
+            "FastAPI app, or call runtrack.set_default_manager(manager) at startup"
+        )
+    return _default
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunOptions:
+    """Options the decorated function's runs are started with."""
+
+    name: str | None = None
+    timeout: float | None = None
+    group: str | None = None
+    priority: int = 0
+    retry: Retry | None = None
+    tags: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+class BackgroundFunction(Generic[P]):
+    """An async function whose call starts a run and returns the run id at once.
+
+    The original function stays available as ``.func`` (await it to run it inline, as in
+    tests). Arguments must be what the function takes; they are kept until the run starts.
+    """
+
+    __name__: str
+    __qualname__: str
+    __doc__: str | None
+
+    def __init__(
+        self,
+        func: Callable[P, Awaitable[Any]],
+        *,
+        manager: Callable[[], BackgroundTaskManager],
+        options: RunOptions,
+    ) -> None:
+        if not callable(func):
+            raise TypeError(f"@background decorates an async function, got {func!r}")
+        self.func = func
+        self._manager = manager
+        self._options = options
+        functools.update_wrapper(self, func)
+
+    def __repr__(self) -> str:
+        return f"<background {getattr(self.func, '__qualname__', self.func)!r}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        """Start a run of the function with these arguments; returns its run id."""
+        o = self._options
+        # Bind the arguments first: the function's own ``name=`` or ``timeout=`` arguments
+        # must not be taken for run options.
+        return self._manager().start_call(
+            functools.partial(self.func, *args, **kwargs),
+            name=o.name or getattr(self.func, "__qualname__", None),
+            timeout=o.timeout,
+            group=o.group,
+            priority=o.priority,
+            retry=o.retry,
+            tags=o.tags,
+        )
+
+
+def background(
+    *,
+    name: str | None = None,
+    timeout: float | None = None,
+    group: str | None = None,
+    priority: int = 0,
+    retry: Retry | None = None,
+    tags: dict[str, str] | None = None,
+) -> Callable[[Callable[P, Awaitable[Any]]], BackgroundFunction[P]]:
+    """Like `BackgroundTaskManager.background`, bound to the default manager at call time.
+
+    The manager is looked up when the function is called (not when it is decorated), so
+    module-level tasks can be declared before the app starts.
+
+    Example:
+        >>> import runtrack
+        >>> @runtrack.background(timeout=30, group="mail")
+        ... async def send_welcome(user_id: int) -> None: ...
+    """
+    options = RunOptions(
+        name=name,
+        timeout=timeout,
+        group=group,
+        priority=priority,
+        retry=retry,
+        tags=dict(tags or {}),
+    )
+    return decorator(get_default_manager, options)
+
+
+def decorator(
+    manager: Callable[[], BackgroundTaskManager], options: RunOptions
+) -> Callable[[Callable[P, Awaitable[Any]]], BackgroundFunction[P]]:
+    """The decorator that wraps functions into `BackgroundFunction` with these options."""
+
+    def wrap(func: Callable[P, Awaitable[Any]]) -> BackgroundFunction[P]:
+        return BackgroundFunction(func, manager=manager, options=options)
+
+    return wrap

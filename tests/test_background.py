@@ -1,0 +1,88 @@
+"""The @background decorator: calling the function starts a tracked run."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import runtrack
+from runtrack import BackgroundTaskManager, Retry, RunStatus, RuntrackError
+
+
+class TestManagerBackground:
+    """@manager.background turns an async function into a fire-and-forget launcher."""
+
+    async def test_call_returns_run_id_and_runs_with_options(self) -> None:
+        manager = BackgroundTaskManager(group_limits={"mail": 1})
+        calls: list[tuple[str, str]] = []
+
+        @manager.background(timeout=5, group="mail", tags={"kind": "email"})
+        async def send(to: str, name: str = "friend") -> str:
+            calls.append((to, name))
+            return f"hi {name}"
+
+        async with manager:
+            run_id = send("ada@example.com", name="Ada")  # the function's own name= argument
+            assert isinstance(run_id, str)
+            assert manager.is_task_active(run_id)
+            run = await manager.wait(run_id, timeout=5)
+        assert run.status is RunStatus.COMPLETED
+        assert run.result == "hi Ada"
+        assert run.name.endswith("send")
+        assert (run.group, run.timeout, run.tags) == ("mail", 5, {"kind": "email"})
+        assert calls == [("ada@example.com", "Ada")]
+        assert send.__name__ == "send"
+        assert await send.func("x", name="inline") == "hi inline"  # the original, awaited
+
+    async def test_retry_and_failures_are_recorded(self) -> None:
+        manager = BackgroundTaskManager()
+        attempts = 0
+
+        @manager.background(retry=Retry(attempts=3, backoff=0))
+        async def flaky() -> int:
+            nonlocal attempts
+            attempts += 1
+            if attempts < 3:
+                raise ConnectionError("try again")
+            return attempts
+
+        async with manager:
+            run = await manager.wait(flaky(), timeout=5)
+        assert (run.status, run.result, run.attempt) == (RunStatus.COMPLETED, 3, 3)
+
+    async def test_sync_function_is_rejected_at_call(self) -> None:
+        manager = BackgroundTaskManager()
+
+        def not_async() -> None:
+            return None
+
+        wrapped = manager.background()(not_async)  # type: ignore[arg-type]
+        async with manager:
+            with pytest.raises(TypeError, match="not async"):
+                wrapped()
+            assert manager.get_active_task_count() == 0
+
+
+class TestModuleBackground:
+    """runtrack.background resolves the default manager when called, not when declared."""
+
+    async def test_uses_the_default_manager(self) -> None:
+        done = asyncio.Event()
+
+        @runtrack.background(name="ping")
+        async def ping() -> str:
+            done.set()
+            return "pong"
+
+        with pytest.raises(RuntrackError, match="set_default_manager"):
+            ping()
+        async with BackgroundTaskManager() as manager:
+            runtrack.set_default_manager(manager)
+            try:
+                assert runtrack.get_default_manager() is manager
+                run = await manager.wait(ping(), timeout=5)
+            finally:
+                runtrack.set_default_manager(None)
+        assert (run.name, run.result) == ("ping", "pong")
+        assert done.is_set()
