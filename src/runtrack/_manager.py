@@ -6,14 +6,12 @@ import asyncio
 import enum
 import functools
 import inspect
-import json
 import logging
 import os
 import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from time import time_ns
 from types import CoroutineType
 from typing import Any, Self
 
@@ -24,7 +22,6 @@ from runtrack._admission import DONE, FINISHING, QUEUED, RUNNING, Job, Lanes
 from runtrack._background import BackgroundFunction, P, RunOptions, decorator
 from runtrack._batch import BatchWriter
 from runtrack._clock import dt_to_us, now_us
-from runtrack._context import _current
 from runtrack._exceptions import (
     DuplicateRunError,
     ManagerClosedError,
@@ -32,6 +29,7 @@ from runtrack._exceptions import (
     RunNotFoundError,
     RuntrackError,
 )
+from runtrack._execution import Execution, close_coro, describe_error
 from runtrack._models import Retry, Run, RunEvent, new_run_id, utcnow
 from runtrack._stats import ManagerStats, StatsCollector
 from runtrack._status import RunStatus
@@ -79,17 +77,12 @@ def _is_async_callable(fn: object) -> bool:
     )
 
 
-def _close(coro: object) -> None:
-    if inspect.iscoroutine(coro):
-        coro.close()
-
-
 def _check_limit(name: str, value: object) -> None:
     if value is not None and (not is_int(value) or value < 1):  # type: ignore[operator]
         raise ValueError(f"{name} must be None or an int >= 1, got {value!r}")
 
 
-class BackgroundTaskManager:
+class BackgroundTaskManager(Execution):
     """Starts background runs, admits them under limits, and records every status change.
 
     Runs wait in a priority queue (higher ``priority`` first, FIFO within one) and are
@@ -336,7 +329,7 @@ class BackgroundTaskManager:
             ManagerClosedError: shutdown has begun.
         """
         if not isinstance(run, Run):
-            _close(coro)  # type: ignore[unreachable]
+            close_coro(coro)  # type: ignore[unreachable]
             raise TypeError(f"start_task() takes a runtrack.Run first, got {type(run).__name__}")
         if type(coro) is not CoroutineType and not inspect.isawaitable(coro):
             raise TypeError(
@@ -348,7 +341,7 @@ class BackgroundTaskManager:
                 self._check_parameters(run.parameters)
             loop = self._admit_check(run.run_id)
         except BaseException:
-            _close(coro)
+            close_coro(coro)
             raise
         timeout = run.timeout
         job = Job(
@@ -454,16 +447,16 @@ class BackgroundTaskManager:
             inserted = await self._writer.insert_now(job)
         except BaseException:
             self._forget(job)
-            _close(coro)
+            close_coro(coro)
             raise
         if not inserted:
             self._forget(job)
-            _close(coro)
+            close_coro(coro)
             raise DuplicateRunError(job.run_id)
         if self._state is not _State.RUNNING:  # shutdown began while we wrote
             job.state = DONE
             self._forget(job)
-            _close(coro)
+            close_coro(coro)
             await self._writer.cas_now(job, RunStatus.CANCELLED, {"finished_at": now_us()})
             raise ManagerClosedError(self._state.value)
         self._emit(job, RunStatus.QUEUED, None)
@@ -589,7 +582,7 @@ class BackgroundTaskManager:
         elif inspect.isawaitable(fn_or_coro):
             coro = fn_or_coro
             if args or kwargs or retry is not None:
-                _close(coro)
+                close_coro(coro)
                 raise TypeError(
                     "submit() got a coroutine together with arguments or retry=: pass the "
                     "async function itself, as submit(fn, *args, retry=...), so it can be "
@@ -600,10 +593,10 @@ class BackgroundTaskManager:
                 f"submit() takes an async function or a coroutine, got {type(fn_or_coro).__name__}"
             )
         if retry is not None and not isinstance(retry, Retry):
-            _close(coro)  # type: ignore[unreachable]
+            close_coro(coro)  # type: ignore[unreachable]
             raise TypeError(f"retry must be a runtrack.Retry, got {type(retry).__name__}")
         if delay is not None and (isinstance(delay, bool) or not delay >= 0):
-            _close(coro)
+            close_coro(coro)
             raise ValueError(f"delay must be >= 0 seconds, got {delay!r}")
         try:
             run = Run(
@@ -620,7 +613,7 @@ class BackgroundTaskManager:
             self._check_parameters(run.parameters)
             loop = self._admit_check(run.run_id)
         except (ValidationError, RuntrackError, ValueError):
-            _close(coro)
+            close_coro(coro)
             raise
         job = Job(
             run.run_id,
@@ -702,280 +695,6 @@ class BackgroundTaskManager:
             if not jobs:
                 self._idle.set()
 
-    # -- executing --------------------------------------------------------------------------
-
-    async def _executor(self) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        lanes = self._lanes
-        writer = self._writer
-        direct = isinstance(writer, DirectWriter)
-        self._starting -= 1
-        try:
-            while self._executors <= self._limit:
-                job = lanes.pop()
-                if job is None:
-                    return
-                self._waiting -= 1
-                if not writer.start(job, time_ns() // 1000):
-                    self._not_started(job)
-                    continue
-                coro = job.coro
-                if coro is None:
-                    coro = self._make_coro(job)
-                job.coro = None
-                job.state = RUNNING
-                job.task = task
-                job.started = time.monotonic()
-                self._running += 1
-                if self._listeners:
-                    self._emit(job, RunStatus.RUNNING, RunStatus.QUEUED)
-                if self._debug:
-                    self._log.debug(
-                        "run_started", run_id=job.run_id, name=job.name, status="running",
-                        attempt=job.attempt,
-                    )  # fmt: skip
-                token = _current.set((self, job))
-                try:
-                    try:
-                        if job.timeout is None:
-                            result = await coro
-                        else:
-                            async with asyncio.timeout(job.timeout):
-                                result = await coro
-                    finally:
-                        _current.reset(token)
-                except asyncio.CancelledError:
-                    if not job.cancel_requested:
-                        # The executor itself is being cancelled (event loop teardown):
-                        # record the run CANCELLED, then let the cancellation through.
-                        self._settle(job, RunStatus.CANCELLED, None, None)
-                        raise
-                    task.uncancel()
-                    self._settle(job, RunStatus.CANCELLED, None, None)
-                    continue
-                except (KeyboardInterrupt, SystemExit) as exc:
-                    self._settle(job, RunStatus.FAILED, None, exc)
-                    raise
-                except BaseException as exc:  # every failure is recorded here, none escapes
-                    if job.cancel_requested:
-                        task.uncancel()
-                        self._settle(job, RunStatus.CANCELLED, None, None)
-                    elif job.retry is not None and job.retry.should_retry(exc, job.attempt):
-                        self._requeue(job, exc)
-                    else:
-                        self._settle(job, RunStatus.FAILED, None, exc)
-                    continue
-                if job.cancel_requested:
-                    task.uncancel()
-                    self._log.warning(
-                        "run_ignored_cancellation",
-                        run_id=job.run_id,
-                        name=job.name,
-                        detail="the coroutine caught CancelledError and returned; it is "
-                        "recorded CANCELLED. Re-raise CancelledError after cleaning up.",
-                    )
-                    self._settle(job, RunStatus.CANCELLED, None, None)
-                elif (
-                    direct
-                    and (result is None or type(result) in _PLAIN_SMALL)
-                    and job.group is None
-                    and not job.waiters
-                    and not self._listeners
-                    and not self._debug
-                ):
-                    self._completed_direct(job, result)
-                else:
-                    self._settle(job, RunStatus.COMPLETED, result, None)
-        finally:
-            self._executors -= 1
-
-    def _completed_direct(self, job: Job, result: Any) -> None:
-        """`_settle` for the common case, flattened: a plain result on the memory registry.
-
-        What `_settle`, `DirectWriter.finish`, `_ended` and `_finish_local` do for a run
-        with no group, listener, waiter or debug logging, in one call instead of five: this
-        runs once per run.
-        """
-        self._running -= 1
-        duration = time.monotonic() - job.started
-        rec = job.rec
-        if rec is not None and rec.status is _RUNNING_STATUS:
-            rec.status = _COMPLETED
-            rec.finished_at = time_ns() // 1000
-            rec.result = result
-            status = _COMPLETED
-        else:
-            status = self._status_in_registry(job)
-        job.state = DONE
-        self._stats.finished(job.name, status, duration)
-        jobs = self._jobs
-        del jobs[job.run_id]
-        if not jobs:
-            self._idle.set()
-        job.task = job.rec = job.factory = job.retry = None
-
-    def _not_started(self, job: Job) -> None:
-        """The QUEUED → RUNNING write did not apply: it was cancelled or finished elsewhere."""
-        self._lanes.release(job)
-        _close(job.coro)
-        job.coro = None
-        self._finish_local(job, self._status_in_registry(job), RunStatus.QUEUED, None)
-
-    def _make_coro(self, job: Job) -> Awaitable[Any]:
-        assert job.factory is not None
-        try:
-            return job.factory()
-        except Exception as exc:  # recorded as the run's failure
-            return _raise(exc)
-
-    def _settle(
-        self, job: Job, status: RunStatus, result: Any, error: BaseException | None
-    ) -> None:
-        """Record the end of a running job (unless a cancel already recorded it)."""
-        self._running -= 1
-        if job.group is not None:
-            self._lanes.release(job)
-        job.task = None
-        duration = time.monotonic() - job.started
-        if job.cancel_requested:
-            status = RunStatus.CANCELLED  # cancel_task (or another manager) already wrote it
-        else:
-            if result is not None and (
-                type(result) not in _PLAIN
-                or (type(result) is str and len(result) > self._max_short_str)
-            ):
-                result = self._json_result(job, result)
-            if error is None:
-                written = self._writer.finish(job, status, time_ns() // 1000, result, None, None)
-            else:
-                written = self._writer.finish(
-                    job, status, now_us(), None, type(error).__name__, _describe(error, job)
-                )
-            if written is None:  # the writer calls _on_finished once the write is applied
-                job.state = FINISHING
-                job.outcome = (status, duration, error)
-                return
-            if not written:
-                status = self._status_in_registry(job)
-        self._ended(job, status, duration, error)
-
-    def _on_finished(self, job: Job, applied: bool) -> None:
-        """A terminal write the writer applied later: now the run has really ended."""
-        status, duration, error = job.outcome
-        self._ended(job, status if applied else self._status_in_registry(job), duration, error)
-
-    def _ended(
-        self, job: Job, status: RunStatus, duration: float | None, error: BaseException | None
-    ) -> None:
-        if status is RunStatus.FAILED:
-            self._log.error(
-                "run_failed", run_id=job.run_id, name=job.name, status="failed",
-                attempt=job.attempt, duration=duration, exc_info=error,
-            )  # fmt: skip
-        elif self._debug:
-            self._log.debug(
-                f"run_{status.value}", run_id=job.run_id, name=job.name, status=status.value,
-                attempt=job.attempt, duration=duration,
-            )  # fmt: skip
-        self._finish_local(job, status, RunStatus.RUNNING, duration, error)
-
-    def _finish_local(
-        self,
-        job: Job,
-        status: RunStatus,
-        previous: RunStatus,
-        duration: float | None,
-        error: BaseException | None = None,
-    ) -> None:
-        job.state = DONE
-        self._stats.finished(job.name, status, duration)
-        if self._listeners:
-            self._emit(job, status, previous, error=error, duration=duration)
-        waiters = job.waiters
-        if waiters:
-            job.waiters = None
-            for fut in waiters:
-                if not fut.done():
-                    fut.set_result(None)
-        jobs = self._jobs
-        if jobs.get(job.run_id) is job:  # _forget(), inlined
-            del jobs[job.run_id]
-            if not jobs:
-                self._idle.set()
-        job.coro = job.factory = job.retry = job.task = job.timer = job.rec = None
-
-    def _status_in_registry(self, job: Job) -> RunStatus:
-        """The terminal status another writer gave a run our write could not change."""
-        rec = job.rec
-        if rec is not None and rec.status.is_terminal:
-            return rec.status
-        return RunStatus.CANCELLED
-
-    def _requeue(self, job: Job, error: BaseException) -> None:
-        assert job.retry is not None
-        assert self._loop is not None
-        self._running -= 1
-        self._lanes.release(job)
-        job.task = None
-        delay = job.retry.delay(job.attempt)
-        next_attempt = job.attempt + 1
-        changes = {
-            "attempt": next_attempt,
-            "error_type": type(error).__name__,
-            "error_message": _describe(error, job),
-        }
-        if not self._writer.cas(job, RunStatus.QUEUED, changes):
-            self._finish_local(job, self._status_in_registry(job), RunStatus.RUNNING, None)
-            return
-        self._log.warning(
-            "run_retrying", run_id=job.run_id, name=job.name, status="queued",
-            attempt=next_attempt - 1, next_attempt=next_attempt, delay=delay,
-            error_type=type(error).__name__, error_message=str(error),
-        )  # fmt: skip
-        job.attempt = next_attempt
-        job.state = QUEUED
-        if self._listeners:
-            self._emit(job, RunStatus.QUEUED, RunStatus.RUNNING, error=error)
-        self._delayed += 1
-        job.timer = self._loop.call_later(delay, self._release_delayed, job)
-
-    def _json_result(self, job: Job, result: Any) -> Any:
-        """The result as recorded: None (with a warning) if it is not JSON or too large."""
-        try:
-            size = _payload_size(_JSON.validate_python(result))
-        except (ValidationError, ValueError):
-            self._log.warning(
-                "run_result_not_json",
-                run_id=job.run_id,
-                name=job.name,
-                result_type=type(result).__name__,
-                detail="the run completed but its result is not JSON; recorded result=None. "
-                "Return JSON-compatible values (dict, list, str, numbers, bool, None).",
-            )
-            return None
-        if self._max_payload is not None and size > self._max_payload:
-            self._log.warning(
-                "run_result_too_large",
-                run_id=job.run_id,
-                name=job.name,
-                size=size,
-                max_payload_bytes=self._max_payload,
-                detail="the run completed but its result is over max_payload_bytes; recorded "
-                "result=None. Store large results elsewhere and return a reference.",
-            )
-            return None
-        return result
-
-    def _check_parameters(self, parameters: Mapping[str, Any]) -> None:
-        if self._max_payload is not None and parameters:
-            size = _payload_size(parameters)
-            if size > self._max_payload:
-                raise ValueError(
-                    f"parameters are {size} bytes of JSON, over max_payload_bytes="
-                    f"{self._max_payload}: pass a reference (an id, a URL) instead of the data"
-                )
-
     # -- cancelling and waiting ---------------------------------------------------------------
 
     async def cancel_task(self, run_id: str) -> bool:
@@ -1037,7 +756,7 @@ class BackgroundTaskManager:
             self._waiting -= 1
             self._lanes.discard(job)
         job.state = DONE  # the lanes skip it from now on
-        _close(job.coro)
+        close_coro(job.coro)
         job.coro = None
 
     async def _await_job(self, job: Job, timeout: float | None) -> bool:
@@ -1171,7 +890,7 @@ class BackgroundTaskManager:
             attempt=job.attempt,
             group=job.group,
             error_type=None if error is None else type(error).__name__,
-            error_message=None if error is None else _describe(error, job),
+            error_message=None if error is None else describe_error(error, job),
             duration=duration,
         )
         for callback in list(self._listeners):
@@ -1239,22 +958,3 @@ class BackgroundTaskManager:
             running_by_group=dict(self._lanes.running_by_group),
             by_name=self._stats.by_name(),
         )
-
-
-def _payload_size(value: Any) -> int:
-    """Bytes of ``value`` as compact UTF-8 JSON, as a registry stores it."""
-    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
-
-
-def _describe(error: BaseException, job: Job) -> str:
-    """The error message recorded for a failed attempt."""
-    message = str(error)
-    if message:
-        return message
-    if isinstance(error, TimeoutError) and job.timeout is not None:
-        return f"the run took longer than its timeout of {job.timeout:g}s"
-    return repr(error)
-
-
-async def _raise(exc: Exception) -> Any:
-    raise exc
