@@ -34,6 +34,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
 from runtrack._background import get_default_manager, set_default_manager
+from runtrack._dashboard import add_dashboard_routes
 from runtrack._exceptions import RegistryUnavailableError, RuntrackError
 from runtrack._manager import BackgroundTaskManager
 from runtrack._models import OutputChunk, Run, RunEvent
@@ -434,6 +435,7 @@ def runs_router(
     prefix: str = "",
     tags: Sequence[str] = ("runs",),
     expose_errors: bool = False,
+    dashboard: bool = False,
 ) -> APIRouter:
     """Build a router that serves the app manager's runs over HTTP.
 
@@ -446,6 +448,7 @@ def runs_router(
     | ``POST /runs/{run_id}/cancel`` | cancels it; returns the CANCELLED run |
     | ``GET /health`` | ``ok`` (200), or ``degraded`` (503) |
     | ``GET /metrics`` | ``manager.stats()`` as JSON |
+    | ``GET /runs/ui`` | with ``dashboard=True``, a live dashboard of the runs |
 
     ``GET /runs`` takes ``status`` (repeatable, e.g. ``?status=queued&status=running``),
     ``name``, ``group``, ``tag`` (repeatable ``key:value``), ``limit`` (1 to 1000, default
@@ -460,6 +463,8 @@ def runs_router(
         tags: OpenAPI tags of the endpoints.
         expose_errors: Put the exception's type and message in 500 and 503 bodies (for
             development; they may reveal internals).
+        dashboard: Also serve a live dashboard of the runs at ``GET /runs/ui`` (a static
+            page that reads this API; ``dependencies`` protect it too).
 
     Returns:
         A router for ``app.include_router``.
@@ -498,7 +503,10 @@ def runs_router(
             raise _ApiError(404, "run_not_found", f"no run {run_id[:200]!r}")
         return run
 
-    # Declared before /runs/{run_id}, which would take "events" for a run id.
+    # Declared before /runs/{run_id}, which would take "ui" or "events" for a run id.
+    if dashboard:
+        add_dashboard_routes(router)
+
     @router.get(
         "/runs/events",
         response_class=_EventStreamResponse,
