@@ -86,3 +86,59 @@ class TestModuleBackground:
                 runtrack.set_default_manager(None)
         assert (run.name, run.result) == ("ping", "pong")
         assert done.is_set()
+
+
+class TestFallbackWhenRegistryIsDown:
+    """With the registry unreachable, @background work still runs and /health says degraded."""
+
+    async def test_work_runs_and_record_catches_up(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import httpx
+        from fastapi import FastAPI
+
+        from runtrack.fastapi import lifespan, runs_router
+        from test_batch_writer import FlakyBatchRegistry
+
+        class DownRegistry(FlakyBatchRegistry):
+            """Reads fail too while it is down, as with a real server."""
+
+            async def get_run(self, run_id: str) -> runtrack.Run | None:
+                if self.down:
+                    raise runtrack.RegistryUnavailableError("flaky", "connection refused")
+                return await super().get_run(run_id)
+
+        # A registry that is not the in-memory fast path, and that can be taken down.
+        monkeypatch.setattr("runtrack._manager.InMemoryRunRegistry", type("NotIt", (), {}))
+        registry = DownRegistry()
+        ran = asyncio.Event()
+
+        @runtrack.background(name="send_invoice")
+        async def send_invoice(number: int) -> int:
+            ran.set()
+            return number
+
+        app = FastAPI(lifespan=lifespan(registry))
+        app.include_router(runs_router())
+
+        @app.post("/invoices/{number}")
+        async def create(number: int) -> dict[str, str]:
+            return {"run_id": send_invoice(number)}
+
+        transport = httpx.ASGITransport(app=app)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://t") as client,
+        ):
+            registry.down = True
+            response = await client.post("/invoices/7")
+            assert response.status_code == 200
+            run_id = response.json()["run_id"]
+            await asyncio.wait_for(ran.wait(), 5)  # the work ran with the registry down
+            health = await client.get("/health")
+            assert health.status_code == 503
+            assert health.json()["status"] == "degraded"
+            assert run_id not in registry._runs  # not written yet: tracked in memory only
+            registry.down = False
+            manager = runtrack.get_default_manager()
+            run = await manager.wait(run_id, timeout=5)
+            assert (run.status, run.result) == (RunStatus.COMPLETED, 7)
+            assert (await client.get("/health")).json()["status"] == "ok"
