@@ -1,4 +1,4 @@
-"""Plumbing shared by the persistent-backend sections: ``redis``, ``postgres``, ``sqlite``, ``mariadb``.
+"""Plumbing shared by the persistent-backend sections (redis, postgres, sqlite, mariadb).
 
 Each of those sections times, side by side and round-robin (`_harness.interleaved`):
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import importlib.metadata
 import importlib.util
 import os
@@ -41,6 +42,7 @@ from _harness import (
     fmt_int,
     fmt_ratio,
     interleaved,
+    log,
 )
 from runtrack import BackgroundTaskManager, Run, RunRegistry, RunStatus
 
@@ -57,7 +59,9 @@ POSTGRES_URL = (
     os.environ.get("RUNTRACK_TEST_POSTGRES_URL")
     or "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 )
-MARIADB_URL = os.environ.get("RUNTRACK_TEST_MYSQL_URL") or "mysql+asyncmy://root@127.0.0.1:3306/test"
+MARIADB_URL = (
+    os.environ.get("RUNTRACK_TEST_MYSQL_URL") or "mysql+asyncmy://root@127.0.0.1:3306/test"
+)
 
 RUNTRACK_START = "runtrack start_task"
 RUNTRACK_SUBMIT = "runtrack submit x{c}"
@@ -181,8 +185,11 @@ def rates(samples: Samples, ops: int) -> list[float]:
 
 
 def run_all(contenders: Sequence[Contender], repeat: int, *, quiet: bool) -> dict[str, Samples]:
-    """Warm every contender up once, then time them round-robin."""
-    warmup = [c.warmup for c in contenders if c.warmup is not None]
+    """Warm every contender up once, then time them round-robin.
+
+    A warm-up that fails is reported on stderr and left to fail again, visibly, when timed.
+    """
+    warmup = [_tolerant(c.label, c.warmup, quiet) for c in contenders if c.warmup is not None]
     samples = interleaved(
         [(c.label, c.measure) for c in contenders],
         n=1,
@@ -191,6 +198,17 @@ def run_all(contenders: Sequence[Contender], repeat: int, *, quiet: bool) -> dic
         quiet=quiet,
     )
     return samples
+
+
+def _tolerant(label: str, measure: Measurement, quiet: bool) -> Measurement:
+    async def warm() -> float:
+        try:
+            return await measure()
+        except Exception as exc:
+            log(f"  warm-up of {label} failed: {type(exc).__name__}: {exc}", quiet=quiet)
+            return 0.0
+
+    return warm
 
 
 def rows_for(
@@ -216,9 +234,7 @@ def rows_for(
     return rows
 
 
-def lifecycle_table(
-    rows: dict[str, dict[str, Any]], reference: str, n: int, title: str
-) -> Table:
+def lifecycle_table(rows: dict[str, dict[str, Any]], reference: str, n: int, title: str) -> Table:
     ref = rows.get(reference, {}).get("median")
     shown = [row for row in rows.values() if row["kind"] in {"runtrack", "peer"}]
     for row in shown:
@@ -438,38 +454,37 @@ def runtrack_contenders(
     out = []
     for submit in (False, True):
         label = RUNTRACK_SUBMIT.format(c=concurrency) if submit else RUNTRACK_START
-        contender = Contender(label, "runtrack", n, measure=_unset, warmup=None)
-
-        def measure(
-            n: int = n, submit: bool = submit, extras: list[dict[str, Any]] = contender.extras
-        ) -> Awaitable[float]:
-            return runtrack_lifecycle(
-                make_registry,
-                cleanup,
-                tags,
+        extras: list[dict[str, Any]] = []
+        common = {"submit": submit, "instrument": instrument}
+        out.append(
+            Contender(
+                label,
+                "runtrack",
                 n,
-                concurrency,
-                submit=submit,
+                measure=functools.partial(
+                    runtrack_lifecycle,
+                    make_registry,
+                    cleanup,
+                    tags,
+                    n,
+                    concurrency,
+                    extras=extras,
+                    **common,
+                ),
+                warmup=functools.partial(
+                    runtrack_lifecycle,
+                    make_registry,
+                    cleanup,
+                    tags,
+                    min(n, 500),
+                    concurrency,
+                    extras=[],
+                    **common,
+                ),
                 extras=extras,
-                instrument=instrument,
             )
-
-        contender.measure = measure
-        contender.warmup = lambda submit=submit: runtrack_lifecycle(
-            make_registry,
-            cleanup,
-            tags,
-            min(n, 500),
-            concurrency,
-            submit=submit,
-            extras=[],
         )
-        out.append(contender)
     return out
-
-
-async def _unset() -> float:  # placeholder until a contender's measure is bound
-    raise RuntimeError("contender without a measurement")
 
 
 def runtrack_details(rows: dict[str, dict[str, Any]]) -> list[str]:
@@ -553,14 +568,14 @@ def assemble(
     notes: Sequence[str],
     details: Sequence[str] = (),
     data: dict[str, Any] | None = None,
+    extra_tables: Callable[[dict[str, dict[str, Any]]], list[Table]] | None = None,
 ) -> SectionResult:
     rows = rows_for(contenders, samples)
     n = args.persist_n
     tables = [
-        lifecycle_table(
-            rows, RUNTRACK_START, n, f"  {title}: {n:,} no-op runs, enqueue -> done"
-        ),
-        raw_table(rows, RUNTRACK_START, "  raw write limit of the store"),
+        lifecycle_table(rows, RUNTRACK_START, n, f"  {title}: {n:,} no-op runs, enqueue -> done"),
+        raw_table(rows, RUNTRACK_START, "\n  raw write limit of the store"),
+        *(extra_tables(rows) if extra_tables is not None else []),
     ]
     return SectionResult(
         tables=tables,

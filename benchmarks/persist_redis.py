@@ -29,8 +29,8 @@ from typing import Any
 from _harness import Check, SectionResult, log, section
 from _persist import (
     RAW_CHUNK,
-    RAW_SINGLE_MAX,
     RAW_COLUMNS,
+    RAW_SINGLE_MAX,
     RUNTRACK_START,
     Contender,
     Tags,
@@ -88,6 +88,18 @@ async def saq_noop(ctx: dict[str, Any]) -> None:
     return None
 
 
+async def stop_task(task: asyncio.Task[Any] | None) -> None:
+    """Cancel ``task`` until it is done: a worker loop may swallow one cancellation.
+
+    (arq's ``Worker.main()`` sometimes does, inside a Redis call, and then polls on.)
+    """
+    while task is not None and not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=0.5)
+    if task is not None and not task.cancelled():
+        task.exception()  # retrieved, so asyncio does not log it as never retrieved
+
+
 class Countdown:
     """Sets ``done`` when ``hit`` has been called ``n`` times."""
 
@@ -102,7 +114,9 @@ class Countdown:
             self.done.set()
 
 
-async def run_arq(url: str, tag: str, n: int, concurrency: int, extras: list[dict[str, Any]]) -> float:
+async def run_arq(
+    url: str, tag: str, n: int, concurrency: int, extras: list[dict[str, Any]]
+) -> float:
     from arq import create_pool
     from arq.connections import RedisSettings
     from arq.worker import Worker
@@ -147,14 +161,14 @@ async def run_arq(url: str, tag: str, n: int, concurrency: int, extras: list[dic
         extras.append({"enqueue_s": enqueued, "total_s": elapsed})
         return elapsed
     finally:
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await stop_task(task)
         await worker.close()
         await delete_matching(url, f"*{tag}*")
 
 
-async def run_saq(url: str, tag: str, n: int, concurrency: int, extras: list[dict[str, Any]]) -> float:
+async def run_saq(
+    url: str, tag: str, n: int, concurrency: int, extras: list[dict[str, Any]]
+) -> float:
     from saq import Worker
     from saq.queue.redis import RedisQueue
 
@@ -165,7 +179,9 @@ async def run_saq(url: str, tag: str, n: int, concurrency: int, extras: list[dic
 
     queue = RedisQueue(redis_client(url), name=f"{tag}saq")
     await queue.connect()
-    worker = Worker(queue, functions=[saq_noop], concurrency=concurrency, after_process=after_process)
+    worker = Worker(
+        queue, functions=[saq_noop], concurrency=concurrency, after_process=after_process
+    )
     task = None
     try:
         async with asyncio.timeout(time_limit(n)):
@@ -220,7 +236,11 @@ async def run_taskiq(
     broker.is_worker_process = True  # this process both sends and executes the tasks
     await broker.startup()
     finish = asyncio.Event()
-    receiver = Receiver(broker, max_async_tasks=concurrency, run_startup=False)
+    # max_tasks_to_execute: the receiver stops reading after the n-th message. Stopping it
+    # with finish_event instead cancels a pending XREADGROUP, which hangs with redis-py 8.
+    receiver = Receiver(
+        broker, max_async_tasks=concurrency, run_startup=False, max_tasks_to_execute=n
+    )
     task = None
     try:
         async with asyncio.timeout(time_limit(n)):
@@ -237,12 +257,8 @@ async def run_taskiq(
     finally:
         finish.set()
         if task is not None:
-            try:
-                async with asyncio.timeout(10):
-                    await asyncio.gather(task, return_exceptions=True)
-            except TimeoutError:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+            await asyncio.wait([task], timeout=3)
+        await stop_task(task)
         await broker.shutdown()
         await delete_matching(url, f"*{tag}*")
 
@@ -336,12 +352,17 @@ def run(args: argparse.Namespace) -> SectionResult:
                 "(pip install -e '.[bench]')"
             )
             continue
-        contender = Contender(label, "peer", n, measure=_never)
-        contender.measure = functools.partial(
-            _peer, runner, url, tags, n, conc, contender.extras
+        extras: list[dict[str, Any]] = []
+        contenders.append(
+            Contender(
+                label,
+                "peer",
+                n,
+                measure=functools.partial(_peer, runner, url, tags, n, conc, extras),
+                warmup=functools.partial(_peer, runner, url, tags, min(n, 500), conc, []),
+                extras=extras,
+            )
         )
-        contender.warmup = functools.partial(_peer, runner, url, tags, min(n, 500), conc, [])
-        contenders.append(contender)
     single_n = min(n, RAW_SINGLE_MAX)
     contenders.append(
         Contender(
@@ -353,7 +374,9 @@ def run(args: argparse.Namespace) -> SectionResult:
         )
     )
     contenders.append(
-        Contender(RAW_SINGLE, "raw", single_n, measure=lambda: raw_single(url, tags.next(), single_n))
+        Contender(
+            RAW_SINGLE, "raw", single_n, measure=lambda: raw_single(url, tags.next(), single_n)
+        )
     )
 
     try:
@@ -388,16 +411,11 @@ def run(args: argparse.Namespace) -> SectionResult:
             f"{conc} jobs).",
             "Raw HSET: a 12-field hash per run (the fields runtrack keeps for a finished "
             "run), no indexes; runtrack also maintains sorted-set indexes in the same script.",
-            "Versions: "
-            + versions("redis", "arq", "saq", "taskiq", "taskiq-redis", "hiredis"),
+            "Versions: " + versions("redis", "arq", "saq", "taskiq", "taskiq-redis", "hiredis"),
             *skipped,
         ],
         data={"redis_url": url, "skipped": skipped},
     )
-
-
-async def _never() -> float:
-    raise RuntimeError("unbound measurement")
 
 
 async def _peer(

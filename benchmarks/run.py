@@ -27,7 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _harness  # noqa: E402
 
 #: Modules whose import registers sections, in report order. Add new sections here.
-SECTION_MODULES = ("core", "memory", "persist_redis")
+SECTION_MODULES = (
+    "core",
+    "memory",
+    "persist_redis",
+    "persist_postgres",
+    "persist_sqlite",
+    "persist_mariadb",
+)
 
 STRUCTLOG_NOTE = (
     "structlog is configured with make_filtering_bound_logger(logging.INFO): runtrack's "
