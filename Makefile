@@ -3,7 +3,11 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
-BENCH_STAMP := $(VENV)/.installed-bench
+# Benchmarks get their own venv: the peers they compare against (arq, taskiq-redis) pin
+# redis-py below 6, which must not downgrade the development venv.
+BENCH_VENV ?= .venv-bench
+BENCH_PY := $(BENCH_VENV)/bin/python
+BENCH_STAMP := $(BENCH_VENV)/.installed-bench
 # The dashboard's end-to-end test drives Debian's Chromium; no browser is ever downloaded.
 CHROMIUM ?= /usr/bin/chromium
 
@@ -18,8 +22,12 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-$(BENCH_STAMP): pyproject.toml $(STAMP)
-	$(PY) -m pip install --quiet -e '.[dev,bench]'
+$(BENCH_PY):
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_PY) -m pip install --quiet --upgrade pip
+
+$(BENCH_STAMP): pyproject.toml | $(BENCH_PY)
+	$(BENCH_PY) -m pip install --quiet -e '.[all,bench]'
 	touch $@
 
 $(CHROMIUM):
@@ -47,10 +55,10 @@ pytest: $(STAMP) $(CHROMIUM)
 test: lint types pytest
 
 bench: $(BENCH_STAMP)
-	$(PY) benchmarks/run.py
+	$(BENCH_PY) benchmarks/run.py
 
 docs: $(STAMP)
 	$(PY) -m mkdocs build --strict
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache site dist
+	rm -rf $(VENV) $(BENCH_VENV) .mypy_cache .ruff_cache .pytest_cache site dist
