@@ -26,7 +26,7 @@ from runtrack._clock import now_us, us_to_dt
 from runtrack._exceptions import RegistryUnavailableError, RuntrackError
 from runtrack._models import Run
 from runtrack._status import PREDECESSORS, RunStatus
-from runtrack._writer import as_datetimes, statuses_of
+from runtrack._writer import as_datetimes, finish_changes, start_changes, statuses_of
 from runtrack.registry.base import RunWrite
 
 if TYPE_CHECKING:
@@ -215,15 +215,9 @@ class BatchWriter:
         job.status = RunStatus.RUNNING
         job.started_at = job.heartbeat_at = started_us
         job.owner = self._owner
-        changes: dict[str, Any] = {
-            "started_at": started_us,
-            "heartbeat_at": started_us,
-            "owner": self._owner,
-            "attempt": job.attempt,
-        }
         if job.attempt > 1:
             job.error_type = job.error_message = None
-            changes["error_type"] = changes["error_message"] = None
+        changes = start_changes(job, self._owner, started_us)
         self._entry(job.run_id, job).cas(
             RunStatus.RUNNING, PREDECESSORS[RunStatus.RUNNING], changes
         )
@@ -247,12 +241,7 @@ class BatchWriter:
         entry.cas(
             status,
             PREDECESSORS[status],
-            {
-                "finished_at": finished_us,
-                "result": result,
-                "error_type": error_type,
-                "error_message": error_message,
-            },
+            finish_changes(finished_us, result, error_type, error_message),
         )
         entry.finishing = True
         return None

@@ -459,12 +459,7 @@ class BackgroundTaskManager(Execution):
             close_coro(coro)
             await self._writer.cas_now(job, RunStatus.CANCELLED, {"finished_at": now_us()})
             raise ManagerClosedError(self._state.value)
-        self._emit(job, RunStatus.QUEUED, None)
-        if self._debug:
-            self._log.debug(
-                "run_queued", run_id=job.run_id, name=job.name, status="queued",
-                attempt=job.attempt,
-            )  # fmt: skip
+        self._announce_queued(job, inserted=True)
         self._schedule(job, loop, delay)
         return run
 
@@ -504,13 +499,7 @@ class BackgroundTaskManager(Execution):
         if not self._jobs:
             self._idle.clear()
         self._jobs[job.run_id] = job
-        if inserted:
-            self._emit(job, RunStatus.QUEUED, None)
-        if self._debug:
-            self._log.debug(
-                "run_queued", run_id=job.run_id, name=job.name, status="queued",
-                attempt=job.attempt,
-            )  # fmt: skip
+        self._announce_queued(job, inserted=inserted)
         self._schedule(job, loop, delay)
         return job.run_id
 
@@ -545,6 +534,16 @@ class BackgroundTaskManager(Execution):
             tags=dict(tags or {}),
         )  # fmt: skip
         return decorator(lambda: self, options)
+
+    def _announce_queued(self, job: Job, *, inserted: bool) -> None:
+        """The QUEUED transition's event and log line (start_task inlines the same)."""
+        if inserted and self._listeners:
+            self._emit(job, RunStatus.QUEUED, None)
+        if self._debug:
+            self._log.debug(
+                "run_queued", run_id=job.run_id, name=job.name, status="queued",
+                attempt=job.attempt,
+            )  # fmt: skip
 
     def _schedule(self, job: Job, loop: asyncio.AbstractEventLoop, delay: float | None) -> None:
         if delay:

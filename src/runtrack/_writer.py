@@ -31,7 +31,9 @@ __all__ = [
     "QueueWriter",
     "Writer",
     "as_datetimes",
+    "finish_changes",
     "job_to_run",
+    "start_changes",
     "statuses_of",
 ]
 
@@ -192,6 +194,31 @@ def as_datetimes(changes: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def start_changes(job: Job, owner: str, started_us: int) -> dict[str, Any]:
+    """The fields a QUEUED → RUNNING write sets (a retry's attempt clears the last error)."""
+    changes: dict[str, Any] = {
+        "started_at": started_us,
+        "heartbeat_at": started_us,
+        "owner": owner,
+        "attempt": job.attempt,
+    }
+    if job.attempt > 1:
+        changes["error_type"] = changes["error_message"] = None
+    return changes
+
+
+def finish_changes(
+    finished_us: int, result: Any, error_type: str | None, error_message: str | None
+) -> dict[str, Any]:
+    """The fields a RUNNING → terminal write sets."""
+    return {
+        "finished_at": finished_us,
+        "result": result,
+        "error_type": error_type,
+        "error_message": error_message,
+    }
+
+
 async def statuses_of(registry: RunRegistry, run_ids: list[str]) -> dict[str, RunStatus]:
     """Current statuses of these runs, read one by one (missing ones left out)."""
     out: dict[str, RunStatus] = {}
@@ -268,15 +295,7 @@ class QueueWriter:
         return True
 
     def start(self, job: Job, started_us: int) -> bool:
-        changes: dict[str, Any] = {
-            "started_at": started_us,
-            "heartbeat_at": started_us,
-            "owner": self._owner,
-            "attempt": job.attempt,
-        }
-        if job.attempt > 1:
-            changes["error_type"] = changes["error_message"] = None
-        return self.cas(job, RunStatus.RUNNING, changes)
+        return self.cas(job, RunStatus.RUNNING, start_changes(job, self._owner, started_us))
 
     def finish(
         self,
@@ -287,12 +306,7 @@ class QueueWriter:
         error_type: str | None,
         error_message: str | None,
     ) -> bool | None:
-        changes: dict[str, Any] = {"finished_at": us_to_dt(finished_us)}
-        if result is not None:
-            changes["result"] = result
-        if error_type is not None:
-            changes["error_type"] = error_type
-            changes["error_message"] = error_message
+        changes = as_datetimes(finish_changes(finished_us, result, error_type, error_message))
 
         async def op() -> None:
             applied = False
