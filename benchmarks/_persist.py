@@ -180,6 +180,31 @@ class Contender:
     note: str = ""
 
 
+def raw_contenders(
+    tags: Tags,
+    n: int,
+    batched: tuple[str, Callable[[str, int], Coroutine[Any, Any, float]]],
+    single: tuple[str, Callable[[str, int], Coroutine[Any, Any, float]]],
+) -> list[Contender]:
+    """The store's raw write limits: ``n`` rows written in bulk, and rows one at a time.
+
+    Each callable takes a fresh tag (table or key prefix) and a row count.
+    """
+    batched_label, write_many = batched
+    single_label, write_one = single
+    single_n = min(n, RAW_SINGLE_MAX)
+    return [
+        Contender(
+            batched_label,
+            "raw",
+            n,
+            measure=lambda: write_many(tags.next(), n),
+            warmup=lambda: write_many(tags.next(), min(n, 1_000)),
+        ),
+        Contender(single_label, "raw", single_n, measure=lambda: write_one(tags.next(), single_n)),
+    ]
+
+
 def rates(samples: Samples, ops: int) -> list[float]:
     return [ops / s for s in samples.seconds]
 

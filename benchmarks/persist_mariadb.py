@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 from time import perf_counter
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -17,15 +18,14 @@ from _harness import Check, SectionResult, log, section
 from _persist import (
     RAW_CHUNK,
     RAW_COLUMNS,
-    RAW_SINGLE_MAX,
     RUNTRACK_START,
-    Contender,
     Tags,
     add_common_arguments,
     assemble,
     chunks,
     missing,
     per_op_check,
+    raw_contenders,
     raw_row,
     reachable,
     run_all,
@@ -158,18 +158,13 @@ def run(args: argparse.Namespace) -> SectionResult:
     async def cleanup(tag: str) -> None:
         await drop_tables(url, f"{tag}_")
 
-    single_n = min(n, RAW_SINGLE_MAX)
     contenders = [
         *runtrack_contenders(make_registry, cleanup, tags, n, conc),
-        Contender(
-            RAW_MANY,
-            "raw",
+        *raw_contenders(
+            tags,
             n,
-            measure=lambda: raw_executemany(url, tags.next(), n),
-            warmup=lambda: raw_executemany(url, tags.next(), min(n, 1_000)),
-        ),
-        Contender(
-            RAW_SINGLE, "raw", single_n, measure=lambda: raw_single(url, tags.next(), single_n)
+            (RAW_MANY, functools.partial(raw_executemany, url)),
+            (RAW_SINGLE, functools.partial(raw_single, url)),
         ),
     ]
     try:

@@ -26,7 +26,6 @@ from typing import Any
 from _harness import Check, SectionResult, log, section
 from _persist import (
     RAW_CHUNK,
-    RAW_SINGLE_MAX,
     RUNTRACK_START,
     Contender,
     Tags,
@@ -36,6 +35,7 @@ from _persist import (
     missing,
     per_op_check,
     ratio_check,
+    raw_contenders,
     raw_row,
     reachable,
     run_all,
@@ -344,20 +344,11 @@ def run(args: argparse.Namespace) -> SectionResult:
                     extras=cold,
                 )
             )
-    single_n = min(n, RAW_SINGLE_MAX)
-    contenders.append(
-        Contender(
-            RAW_UNNEST,
-            "raw",
-            n,
-            measure=lambda: raw_unnest(dsn, tags.next(), n),
-            warmup=lambda: raw_unnest(dsn, tags.next(), min(n, 1_000)),
-        )
-    )
-    contenders.append(
-        Contender(
-            RAW_SINGLE, "raw", single_n, measure=lambda: raw_single(dsn, tags.next(), single_n)
-        )
+    contenders += raw_contenders(
+        tags,
+        n,
+        (RAW_UNNEST, functools.partial(raw_unnest, dsn)),
+        (RAW_SINGLE, functools.partial(raw_single, dsn)),
     )
 
     try:

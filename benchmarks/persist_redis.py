@@ -32,7 +32,6 @@ from _harness import Check, SectionResult, log, section
 from _persist import (
     RAW_CHUNK,
     RAW_COLUMNS,
-    RAW_SINGLE_MAX,
     RUNTRACK_START,
     Contender,
     Tags,
@@ -43,6 +42,7 @@ from _persist import (
     missing,
     per_op_check,
     ratio_check,
+    raw_contenders,
     raw_row,
     reachable,
     run_all,
@@ -379,20 +379,11 @@ def run(args: argparse.Namespace) -> SectionResult:
                 extras=extras,
             )
         )
-    single_n = min(n, RAW_SINGLE_MAX)
-    contenders.append(
-        Contender(
-            RAW_PIPELINED,
-            "raw",
-            n,
-            measure=lambda: raw_pipelined(url, tags.next(), n),
-            warmup=lambda: raw_pipelined(url, tags.next(), min(n, 1_000)),
-        )
-    )
-    contenders.append(
-        Contender(
-            RAW_SINGLE, "raw", single_n, measure=lambda: raw_single(url, tags.next(), single_n)
-        )
+    contenders += raw_contenders(
+        tags,
+        n,
+        (RAW_PIPELINED, functools.partial(raw_pipelined, url)),
+        (RAW_SINGLE, functools.partial(raw_single, url)),
     )
 
     try:

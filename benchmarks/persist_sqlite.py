@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import shutil
 import sqlite3
 import statistics
@@ -33,7 +34,6 @@ from typing import Any
 from _harness import Check, Column, SectionResult, Table, fmt_int, section
 from _persist import (
     RAW_COLUMNS,
-    RAW_SINGLE_MAX,
     RUNTRACK_START,
     Contender,
     Tags,
@@ -41,6 +41,7 @@ from _persist import (
     assemble,
     missing,
     per_op_check,
+    raw_contenders,
     raw_row,
     run_all,
     runtrack_contenders,
@@ -324,22 +325,12 @@ def run(args: argparse.Namespace) -> SectionResult:
                 extras=extras,
             )
         )
-    single_n = min(n, RAW_SINGLE_MAX)
-    contenders += [
-        Contender(
-            RAW_MANY,
-            "raw",
-            n,
-            measure=lambda: raw_executemany(directory, tags.next(), n),
-            warmup=lambda: raw_executemany(directory, tags.next(), min(n, 1_000)),
-        ),
-        Contender(
-            RAW_SINGLE,
-            "raw",
-            single_n,
-            measure=lambda: raw_commit_per_row(directory, tags.next(), single_n),
-        ),
-    ]
+    contenders += raw_contenders(
+        tags,
+        n,
+        (RAW_MANY, functools.partial(raw_executemany, directory)),
+        (RAW_SINGLE, functools.partial(raw_commit_per_row, directory)),
+    )
     try:
         samples = run_all(contenders, args.persist_repeat, quiet=args.quiet)
     finally:
