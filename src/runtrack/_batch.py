@@ -16,6 +16,7 @@ terminal write, a compare-and-set that did not apply) are reported back when kno
 from __future__ import annotations
 
 import asyncio
+import operator
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
@@ -24,10 +25,9 @@ import structlog
 
 from runtrack._clock import now_us, us_to_dt
 from runtrack._exceptions import RegistryUnavailableError, RuntrackError
-from runtrack._models import Run
 from runtrack._status import PREDECESSORS, RunStatus
-from runtrack._writer import as_datetimes, finish_changes, start_changes, statuses_of
-from runtrack.registry.base import RunWrite
+from runtrack._writer import finish_changes, start_changes, statuses_of
+from runtrack.registry.base import RUN_FIELDS, RunWrite
 
 if TYPE_CHECKING:
     from runtrack._admission import Job
@@ -104,30 +104,12 @@ class _Entry:
         self.waiters.extend(newer.waiters)
 
 
-def _job_record(job: Job) -> Run:
-    """The job's record fields (kept current by this writer) as a `Run` to insert."""
-    return Run(
-        run_id=job.run_id,
-        name=job.name,
-        status=job.status,
-        created_at=us_to_dt(job.created_at),
-        started_at=None if job.started_at is None else us_to_dt(job.started_at),
-        finished_at=None if job.finished_at is None else us_to_dt(job.finished_at),
-        parameters=job.parameters or {},
-        tags=job.tags or {},
-        group=job.group,
-        priority=job.priority,
-        timeout=job.timeout,
-        attempt=job.attempt,
-        max_attempts=job.max_attempts,
-        progress=job.progress,
-        progress_message=job.progress_message,
-        result=job.result,
-        error_type=job.error_type,
-        error_message=job.error_message,
-        owner=job.owner,
-        heartbeat_at=None if job.heartbeat_at is None else us_to_dt(job.heartbeat_at),
-    )
+_job_fields = operator.attrgetter(*RUN_FIELDS)
+
+
+def _job_record(job: Job) -> dict[str, Any]:
+    """The job's record fields (kept current by this writer) in stored form, to insert."""
+    return dict(zip(RUN_FIELDS, _job_fields(job), strict=True))
 
 
 class BatchWriter:
@@ -322,15 +304,11 @@ class BatchWriter:
                 self._report(entry, landed)
 
     def _to_write(self, run_id: str, entry: _Entry) -> RunWrite:
-        run = None
+        stored = None
         if entry.insert and entry.job is not None:
-            run = _job_record(entry.job)
+            stored = _job_record(entry.job)
         return RunWrite(
-            run_id=run_id,
-            run=run,
-            to=entry.to,
-            expect=entry.expect,
-            changes=as_datetimes(entry.changes),
+            run_id, to=entry.to, expect=entry.expect, changes=dict(entry.changes), stored=stored
         )
 
     async def _landed_before(self, run_id: str, entry: _Entry) -> bool:

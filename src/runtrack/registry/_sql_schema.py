@@ -9,20 +9,23 @@ from typing import Any, Final
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.engine import Dialect
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from runtrack._clock import dt_to_us, us_to_dt
 from runtrack._models import MAX_ID_LENGTH, Run
 from runtrack._status import RunStatus
-from runtrack.registry.base import MUTABLE_FIELDS
+from runtrack.registry.base import MUTABLE_FIELDS, is_int, stored_run
 
 __all__ = [
     "ALL_COLUMNS",
     "SCHEMA_VERSION",
     "WRITABLE_COLUMNS",
+    "RowStatement",
     "Tables",
     "chunks",
     "columns_from_changes",
     "row_from_run",
+    "row_from_stored",
     "run_from_row",
     "status_values",
     "unnest_arrays",
@@ -125,6 +128,8 @@ class Tables:
         #   of the full rows (locked, so they exist): executemany would send one UPDATE per
         #   row;
         # - elsewhere (SQLite): an executemany of one uniform full-row UPDATE.
+        self.insert_runs = runs.insert()
+        self.insert_tags = self.tags.insert()
         self.update_many = runs.update().where(runs.c.run_id == sa.bindparam("u_run_id"))
         self.insert_unnest = runs.insert().from_select(
             list(ALL_COLUMNS), _unnest(runs, ALL_COLUMNS, "new")
@@ -134,6 +139,13 @@ class Tables:
             runs.update()
             .values({name: new.c[name] for name in WRITABLE_COLUMNS})
             .where(runs.c.run_id == new.c.run_id)
+        )
+        # PostgreSQL locks a batch's rows with one array parameter, not a 500-item IN list.
+        self.lock_any = (
+            sa.select(*(runs.c[name] for name in ("run_id", *WRITABLE_COLUMNS)))
+            .where(runs.c.run_id == sa.any_(sa.bindparam("ids", type_=postgresql.ARRAY(sa.Text))))
+            .order_by(runs.c.run_id)
+            .with_for_update()
         )
         upsert = mysql.insert(runs)
         self.upsert_mysql = upsert.on_duplicate_key_update(
@@ -157,39 +169,24 @@ class Tables:
 
 def row_from_run(run: Run) -> dict[str, Any]:
     """A run as a row of the runs table (timestamps in microseconds)."""
+    return row_from_stored(stored_run(run))
 
-    def us(value: Any) -> int | None:
-        return None if value is None else dt_to_us(value)
 
-    return {
-        "run_id": run.run_id,
-        "name": run.name,
-        "status": RunStatus(run.status).value,
-        "created_at": dt_to_us(run.created_at),
-        "started_at": us(run.started_at),
-        "finished_at": us(run.finished_at),
-        "parameters": dict(run.parameters),
-        "tags": dict(run.tags),
-        "run_group": run.group,
-        "priority": run.priority,
-        "timeout": run.timeout,
-        "attempt": run.attempt,
-        "max_attempts": run.max_attempts,
-        "progress": run.progress,
-        "progress_message": run.progress_message,
-        "result": run.result,
-        "error_type": run.error_type,
-        "error_message": run.error_message,
-        "owner": run.owner,
-        "heartbeat_at": us(run.heartbeat_at),
-    }
+def row_from_stored(run: Mapping[str, Any]) -> dict[str, Any]:
+    """A run in stored form (see `stored_run`) as a row of the runs table."""
+    row = dict(run)
+    row["run_group"] = row.pop("group")
+    row["status"] = RunStatus(row["status"]).value
+    row["parameters"] = dict(row["parameters"] or {})
+    row["tags"] = dict(row["tags"] or {})
+    return row
 
 
 def columns_from_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
     """Validated changes as column values (timestamps in microseconds)."""
     columns: dict[str, Any] = {}
     for field, value in changes.items():
-        if field in _TIME_COLUMNS and value is not None:
+        if field in _TIME_COLUMNS and value is not None and not is_int(value):
             columns[field] = dt_to_us(value)
         elif field == "tags":
             columns[field] = dict(value)
@@ -239,9 +236,66 @@ def unnest_arrays(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> di
     for name in names:
         values = [row[name] for row in rows]
         if name in _JSON_COLUMNS:
-            values = [None if v is None else json.dumps(v) for v in values]
+            values = [_json_text(v) for v in values]
         arrays[f"a_{name}"] = values
     return arrays
+
+
+_dumps: Final = json.JSONEncoder().encode
+#: The JSON text of empty values, by type (None stays NULL).
+_EMPTY_JSON: Final[dict[type, str]] = {
+    dict: "{}",
+    list: "[]",
+    str: '""',
+    int: "0",
+    float: "0.0",
+    bool: "false",
+}
+
+
+class RowStatement:
+    """A many-row statement compiled once for a dialect and sent with plain tuples.
+
+    ``executemany`` through SQLAlchemy processes every value of every row (JSON, types);
+    for a batch of hundreds of rows that costs more than the database does. The rows are
+    converted here once (JSON as text, the way SQLAlchemy's JSON type writes it) and the
+    driver receives the compiled SQL with a list of tuples. ``columns`` limits the columns
+    an INSERT or UPDATE sets (default: all of them).
+    """
+
+    __slots__ = ("_keys", "sql")
+
+    def __init__(
+        self,
+        statement: sa.ClauseElement,
+        dialect: Dialect,
+        columns: Sequence[str] | None = None,
+    ) -> None:
+        compiled = statement.compile(
+            dialect=dialect, column_keys=None if columns is None else list(columns)
+        )
+        positions = compiled.positiontup if isinstance(compiled, SQLCompiler) else None
+        if positions is None:
+            raise TypeError(f"{dialect.name}: RowStatement needs a positional paramstyle")
+        self.sql = str(compiled)
+        # "u_run_id" binds the WHERE of an UPDATE; every other bind is a column.
+        self._keys = tuple(key.removeprefix("u_") for key in positions)
+
+    def params(self, rows: Iterable[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
+        """Each row's values in bind order."""
+        encoders = [_json_text if key in _JSON_COLUMNS else None for key in self._keys]
+        pairs = tuple(zip(self._keys, encoders, strict=True))
+        return [
+            tuple(row[key] if encode is None else encode(row[key]) for key, encode in pairs)
+            for row in rows
+        ]
+
+
+def _json_text(value: Any) -> str | None:
+    """A JSON column's value as the text stored (None stays NULL)."""
+    if value is None:
+        return None
+    return _EMPTY_JSON.get(type(value)) if not value else _dumps(value)
 
 
 def status_values(statuses: Iterable[RunStatus]) -> list[str]:

@@ -9,6 +9,7 @@ from typing import Any, Final, Protocol, Self, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
+from runtrack._clock import dt_to_us
 from runtrack._models import (
     Attempt,
     OutputChunk,
@@ -22,11 +23,14 @@ from runtrack._status import TERMINAL, RunStatus
 
 __all__ = [
     "MUTABLE_FIELDS",
+    "RUN_FIELDS",
+    "TIME_FIELDS",
     "BatchWriting",
     "RunRegistry",
     "RunWrite",
     "StatusFilter",
     "is_int",
+    "stored_run",
     "validate_changes",
     "validate_list_args",
     "validate_output",
@@ -55,18 +59,39 @@ MUTABLE_FIELDS: Final = frozenset(
 )
 
 
+#: Every `Run` field, in the order `stored_run` lists them.
+RUN_FIELDS: Final = tuple(Run.model_fields)
+#: The `Run` fields holding timestamps.
+TIME_FIELDS: Final = frozenset({"created_at", "started_at", "finished_at", "heartbeat_at"})
+
+
+def stored_run(run: Run) -> dict[str, Any]:
+    """A run in stored form: every `Run` field, timestamps as integer µs since the epoch.
+
+    The form `RunWrite.stored` carries; ``parameters``, ``tags`` and ``result`` are the
+    run's own objects, not copies.
+    """
+    record = {field: getattr(run, field) for field in RUN_FIELDS}
+    for field in TIME_FIELDS:
+        value = record[field]
+        if value is not None:
+            record[field] = dt_to_us(value)
+    return record
+
+
 @dataclasses.dataclass(slots=True)
 class RunWrite:
     """One write of a batch given to `BatchWriting.write_batch`.
 
     The manager's writer coalesces a run's pending lifecycle writes into one `RunWrite`:
 
-    - ``run`` set: create the run if its id is absent (``run`` holds the full record,
+    - ``run`` or ``stored`` set: create the run if its id is absent (the full record,
       already carrying the latest status and fields). If the id exists and ``to`` is set,
       fall through to the compare-and-set below, so a run recorded before ``start_task``
       is still updated; if ``to`` is None, the write does not apply (a duplicate id).
     - ``to`` set: compare-and-set, applied only if the stored status is in ``expect``;
-      ``changes`` (validated values, datetimes aware UTC) are set in the same write.
+      ``changes`` (validated values; timestamps aware UTC datetimes or integer
+      microseconds since the epoch) are set in the same write.
     - neither: set ``changes`` on the run if it exists (progress, heartbeat, ...).
 
     Attributes:
@@ -75,6 +100,9 @@ class RunWrite:
         to: The target status of the compare-and-set, or None.
         expect: The statuses the compare-and-set may apply from.
         changes: Field values to set (names from `MUTABLE_FIELDS`).
+        stored: The record to insert in stored form (see `stored_run`), instead of
+            ``run``: what the manager's writer sends, so that no model is built per run.
+            Its values were validated when the run was submitted.
     """
 
     run_id: str
@@ -82,6 +110,18 @@ class RunWrite:
     to: RunStatus | None = None
     expect: frozenset[RunStatus] = frozenset()
     changes: dict[str, Any] = dataclasses.field(default_factory=dict)
+    stored: Mapping[str, Any] | None = None
+
+    @property
+    def inserts(self) -> bool:
+        """Whether this write carries a record to insert."""
+        return self.stored is not None or self.run is not None
+
+    def record(self) -> Mapping[str, Any] | None:
+        """The record to insert in stored form, or None."""
+        if self.stored is not None:
+            return self.stored
+        return None if self.run is None else stored_run(self.run)
 
 
 @runtime_checkable

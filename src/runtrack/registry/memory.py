@@ -12,8 +12,11 @@ from runtrack._exceptions import DuplicateRunError, RunNotFoundError
 from runtrack._models import OutputChunk, Run
 from runtrack._status import TERMINAL, RunStatus, check_transition, normalize_statuses
 from runtrack.registry.base import (
+    TIME_FIELDS,
     RunWrite,
     StatusFilter,
+    is_int,
+    stored_run,
     validate_changes,
     validate_list_args,
     validate_output,
@@ -21,7 +24,7 @@ from runtrack.registry.base import (
 
 __all__ = ["InMemoryRunRegistry"]
 
-_TIME_FIELDS = frozenset({"created_at", "started_at", "finished_at", "heartbeat_at"})
+_TIME_FIELDS = TIME_FIELDS
 
 
 class _Record:
@@ -93,23 +96,24 @@ _FIELDS = _Record.__slots__
 
 
 def _rec_from_run(run: Run) -> _Record:
+    return _rec_from_stored(stored_run(run))
+
+
+def _rec_from_stored(stored: Mapping[str, Any]) -> _Record:
     rec = _Record()
     for field in _FIELDS:
-        value = getattr(run, field)
-        if field in _TIME_FIELDS and value is not None:
-            setattr(rec, field, dt_to_us(value))
-        else:
-            setattr(rec, field, value)
-    # Deep copies: the caller's Run must not share nested data with the stored record.
-    rec.parameters = copy.deepcopy(run.parameters) or None
-    rec.tags = dict(run.tags) or None
-    rec.result = copy.deepcopy(run.result)
+        setattr(rec, field, stored[field])
+    rec.status = RunStatus(rec.status)
+    # Deep copies: the caller's objects must not share nested data with the stored record.
+    rec.parameters = copy.deepcopy(rec.parameters) or None
+    rec.tags = dict(rec.tags or {}) or None
+    rec.result = copy.deepcopy(rec.result)
     return rec
 
 
 def _set_fields(rec: _Record, changes: Mapping[str, Any]) -> None:
     for field, value in changes.items():
-        if field in _TIME_FIELDS and value is not None:
+        if field in _TIME_FIELDS and value is not None and not is_int(value):
             setattr(rec, field, dt_to_us(value))
         elif field == "tags":
             setattr(rec, field, dict(value) or None)
@@ -196,12 +200,13 @@ class InMemoryRunRegistry:
         applied: list[bool] = []
         for write in writes:
             rec = self._runs.get(write.run_id)
-            if write.run is not None and rec is None:
-                applied.append(self._insert(_rec_from_run(write.run)))
+            record = write.record()
+            if record is not None and rec is None:
+                applied.append(self._insert(_rec_from_stored(record)))
                 continue
             if (
                 rec is None
-                or (write.to is None and write.run is not None)
+                or (write.to is None and record is not None)
                 or (write.to is not None and rec.status not in write.expect)
             ):
                 applied.append(False)

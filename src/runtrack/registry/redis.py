@@ -30,6 +30,7 @@ from runtrack.registry.base import (
     RunWrite,
     StatusFilter,
     is_int,
+    stored_run,
     validate_changes,
     validate_list_args,
     validate_output,
@@ -91,25 +92,26 @@ def _encode(field: str, value: Any) -> str | None:
     return str(value) if encoder is None else encoder(value)
 
 
-def _encode_run(run: Run) -> dict[str, str]:
+def _encode_run(run: Mapping[str, Any]) -> dict[str, str]:
+    """A run in stored form (see `stored_run`) as its hash fields."""
     # Spelled out rather than looped over _encode: it runs for every run inserted.
     fields = {
-        "run_id": run.run_id,
-        "name": run.name,
-        "status": run.status.value,
-        "created_at": str(dt_to_us(run.created_at)),
-        "priority": str(run.priority),
-        "attempt": str(run.attempt),
-        "max_attempts": str(run.max_attempts),
+        "run_id": run["run_id"],
+        "name": run["name"],
+        "status": RunStatus(run["status"]).value,
+        "created_at": str(run["created_at"]),
+        "priority": str(run["priority"]),
+        "attempt": str(run["attempt"]),
+        "max_attempts": str(run["max_attempts"]),
     }
-    if run.parameters:
-        fields["parameters"] = _json(run.parameters)
-    if run.tags:
-        fields["tags"] = _json(run.tags)
-    if run.result is not None:
-        fields["result"] = _json(run.result)
+    if run["parameters"]:
+        fields["parameters"] = _json(run["parameters"])
+    if run["tags"]:
+        fields["tags"] = _json(run["tags"])
+    if run["result"] is not None:
+        fields["result"] = _json(run["result"])
     for field in _OPTIONAL_FIELDS:
-        value = getattr(run, field)
+        value = run[field]
         if value is not None:
             fields[field] = _ENCODERS.get(field, str)(value)
     return fields
@@ -134,7 +136,7 @@ def _encode_changes(changes: Mapping[str, Any]) -> tuple[dict[str, str], list[st
 def _write_spec(
     run_id: str,
     *,
-    insert: Run | None = None,
+    insert: Mapping[str, Any] | None = None,
     to: RunStatus | None = None,
     expect: Iterable[RunStatus] = (),
     changes: Mapping[str, Any] | None = None,
@@ -423,7 +425,7 @@ class RedisRunRegistry:
         """
         if not isinstance(run, Run):
             raise TypeError(f"add_run() takes a runtrack.Run, got {type(run).__name__}")
-        spec = _write_spec(run.run_id, insert=run)
+        spec = _write_spec(run.run_id, insert=stored_run(run))
         if not await self._run_write(layout.ADD, [spec]):
             raise DuplicateRunError(run.run_id)
 
@@ -440,7 +442,7 @@ class RedisRunRegistry:
         specs = [
             _write_spec(
                 w.run_id,
-                insert=w.run,
+                insert=w.record(),
                 to=w.to,
                 expect=w.expect,
                 changes=w.changes,

@@ -45,10 +45,12 @@ from runtrack.registry._sql_schema import (
     ALL_COLUMNS,
     SCHEMA_VERSION,
     WRITABLE_COLUMNS,
+    RowStatement,
     Tables,
     chunks,
     columns_from_changes,
     row_from_run,
+    row_from_stored,
     run_from_row,
     status_values,
     unnest_arrays,
@@ -163,6 +165,7 @@ class SQLRunRegistry:
             self._serialise_reads = isinstance(engine.sync_engine.pool, StaticPool)
         self._schema_lock = asyncio.Lock()
         self._schema_ready = False
+        self._row_statements: dict[sa.ClauseElement, RowStatement] = {}
 
     @property
     def engine(self) -> AsyncEngine:
@@ -241,14 +244,21 @@ class SQLRunRegistry:
             # table without statistics yet is a sequential scan: plan each batch afresh.
             await conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_custom_plan")
         current: dict[str, dict[str, Any]] = {}
-        for chunk in chunks(sorted({write.run_id for write, _ in writes})):
-            # Sorted and locked in key order, so two batches cannot deadlock each other.
-            result = await conn.execute(
-                sa.select(*columns)
-                .where(runs.c.run_id.in_(chunk))
-                .order_by(runs.c.run_id)
-                .with_for_update()
-            )
+        run_ids = sorted({write.run_id for write, _ in writes})
+        # Locked in key order, so two batches cannot deadlock each other.
+        if self._dialect == "postgresql":
+            locked = [await conn.execute(self._tables.lock_any, {"ids": run_ids})]
+        else:
+            locked = [
+                await conn.execute(
+                    sa.select(*columns)
+                    .where(runs.c.run_id.in_(chunk))
+                    .order_by(runs.c.run_id)
+                    .with_for_update()
+                )
+                for chunk in chunks(run_ids)
+            ]
+        for result in locked:
             current.update((row["run_id"], dict(row)) for row in result.mappings())
         inserted: dict[str, dict[str, Any]] = {}
         updated: dict[str, dict[str, Any]] = {}
@@ -256,15 +266,16 @@ class SQLRunRegistry:
         applied: list[bool] = []
         for write, changes in writes:
             row = current.get(write.run_id)
-            if write.run is not None and row is None:
-                row = row_from_run(write.run)
+            record = write.record()
+            if record is not None and row is None:
+                row = row_from_stored(record)
                 row["run_id"] = write.run_id
                 current[write.run_id] = inserted[write.run_id] = row
                 applied.append(True)
                 continue
             if (
                 row is None
-                or (write.to is None and write.run is not None)  # a duplicate id
+                or (write.to is None and record is not None)  # a duplicate id
                 or (write.to is not None and RunStatus(row["status"]) not in write.expect)
             ):
                 applied.append(False)
@@ -282,7 +293,7 @@ class SQLRunRegistry:
                 rows = list(inserted.values())
                 await conn.execute(self._tables.insert_unnest, unnest_arrays(rows, ALL_COLUMNS))
             else:
-                await conn.execute(runs.insert(), list(inserted.values()))
+                await self._execute_rows(conn, self._tables.insert_runs, inserted.values())
             await self._insert_tags(conn, {i: row["tags"] for i, row in inserted.items()})
         if updated:
             await self._update_rows(conn, list(updated.values()))
@@ -297,15 +308,23 @@ class SQLRunRegistry:
             names = ("run_id", *WRITABLE_COLUMNS)
             await conn.execute(t.update_unnest, unnest_arrays(rows, names))
         elif self._dialect == "mysql":
-            await conn.execute(t.upsert_mysql, rows)
+            await self._execute_rows(conn, t.upsert_mysql, rows)
         else:
-            await conn.execute(
-                t.update_many,
-                [
-                    {"u_run_id": row["run_id"], **{name: row[name] for name in WRITABLE_COLUMNS}}
-                    for row in rows
-                ],
-            )
+            await self._execute_rows(conn, t.update_many, rows, WRITABLE_COLUMNS)
+
+    async def _execute_rows(
+        self,
+        conn: AsyncConnection,
+        statement: sa.ClauseElement,
+        rows: Iterable[Mapping[str, Any]],
+        columns: Sequence[str] | None = None,
+    ) -> None:
+        """Send ``rows`` through ``statement`` as one executemany (see `RowStatement`)."""
+        compiled = self._row_statements.get(statement)
+        if compiled is None:
+            compiled = RowStatement(statement, conn.dialect, columns)
+            self._row_statements[statement] = compiled
+        await conn.exec_driver_sql(compiled.sql, compiled.params(rows))
 
     async def get_run(self, run_id: str) -> Run | None:
         """Return the run with this id, or None.
@@ -632,8 +651,12 @@ class SQLRunRegistry:
             for run_id, pairs in tags.items()
             for key, value in pairs.items()
         ]
-        if rows:
+        if not rows:
+            return
+        if self._dialect == "postgresql":
             await conn.execute(self._tables.tags.insert(), rows)
+        else:
+            await self._execute_rows(conn, self._tables.insert_tags, rows)
 
     async def _replace_tags(
         self, conn: AsyncConnection, tags: Mapping[str, Mapping[str, str]]
