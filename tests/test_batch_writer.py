@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+import runtrack
 from runtrack import (
     BackgroundTaskManager,
     InMemoryRunRegistry,
@@ -148,3 +149,135 @@ class TestOutage:
             assert await asyncio.wait_for(cancel, 5) is True
             final = await manager.wait(run.run_id, timeout=5)
             assert final.status is RunStatus.CANCELLED
+
+
+class TwoInFlightRegistry(InMemoryRunRegistry):
+    """Batches block until the test releases them, each on its own; two may be in flight."""
+
+    backend = "two-in-flight"
+    batches_in_flight = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[asyncio.Future[None]] = []
+        self.hold = True
+        self.flying: set[str] = set()
+        self.overlaps: list[set[str]] = []
+        self.in_flight = 0
+        self.peak = 0
+        self.arrived = asyncio.Event()
+
+    async def write_batch(self, writes: Sequence[RunWrite]) -> list[bool]:
+        ids = {w.run_id for w in writes}
+        if ids & self.flying:
+            self.overlaps.append(ids & self.flying)
+        self.flying |= ids
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        try:
+            if self.hold:
+                gate = asyncio.get_running_loop().create_future()
+                self.held.append(gate)
+                self.arrived.set()
+                await gate
+            return await super().write_batch(writes)
+        finally:
+            self.in_flight -= 1
+            self.flying -= ids
+
+
+@pytest.fixture
+def two(monkeypatch: pytest.MonkeyPatch) -> TwoInFlightRegistry:
+    monkeypatch.setattr(
+        "runtrack._manager.InMemoryRunRegistry", type("NotThisOne", (), {}), raising=True
+    )
+    return TwoInFlightRegistry()
+
+
+class TestBatchesInFlight:
+    """With ``batches_in_flight = 2`` two batches overlap, but never share a run."""
+
+    async def _held(self, registry: TwoInFlightRegistry, count: int) -> None:
+        while len(registry.held) < count:
+            registry.arrived.clear()
+            await registry.arrived.wait()
+
+    async def test_second_batch_finishing_first_keeps_every_run_in_order(
+        self, two: TwoInFlightRegistry
+    ) -> None:
+        go = asyncio.Event()
+
+        async def body(i: int) -> int:
+            await go.wait()
+            return i
+
+        async with BackgroundTaskManager(two, max_concurrency=1000) as manager:
+            # 600 inserts: a batch of 500 and one of 100, both held in flight.
+            ids = [manager.start_task(Run(name="order"), body(i)) for i in range(600)]
+            await self._held(two, 2)
+            assert two.peak == 2
+            # Every run now starts and finishes while its insert is still in flight.
+            go.set()
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert two.peak == 2  # no third batch, and no run sent twice at once
+            two.hold = False
+            two.held[1].set_result(None)  # the later batch lands first
+            await asyncio.sleep(0.01)
+            two.held[0].set_result(None)
+            await manager.wait_all(timeout=10)
+            for i, run_id in enumerate(ids):
+                run = await two.get_run(run_id)
+                assert run is not None
+                assert (run.status, run.result) == (RunStatus.COMPLETED, i)
+        assert two.overlaps == []
+        assert two.peak == 2
+
+    async def test_outage_with_two_batches_in_flight_loses_nothing(
+        self, two: TwoInFlightRegistry
+    ) -> None:
+        two.hold = False
+        failures = 0
+        original = two.write_batch
+
+        async def sometimes_down(writes: Sequence[RunWrite]) -> list[bool]:
+            nonlocal failures
+            if failures < 6:
+                failures += 1
+                await asyncio.sleep(0)
+                raise RegistryUnavailableError("two-in-flight", "connection reset")
+            return await original(writes)
+
+        two.write_batch = sometimes_down  # type: ignore[method-assign]
+        async with BackgroundTaskManager(two, max_concurrency=50) as manager:
+            ids = [manager.start_task(Run(name="o"), _echo(i)) for i in range(1200)]
+            await manager.wait_all(timeout=20)
+            for i, run_id in enumerate(ids):
+                run = await two.get_run(run_id)
+                assert run is not None
+                assert (run.status, run.result) == (RunStatus.COMPLETED, i)
+        assert failures == 6
+        assert two.overlaps == []
+
+    async def test_output_written_before_the_insert_lands_waits_for_it(
+        self, two: TwoInFlightRegistry
+    ) -> None:
+        wrote = asyncio.Event()
+
+        async def body() -> str:
+            await runtrack.current_run().write_output("first line\n")
+            wrote.set()
+            return "ok"
+
+        async with BackgroundTaskManager(two) as manager:
+            run_id = manager.start_task(Run(name="out"), body())
+            await self._held(two, 1)  # the insert is in flight; the run has started
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert not wrote.is_set()  # waiting for its record, not failing on its absence
+            two.hold = False
+            for gate in two.held:
+                gate.set_result(None)
+            done = await manager.wait(run_id, timeout=5)
+        assert (done.status, done.result) == (RunStatus.COMPLETED, "ok")
+        assert [c.text for c in await two.get_output(run_id)] == ["first line\n"]

@@ -2,11 +2,13 @@
 
 A run's lifecycle costs several writes (QUEUED, RUNNING, a terminal status, progress,
 heartbeats). Written one round trip at a time, the registry would cap throughput, so writes
-wait in a per-run pending entry and one background task sends everything pending as one
-`BatchWriting.write_batch` call: one transaction or one server-side script. While a batch is
-in flight the next one gathers, so under load batches grow instead of queueing round trips.
-A run whose QUEUED, RUNNING and COMPLETED writes fall in one window is written once, with its
-final state.
+wait in a per-run pending entry and a background task sends what is pending as one
+`BatchWriting.write_batch` call: one transaction or one server-side script. Where the
+registry allows it (``batches_in_flight``), two batches are in flight at once (the next is
+prepared while the registry applies one), never with the same run in both, so each run's
+writes land in order. Under load batches grow instead of
+queueing round trips. A run whose QUEUED, RUNNING and COMPLETED writes fall in one window is
+written once, with its final state.
 
 When the registry is unreachable the batch is retried with backoff and merged, oldest first,
 with what was written meanwhile; runs keep executing. Outcomes the manager depends on (a
@@ -136,6 +138,11 @@ class BatchWriter:
         self._close_timeout = close_timeout
         self._pending: dict[str, _Entry] = {}
         self._task: asyncio.Task[None] | None = None
+        self._senders: set[asyncio.Task[None]] = set()
+        self._flying: dict[str, _Entry] = {}  # runs in a batch in flight
+        self._delay = RETRY_FIRST
+        self._backing_off = False
+        self._in_flight = max(1, int(getattr(registry, "batches_in_flight", 1)))
         self._idle = asyncio.Event()
         self._idle.set()
         self._wake = asyncio.Event()
@@ -245,6 +252,15 @@ class BatchWriter:
     def update(self, run_id: str, changes: dict[str, Any]) -> None:
         self._entry(run_id, None).changes.update(changes)
 
+    async def recorded(self, job: Job) -> None:
+        run_id = job.run_id
+        for entry in (self._flying.get(run_id), self._pending.get(run_id)):
+            if entry is not None and entry.insert:
+                done = asyncio.get_running_loop().create_future()
+                entry.waiters.append(done)
+                await asyncio.shield(done)
+                return
+
     async def status_of(self, run_ids: list[str]) -> dict[str, RunStatus]:
         return await statuses_of(self._registry, run_ids)
 
@@ -264,22 +280,52 @@ class BatchWriter:
             )
         if self._task is not None:
             self._task.cancel()
+        for sender in list(self._senders):
+            sender.cancel()
 
     # -- sending batches ------------------------------------------------------------------
 
     async def _run(self) -> None:
-        delay = RETRY_FIRST
+        """Hand batches to senders, at most the registry's ``batches_in_flight`` at a time."""
+        loop = asyncio.get_running_loop()
         while True:
-            if not self._pending:
+            if self._pending and len(self._senders) < self._in_flight and not self._backing_off:
+                # One loop turn lets writes made in this iteration join the batch.
+                await asyncio.sleep(0)
+                batch = self._take()
+                if batch is not None:
+                    sender = loop.create_task(self._send(*batch))
+                    self._senders.add(sender)
+                    continue
+            if not self._pending and not self._senders:
                 self._idle.set()
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            # One loop turn lets writes made in this iteration join the batch.
-            await asyncio.sleep(0)
-            run_ids = list(self._pending)[:MAX_BATCH]
-            entries = [self._pending.pop(run_id) for run_id in run_ids]
-            writes = [self._to_write(run_id, e) for run_id, e in zip(run_ids, entries, strict=True)]
+            self._wake.clear()
+            await self._wake.wait()
+
+    def _take(self) -> tuple[list[str], list[_Entry], list[RunWrite]] | None:
+        """Up to `MAX_BATCH` pending runs, none of them in a batch still in flight.
+
+        A run is in one batch at a time, so its writes land in the order they were made.
+        The writes are built here, at once: an insert carries the job's fields as they are
+        now, which later writes (made while this batch waits to be sent) must not overtake.
+        """
+        run_ids: list[str] = []
+        for run_id in self._pending:
+            if run_id not in self._flying:
+                run_ids.append(run_id)
+                if len(run_ids) == MAX_BATCH:
+                    break
+        if not run_ids:
+            return None
+        entries = [self._pending.pop(run_id) for run_id in run_ids]
+        self._flying.update(zip(run_ids, entries, strict=True))
+        writes = [self._to_write(run_id, e) for run_id, e in zip(run_ids, entries, strict=True)]
+        return run_ids, entries, writes
+
+    async def _send(
+        self, run_ids: list[str], entries: list[_Entry], writes: list[RunWrite]
+    ) -> None:
+        try:
             try:
                 applied = await self._batch.write_batch(writes)
             except _TRANSIENT as exc:
@@ -287,9 +333,13 @@ class BatchWriter:
                     entry.sent_without_answer()
                 self._requeue(run_ids, entries)
                 self._note_outage(exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX)
-                continue
+                self._backing_off = True
+                try:
+                    await asyncio.sleep(self._delay)
+                finally:
+                    self._backing_off = False
+                self._delay = min(self._delay * 2, RETRY_MAX)
+                return
             except Exception as exc:
                 applied = await self._one_by_one(writes, exc)
             if self._outage_since is not None:
@@ -298,10 +348,15 @@ class BatchWriter:
                     outage=round(time.monotonic() - self._outage_since, 3),
                 )
                 self._outage_since = None
-            delay = RETRY_FIRST
+            self._delay = RETRY_FIRST
             for run_id, entry, ok in zip(run_ids, entries, applied, strict=True):
                 landed = ok or (entry.lost and await self._landed_before(run_id, entry))
                 self._report(entry, landed)
+        finally:
+            for run_id in run_ids:
+                del self._flying[run_id]
+            self._senders.discard(asyncio.current_task())  # type: ignore[arg-type,unused-ignore]
+            self._wake.set()
 
     def _to_write(self, run_id: str, entry: _Entry) -> RunWrite:
         stored = None

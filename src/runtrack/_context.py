@@ -71,6 +71,7 @@ class RunHandle:
         """Append text to the run's output (readable with ``registry.get_output``)."""
         if not isinstance(text, str):
             raise TypeError(f"output text must be a str, got {type(text).__name__}")
+        await self._manager._writer.recorded(self._job)  # its insert may still be on the way
         await self._manager.registry.append_output(self._job.run_id, [(stream, text)])
 
 

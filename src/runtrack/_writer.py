@@ -99,6 +99,10 @@ class Writer(Protocol):
         """Set non-status fields."""
         ...
 
+    async def recorded(self, job: Job) -> None:
+        """Return once the job's run is in the registry (before writing its output)."""
+        ...
+
     async def status_of(self, run_ids: list[str]) -> dict[str, RunStatus]:
         """Current statuses of these runs (missing ones left out)."""
         ...
@@ -172,6 +176,9 @@ class DirectWriter:
 
     def update(self, run_id: str, changes: dict[str, Any]) -> None:
         self._registry._update(run_id, changes)
+
+    async def recorded(self, job: Job) -> None:
+        return None
 
     async def status_of(self, run_ids: list[str]) -> dict[str, RunStatus]:
         runs = self._registry._runs
@@ -331,6 +338,9 @@ class QueueWriter:
                 await self._registry.update_run(run_id, **values)
 
         self._put(run_id, op)
+
+    async def recorded(self, job: Job) -> None:
+        await self.flush()
 
     async def status_of(self, run_ids: list[str]) -> dict[str, RunStatus]:
         return await statuses_of(self._registry, run_ids)

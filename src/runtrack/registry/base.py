@@ -129,7 +129,9 @@ class BatchWriting(Protocol):
     """**Protocol:** a registry that applies many writes in one round trip.
 
     Registries that implement it (SQL, Redis, memory) get group-committed writes from the
-    manager; others get their writes one call at a time.
+    manager; others get their writes one call at a time. A registry may also have a
+    ``batches_in_flight`` attribute: how many ``write_batch`` calls the manager may have
+    running at once (default 1; never two with the same run).
     """
 
     async def write_batch(self, writes: Sequence[RunWrite]) -> list[bool]:

@@ -346,6 +346,14 @@ class RedisRunRegistry:
         return f"<RedisRunRegistry {self._where} prefix={self._prefix!r}>"
 
     @property
+    def batches_in_flight(self) -> int:
+        """How many `write_batch` calls a manager may run at once (see `BatchWriting`).
+
+        Two: one is prepared while the server runs the other's script.
+        """
+        return 2
+
+    @property
     def backend(self) -> str:
         """``"redis"``: the name errors and logs give this registry."""
         return _BACKEND

@@ -150,6 +150,12 @@ class SQLRunRegistry:
         self._write_engine = engine
         if dialect == "postgresql":
             self._read_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+        elif dialect == "mysql":
+            # InnoDB's default REPEATABLE READ takes gap locks around the ids a batch locks
+            # that do not exist yet, and two batches inserting new runs then deadlock.
+            # Every write here locks the rows it reads (FOR UPDATE), so READ COMMITTED
+            # loses nothing, and a lost insert race still fails on the primary key.
+            self._write_engine = engine.execution_options(isolation_level="READ COMMITTED")
         # SQLite takes one writer at a time anyway: queueing writers here keeps them off
         # its busy-wait loop. A :memory: database is one shared connection, so every
         # statement must take turns.
@@ -171,6 +177,15 @@ class SQLRunRegistry:
     def engine(self) -> AsyncEngine:
         """The SQLAlchemy engine the registry uses."""
         return self._engine
+
+    @property
+    def batches_in_flight(self) -> int:
+        """How many `write_batch` calls a manager may run at once (see `BatchWriting`).
+
+        Two on PostgreSQL and MariaDB/MySQL: one is prepared while the server applies the
+        other. One on SQLite, which takes one writer at a time.
+        """
+        return 1 if self._sqlite else 2
 
     @property
     def backend(self) -> str:
