@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 
 import pytest
 
@@ -51,17 +52,32 @@ class TestManagerBackground:
             run = await manager.wait(flaky(), timeout=5)
         assert (run.status, run.result, run.attempt) == (RunStatus.COMPLETED, 3, 3)
 
-    async def test_sync_function_is_rejected_at_call(self) -> None:
+    def test_sync_function_is_rejected_when_decorated(self) -> None:
         manager = BackgroundTaskManager()
 
         def not_async() -> None:
             return None
 
-        wrapped = manager.background()(not_async)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=r"async function \(async def\)"):
+            manager.background()(not_async)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="async function"):
+            runtrack.background()(not_async)  # type: ignore[arg-type]
+
+    async def test_partials_and_async_callables_are_accepted(self) -> None:
+        async def add(a: int, b: int) -> int:
+            return a + b
+
+        class Adder:
+            async def __call__(self, a: int) -> int:
+                return a + 100
+
+        manager = BackgroundTaskManager()
+        by_partial = manager.background(name="partial")(functools.partial(add, 1))
+        by_object = manager.background(name="object")(Adder())
         async with manager:
-            with pytest.raises(TypeError, match="not async"):
-                wrapped()
-            assert manager.get_active_task_count() == 0
+            first = await manager.wait(by_partial(2), timeout=5)
+            second = await manager.wait(by_object(1), timeout=5)
+        assert (first.result, second.result) == (3, 101)
 
 
 class TestModuleBackground:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec
 
@@ -63,6 +64,12 @@ class RunOptions:
     tags: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
+def _is_async(func: Callable[..., Any]) -> bool:
+    """An ``async def`` function, a partial of one, or an object with ``async __call__``."""
+    call = getattr(func, "__call__", None)  # noqa: B004 - the method itself is inspected
+    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(call)
+
+
 class BackgroundFunction(Generic[P]):
     """An async function whose call starts a run and returns the run id at once.
 
@@ -83,6 +90,11 @@ class BackgroundFunction(Generic[P]):
     ) -> None:
         if not callable(func):
             raise TypeError(f"@background decorates an async function, got {func!r}")
+        if not _is_async(func):
+            raise TypeError(
+                f"@background decorates an async function (async def), got {func!r}: "
+                "make it async, or run blocking work with asyncio.to_thread inside one"
+            )
         self.func = func
         self._manager = manager
         self._options = options

@@ -464,7 +464,9 @@ def runs_router(
         expose_errors: Put the exception's type and message in 500 and 503 bodies (for
             development; they may reveal internals).
         dashboard: Also serve a live dashboard of the runs at ``GET /runs/ui`` (a static
-            page that reads this API; ``dependencies`` protect it too).
+            page that reads this API; ``dependencies`` protect it too, so use an auth
+            that browsers send by themselves, such as a session cookie or HTTP basic
+            auth: a custom header such as ``X-API-Key`` keeps a browser out).
 
     Returns:
         A router for ``app.include_router``.
