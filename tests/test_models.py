@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import pickle
 import subprocess
@@ -36,6 +37,7 @@ from runtrack import (
     RuntrackError,
     registry_from_url,
 )
+from runtrack.registry.base import validate_changes
 
 CEST = timezone(timedelta(hours=2))
 
@@ -183,6 +185,8 @@ class TestRunCommonFieldsPath:
             {"priority": "high"},
             {"priority": 1.5},
             {"priority": None},
+            {"priority": 2**63},
+            {"priority": -(2**63) - 1},
         ],
         ids=param_id,
     )
@@ -219,6 +223,22 @@ class TestRunValidation:
     def test_non_json_result(self) -> None:
         with pytest.raises(ValidationError, match="result"):
             Run(result=object())
+
+    @pytest.mark.parametrize("number", [math.nan, math.inf, -math.inf])
+    def test_nan_and_infinity_are_not_json(self, number: float) -> None:
+        # JSON has no such numbers: PostgreSQL and MariaDB would refuse the record.
+        with pytest.raises(ValidationError, match="not a JSON number"):
+            Run(parameters={"x": [1, {"deep": number}]})
+        with pytest.raises(ValidationError, match="not a JSON number"):
+            Run(result={"x": number})
+        with pytest.raises(ValidationError, match="timeout"):
+            Run(timeout=number)
+        with pytest.raises(ValidationError, match="not a JSON number"):
+            validate_changes({"result": [number]})
+
+    def test_priority_bounds_are_storable(self) -> None:
+        assert Run(priority=2**63 - 1).priority == 2**63 - 1
+        assert Run(priority=-(2**63), name="x").priority == -(2**63)
 
     @pytest.mark.parametrize("status", ["done", "QUEUED", "", None])
     def test_unknown_status(self, status: Any) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 
 import pytest
+from pydantic import ValidationError
 from structlog.testing import capture_logs
 
 from runtrack import BackgroundTaskManager, InMemoryRunRegistry, Run, RunStatus
@@ -48,6 +49,21 @@ class TestPayloadLimits:
         warned = [e for e in logs if e["event"] == "run_result_too_large"]
         assert [e["run_id"] for e in warned] == [large.run_id]
         assert warned[0]["size"] == 5002
+
+    async def test_nan_result_is_recorded_as_none_and_nan_parameters_refused(self) -> None:
+        async def nan() -> float:
+            return float("nan")
+
+        registry = InMemoryRunRegistry()
+        async with BackgroundTaskManager(registry) as manager:
+            with pytest.raises(ValidationError, match="not a JSON number"):
+                await manager.submit(_ok, parameters={"ratio": float("inf")})
+            with capture_logs() as logs:
+                run = await manager.submit(nan)
+                finished = await manager.wait(run.run_id)
+        assert (finished.status, finished.result) == (RunStatus.COMPLETED, None)
+        assert [e["run_id"] for e in logs if e["event"] == "run_result_not_json"] == [run.run_id]
+        assert sum((await registry.count_runs()).values()) == 1
 
     async def test_limit_can_be_lifted_and_is_validated(self) -> None:
         async with BackgroundTaskManager(max_payload_bytes=None) as manager:

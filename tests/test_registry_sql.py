@@ -28,7 +28,7 @@ from runtrack import (
     RunStatus,
     registry_from_url,
 )
-from runtrack.registry.base import BatchWriting, RunWrite
+from runtrack.registry.base import BatchWriting, RunWrite, stored_run
 from runtrack.registry.sql import SCHEMA_VERSION, SQLRunRegistry
 from sql_registries import drop_tables, mysql_url, postgres_url, sql_registry, unique_prefix
 
@@ -410,6 +410,46 @@ class TestWriteBatch:
     async def test_unknown_field(self, registry: SQLRunRegistry) -> None:
         with pytest.raises(ValueError, match="name"):
             await registry.write_batch([RunWrite("x", changes={"name": "y"})])
+
+    async def test_batches_keep_values_exact(self, registry: SQLRunRegistry) -> None:
+        # PostgreSQL receives a batch as one JSON text; every backend must give back exactly
+        # what went in, through an insert and through an update.
+        plain = Run(
+            run_id="plain",
+            name='o\'clock "quoted" \\ ✓ 🚀',
+            parameters={"n": [1, 2.5, 0.1, -0.0, 2**62, None, True], "s": "", "d": {}},
+            tags={"k": '"v"'},
+            timeout=1e-6,
+            priority=-(2**63),
+            result="null",
+        )
+        empty = Run(run_id="empty", result=False, progress=0.0, progress_message="")
+        assert await registry.write_batch(
+            [RunWrite("plain", stored=stored_run(plain)), RunWrite("empty", run=empty)]
+        ) == [True, True]
+        assert await registry.get_run("plain") == plain
+        assert await registry.get_run("empty") == empty
+        changes = {"result": {"a": [1.5, "x"]}, "error_message": "l1\nl2\t'", "progress": 1.0}
+        assert await registry.write_batch(
+            [
+                RunWrite("plain", to=R, expect=frozenset({Q}), changes=changes),
+                RunWrite("empty", to=R, expect=frozenset({Q}), changes={"result": 0}),
+            ]
+        ) == [True, True]
+        stored = await registry.get_run("plain")
+        assert stored == plain.model_copy(update={"status": R, **changes})
+        stored = await registry.get_run("empty")
+        assert stored == empty.model_copy(update={"status": R, "result": 0})
+
+    async def test_nul_character_in_a_batch(self, registry: SQLRunRegistry) -> None:
+        run = Run(run_id="nul", error_message="a\x00b")
+        if registry.backend == "postgresql":
+            with pytest.raises(ValueError, match="NUL"):
+                await registry.write_batch([RunWrite("nul", stored=stored_run(run))])
+            assert await registry.get_run("nul") is None
+        else:
+            assert await registry.write_batch([RunWrite("nul", stored=stored_run(run))]) == [True]
+            assert await registry.get_run("nul") == run
 
     async def test_insert_race_between_two_processes(
         self, registry: SQLRunRegistry, twin: Callable[[SQLRunRegistry], Any]

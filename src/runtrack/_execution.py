@@ -30,8 +30,9 @@ from runtrack._writer import DirectWriter, Writer
 __all__ = ["Execution", "close_coro", "describe_error"]
 
 _JSON: TypeAdapter[Any] = TypeAdapter(JsonValue)
-_PLAIN: Final = frozenset({str, int, float, bool})
-_PLAIN_SMALL: Final = frozenset({int, float, bool})
+# Results recorded without a JSON check (floats are checked: NaN and infinities are not JSON).
+_PLAIN: Final = frozenset({str, int, bool})
+_PLAIN_SMALL: Final = frozenset({int, bool})
 _RUNNING_STATUS: Final = RunStatus.RUNNING
 _COMPLETED: Final = RunStatus.COMPLETED
 
@@ -352,7 +353,9 @@ class Execution:
 
 def _payload_size(value: Any) -> int:
     """Bytes of ``value`` as compact UTF-8 JSON, as a registry stores it."""
-    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    return len(
+        json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    )
 
 
 def describe_error(error: BaseException, job: Job) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -74,7 +75,31 @@ TagText = Annotated[str, Field(max_length=MAX_ID_LENGTH)]
 Tags = dict[TagText, TagText]
 Attempt = Annotated[int, Field(ge=1)]
 Progress = Annotated[float, Field(ge=0.0, le=1.0)]
-Seconds = Annotated[float, Field(gt=0)]
+Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+#: What SQL databases store as an integer: a priority beyond it could never be recorded.
+Priority = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+
+
+def _finite(value: Any) -> Any:
+    """Reject NaN and infinities anywhere in a JSON value: JSON has no such numbers."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is float:
+            if not math.isfinite(item):
+                raise ValueError(
+                    f"{item!r} is not a JSON number: use null or a string for NaN and infinity"
+                )
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return value
+
+
+#: A JSON value as every registry can store it (no NaN, no infinities).
+Json = Annotated[JsonValue, AfterValidator(_finite)]
+Parameters = Annotated[dict[str, JsonValue], AfterValidator(_finite)]
 
 
 class Run(BaseModel):
@@ -100,12 +125,12 @@ class Run(BaseModel):
     created_at: UTCDatetime = Field(default_factory=utcnow)
     started_at: UTCDatetime | None = None
     finished_at: UTCDatetime | None = None
-    parameters: dict[str, JsonValue] = Field(default_factory=dict)
+    parameters: Parameters = Field(default_factory=dict)
     """JSON arguments describing the work (shown in dashboards, used for retries)."""
     tags: Tags = Field(default_factory=dict)
     group: Ident | None = None
     """Concurrency group: ``group_limits`` caps how many runs of a group run at once."""
-    priority: int = 0
+    priority: Priority = 0
     """Higher runs first among waiting runs; FIFO within one priority."""
     timeout: Seconds | None = None
     """Seconds before the run is stopped and recorded FAILED with ``TimeoutError``."""
@@ -113,7 +138,7 @@ class Run(BaseModel):
     max_attempts: Attempt = 1
     progress: Progress | None = None
     progress_message: str | None = None
-    result: JsonValue = None
+    result: Json = None
     error_type: str | None = None
     """The exception's class name when the run failed, e.g. ``ValueError``."""
     error_message: str | None = None
@@ -177,7 +202,8 @@ def _fast_valid(data: dict[str, Any]) -> bool:
     group = data.get("group")
     if group is not None and (type(group) is not str or not 1 <= len(group) <= MAX_ID_LENGTH):
         return False
-    return type(data.get("priority", 0)) is int
+    priority = data.get("priority", 0)
+    return type(priority) is int and -(2**63) <= priority < 2**63
 
 
 class OutputChunk(BaseModel):

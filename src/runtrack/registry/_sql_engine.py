@@ -33,8 +33,9 @@ _PG_OUTAGE_STATES: Final = frozenset({"57P01", "57P02", "57P03", "53300"})
 # PostgreSQL serialization failure and deadlock; MySQL/MariaDB deadlock.
 _PG_CONFLICT_STATES: Final = frozenset({"40001", "40P01"})
 _MYSQL_DEADLOCK: Final = 1213
-#: PostgreSQL's character_not_in_repertoire: a NUL character in a text value.
-PG_BAD_CHARACTER: Final = "22021"
+#: PostgreSQL's character_not_in_repertoire and untranslatable_character: a NUL character
+#: in a text value, sent as text or inside JSON.
+PG_BAD_CHARACTER: Final = frozenset({"22021", "22P05"})
 
 
 def create_engine(url: str | URL) -> AsyncEngine:

@@ -7,12 +7,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, Final, Protocol, Self, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field
 
 from runtrack._clock import dt_to_us
 from runtrack._models import (
     Attempt,
+    Json,
     OutputChunk,
+    Priority,
     Progress,
     Run,
     Seconds,
@@ -275,10 +277,10 @@ class _Changes(BaseModel):
     heartbeat_at: UTCDatetime | None = None
     max_attempts: Attempt = 1
     owner: str | None = None
-    priority: int = 0
+    priority: Priority = 0
     progress: Progress | None = None
     progress_message: str | None = None
-    result: JsonValue = None
+    result: Json = None
     started_at: UTCDatetime | None = None
     tags: Tags = Field(default_factory=dict)
     timeout: Seconds | None = None

@@ -42,7 +42,6 @@ from runtrack.registry._sql_engine import (
     sqlstate,
 )
 from runtrack.registry._sql_schema import (
-    ALL_COLUMNS,
     SCHEMA_VERSION,
     WRITABLE_COLUMNS,
     RowStatement,
@@ -51,9 +50,9 @@ from runtrack.registry._sql_schema import (
     columns_from_changes,
     row_from_run,
     row_from_stored,
+    rows_json,
     run_from_row,
     status_values,
-    unnest_arrays,
 )
 from runtrack.registry.base import (
     MUTABLE_FIELDS,
@@ -305,8 +304,8 @@ class SQLRunRegistry:
             applied.append(True)
         if inserted:
             if self._dialect == "postgresql":
-                rows = list(inserted.values())
-                await conn.execute(self._tables.insert_unnest, unnest_arrays(rows, ALL_COLUMNS))
+                payload = rows_json(list(inserted.values()))
+                await conn.execute(self._tables.insert_json, {"rows": payload})
             else:
                 await self._execute_rows(conn, self._tables.insert_runs, inserted.values())
             await self._insert_tags(conn, {i: row["tags"] for i, row in inserted.items()})
@@ -320,8 +319,7 @@ class SQLRunRegistry:
         """Write the changed columns of existing, locked rows (see `_Tables`)."""
         t = self._tables
         if self._dialect == "postgresql":
-            names = ("run_id", *WRITABLE_COLUMNS)
-            await conn.execute(t.update_unnest, unnest_arrays(rows, names))
+            await conn.execute(t.update_json, {"rows": rows_json(rows)})
         elif self._dialect == "mysql":
             await self._execute_rows(conn, t.upsert_mysql, rows)
         else:
@@ -711,7 +709,7 @@ class SQLRunRegistry:
                     continue
                 if is_outage(exc):
                     raise self._unavailable(exc) from exc
-                if sqlstate(exc) == PG_BAD_CHARACTER:
+                if sqlstate(exc) in PG_BAD_CHARACTER:
                     raise ValueError(
                         "PostgreSQL cannot store the NUL character (\\x00) in text: "
                         "remove it from ids, names, tags, messages and output"
