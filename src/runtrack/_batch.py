@@ -67,7 +67,7 @@ class _Entry:
         self.expect: frozenset[RunStatus] = frozenset()
         self.changes: dict[str, Any] = {}
         self.finishing = False  # holds a terminal write the manager waits to hear about
-        self.waiters: list[asyncio.Future[bool]] = []
+        self.waiters: list[asyncio.Future[bool]] | None = None  # most entries have none
         # Sent in a batch whose outcome is unknown (the connection broke before the reply):
         # the registry may already hold this status from us.
         self.maybe: RunStatus | None = None
@@ -78,6 +78,12 @@ class _Entry:
             self.expect = expect  # the first compare-and-set decides where it may apply from
         self.to = to
         self.changes.update(changes)
+
+    def wait_with(self, *futures: asyncio.Future[bool]) -> None:
+        """Resolve ``futures`` with this entry's outcome."""
+        if self.waiters is None:
+            self.waiters = []
+        self.waiters.extend(futures)
 
     def sent_without_answer(self) -> None:
         """The batch carrying this entry failed in flight: it may or may not have applied.
@@ -103,7 +109,8 @@ class _Entry:
         self.finishing = self.finishing or newer.finishing
         if self.maybe is not None and not self.maybe.is_terminal and self.to is not None:
             self.expect = self.expect | {self.maybe}
-        self.waiters.extend(newer.waiters)
+        if newer.waiters:
+            self.wait_with(*newer.waiters)
 
 
 _job_fields = operator.attrgetter(*RUN_FIELDS)
@@ -173,7 +180,7 @@ class BatchWriter:
         entry = self._entry(job.run_id, job)
         entry.insert = True
         done = asyncio.get_running_loop().create_future()
-        entry.waiters.append(done)
+        entry.wait_with(done)
         try:
             async with asyncio.timeout(self._submit_timeout):
                 return await asyncio.shield(done)
@@ -246,7 +253,7 @@ class BatchWriter:
         self.cas(job, to, changes)
         entry = self._pending[job.run_id]
         done = asyncio.get_running_loop().create_future()
-        entry.waiters.append(done)
+        entry.wait_with(done)
         return await asyncio.shield(done)
 
     def update(self, run_id: str, changes: dict[str, Any]) -> None:
@@ -257,7 +264,7 @@ class BatchWriter:
         for entry in (self._flying.get(run_id), self._pending.get(run_id)):
             if entry is not None and entry.insert:
                 done = asyncio.get_running_loop().create_future()
-                entry.waiters.append(done)
+                entry.wait_with(done)
                 await asyncio.shield(done)
                 return
 
@@ -363,7 +370,7 @@ class BatchWriter:
         if entry.insert and entry.job is not None:
             stored = _job_record(entry.job)
         return RunWrite(
-            run_id, to=entry.to, expect=entry.expect, changes=dict(entry.changes), stored=stored
+            run_id, to=entry.to, expect=entry.expect, changes=entry.changes, stored=stored
         )
 
     async def _landed_before(self, run_id: str, entry: _Entry) -> bool:
@@ -427,7 +434,7 @@ class BatchWriter:
         return applied
 
     def _report(self, entry: _Entry, applied: bool) -> None:
-        for fut in entry.waiters:
+        for fut in entry.waiters or ():
             if not fut.done():
                 fut.set_result(applied)
         job = entry.job
