@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 import runtrack
 from runtrack import (
@@ -281,3 +282,83 @@ class TestBatchesInFlight:
             done = await manager.wait(run_id, timeout=5)
         assert (done.status, done.result) == (RunStatus.COMPLETED, "ok")
         assert [c.text for c in await two.get_output(run_id)] == ["first line\n"]
+
+
+class PoisonRegistry(FlakyBatchRegistry):
+    """A batch holding a poisoned run fails with an unexpected error; singles may be cut."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.poison: set[str] = set()
+        self.cut_single_at: int | None = None
+        self.singles = 0
+
+    async def write_batch(self, writes: Sequence[RunWrite]) -> list[bool]:
+        if len(writes) == 1:
+            self.singles += 1
+            if self.singles == self.cut_single_at:
+                raise RegistryUnavailableError("poison", "connection reset")
+        if any(w.run_id in self.poison for w in writes):
+            raise RuntimeError("driver bug")
+        return await super().write_batch(writes)
+
+
+class TestFailedBatches:
+    """A batch that fails for another reason than an outage is sent again one write at a time."""
+
+    @pytest.fixture
+    def poison(self, monkeypatch: pytest.MonkeyPatch) -> PoisonRegistry:
+        monkeypatch.setattr(
+            "runtrack._manager.InMemoryRunRegistry", type("NotThisOne", (), {}), raising=True
+        )
+        return PoisonRegistry()
+
+    async def test_an_unexpected_error_drops_only_the_bad_write(
+        self, poison: PoisonRegistry
+    ) -> None:
+        gate = asyncio.Event()
+
+        async def wait(i: int) -> int:
+            await gate.wait()
+            return i
+
+        async with BackgroundTaskManager(poison, max_concurrency=100) as manager:
+            ids = [manager.start_task(Run(name="w"), wait(i)) for i in range(20)]
+            await manager._writer.flush()  # every QUEUED record is in
+            poison.poison.add(ids[7])
+            with capture_logs() as logs:
+                gate.set()
+                await manager.wait_all(timeout=10)
+        for i, run_id in enumerate(ids):
+            run = await poison.get_run(run_id)
+            assert run is not None
+            if i == 7:
+                assert run.status is RunStatus.RUNNING  # its terminal write was dropped
+            else:
+                assert (run.status, run.result) == (RunStatus.COMPLETED, i)
+        dropped = [e["run_id"] for e in logs if e["event"] == "registry_write_dropped"]
+        assert set(dropped) == {ids[7]}
+
+    async def test_an_outage_while_sending_one_by_one_retries_the_batch(
+        self, poison: PoisonRegistry
+    ) -> None:
+        ids = [f"r{i}" for i in range(10)]
+        poison.poison.add(ids[5])
+        poison.cut_single_at = 3  # the third write sent alone meets an outage
+        async with BackgroundTaskManager(poison, max_concurrency=100) as manager:
+            with capture_logs() as logs:
+                for i, run_id in enumerate(ids):
+                    manager.start_task(Run(name="o", run_id=run_id), _echo(i))
+                await manager.wait_all(timeout=10)
+        for i, run_id in enumerate(ids):
+            run = await poison.get_run(run_id)
+            if i == 5:
+                assert run is None  # every write of the poisoned run was dropped
+            else:
+                assert run is not None
+                assert (run.status, run.result) == (RunStatus.COMPLETED, i)
+        assert poison.singles > 3  # the batch went one by one again after the outage
+        events = [e["event"] for e in logs]
+        assert "registry_unavailable" in events
+        assert "registry_available_again" in events
+        assert {e["run_id"] for e in logs if e["event"] == "registry_write_dropped"} == {ids[5]}

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Final
 import structlog
 
 from runtrack._clock import now_us, us_to_dt
-from runtrack._exceptions import RegistryUnavailableError, RuntrackError
+from runtrack._exceptions import RegistryUnavailableError
 from runtrack._status import PREDECESSORS, RunStatus
 from runtrack._writer import finish_changes, start_changes, statuses_of
 from runtrack.registry.base import RUN_FIELDS, RunWrite
@@ -334,21 +334,15 @@ class BatchWriter:
     ) -> None:
         try:
             try:
-                applied = await self._batch.write_batch(writes)
-            except _TRANSIENT as exc:
-                for entry in entries:
-                    entry.sent_without_answer()
-                self._requeue(run_ids, entries)
-                self._note_outage(exc)
-                self._backing_off = True
                 try:
-                    await asyncio.sleep(self._delay)
-                finally:
-                    self._backing_off = False
-                self._delay = min(self._delay * 2, RETRY_MAX)
+                    applied = await self._batch.write_batch(writes)
+                except _TRANSIENT:
+                    raise
+                except Exception as exc:
+                    applied = await self._one_by_one(writes, exc)
+            except _TRANSIENT as exc:
+                await self._retry_later(run_ids, entries, exc)
                 return
-            except Exception as exc:
-                applied = await self._one_by_one(writes, exc)
             if self._outage_since is not None:
                 self._log.warning(
                     "registry_available_again",
@@ -364,6 +358,21 @@ class BatchWriter:
                 del self._flying[run_id]
             self._senders.discard(asyncio.current_task())  # type: ignore[arg-type,unused-ignore]
             self._wake.set()
+
+    async def _retry_later(
+        self, run_ids: list[str], entries: list[_Entry], exc: BaseException
+    ) -> None:
+        """The registry is unreachable: requeue the batch and hold every sender back."""
+        for entry in entries:
+            entry.sent_without_answer()
+        self._requeue(run_ids, entries)
+        self._note_outage(exc)
+        self._backing_off = True
+        try:
+            await asyncio.sleep(self._delay)
+        finally:
+            self._backing_off = False
+        self._delay = min(self._delay * 2, RETRY_MAX)
 
     def _to_write(self, run_id: str, entry: _Entry) -> RunWrite:
         stored = None
@@ -422,13 +431,19 @@ class BatchWriter:
             )
 
     async def _one_by_one(self, writes: Sequence[RunWrite], exc: Exception) -> list[bool]:
-        """A batch failed for a reason other than an outage: find and drop the bad write."""
+        """A batch failed for a reason other than an outage: find and drop the bad write.
+
+        An outage met on the way is raised: the whole batch is then retried later (the
+        writes already applied one by one are recognised as such, see `_landed_before`).
+        """
         self._log.error("registry_batch_failed", writes=len(writes), exc_info=exc)
         applied: list[bool] = []
         for write in writes:
             try:
                 applied.extend(await self._batch.write_batch([write]))
-            except (RuntrackError, ValueError, TypeError) as single:
+            except _TRANSIENT:
+                raise
+            except Exception as single:  # whatever it is, the other writes must still land
                 self._log.error("registry_write_dropped", run_id=write.run_id, exc_info=single)
                 applied.append(False)
         return applied

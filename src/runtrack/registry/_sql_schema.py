@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final
 
@@ -240,7 +241,7 @@ class RowStatement:
     an INSERT or UPDATE sets (default: all of them).
     """
 
-    __slots__ = ("_keys", "sql")
+    __slots__ = ("_json", "_values", "sql")
 
     def __init__(
         self,
@@ -256,16 +257,19 @@ class RowStatement:
             raise TypeError(f"{dialect.name}: RowStatement needs a positional paramstyle")
         self.sql = str(compiled)
         # "u_run_id" binds the WHERE of an UPDATE; every other bind is a column.
-        self._keys = tuple(key.removeprefix("u_") for key in positions)
+        keys = [key.removeprefix("u_") for key in positions]
+        self._values = operator.itemgetter(*keys)
+        self._json = [i for i, key in enumerate(keys) if key in _JSON_COLUMNS]
 
     def params(self, rows: Iterable[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
         """Each row's values in bind order."""
-        encoders = [_json_text if key in _JSON_COLUMNS else None for key in self._keys]
-        pairs = tuple(zip(self._keys, encoders, strict=True))
-        return [
-            tuple(row[key] if encode is None else encode(row[key]) for key, encode in pairs)
-            for row in rows
-        ]
+        out: list[tuple[Any, ...]] = []
+        for row in rows:
+            values = list(self._values(row))
+            for i in self._json:
+                values[i] = _json_text(values[i])
+            out.append(tuple(values))
+        return out
 
 
 _dumps: Final = json.JSONEncoder().encode  # what SQLAlchemy's JSON type writes
