@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import operator
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
 from typing import Any, Final
 
 import sqlalchemy as sa
@@ -15,7 +16,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from runtrack._clock import dt_to_us, us_to_dt
 from runtrack._models import MAX_ID_LENGTH, Run
 from runtrack._status import RunStatus
-from runtrack.registry.base import MUTABLE_FIELDS, is_int, stored_run
+from runtrack.registry.base import MUTABLE_FIELDS, stored_run
 
 __all__ = [
     "ALL_COLUMNS",
@@ -206,17 +207,19 @@ def row_from_stored(run: Mapping[str, Any]) -> dict[str, Any]:
     return row
 
 
-def columns_from_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
-    """Validated changes as column values (timestamps in microseconds)."""
-    columns: dict[str, Any] = {}
+def columns_from_changes(changes: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Validated changes as column values: datetimes become microseconds.
+
+    Returns ``changes`` itself when nothing needs converting (the manager's writes carry
+    microseconds already).
+    """
+    columns: dict[str, Any] | None = None
     for field, value in changes.items():
-        if field in _TIME_COLUMNS and value is not None and not is_int(value):
+        if isinstance(value, datetime):
+            if columns is None:
+                columns = dict(changes)
             columns[field] = dt_to_us(value)
-        elif field == "tags":
-            columns[field] = dict(value)
-        else:
-            columns[field] = value
-    return columns
+    return changes if columns is None else columns
 
 
 def run_from_row(row: Mapping[Any, Any]) -> Run:

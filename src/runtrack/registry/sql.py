@@ -235,11 +235,11 @@ class SQLRunRegistry:
         """
         if not writes:
             return []
-        prepared: list[tuple[RunWrite, dict[str, Any]]] = []
+        prepared: list[tuple[RunWrite, Mapping[str, Any]]] = []
         for write in writes:
-            unknown = set(write.changes) - MUTABLE_FIELDS
-            if unknown:
-                raise ValueError(f"write_batch() cannot change {', '.join(sorted(unknown))}")
+            if not MUTABLE_FIELDS.issuperset(write.changes):
+                unknown = sorted(set(write.changes) - MUTABLE_FIELDS)
+                raise ValueError(f"write_batch() cannot change {', '.join(unknown)}")
             prepared.append((write, columns_from_changes(write.changes)))
 
         async def work(conn: AsyncConnection) -> list[bool]:
@@ -248,7 +248,7 @@ class SQLRunRegistry:
         return await self._transact(work, write=True, retry_integrity=True)
 
     async def _apply_batch(
-        self, conn: AsyncConnection, writes: Sequence[tuple[RunWrite, dict[str, Any]]]
+        self, conn: AsyncConnection, writes: Sequence[tuple[RunWrite, Mapping[str, Any]]]
     ) -> list[bool]:
         runs = self._tables.runs
         # The MySQL upsert needs whole rows; the other statements only what may change.
