@@ -613,8 +613,10 @@ class TestErrors:
         registry = RedisRunRegistry(client, prefix=prefix)
         held = await pool.get_connection()
         try:
-            with pytest.raises(redis_exceptions.MaxConnectionsError):
+            # MaxConnectionsError on redis-py 6, a bare ConnectionError on 5
+            with pytest.raises(redis_exceptions.ConnectionError, match="Too many") as info:
                 await registry.get_run("x")
+            assert not isinstance(info.value, RegistryUnavailableError)
         finally:
             await pool.release(held)
         assert await registry.get_run("x") is None

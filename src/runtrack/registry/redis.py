@@ -192,12 +192,12 @@ def _is_pool_exhausted(exc: BaseException) -> bool:
     """Whether ``exc`` means every pooled connection is busy: not an outage."""
     if isinstance(exc, redis.exceptions.MaxConnectionsError):
         return True
-    # BlockingConnectionPool raises a bare ConnectionError when its wait for a free
-    # connection times out.
-    return (
-        type(exc) is redis.exceptions.ConnectionError
-        and isinstance(exc.__cause__, TimeoutError)
-        and "No connection available" in str(exc)
+    if type(exc) is not redis.exceptions.ConnectionError:
+        return False
+    # redis-py 5 raises a bare ConnectionError where 6 raises MaxConnectionsError, and
+    # BlockingConnectionPool does when its wait for a free connection times out.
+    return str(exc) == "Too many connections" or (
+        isinstance(exc.__cause__, TimeoutError) and "No connection available" in str(exc)
     )
 
 
@@ -320,8 +320,10 @@ class RedisRunRegistry:
         if isinstance(url_or_client, str):
             self._where = _safe_url(url_or_client)
             retry = Retry(ExponentialWithJitterBackoff(_BACKOFF_CAP, _BACKOFF_BASE), _RETRIES)
+            # Named explicitly: redis-py 6 retries these by default, 5.x only when told.
+            retry_on = [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError]
             self._client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
-                url_or_client, retry=retry
+                url_or_client, retry=retry, retry_on_error=retry_on
             )
             self._owns_client = True
         elif isinstance(url_or_client, redis.asyncio.Redis):
