@@ -26,6 +26,7 @@ __all__ = [
     "Tables",
     "chunks",
     "columns_from_changes",
+    "row_from_driver",
     "row_from_run",
     "row_from_stored",
     "rows_json",
@@ -205,6 +206,16 @@ def row_from_stored(run: Mapping[str, Any]) -> dict[str, Any]:
     row["parameters"] = dict(row["parameters"] or {})
     row["tags"] = dict(row["tags"] or {})
     return row
+
+
+def row_from_driver(row: Mapping[Any, Any]) -> dict[str, Any]:
+    """A row read without SQLAlchemy's types: JSON columns parsed from their text."""
+    values = dict(row)
+    for name in _JSON_COLUMNS:
+        text = values.get(name)
+        if text is not None:
+            values[name] = json.loads(text)
+    return values
 
 
 def columns_from_changes(changes: Mapping[str, Any]) -> Mapping[str, Any]:

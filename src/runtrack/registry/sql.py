@@ -48,6 +48,7 @@ from runtrack.registry._sql_schema import (
     Tables,
     chunks,
     columns_from_changes,
+    row_from_driver,
     row_from_run,
     row_from_stored,
     rows_json,
@@ -171,6 +172,7 @@ class SQLRunRegistry:
         self._schema_lock = asyncio.Lock()
         self._schema_ready = False
         self._row_statements: dict[sa.ClauseElement, RowStatement] = {}
+        self._lock_statements: dict[int, str] = {}
 
     @property
     def engine(self) -> AsyncEngine:
@@ -261,19 +263,14 @@ class SQLRunRegistry:
         run_ids = sorted({write.run_id for write, _ in writes})
         # Locked in key order, so two batches cannot deadlock each other.
         if self._dialect == "postgresql":
-            locked = [await conn.execute(self._tables.lock_any, {"ids": run_ids})]
-        else:
-            locked = [
-                await conn.execute(
-                    sa.select(*columns)
-                    .where(runs.c.run_id.in_(chunk))
-                    .order_by(runs.c.run_id)
-                    .with_for_update()
-                )
-                for chunk in chunks(run_ids)
-            ]
-        for result in locked:
+            result = await conn.execute(self._tables.lock_any, {"ids": run_ids})
             current.update((row["run_id"], dict(row)) for row in result.mappings())
+        else:
+            for chunk in chunks(run_ids):
+                sql = self._lock_sql(conn, columns, len(chunk))
+                result = await conn.exec_driver_sql(sql, tuple(chunk))
+                # Straight from the driver: JSON columns arrive as text.
+                current.update((row["run_id"], row_from_driver(row)) for row in result.mappings())
         inserted: dict[str, dict[str, Any]] = {}
         updated: dict[str, dict[str, Any]] = {}
         retagged: set[str] = set()
@@ -324,6 +321,30 @@ class SQLRunRegistry:
             await self._execute_rows(conn, t.upsert_mysql, rows)
         else:
             await self._execute_rows(conn, t.update_many, rows, WRITABLE_COLUMNS)
+
+    def _lock_sql(self, conn: AsyncConnection, columns: list[sa.Column[Any]], count: int) -> str:
+        """``SELECT columns ... WHERE run_id IN (<count> placeholders) ... FOR UPDATE``.
+
+        Compiled once per count and sent to the driver as it is: SQLAlchemy would otherwise
+        expand the IN list of every batch anew.
+        """
+        sql = self._lock_statements.get(count)
+        if sql is None:
+            runs = self._tables.runs
+            ids: sa.BindParameter[list[str]] = sa.bindparam(
+                "ids", value=[""] * count, expanding=True
+            )
+            statement = (
+                sa.select(*columns)
+                .where(runs.c.run_id.in_(ids))
+                .order_by(runs.c.run_id)
+                .with_for_update()
+            )
+            compiled = statement.compile(
+                dialect=conn.dialect, compile_kwargs={"render_postcompile": True}
+            )
+            sql = self._lock_statements[count] = str(compiled)
+        return sql
 
     async def _execute_rows(
         self,
