@@ -7,11 +7,13 @@ import enum
 import functools
 import inspect
 import logging
+import math
 import os
 import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from datetime import timedelta
 from types import CoroutineType
 from typing import Any, Self
 
@@ -30,6 +32,7 @@ from runtrack._exceptions import (
     RuntrackError,
 )
 from runtrack._execution import Execution, close_coro, describe_error
+from runtrack._leases import INTERRUPTED, expired_runs, interrupt, last_sign_of_life
 from runtrack._models import Retry, Run, RunEvent, new_run_id, utcnow
 from runtrack._stats import ManagerStats, StatsCollector
 from runtrack._status import RunStatus
@@ -100,6 +103,10 @@ class BackgroundTaskManager(Execution):
         owner: This manager's name in the registry (default ``host:pid:random``).
         heartbeat_interval: Seconds between heartbeats of running runs, which also pick up
             cancellations made by other managers sharing the registry.
+        lease: Seconds without a heartbeat after which a RUNNING run of another manager
+            sharing the registry counts as interrupted (its manager crashed) and is
+            recorded FAILED with ``error_type="RunInterrupted"``; checked at every
+            heartbeat. Default: 6 heartbeat intervals. Must exceed ``heartbeat_interval``.
         cancel_timeout: Seconds to wait for a cancelled run's code to stop before it is
             reported as ignoring cancellation.
         registry_timeout: Seconds `submit` waits for its QUEUED record while the registry
@@ -132,6 +139,7 @@ class BackgroundTaskManager(Execution):
         shutdown_grace: float = 30.0,
         owner: str | None = None,
         heartbeat_interval: float = 10.0,
+        lease: float | None = None,
         cancel_timeout: float = 5.0,
         registry_timeout: float = 10.0,
         max_payload_bytes: int | None = 1_000_000,
@@ -153,6 +161,13 @@ class BackgroundTaskManager(Execution):
                 raise ValueError(f"{name} must be > 0 seconds, got {seconds!r}")
         if shutdown_grace < 0:
             raise ValueError(f"shutdown_grace must be >= 0 seconds, got {shutdown_grace!r}")
+        if lease is None:
+            lease = 6 * heartbeat_interval
+        elif isinstance(lease, bool) or not lease > heartbeat_interval or math.isinf(lease):
+            raise ValueError(
+                f"lease must be a finite number of seconds above heartbeat_interval "
+                f"({heartbeat_interval!r}), got {lease!r}"
+            )
         if registry is None:
             registry = InMemoryRunRegistry()
         elif not isinstance(registry, RunRegistry):
@@ -185,6 +200,7 @@ class BackgroundTaskManager(Execution):
         self._default_timeout = default_timeout
         self._shutdown_grace = shutdown_grace
         self._heartbeat_interval = heartbeat_interval
+        self._lease = timedelta(seconds=lease)
         self._cancel_timeout = cancel_timeout
         self._lanes = Lanes(limits)
         self._jobs: dict[str, Job] = {}
@@ -836,9 +852,47 @@ class BackgroundTaskManager(Execution):
     async def _heartbeat(self) -> None:
         while True:
             await asyncio.sleep(self._heartbeat_interval)
-            running = [j for j in self._jobs.values() if j.state == RUNNING]
-            if not running:
-                continue
+            await self._beat()
+            await self._interrupt_expired()
+
+    async def _interrupt_expired(self) -> None:
+        """Record FAILED the runs of managers that stopped heartbeating (see `_leases`)."""
+        now = utcnow()
+        try:
+            expired = await expired_runs(
+                self.registry, owner=self.owner, now=now, lease=self._lease
+            )
+            for run in expired:
+                if await interrupt(self.registry, run, by=self.owner, now=now) is None:
+                    continue  # finished meanwhile, or another manager recorded it first
+                self._log.warning(
+                    "run_interrupted",
+                    run_id=run.run_id,
+                    name=run.name,
+                    run_owner=run.owner,
+                    last_heartbeat=last_sign_of_life(run).isoformat(),
+                    detail="its manager stopped heartbeating (crashed?); recorded FAILED "
+                    "with error_type RunInterrupted",
+                )
+                self._dispatch(
+                    RunEvent(
+                        run_id=run.run_id,
+                        name=run.name,
+                        status=RunStatus.FAILED,
+                        previous=RunStatus.RUNNING,
+                        at=now,
+                        attempt=run.attempt,
+                        group=run.group,
+                        error_type=INTERRUPTED,
+                        error_message="its manager stopped heartbeating",
+                    )
+                )
+        except Exception as exc:  # the registry may be away; try again next beat
+            self._log.warning("lease_check_failed", exc_info=exc)
+
+    async def _beat(self) -> None:
+        running = [j for j in self._jobs.values() if j.state == RUNNING]
+        if running:
             beat = now_us()
             for job in running:
                 self._writer.update(job.run_id, {"heartbeat_at": beat})
@@ -846,7 +900,7 @@ class BackgroundTaskManager(Execution):
                 statuses = await self._writer.status_of([j.run_id for j in running])
             except Exception as exc:  # the registry may be away; try again next beat
                 self._log.warning("heartbeat_failed", exc_info=exc)
-                continue
+                return
             for job in running:
                 status = statuses.get(job.run_id)
                 if status is not None and status.is_terminal:
@@ -892,13 +946,16 @@ class BackgroundTaskManager(Execution):
             error_message=None if error is None else describe_error(error, job),
             duration=duration,
         )
+        self._dispatch(event)
+
+    def _dispatch(self, event: RunEvent) -> None:
         for callback in list(self._listeners):
             try:
                 outcome = callback(event)
                 if inspect.isawaitable(outcome):
                     self._spawn_background(self._guard_listener(outcome))
             except Exception as exc:
-                self._log.error("listener_failed", run_id=job.run_id, exc_info=exc)
+                self._log.error("listener_failed", run_id=event.run_id, exc_info=exc)
 
     async def _guard_listener(self, outcome: Awaitable[object]) -> None:
         try:

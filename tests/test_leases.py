@@ -1,0 +1,173 @@
+"""Leases: runs whose manager stopped heartbeating are recorded FAILED (RunInterrupted)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import textwrap
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from helpers import SAFETY
+from runtrack import BackgroundTaskManager, Run, RunEvent, RunRegistry, RunStatus
+from runtrack._models import utcnow
+from runtrack.registry.sql import SQLRunRegistry
+
+R, F = RunStatus.RUNNING, RunStatus.FAILED
+#: Seconds a child Python process may take to import runtrack and start its run.
+CHILD_START = 60.0
+
+
+class FailedRuns:
+    """A listener that counts FAILED events per run and wakes a waiter at a target."""
+
+    def __init__(self, target: int) -> None:
+        self.seen: Counter[str] = Counter()
+        self.events: list[RunEvent] = []
+        self.target = target
+        self.done = asyncio.Event()
+
+    def __call__(self, event: RunEvent) -> None:
+        if event.status is F:
+            self.seen[event.run_id] += 1
+            self.events.append(event)
+            if len(self.seen) >= self.target:
+                self.done.set()
+
+    async def wait(self) -> None:
+        async with asyncio.timeout(SAFETY):
+            await self.done.wait()
+
+
+def running(run_id: str, owner: str, *, silent_for: float | None, beat: bool = True) -> Run:
+    """A RUNNING run of ``owner`` last heard of ``silent_for`` seconds ago."""
+    last = utcnow() - timedelta(seconds=silent_for or 0)
+    return Run(
+        run_id=run_id,
+        name="job",
+        status=R,
+        owner=owner,
+        created_at=last - timedelta(seconds=1),
+        started_at=last,
+        heartbeat_at=last if beat else None,
+    )
+
+
+class TestLeases:
+    async def test_a_silent_managers_runs_are_interrupted(self, registry: RunRegistry) -> None:
+        await registry.add_run(running("orphan", "dead:1", silent_for=120))
+        await registry.add_run(running("never-beat", "dead:2", silent_for=120, beat=False))
+        await registry.add_run(running("alive", "alive:1", silent_for=0))
+        await registry.add_run(running("mine", "me", silent_for=120))
+        await registry.add_run(Run(run_id="queued", owner="dead:1"))
+        failed = FailedRuns(target=2)
+        manager = BackgroundTaskManager(registry, owner="me", heartbeat_interval=0.02, lease=5)
+        manager.add_listener(failed)
+        async with manager:
+            await failed.wait()
+        assert set(failed.seen) == {"orphan", "never-beat"}
+        for run_id in ("orphan", "never-beat"):
+            run = await registry.get_run(run_id)
+            assert run is not None
+            assert (run.status, run.error_type) == (F, "RunInterrupted")
+            assert run.error_message is not None
+            assert "stopped heartbeating" in run.error_message
+            assert run.owner is not None
+            assert run.owner in run.error_message
+            assert run.finished_at is not None
+        statuses = {r.run_id: r.status for r in await registry.list_runs()}
+        assert statuses["alive"] is R  # within its lease
+        assert statuses["mine"] is R  # a manager never interrupts runs under its own name
+        assert statuses["queued"] is RunStatus.QUEUED
+        assert failed.events[0].error_type == "RunInterrupted"
+
+    async def test_two_managers_record_each_run_once(self, registry: RunRegistry) -> None:
+        ids = [f"dead-{i}" for i in range(20)]
+        for run_id in ids:
+            await registry.add_run(running(run_id, "dead:1", silent_for=120))
+        failed = FailedRuns(target=len(ids))
+        first = BackgroundTaskManager(registry, owner="a", heartbeat_interval=0.01, lease=5)
+        second = BackgroundTaskManager(registry, owner="b", heartbeat_interval=0.01, lease=5)
+        first.add_listener(failed)
+        second.add_listener(failed)
+        async with first, second:
+            await failed.wait()
+            # a few more rounds in which both keep looking: nothing is recorded twice
+            for _ in range(3):
+                await first._interrupt_expired()
+                await second._interrupt_expired()
+        assert set(failed.seen) == set(ids)
+        assert set(failed.seen.values()) == {1}
+        counts = await registry.count_runs()
+        assert counts[F] == len(ids)
+
+    def test_lease_must_outlast_the_heartbeat(self) -> None:
+        with pytest.raises(ValueError, match="lease"):
+            BackgroundTaskManager(heartbeat_interval=10, lease=5)
+        with pytest.raises(ValueError, match="lease"):
+            BackgroundTaskManager(lease=float("inf"))
+
+
+_DOOMED = textwrap.dedent(
+    """
+    import asyncio, logging, sys
+    import structlog
+    from runtrack import BackgroundTaskManager, RunStatus
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+    from runtrack.registry.sql import SQLRunRegistry
+
+    async def main() -> None:
+        manager = BackgroundTaskManager(
+            SQLRunRegistry(sys.argv[1]), owner="doomed", heartbeat_interval=0.05
+        )
+        started = asyncio.Event()
+        manager.add_listener(lambda e: e.status is RunStatus.RUNNING and started.set())
+        async with manager:
+            run = await manager.submit(asyncio.sleep, 3600, name="long")
+            await started.wait()
+            await manager._writer.flush()  # RUNNING is in the file
+            print(run.run_id, flush=True)
+            await asyncio.sleep(3600)
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_a_killed_process_runs_are_interrupted(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'runs.db'}"
+    doomed = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _DOOMED,
+        url,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        assert doomed.stdout is not None
+        async with asyncio.timeout(CHILD_START):
+            run_id = (await doomed.stdout.readline()).decode().strip()
+        assert run_id, "the child process did not start its run"
+    finally:
+        doomed.kill()  # SIGKILL: no shutdown, no last write, as in a crash
+        await doomed.wait()
+
+    async with SQLRunRegistry(url) as registry:
+        before = await registry.get_run(run_id)
+        assert before is not None
+        assert (before.status, before.owner) == (R, "doomed")
+        failed = FailedRuns(target=1)
+        survivor = BackgroundTaskManager(registry, heartbeat_interval=0.05, lease=0.5)
+        survivor.add_listener(failed)
+        async with survivor:
+            await failed.wait()
+        after = await registry.get_run(run_id)
+    assert after is not None
+    assert (after.status, after.error_type) == (F, "RunInterrupted")
+    assert after.error_message is not None
+    assert "doomed" in after.error_message
