@@ -10,16 +10,18 @@ meantime is left alone.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
+from runtrack._models import RunEvent, utcnow
 from runtrack._status import RunStatus
 
 if TYPE_CHECKING:
     from runtrack._models import Run
     from runtrack.registry.base import RunRegistry
 
-__all__ = ["INTERRUPTED", "expired_runs", "interrupt", "last_sign_of_life"]
+__all__ = ["INTERRUPTED", "expired_runs", "interrupt", "interrupt_expired", "last_sign_of_life"]
 
 #: The ``error_type`` of a run whose manager stopped heartbeating.
 INTERRUPTED: Final = "RunInterrupted"
@@ -61,3 +63,46 @@ async def interrupt(registry: RunRegistry, run: Run, *, by: str, now: datetime) 
             f"{seen}); recorded by {by}. Start it again if the work must be done."
         ),
     )
+
+
+async def interrupt_expired(
+    registry: RunRegistry,
+    *,
+    owner: str,
+    lease: timedelta,
+    log: Any,
+    notify: Callable[[RunEvent], None],
+) -> int:
+    """Interrupt every expired run (see `expired_runs`); returns how many this call did.
+
+    Each one is logged (``run_interrupted``) and passed to ``notify`` as a `RunEvent`.
+    """
+    now = utcnow()
+    done = 0
+    for run in await expired_runs(registry, owner=owner, now=now, lease=lease):
+        if await interrupt(registry, run, by=owner, now=now) is None:
+            continue  # finished meanwhile, or another manager recorded it first
+        done += 1
+        log.warning(
+            "run_interrupted",
+            run_id=run.run_id,
+            name=run.name,
+            run_owner=run.owner,
+            last_heartbeat=last_sign_of_life(run).isoformat(),
+            detail="its manager stopped heartbeating (crashed?); recorded FAILED with "
+            "error_type RunInterrupted",
+        )
+        notify(
+            RunEvent(
+                run_id=run.run_id,
+                name=run.name,
+                status=RunStatus.FAILED,
+                previous=RunStatus.RUNNING,
+                at=now,
+                attempt=run.attempt,
+                group=run.group,
+                error_type=INTERRUPTED,
+                error_message="its manager stopped heartbeating",
+            )
+        )
+    return done

@@ -32,7 +32,7 @@ from runtrack._exceptions import (
     RuntrackError,
 )
 from runtrack._execution import Execution, close_coro, describe_error
-from runtrack._leases import INTERRUPTED, expired_runs, interrupt, last_sign_of_life
+from runtrack._leases import interrupt_expired
 from runtrack._models import Retry, Run, RunEvent, new_run_id, utcnow
 from runtrack._stats import ManagerStats, StatsCollector
 from runtrack._status import RunStatus
@@ -857,36 +857,11 @@ class BackgroundTaskManager(Execution):
 
     async def _interrupt_expired(self) -> None:
         """Record FAILED the runs of managers that stopped heartbeating (see `_leases`)."""
-        now = utcnow()
         try:
-            expired = await expired_runs(
-                self.registry, owner=self.owner, now=now, lease=self._lease
-            )
-            for run in expired:
-                if await interrupt(self.registry, run, by=self.owner, now=now) is None:
-                    continue  # finished meanwhile, or another manager recorded it first
-                self._log.warning(
-                    "run_interrupted",
-                    run_id=run.run_id,
-                    name=run.name,
-                    run_owner=run.owner,
-                    last_heartbeat=last_sign_of_life(run).isoformat(),
-                    detail="its manager stopped heartbeating (crashed?); recorded FAILED "
-                    "with error_type RunInterrupted",
-                )
-                self._dispatch(
-                    RunEvent(
-                        run_id=run.run_id,
-                        name=run.name,
-                        status=RunStatus.FAILED,
-                        previous=RunStatus.RUNNING,
-                        at=now,
-                        attempt=run.attempt,
-                        group=run.group,
-                        error_type=INTERRUPTED,
-                        error_message="its manager stopped heartbeating",
-                    )
-                )
+            await interrupt_expired(
+                self.registry, owner=self.owner, lease=self._lease, log=self._log,
+                notify=self._dispatch,
+            )  # fmt: skip
         except Exception as exc:  # the registry may be away; try again next beat
             self._log.warning("lease_check_failed", exc_info=exc)
 
