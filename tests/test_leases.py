@@ -22,7 +22,7 @@ CHILD_START = 60.0
 
 
 class FailedRuns:
-    """A listener that counts FAILED events per run and wakes a waiter at a target."""
+    """A listener that counts interrupted runs and wakes a waiter at a target."""
 
     def __init__(self, target: int) -> None:
         self.seen: Counter[str] = Counter()
@@ -31,7 +31,7 @@ class FailedRuns:
         self.done = asyncio.Event()
 
     def __call__(self, event: RunEvent) -> None:
-        if event.status is F:
+        if event.error_type == "RunInterrupted":
             self.seen[event.run_id] += 1
             self.events.append(event)
             if len(self.seen) >= self.target:
@@ -62,13 +62,23 @@ class TestLeases:
         await registry.add_run(running("never-beat", "dead:2", silent_for=120, beat=False))
         await registry.add_run(running("alive", "alive:1", silent_for=0))
         await registry.add_run(running("mine", "me", silent_for=120))
+        # queued by dead:1 before it went silent: it will never start it
+        await registry.add_run(
+            Run(run_id="stranded", owner="dead:1", created_at=utcnow() - timedelta(seconds=300))
+        )
+        # queued under that name after it was last seen: a restarted process of that name
         await registry.add_run(Run(run_id="queued", owner="dead:1"))
-        failed = FailedRuns(target=2)
+        failed = FailedRuns(target=3)
         manager = BackgroundTaskManager(registry, owner="me", heartbeat_interval=0.02, lease=5)
         manager.add_listener(failed)
         async with manager:
             await failed.wait()
-        assert set(failed.seen) == {"orphan", "never-beat"}
+        assert set(failed.seen) == {"orphan", "never-beat", "stranded"}
+        stranded = await registry.get_run("stranded")
+        assert stranded is not None
+        assert (stranded.status, stranded.error_type) == (RunStatus.CANCELLED, "RunInterrupted")
+        assert stranded.error_message is not None
+        assert stranded.error_message.startswith("never started")
         for run_id in ("orphan", "never-beat"):
             run = await registry.get_run(run_id)
             assert run is not None
@@ -82,7 +92,7 @@ class TestLeases:
         assert statuses["alive"] is R  # within its lease
         assert statuses["mine"] is R  # a manager never interrupts runs under its own name
         assert statuses["queued"] is RunStatus.QUEUED
-        assert failed.events[0].error_type == "RunInterrupted"
+        assert {e.status for e in failed.events} == {F, RunStatus.CANCELLED}
 
     async def test_two_managers_record_each_run_once(self, registry: RunRegistry) -> None:
         ids = [f"dead-{i}" for i in range(20)]
@@ -115,22 +125,25 @@ _DOOMED = textwrap.dedent(
     """
     import asyncio, logging, sys
     import structlog
-    from runtrack import BackgroundTaskManager, RunStatus
+    from runtrack import BackgroundTaskManager, Run, RunStatus
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     from runtrack.registry.sql import SQLRunRegistry
 
     async def main() -> None:
         manager = BackgroundTaskManager(
-            SQLRunRegistry(sys.argv[1]), owner="doomed", heartbeat_interval=0.05
+            SQLRunRegistry(sys.argv[1]), owner="doomed", heartbeat_interval=0.05,
+            max_concurrency=1,
         )
         started = asyncio.Event()
         manager.add_listener(lambda e: e.status is RunStatus.RUNNING and started.set())
         async with manager:
-            run = await manager.submit(asyncio.sleep, 3600, name="long")
+            # both queued before the first one starts: created before its last sign of life
+            run_id = manager.start_task(Run(name="long"), asyncio.sleep(3600))
+            waiting_id = manager.start_task(Run(name="behind"), asyncio.sleep(1))
             await started.wait()
-            await manager._writer.flush()  # RUNNING is in the file
-            print(run.run_id, flush=True)
+            await manager._writer.flush()  # RUNNING and QUEUED are in the file
+            print(run_id, waiting_id, flush=True)
             await asyncio.sleep(3600)
 
     asyncio.run(main())
@@ -151,8 +164,9 @@ async def test_a_killed_process_runs_are_interrupted(tmp_path: Path) -> None:
     try:
         assert doomed.stdout is not None
         async with asyncio.timeout(CHILD_START):
-            run_id = (await doomed.stdout.readline()).decode().strip()
-        assert run_id, "the child process did not start its run"
+            line = (await doomed.stdout.readline()).decode().split()
+        assert len(line) == 2, "the child process did not start its runs"
+        run_id, queued_id = line
     finally:
         doomed.kill()  # SIGKILL: no shutdown, no last write, as in a crash
         await doomed.wait()
@@ -161,12 +175,15 @@ async def test_a_killed_process_runs_are_interrupted(tmp_path: Path) -> None:
         before = await registry.get_run(run_id)
         assert before is not None
         assert (before.status, before.owner) == (R, "doomed")
-        failed = FailedRuns(target=1)
+        failed = FailedRuns(target=2)
         survivor = BackgroundTaskManager(registry, heartbeat_interval=0.05, lease=0.5)
         survivor.add_listener(failed)
         async with survivor:
             await failed.wait()
         after = await registry.get_run(run_id)
+        never = await registry.get_run(queued_id)
+    assert never is not None
+    assert (never.status, never.error_type) == (RunStatus.CANCELLED, "RunInterrupted")
     assert after is not None
     assert (after.status, after.error_type) == (F, "RunInterrupted")
     assert after.error_message is not None

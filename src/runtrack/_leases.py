@@ -3,9 +3,10 @@
 Every manager heartbeats its running runs. A manager that crashed (killed, out of memory,
 its machine gone) leaves them RUNNING for ever; any other manager sharing the registry
 finds them once their last heartbeat is older than its lease and records them FAILED with
-``error_type="RunInterrupted"``. The write is a compare-and-set from RUNNING, so when
-several managers find the same run only one records it, and a run that finished in the
-meantime is left alone.
+``error_type="RunInterrupted"``, and the runs the dead manager had queued CANCELLED with
+the same ``error_type``. Each write is a compare-and-set from the status the run was found
+in, so when several managers find the same run only one records it, and a run that moved
+on meanwhile is left alone.
 """
 
 from __future__ import annotations
@@ -33,34 +34,62 @@ def last_sign_of_life(run: Run) -> datetime:
     return run.heartbeat_at or run.started_at or run.created_at
 
 
+async def _all(registry: RunRegistry, status: RunStatus) -> list[Run]:
+    runs: list[Run] = []
+    while True:
+        page = await registry.list_runs(status=status, limit=_PAGE, offset=len(runs))
+        runs.extend(page)
+        if len(page) < _PAGE:
+            return runs
+
+
 async def expired_runs(
     registry: RunRegistry, *, owner: str, now: datetime, lease: timedelta
 ) -> list[Run]:
-    """RUNNING runs of other managers whose last heartbeat is older than ``lease``."""
-    expired: list[Run] = []
-    offset = 0
-    while True:
-        page = await registry.list_runs(status=RunStatus.RUNNING, limit=_PAGE, offset=offset)
-        expired.extend(
-            run for run in page if run.owner != owner and now - last_sign_of_life(run) > lease
-        )
-        if len(page) < _PAGE:
-            return expired
-        offset += _PAGE
+    """Runs that a manager which stopped heartbeating will never finish.
+
+    The RUNNING runs of other managers whose last heartbeat is older than ``lease``, then
+    the QUEUED runs of those same managers created before their last sign of life (a
+    process restarted under the same ``owner`` name keeps the runs it queued since).
+    """
+    running = [
+        run
+        for run in await _all(registry, RunStatus.RUNNING)
+        if run.owner != owner and now - last_sign_of_life(run) > lease
+    ]
+    last_seen: dict[str, datetime] = {}
+    for run in running:
+        if run.owner is not None:
+            seen = last_sign_of_life(run)
+            last_seen[run.owner] = max(seen, last_seen.get(run.owner, seen))
+    if not last_seen:
+        return running
+    queued = [
+        run
+        for run in await _all(registry, RunStatus.QUEUED)
+        if run.owner in last_seen and run.created_at <= last_seen[run.owner]
+    ]
+    return running + queued
 
 
 async def interrupt(registry: RunRegistry, run: Run, *, by: str, now: datetime) -> Run | None:
-    """Record ``run`` FAILED with `INTERRUPTED`; None if it is no longer RUNNING."""
+    """Record ``run`` interrupted; None if its status changed meanwhile.
+
+    A RUNNING run becomes FAILED, a QUEUED one (it never started) CANCELLED, both with
+    ``error_type`` `INTERRUPTED`.
+    """
     seen = last_sign_of_life(run).isoformat(timespec="seconds")
+    started = run.status is RunStatus.RUNNING
     return await registry.transition(
         run.run_id,
-        RunStatus.FAILED,
-        expect=RunStatus.RUNNING,
+        RunStatus.FAILED if started else RunStatus.CANCELLED,
+        expect=run.status,
         finished_at=now,
         error_type=INTERRUPTED,
         error_message=(
-            f"its manager {run.owner or '(unknown)'} stopped heartbeating (last seen "
-            f"{seen}); recorded by {by}. Start it again if the work must be done."
+            f"{'' if started else 'never started: '}its manager {run.owner or '(unknown)'} "
+            f"stopped heartbeating (last seen {seen}); recorded by {by}. "
+            "Start it again if the work must be done."
         ),
     )
 
@@ -80,7 +109,8 @@ async def interrupt_expired(
     now = utcnow()
     done = 0
     for run in await expired_runs(registry, owner=owner, now=now, lease=lease):
-        if await interrupt(registry, run, by=owner, now=now) is None:
+        recorded = await interrupt(registry, run, by=owner, now=now)
+        if recorded is None:
             continue  # finished meanwhile, or another manager recorded it first
         done += 1
         log.warning(
@@ -89,15 +119,16 @@ async def interrupt_expired(
             name=run.name,
             run_owner=run.owner,
             last_heartbeat=last_sign_of_life(run).isoformat(),
-            detail="its manager stopped heartbeating (crashed?); recorded FAILED with "
+            status=recorded.status.value,
+            detail="its manager stopped heartbeating (crashed?); recorded with "
             "error_type RunInterrupted",
         )
         notify(
             RunEvent(
                 run_id=run.run_id,
                 name=run.name,
-                status=RunStatus.FAILED,
-                previous=RunStatus.RUNNING,
+                status=recorded.status,
+                previous=run.status,
                 at=now,
                 attempt=run.attempt,
                 group=run.group,
