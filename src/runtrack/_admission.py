@@ -10,6 +10,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
+from contextvars import Context, copy_context
 from typing import TYPE_CHECKING, Any, Final
 
 from runtrack._status import RunStatus
@@ -38,6 +39,7 @@ class Job(_Record):
 
     __slots__ = (
         "cancel_requested",
+        "context",
         "coro",
         "factory",
         "outcome",
@@ -95,10 +97,15 @@ class Job(_Record):
         self.waiters: list[asyncio.Future[None]] | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.rec: _Record | None = None
+        # The caller's context variables, which the run sees, as with asyncio.create_task
+        # (None when there are none: nothing to keep alive while the run waits).
+        context = copy_context()
+        self.context: Context | None = context if len(context) else None
 
     def release(self) -> None:
         """Drop what only execution needed, once the job is done (it may live on as a record)."""
         self.coro = self.factory = self.retry = self.task = self.timer = self.rec = None
+        self.context = None
 
 
 class _Lane:

@@ -13,6 +13,7 @@ import inspect
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import copy_context
 from time import time_ns
 from typing import TYPE_CHECKING, Any, Final
 
@@ -65,6 +66,7 @@ class Execution:
         _debug: bool
         _max_payload: int | None
         _max_short_str: int
+        _pump_scheduled: bool
 
         def _emit(
             self,
@@ -78,6 +80,8 @@ class Execution:
 
         def _release_delayed(self, job: Job) -> None: ...
 
+        def _pump(self) -> None: ...
+
     async def _executor(self) -> None:
         task = asyncio.current_task()
         assert task is not None
@@ -87,6 +91,12 @@ class Execution:
         self._starting -= 1
         try:
             while self._executors <= self._limit:
+                if len(copy_context()):
+                    # The last run left context variables behind (it set some and did not
+                    # reset them): the next run must not see them. A fresh executor takes
+                    # over, with an empty context.
+                    self._replace_executor()
+                    return
                 job = lanes.pop()
                 if job is None:
                     return
@@ -109,6 +119,9 @@ class Execution:
                         "run_started", run_id=job.run_id, name=job.name, status="running",
                         attempt=job.attempt,
                     )  # fmt: skip
+                # The caller's context variables, as asyncio.create_task would give them.
+                context = job.context
+                entered = [var.set(value) for var, value in context.items()] if context else ()
                 token = _current.set((self, job))  # type: ignore[arg-type]  # self is the manager
                 try:
                     try:
@@ -119,6 +132,8 @@ class Execution:
                                 result = await coro
                     finally:
                         _current.reset(token)
+                        for entry in reversed(entered):
+                            entry.var.reset(entry)
                 except asyncio.CancelledError:
                     if not job.cancel_requested:
                         # The executor itself is being cancelled (event loop teardown):
@@ -163,6 +178,12 @@ class Execution:
                     self._settle(job, RunStatus.COMPLETED, result, None)
         finally:
             self._executors -= 1
+
+    def _replace_executor(self) -> None:
+        """Have `_pump` start an executor in place of this one (which is about to end)."""
+        if self._waiting and not self._pump_scheduled and self._loop is not None:
+            self._pump_scheduled = True
+            self._loop.call_soon(self._pump)
 
     def _completed_direct(self, job: Job, result: Any) -> None:
         """`_settle` for the common case, flattened: a plain result on the memory registry.

@@ -13,6 +13,7 @@ import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from contextvars import Context
 from datetime import timedelta
 from types import CoroutineType
 from typing import Any, Self
@@ -696,7 +697,8 @@ class BackgroundTaskManager(Execution):
         tasks = self._executor_tasks
         for _ in range(need):
             # The loop keeps only weak references to tasks: hold them until they end.
-            task = loop.create_task(self._executor())
+            # An empty context: each run gets its caller's variables (see _executor).
+            task = loop.create_task(self._executor(), context=Context())
             tasks.add(task)
             task.add_done_callback(tasks.discard)
         # Look again next iteration, after the new executors had their first go.
