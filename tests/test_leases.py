@@ -6,13 +6,21 @@ import asyncio
 import sys
 import textwrap
 from collections import Counter
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from helpers import SAFETY
-from runtrack import BackgroundTaskManager, Run, RunEvent, RunRegistry, RunStatus
+from runtrack import (
+    BackgroundTaskManager,
+    InMemoryRunRegistry,
+    Run,
+    RunEvent,
+    RunRegistry,
+    RunStatus,
+)
 from runtrack._models import utcnow
 from runtrack.registry.sql import SQLRunRegistry
 
@@ -188,3 +196,45 @@ async def test_a_killed_process_runs_are_interrupted(tmp_path: Path) -> None:
     assert (after.status, after.error_type) == (F, "RunInterrupted")
     assert after.error_message is not None
     assert "doomed" in after.error_message
+
+
+class CountingRegistry(InMemoryRunRegistry):
+    """Counts the reads a manager's heartbeat makes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.single_reads = 0
+        self.status_reads: list[int] = []
+        self.read_twice = asyncio.Event()
+
+    async def get_run(self, run_id: str) -> Run | None:
+        self.single_reads += 1
+        return await super().get_run(run_id)
+
+    async def get_statuses(self, run_ids: Sequence[str]) -> dict[str, RunStatus]:
+        self.status_reads.append(len(run_ids))
+        if len(self.status_reads) >= 2:
+            self.read_twice.set()
+        return await super().get_statuses(run_ids)
+
+
+async def test_heartbeat_reads_every_running_status_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Seen as a remote registry: writes through the batch writer, reads through the API.
+    monkeypatch.setattr(
+        "runtrack._manager.InMemoryRunRegistry", type("NotThisOne", (), {}), raising=True
+    )
+    registry = CountingRegistry()
+    gate = asyncio.Event()
+    async with BackgroundTaskManager(registry, heartbeat_interval=0.01) as manager:
+        for _ in range(20):
+            manager.start_task(Run(name="wait"), gate.wait())
+        async with asyncio.timeout(SAFETY):
+            while len(registry.status_reads) < 2 or registry.status_reads[-1] < 20:
+                registry.read_twice.clear()
+                await registry.read_twice.wait()
+        reads_before = registry.single_reads
+        gate.set()
+    assert reads_before == 0  # never one run at a time
+    assert registry.status_reads[-1] == 20

@@ -1005,6 +1005,31 @@ class TestLifecycle:
         assert isinstance(registry, RunRegistry)
 
 
+class TestGetStatuses:
+    """get_statuses reads many runs' statuses at once; missing runs are left out."""
+
+    async def test_statuses_of_many_runs(self, registry: RunRegistry) -> None:
+        from runtrack.registry.base import StatusReading
+
+        assert isinstance(registry, StatusReading)
+        ids = [f"s-{i:04d}" for i in range(1_100)]  # more than one IN (...) list's worth
+        for i, run_id in enumerate(ids):
+            await registry.add_run(Run(run_id=run_id, name="s", status=(Q, R, C)[i % 3]))
+        await registry.transition("s-0000", X)
+        hostile = 'it\'s "quoted"; DROP TABLE runs; -- ✓'
+        await registry.add_run(Run(run_id=hostile, status=F))
+
+        asked = [*ids, hostile, "missing", "s-0001"]  # a duplicate, an unknown id
+        statuses = await registry.get_statuses(asked)
+        assert set(statuses) == {*ids, hostile}
+        assert statuses["s-0000"] is X
+        assert statuses["s-0001"] is R
+        assert statuses["s-0002"] is C
+        assert statuses[hostile] is F
+        assert all(type(status) is RunStatus for status in statuses.values())
+        assert await registry.get_statuses([]) == {}
+
+
 class TestWriteBatch:
     """write_batch applies coalesced writes in order, each atomically, and says which applied."""
 

@@ -20,6 +20,7 @@ from runtrack._clock import us_to_dt
 from runtrack._exceptions import DuplicateRunError, RunNotFoundError
 from runtrack._models import Run
 from runtrack._status import PREDECESSORS, RunStatus
+from runtrack.registry.base import StatusReading
 from runtrack.registry.memory import InMemoryRunRegistry
 
 if TYPE_CHECKING:
@@ -227,7 +228,12 @@ def finish_changes(
 
 
 async def statuses_of(registry: RunRegistry, run_ids: list[str]) -> dict[str, RunStatus]:
-    """Current statuses of these runs, read one by one (missing ones left out)."""
+    """Current statuses of these runs (missing ones left out).
+
+    In one read where the registry offers it (`StatusReading`), else one run at a time.
+    """
+    if isinstance(registry, StatusReading):
+        return await registry.get_statuses(run_ids)
     out: dict[str, RunStatus] = {}
     for run_id in run_ids:
         run = await registry.get_run(run_id)

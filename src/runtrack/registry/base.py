@@ -31,6 +31,7 @@ __all__ = [
     "RunRegistry",
     "RunWrite",
     "StatusFilter",
+    "StatusReading",
     "is_int",
     "stored_run",
     "validate_changes",
@@ -146,6 +147,23 @@ class BatchWriting(Protocol):
         Raises:
             RegistryUnavailableError: the backend could not be reached; nothing was applied
                 (the whole batch is one transaction or one server-side script).
+        """
+        ...
+
+
+@runtime_checkable
+class StatusReading(Protocol):
+    """**Protocol:** a registry that reads the statuses of many runs in one round trip.
+
+    Managers use it at every heartbeat to notice runs cancelled or finished elsewhere;
+    registries without it are read one run at a time.
+    """
+
+    async def get_statuses(self, run_ids: Sequence[str]) -> dict[str, RunStatus]:
+        """The current status of each run in ``run_ids`` that exists (missing ones left out).
+
+        Raises:
+            RegistryUnavailableError: the backend could not be reached.
         """
         ...
 

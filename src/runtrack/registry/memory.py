@@ -217,6 +217,11 @@ class InMemoryRunRegistry:
             applied.append(True)
         return applied
 
+    async def get_statuses(self, run_ids: Sequence[str]) -> dict[str, RunStatus]:
+        """The status of each existing run in ``run_ids`` (see `StatusReading`)."""
+        runs = self._runs
+        return {run_id: runs[run_id].status for run_id in run_ids if run_id in runs}
+
     async def get_run(self, run_id: str) -> Run | None:
         """Return the run with this id, or None."""
         rec = self._runs.get(run_id)

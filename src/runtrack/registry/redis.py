@@ -462,6 +462,26 @@ class RedisRunRegistry:
         flags = await self._run_write(layout.BATCH, specs)
         return [bool(flag) for flag in flags]
 
+    async def get_statuses(self, run_ids: Sequence[str]) -> dict[str, RunStatus]:
+        """The status of each existing run in ``run_ids`` (see `StatusReading`).
+
+        One pipelined ``HGET`` per run, in one round trip.
+        """
+        wanted = list(dict.fromkeys(run_ids))
+        if not wanted:
+            return {}
+        async with self._guard():
+            await self._ready()
+            async with self._client.pipeline(transaction=False) as pipe:
+                for run_id in wanted:
+                    _ = pipe.hget(self._keys.run(run_id), "status")  # queued, sent by execute()
+                replies = await pipe.execute()
+        return {
+            run_id: RunStatus(_text(reply))
+            for run_id, reply in zip(wanted, replies, strict=True)
+            if reply is not None
+        }
+
     async def get_run(self, run_id: str) -> Run | None:
         """Return the run with this id, or None."""
         async with self._guard():

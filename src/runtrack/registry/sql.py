@@ -360,6 +360,26 @@ class SQLRunRegistry:
             self._row_statements[statement] = compiled
         await conn.exec_driver_sql(compiled.sql, compiled.params(rows))
 
+    async def get_statuses(self, run_ids: Sequence[str]) -> dict[str, RunStatus]:
+        """The status of each existing run in ``run_ids`` (see `StatusReading`).
+
+        Raises:
+            RegistryUnavailableError: the database could not be reached.
+        """
+        runs = self._tables.runs
+        wanted = sorted(set(run_ids))
+
+        async def work(conn: AsyncConnection) -> dict[str, RunStatus]:
+            found: dict[str, RunStatus] = {}
+            for chunk in chunks(wanted):
+                result = await conn.execute(
+                    sa.select(runs.c.run_id, runs.c.status).where(runs.c.run_id.in_(chunk))
+                )
+                found.update((run_id, RunStatus(status)) for run_id, status in result)
+            return found
+
+        return await self._transact(work, write=False)
+
     async def get_run(self, run_id: str) -> Run | None:
         """Return the run with this id, or None.
 
