@@ -106,8 +106,9 @@ class BackgroundTaskManager(Execution):
             cancellations made by other managers sharing the registry.
         lease: Seconds without a heartbeat after which a RUNNING run of another manager
             sharing the registry counts as interrupted (its manager crashed) and is
-            recorded FAILED with ``error_type="RunInterrupted"``; checked at every
-            heartbeat. Default: 6 heartbeat intervals. Must exceed ``heartbeat_interval``.
+            recorded FAILED with ``error_type="RunInterrupted"`` (the runs that manager had
+            queued, CANCELLED); looked for three times per lease. Default: 6 heartbeat
+            intervals. Must exceed ``heartbeat_interval``.
         cancel_timeout: Seconds to wait for a cancelled run's code to stop before it is
             reported as ignoring cancellation.
         registry_timeout: Seconds `submit` waits for its QUEUED record while the registry
@@ -852,10 +853,16 @@ class BackgroundTaskManager(Execution):
         self._writer.update(job.run_id, {"progress": fraction, "progress_message": message})
 
     async def _heartbeat(self) -> None:
+        # Expired leases are looked for three times per lease, not at every beat: each
+        # look reads every RUNNING run of the registry.
+        every = self._lease.total_seconds() / 3
+        next_look = 0.0
         while True:
             await asyncio.sleep(self._heartbeat_interval)
             await self._beat()
-            await self._interrupt_expired()
+            if time.monotonic() >= next_look:
+                next_look = time.monotonic() + every
+                await self._interrupt_expired()
 
     async def _interrupt_expired(self) -> None:
         """Record FAILED the runs of managers that stopped heartbeating (see `_leases`)."""
