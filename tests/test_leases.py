@@ -70,6 +70,8 @@ class TestLeases:
         await registry.add_run(running("never-beat", "dead:2", silent_for=120, beat=False))
         await registry.add_run(running("alive", "alive:1", silent_for=0))
         await registry.add_run(running("mine", "me", silent_for=120))
+        unowned = running("unowned", "x", silent_for=120).model_copy(update={"owner": None})
+        await registry.add_run(unowned)  # not started by a manager: no lease applies
         # queued by dead:1 before it went silent: it will never start it
         await registry.add_run(
             Run(run_id="stranded", owner="dead:1", created_at=utcnow() - timedelta(seconds=300))
@@ -99,6 +101,7 @@ class TestLeases:
         statuses = {r.run_id: r.status for r in await registry.list_runs()}
         assert statuses["alive"] is R  # within its lease
         assert statuses["mine"] is R  # a manager never interrupts runs under its own name
+        assert statuses["unowned"] is R
         assert statuses["queued"] is RunStatus.QUEUED
         assert {e.status for e in failed.events} == {F, RunStatus.CANCELLED}
 

@@ -48,18 +48,19 @@ async def expired_runs(
 ) -> list[Run]:
     """Runs that a manager which stopped heartbeating will never finish.
 
-    The RUNNING runs of other managers whose last heartbeat is older than ``lease``, then
+    The RUNNING runs of other managers whose last heartbeat is older than ``lease`` (a run
+    with no ``owner`` was not started by a manager: it is left alone), then
     the QUEUED runs of those same managers created before their last sign of life (a
     process restarted under the same ``owner`` name keeps the runs it queued since).
     """
     running = [
         run
         for run in await _all(registry, RunStatus.RUNNING)
-        if run.owner != owner and now - last_sign_of_life(run) > lease
+        if run.owner not in (owner, None) and now - last_sign_of_life(run) > lease
     ]
     last_seen: dict[str, datetime] = {}
     for run in running:
-        if run.owner is not None:
+        if run.owner is not None:  # always, as filtered above
             seen = last_sign_of_life(run)
             last_seen[run.owner] = max(seen, last_seen.get(run.owner, seen))
     if not last_seen:
