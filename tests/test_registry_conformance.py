@@ -1033,6 +1033,35 @@ class TestGetStatuses:
 class TestWriteBatch:
     """write_batch applies coalesced writes in order, each atomically, and says which applied."""
 
+    async def test_a_batch_of_inserts_meeting_existing_runs(self, registry: RunRegistry) -> None:
+        # Only inserts: SQL tries them without reading first and must fall back cleanly.
+        from runtrack.registry.base import BatchWriting, RunWrite, stored_run
+
+        assert isinstance(registry, BatchWriting)
+        await registry.add_run(Run(run_id="i-queued", name="old", tags={"k": "old"}))
+        await registry.add_run(Run(run_id="i-dup", name="old"))
+        fresh = [Run(run_id=f"i-new-{i}", name="new", tags={"n": str(i)}) for i in range(3)]
+        running = Run(run_id="i-queued", name="new", status=R)
+        applied = await registry.write_batch(
+            [
+                RunWrite(fresh[0].run_id, stored=stored_run(fresh[0])),
+                RunWrite("i-queued", stored=stored_run(running), to=R, expect=frozenset({Q})),
+                RunWrite(fresh[1].run_id, run=fresh[1]),
+                RunWrite("i-dup", run=Run(run_id="i-dup", name="new")),
+                RunWrite(fresh[2].run_id, stored=stored_run(fresh[2])),
+            ]
+        )
+        assert applied == [True, True, True, False, True]
+        for run in fresh:
+            assert await registry.get_run(run.run_id) == run
+            assert [r.run_id for r in await registry.list_runs(tags=run.tags)] == [run.run_id]
+        queued = await registry.get_run("i-queued")
+        assert queued is not None
+        assert (queued.name, queued.status, queued.tags) == ("old", R, {"k": "old"})
+        dup = await registry.get_run("i-dup")
+        assert dup is not None
+        assert (dup.name, dup.status) == ("old", Q)
+
     async def test_insert_then_cas_and_field_updates(self, registry: RunRegistry) -> None:
         from runtrack.registry.base import BatchWriting, RunWrite
 

@@ -404,6 +404,19 @@ class TestWriteBatch:
         assert done is not None
         assert done.result is None
 
+    async def test_new_runs_are_inserted_without_reading_first(
+        self, registry: SQLRunRegistry
+    ) -> None:
+        await registry.count_runs()  # the schema exists
+        runs = [Run(run_id=f"new-{i}", tags={"i": str(i)}) for i in range(5)]
+        sent = statements(registry)
+        assert (
+            await registry.write_batch([RunWrite(r.run_id, stored=stored_run(r)) for r in runs])
+            == [True] * 5
+        )
+        assert not [s for s in sent if s.lstrip().upper().startswith("SELECT")]
+        assert [await registry.get_run(r.run_id) for r in runs] == runs
+
     async def test_empty_batch(self, registry: SQLRunRegistry) -> None:
         assert await registry.write_batch([]) == []
 

@@ -78,6 +78,16 @@ _T = TypeVar("_T")
 _log = structlog.get_logger("runtrack")
 
 
+def _new_row(write: RunWrite) -> dict[str, Any]:
+    """The row an inserting write creates."""
+    record = write.record()
+    if record is None:
+        raise ValueError(f"write_batch(): the write of {write.run_id!r} inserts no run")
+    row = row_from_stored(record)
+    row["run_id"] = write.run_id
+    return row
+
+
 class SQLRunRegistry:
     """A `RunRegistry` in a SQL database: SQLite, PostgreSQL or MariaDB/MySQL.
 
@@ -244,7 +254,19 @@ class SQLRunRegistry:
                 raise ValueError(f"write_batch() cannot change {', '.join(unknown)}")
             prepared.append((write, columns_from_changes(write.changes)))
 
+        # Only new runs (the usual batch under a flood of submissions): insert them without
+        # reading and locking first. A duplicate id fails the insert, and the transaction
+        # is retried the general way, which finds the existing row.
+        optimistic = all(write.inserts for write in writes) and len(
+            {write.run_id for write in writes}
+        ) == len(writes)
+
         async def work(conn: AsyncConnection) -> list[bool]:
+            nonlocal optimistic
+            if optimistic:
+                optimistic = False  # a retry takes the general way
+                await self._insert_rows(conn, {w.run_id: _new_row(w) for w in writes})
+                return [True] * len(writes)
             return await self._apply_batch(conn, prepared)
 
         return await self._transact(work, write=True, retry_integrity=True)
@@ -279,9 +301,7 @@ class SQLRunRegistry:
             row = current.get(write.run_id)
             record = write.record()
             if record is not None and row is None:
-                row = row_from_stored(record)
-                row["run_id"] = write.run_id
-                current[write.run_id] = inserted[write.run_id] = row
+                row = current[write.run_id] = inserted[write.run_id] = _new_row(write)
                 applied.append(True)
                 continue
             if (
@@ -300,17 +320,21 @@ class SQLRunRegistry:
                     retagged.add(write.run_id)
             applied.append(True)
         if inserted:
-            if self._dialect == "postgresql":
-                payload = rows_json(list(inserted.values()))
-                await conn.execute(self._tables.insert_json, {"rows": payload})
-            else:
-                await self._execute_rows(conn, self._tables.insert_runs, inserted.values())
-            await self._insert_tags(conn, {i: row["tags"] for i, row in inserted.items()})
+            await self._insert_rows(conn, inserted)
         if updated:
             await self._update_rows(conn, list(updated.values()))
         if retagged:
             await self._replace_tags(conn, {i: updated[i]["tags"] for i in sorted(retagged)})
         return applied
+
+    async def _insert_rows(self, conn: AsyncConnection, rows: Mapping[str, dict[str, Any]]) -> None:
+        """Insert new runs (and their tags), keyed by run id."""
+        if self._dialect == "postgresql":
+            payload = rows_json(list(rows.values()))
+            await conn.execute(self._tables.insert_json, {"rows": payload})
+        else:
+            await self._execute_rows(conn, self._tables.insert_runs, rows.values())
+        await self._insert_tags(conn, {run_id: row["tags"] for run_id, row in rows.items()})
 
     async def _update_rows(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
         """Write the changed columns of existing, locked rows (see `_Tables`)."""
