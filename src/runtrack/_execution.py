@@ -95,7 +95,7 @@ class Execution:
                     # The last run left context variables behind (it set some and did not
                     # reset them): the next run must not see them. A fresh executor takes
                     # over, with an empty context.
-                    self._replace_executor()
+                    self._wake_pump()
                     return
                 job = lanes.pop()
                 if job is None:
@@ -179,8 +179,8 @@ class Execution:
         finally:
             self._executors -= 1
 
-    def _replace_executor(self) -> None:
-        """Have `_pump` start an executor in place of this one (which is about to end)."""
+    def _wake_pump(self) -> None:
+        """Have `_pump` start executors for waiting runs at the next loop iteration."""
         if self._waiting and not self._pump_scheduled and self._loop is not None:
             self._pump_scheduled = True
             self._loop.call_soon(self._pump)

@@ -975,9 +975,7 @@ class BackgroundTaskManager(Execution):
         _check_limit("max_concurrency", limit)
         self._max_concurrency = limit
         self._limit = limit or _UNBOUNDED
-        if self._waiting and self._loop is not None and not self._pump_scheduled:
-            self._pump_scheduled = True
-            self._loop.call_soon(self._pump)
+        self._wake_pump()
 
     def stats(self) -> ManagerStats:
         """A snapshot of counts, limits and per-name outcomes."""

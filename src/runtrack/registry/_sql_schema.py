@@ -16,7 +16,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from runtrack._clock import dt_to_us, us_to_dt
 from runtrack._models import MAX_ID_LENGTH, Run
 from runtrack._status import RunStatus
-from runtrack.registry.base import MUTABLE_FIELDS, stored_run
+from runtrack.registry.base import MUTABLE_FIELDS, TIME_FIELDS, stored_run
 
 __all__ = [
     "ALL_COLUMNS",
@@ -40,7 +40,6 @@ SCHEMA_VERSION: Final = 1
 #: Rows per IN (...) list: well under every driver's bound-parameter limit.
 _CHUNK: Final = 500
 
-_TIME_COLUMNS: Final = frozenset({"created_at", "started_at", "finished_at", "heartbeat_at"})
 _JSON_COLUMNS: Final = frozenset({"parameters", "tags", "result"})
 #: The columns a write may change: the status plus every `MUTABLE_FIELDS` field.
 WRITABLE_COLUMNS: Final = ("status", *sorted(MUTABLE_FIELDS))
@@ -237,7 +236,7 @@ def run_from_row(row: Mapping[Any, Any]) -> Run:
     """The `Run` a full row of the runs table holds."""
     data = dict(row)
     data["group"] = data.pop("run_group")
-    for field in _TIME_COLUMNS:
+    for field in TIME_FIELDS:
         if data[field] is not None:
             data[field] = us_to_dt(data[field])
     data["parameters"] = data["parameters"] or {}

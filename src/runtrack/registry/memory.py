@@ -24,8 +24,6 @@ from runtrack.registry.base import (
 
 __all__ = ["InMemoryRunRegistry"]
 
-_TIME_FIELDS = TIME_FIELDS
-
 
 class _Record:
     """A run as stored here: slotted, timestamps as integer microseconds, {} kept as None.
@@ -82,7 +80,7 @@ class _Record:
         data: dict[str, Any] = {}
         for field in _FIELDS:
             value = getattr(self, field)
-            data[field] = us_to_dt(value) if field in _TIME_FIELDS and value is not None else value
+            data[field] = us_to_dt(value) if field in TIME_FIELDS and value is not None else value
         data["parameters"] = dict(self.parameters or {})
         data["tags"] = dict(self.tags or {})
         return Run.model_validate(data)
@@ -113,7 +111,7 @@ def _rec_from_stored(stored: Mapping[str, Any]) -> _Record:
 
 def _set_fields(rec: _Record, changes: Mapping[str, Any]) -> None:
     for field, value in changes.items():
-        if field in _TIME_FIELDS and value is not None and not is_int(value):
+        if field in TIME_FIELDS and value is not None and not is_int(value):
             setattr(rec, field, dt_to_us(value))
         elif field == "tags":
             setattr(rec, field, dict(value) or None)

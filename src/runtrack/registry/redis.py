@@ -27,6 +27,7 @@ from runtrack._status import TERMINAL, RunStatus, check_transition, normalize_st
 from runtrack.registry import _redis_layout as layout
 from runtrack.registry.base import (
     MUTABLE_FIELDS,
+    TIME_FIELDS,
     RunWrite,
     StatusFilter,
     is_int,
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
 __all__ = ["RedisRunRegistry"]
 
 _BACKEND: Final = "redis"
-_TIME_FIELDS: Final = frozenset({"created_at", "started_at", "finished_at", "heartbeat_at"})
 _INT_FIELDS: Final = frozenset({"priority", "attempt", "max_attempts"})
 _FLOAT_FIELDS: Final = frozenset({"timeout", "progress"})
 _JSON_FIELDS: Final = frozenset({"parameters", "tags", "result"})
@@ -76,7 +76,7 @@ def _json(value: Any) -> str:
 
 
 _ENCODERS: Final[dict[str, Callable[[Any], str]]] = {
-    **dict.fromkeys(_TIME_FIELDS, lambda v: str(v if is_int(v) else dt_to_us(v))),
+    **dict.fromkeys(TIME_FIELDS, lambda v: str(v if is_int(v) else dt_to_us(v))),
     **dict.fromkeys(_JSON_FIELDS, _json),
     **dict.fromkeys(_INT_FIELDS, lambda v: str(int(v))),
     **dict.fromkeys(_FLOAT_FIELDS, lambda v: repr(float(v))),
@@ -172,7 +172,7 @@ def _pairs(reply: Any) -> dict[str, str]:
 def _decode_run(reply: Any) -> Run:
     data: dict[str, Any] = {}
     for field, text in _pairs(reply).items():
-        if field in _TIME_FIELDS:
+        if field in TIME_FIELDS:
             data[field] = us_to_dt(int(text))
         elif field in _JSON_FIELDS:
             data[field] = json.loads(text)

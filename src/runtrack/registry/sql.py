@@ -78,9 +78,8 @@ _T = TypeVar("_T")
 _log = structlog.get_logger("runtrack")
 
 
-def _new_row(write: RunWrite) -> dict[str, Any]:
-    """The row an inserting write creates."""
-    record = write.record()
+def _new_row(write: RunWrite, record: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The row an inserting write creates from its ``record`` (`RunWrite.record`)."""
     if record is None:
         raise ValueError(f"write_batch(): the write of {write.run_id!r} inserts no run")
     row = row_from_stored(record)
@@ -265,7 +264,7 @@ class SQLRunRegistry:
             nonlocal optimistic
             if optimistic:
                 optimistic = False  # a retry takes the general way
-                await self._insert_rows(conn, {w.run_id: _new_row(w) for w in writes})
+                await self._insert_rows(conn, {w.run_id: _new_row(w, w.record()) for w in writes})
                 return [True] * len(writes)
             return await self._apply_batch(conn, prepared)
 
@@ -301,7 +300,7 @@ class SQLRunRegistry:
             row = current.get(write.run_id)
             record = write.record()
             if record is not None and row is None:
-                row = current[write.run_id] = inserted[write.run_id] = _new_row(write)
+                row = current[write.run_id] = inserted[write.run_id] = _new_row(write, record)
                 applied.append(True)
                 continue
             if (
