@@ -44,6 +44,7 @@ class Job(_Record):
         "factory",
         "outcome",
         "rec",
+        "refusal",
         "retry",
         "seq",
         "started",
@@ -95,8 +96,10 @@ class Job(_Record):
         self.cancel_requested = False
         self.task: asyncio.Task[None] | None = None
         self.waiters: list[asyncio.Future[None]] | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        # A delayed job's timer, or the task that holds it until its id is known to be free.
+        self.timer: asyncio.TimerHandle | asyncio.Task[None] | None = None
         self.rec: _Record | None = None
+        self.refusal: BaseException | None = None  # why the registry refused its record
         # The caller's context variables, which the run sees, as with asyncio.create_task
         # (None when there are none: nothing to keep alive while the run waits).
         context = copy_context()

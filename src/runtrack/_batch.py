@@ -28,6 +28,7 @@ import structlog
 from runtrack._clock import now_us, us_to_dt
 from runtrack._exceptions import RegistryUnavailableError
 from runtrack._status import PREDECESSORS, RunStatus
+from runtrack._storable import MAX_ERROR_MESSAGE, ResultNotStorable, storable_text
 from runtrack._writer import finish_changes, start_changes, statuses_of
 from runtrack.registry.base import RUN_FIELDS, RunWrite
 
@@ -179,16 +180,20 @@ class BatchWriter:
         job.owner = self._owner
         entry = self._entry(job.run_id, job)
         entry.insert = True
-        done = asyncio.get_running_loop().create_future()
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         entry.wait_with(done)
         try:
             async with asyncio.timeout(self._submit_timeout):
-                return await asyncio.shield(done)
+                inserted = await asyncio.shield(done)
         except TimeoutError:
             self._abandon(job)
             raise RegistryUnavailableError(
                 self._backend, f"the run was not recorded within {self._submit_timeout:g}s"
             ) from None
+        if not inserted and job.refusal is not None:
+            self._abandon(job)
+            raise job.refusal
+        return inserted
 
     def _abandon(self, job: Job) -> None:
         """Its submit gave up: the run will not execute, so it must end CANCELLED.
@@ -271,24 +276,68 @@ class BatchWriter:
     async def status_of(self, run_ids: list[str]) -> dict[str, RunStatus]:
         return await statuses_of(self._registry, run_ids)
 
+    async def existing_status(self, job: Job) -> RunStatus | None:
+        run_id = job.run_id
+        entry = self._pending.get(run_id) or self._flying.get(run_id)
+        if entry is not None:
+            done = asyncio.get_running_loop().create_future()
+            entry.wait_with(done)
+            if await asyncio.shield(done):
+                return None
+        if job.refusal is not None:
+            raise job.refusal
+        delay = RETRY_FIRST
+        while True:
+            try:
+                statuses = await statuses_of(self._registry, [run_id])
+            except _TRANSIENT:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+                continue
+            return statuses.get(run_id, RunStatus.CANCELLED)
+
+    async def settled(self, run_id: str) -> None:
+        for entry in (self._flying.get(run_id), self._pending.get(run_id)):
+            if entry is not None:
+                done = asyncio.get_running_loop().create_future()
+                entry.wait_with(done)
+                await asyncio.shield(done)
+
     async def flush(self) -> None:
         await self._idle.wait()
 
-    async def aclose(self) -> None:
+    async def aclose(self, timeout: float | None = None) -> list[tuple[str, str | None]]:
         try:
-            async with asyncio.timeout(self._close_timeout):
+            async with asyncio.timeout(self._close_timeout if timeout is None else timeout):
                 await self.flush()
         except TimeoutError:
+            pass
+        lost = self.unwritten()
+        if lost:
             self._log.error(
                 "registry_writes_lost",
-                pending=len(self._pending),
-                detail=f"the {self._backend} registry stayed unreachable for "
-                f"{self._close_timeout:g}s at shutdown; these runs' last writes are lost",
+                runs=[{"run_id": run_id, "status": status} for run_id, status in lost],
+                count=len(lost),
+                detail=f"the {self._backend} registry stayed unreachable at shutdown; these "
+                "runs' last writes are lost (status: the one they were to be recorded with)",
             )
         if self._task is not None:
             self._task.cancel()
         for sender in list(self._senders):
             sender.cancel()
+        return lost
+
+    def unwritten(self) -> list[tuple[str, str | None]]:
+        """The runs with writes not applied yet, and the status each was to be recorded with."""
+        out: dict[str, str | None] = {}
+        for entries in (self._flying, self._pending):
+            for run_id, entry in entries.items():
+                status = entry.to.value if entry.to is not None else None
+                if status is None and entry.insert:
+                    status = RunStatus.QUEUED.value
+                if status is not None or run_id not in out:
+                    out[run_id] = status
+        return list(out.items())
 
     # -- sending batches ------------------------------------------------------------------
 
@@ -339,7 +388,7 @@ class BatchWriter:
                 except _TRANSIENT:
                     raise
                 except Exception as exc:
-                    applied = await self._one_by_one(writes, exc)
+                    applied = await self._one_by_one(writes, entries, exc)
             except _TRANSIENT as exc:
                 await self._retry_later(run_ids, entries, exc)
                 return
@@ -430,23 +479,71 @@ class BatchWriter:
                 detail="runs keep executing; their writes are retried until it is back",
             )
 
-    async def _one_by_one(self, writes: Sequence[RunWrite], exc: Exception) -> list[bool]:
-        """A batch failed for a reason other than an outage: find and drop the bad write.
+    async def _one_by_one(
+        self, writes: Sequence[RunWrite], entries: Sequence[_Entry], exc: Exception
+    ) -> list[bool]:
+        """A batch failed for a reason other than an outage: find and settle the bad write.
 
-        An outage met on the way is raised: the whole batch is then retried later (the
-        writes already applied one by one are recognised as such, see `_landed_before`).
+        A write the registry refuses (its content: a value the store cannot hold) is that
+        run's problem: a terminal write is replaced by FAILED with
+        ``error_type="ResultNotStorable"``; a refused insert is reported to whoever waits
+        for it; anything else is dropped with an error log. An outage met on the way is
+        raised: the whole batch is then retried later (the writes already applied one by
+        one are recognised as such, see `_landed_before`).
         """
-        self._log.error("registry_batch_failed", writes=len(writes), exc_info=exc)
+        self._log.error("registry_batch_failed", writes=len(writes), error=repr(exc))
         applied: list[bool] = []
-        for write in writes:
+        for write, entry in zip(writes, entries, strict=True):
             try:
                 applied.extend(await self._batch.write_batch([write]))
             except _TRANSIENT:
                 raise
             except Exception as single:  # whatever it is, the other writes must still land
-                self._log.error("registry_write_dropped", run_id=write.run_id, exc_info=single)
-                applied.append(False)
+                applied.append(await self._refused(write, entry, single))
         return applied
+
+    async def _refused(self, write: RunWrite, entry: _Entry, exc: Exception) -> bool:
+        """Settle one write the registry refused; whether a replacement write applied."""
+        job = entry.job
+        if job is not None and entry.insert:
+            job.refusal = exc
+        if job is None or write.to is None or not write.to.is_terminal:
+            self._log.error(
+                "registry_write_refused", run_id=write.run_id, error=repr(exc), exc_info=exc
+            )
+            return False
+        message = storable_text(
+            f"the run ended {write.to.value}, but the {self._backend} registry refused to "
+            f"store its record: {exc}",
+            MAX_ERROR_MESSAGE,
+        )
+        self._log.error(
+            "run_result_not_storable", run_id=write.run_id, name=job.name,
+            status=write.to.value, error=repr(exc),
+        )  # fmt: skip
+        job.status = RunStatus.FAILED
+        job.result = None
+        job.error_type = ResultNotStorable.__name__
+        job.error_message = message
+        if entry.finishing:
+            _, duration, _ = job.outcome
+            job.outcome = (RunStatus.FAILED, duration, ResultNotStorable(message))
+        changes = {
+            **entry.changes,
+            "result": None,
+            "error_type": job.error_type,
+            "error_message": message,
+        }
+        entry.to = RunStatus.FAILED
+        entry.changes = changes
+        try:
+            (ok,) = await self._batch.write_batch([self._to_write(write.run_id, entry)])
+        except _TRANSIENT:
+            raise
+        except Exception as again:
+            self._log.error("registry_write_refused", run_id=write.run_id, exc_info=again)
+            return False
+        return ok
 
     def _report(self, entry: _Entry, applied: bool) -> None:
         for fut in entry.waiters or ():

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import sys
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from runtrack._exceptions import NoActiveRunError
+from runtrack._storable import storable_text
 
 if TYPE_CHECKING:
     from runtrack._admission import Job
@@ -72,6 +74,7 @@ class RunHandle:
         if not isinstance(text, str):
             raise TypeError(f"output text must be a str, got {type(text).__name__}")
         await self._manager._writer.recorded(self._job)  # its insert may still be on the way
+        text = storable_text(text, sys.maxsize)
         await self._manager.registry.append_output(self._job.run_id, [(stream, text)])
 
 

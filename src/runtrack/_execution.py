@@ -26,13 +26,19 @@ from runtrack._context import _current
 from runtrack._models import RunEvent
 from runtrack._stats import StatsCollector
 from runtrack._status import RunStatus
+from runtrack._storable import (
+    MAX_ERROR_MESSAGE,
+    ResultNotStorable,
+    json_problem,
+    storable_text,
+    text_problem,
+)
 from runtrack._writer import DirectWriter, Writer
 
 __all__ = ["Execution", "close_coro", "describe_error"]
 
 _JSON: TypeAdapter[Any] = TypeAdapter(JsonValue)
 # Results recorded without a JSON check (floats are checked: NaN and infinities are not JSON).
-_PLAIN: Final = frozenset({str, int, bool})
 _PLAIN_SMALL: Final = frozenset({int, bool})
 _RUNNING_STATUS: Final = RunStatus.RUNNING
 _COMPLETED: Final = RunStatus.COMPLETED
@@ -52,6 +58,7 @@ class Execution:
         _lanes: Lanes
         _writer: Writer
         _jobs: dict[str, Job]
+        _finishing: dict[str, Job]
         _waiting: int
         _delayed: int
         _running: int
@@ -236,11 +243,10 @@ class Execution:
         if job.cancel_requested:
             status = RunStatus.CANCELLED  # cancel_task (or another manager) already wrote it
         else:
-            if result is not None and (
-                type(result) not in _PLAIN
-                or (type(result) is str and len(result) > self._max_short_str)
-            ):
-                result = self._json_result(job, result)
+            if result is not None and type(result) not in _PLAIN_SMALL:
+                result, refused = self._recordable(job, result)
+                if refused is not None:
+                    status, error = RunStatus.FAILED, refused
             if error is None:
                 written = self._writer.finish(job, status, time_ns() // 1000, result, None, None)
             else:
@@ -248,8 +254,16 @@ class Execution:
                     job, status, now_us(), None, type(error).__name__, describe_error(error, job)
                 )
             if written is None:  # the writer calls _on_finished once the write is applied
+                # Its code has ended: it no longer counts as active (wait_all, shutdown),
+                # only its terminal write is on its way.
                 job.state = FINISHING
                 job.outcome = (status, duration, error)
+                self._finishing[job.run_id] = job
+                jobs = self._jobs
+                if jobs.get(job.run_id) is job:
+                    del jobs[job.run_id]
+                    if not jobs:
+                        self._idle.set()
                 return
             if not written:
                 status = self._status_in_registry(job)
@@ -257,6 +271,8 @@ class Execution:
 
     def _on_finished(self, job: Job, applied: bool) -> None:
         """A terminal write the writer applied later: now the run has really ended."""
+        if self._finishing.pop(job.run_id, None) is not job:
+            return  # given up on at shutdown, and already settled
         status, duration, error = job.outcome
         self._ended(job, status if applied else self._status_in_registry(job), duration, error)
 
@@ -335,10 +351,19 @@ class Execution:
         self._delayed += 1
         job.timer = self._loop.call_later(delay, self._release_delayed, job)
 
-    def _json_result(self, job: Job, result: Any) -> Any:
-        """The result as recorded: None (with a warning) if it is not JSON or too large."""
+    def _recordable(self, job: Job, result: Any) -> tuple[Any, ResultNotStorable | None]:
+        """The result as recorded, or why no registry could store it (the run then fails).
+
+        Not JSON or over ``max_payload_bytes``: recorded as None, with a warning.
+        """
+        if type(result) is str:
+            problem = text_problem(result)
+            if problem is not None:
+                return None, ResultNotStorable(f"the result holds {problem}")
+            if len(result) <= self._max_short_str:
+                return result, None
         try:
-            size = _payload_size(_JSON.validate_python(result))
+            value = _JSON.validate_python(result)
         except (ValidationError, ValueError):
             self._log.warning(
                 "run_result_not_json",
@@ -348,19 +373,25 @@ class Execution:
                 detail="the run completed but its result is not JSON; recorded result=None. "
                 "Return JSON-compatible values (dict, list, str, numbers, bool, None).",
             )
-            return None
-        if self._max_payload is not None and size > self._max_payload:
-            self._log.warning(
-                "run_result_too_large",
-                run_id=job.run_id,
-                name=job.name,
-                size=size,
-                max_payload_bytes=self._max_payload,
-                detail="the run completed but its result is over max_payload_bytes; recorded "
-                "result=None. Store large results elsewhere and return a reference.",
-            )
-            return None
-        return result
+            return None, None
+        if isinstance(value, dict | list):
+            problem = json_problem(value, "the result")
+            if problem is not None:
+                return None, ResultNotStorable(problem)
+        if self._max_payload is not None:
+            size = _payload_size(value)
+            if size > self._max_payload:
+                self._log.warning(
+                    "run_result_too_large",
+                    run_id=job.run_id,
+                    name=job.name,
+                    size=size,
+                    max_payload_bytes=self._max_payload,
+                    detail="the run completed but its result is over max_payload_bytes; "
+                    "recorded result=None. Store large results elsewhere and return a reference.",
+                )
+                return None, None
+        return result, None
 
     def _check_parameters(self, parameters: Mapping[str, Any]) -> None:
         if self._max_payload is not None and parameters:
@@ -380,13 +411,19 @@ def _payload_size(value: Any) -> int:
 
 
 def describe_error(error: BaseException, job: Job) -> str:
-    """The error message recorded for a failed attempt."""
-    message = str(error)
-    if message:
-        return message
-    if isinstance(error, TimeoutError) and job.timeout is not None:
-        return f"the run took longer than its timeout of {job.timeout:g}s"
-    return repr(error)
+    """The error message recorded for a failed attempt, as every registry can store it."""
+    try:
+        message = str(error)
+    except Exception:  # a broken __str__ must not lose the failure
+        message = ""
+    if not message:
+        if isinstance(error, TimeoutError) and job.timeout is not None:
+            return f"the run took longer than its timeout of {job.timeout:g}s"
+        try:
+            message = repr(error)
+        except Exception:
+            message = type(error).__name__
+    return storable_text(message, MAX_ERROR_MESSAGE)
 
 
 async def _raise(exc: Exception) -> Any:

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from contextvars import Context
 from datetime import timedelta
 from types import CoroutineType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import structlog
 from pydantic import JsonValue, TypeAdapter, ValidationError
@@ -29,6 +29,7 @@ from runtrack._exceptions import (
     DuplicateRunError,
     ManagerClosedError,
     QueueFullError,
+    RegistryUnavailableError,
     RunNotFoundError,
     RuntrackError,
 )
@@ -37,6 +38,7 @@ from runtrack._leases import interrupt_expired
 from runtrack._models import Retry, Run, RunEvent, new_run_id, utcnow
 from runtrack._stats import ManagerStats, StatsCollector
 from runtrack._status import RunStatus
+from runtrack._storable import MAX_PROGRESS_MESSAGE, storable_text
 from runtrack._writer import DirectWriter, QueueWriter, Writer
 from runtrack.registry.base import BatchWriting, RunRegistry, is_int
 from runtrack.registry.memory import InMemoryRunRegistry
@@ -46,6 +48,7 @@ __all__ = ["BackgroundTaskManager", "Listener"]
 Listener = Callable[[RunEvent], object]
 """A status-change callback: a plain function, or an async one (run as a tracked task)."""
 
+_T = TypeVar("_T")
 _UNBOUNDED = sys.maxsize
 _FIRST_BATCH = 8
 _MAX_BATCH = 4096
@@ -81,6 +84,20 @@ def _is_async_callable(fn: object) -> bool:
     )
 
 
+def _check_awaitable(coro: object, caller: str) -> None:
+    """A coroutine (or awaitable) that has not started, or a `TypeError`."""
+    if isinstance(coro, asyncio.Future):
+        raise TypeError(
+            f"{caller}() needs a coroutine that has not started, got an already scheduled "
+            f"{type(coro).__name__}: pass the coroutine itself (work(), not create_task(work()))"
+        )
+    if not inspect.isawaitable(coro):
+        raise TypeError(
+            f"{caller}() needs an awaitable (a coroutine such as work()), got "
+            f"{type(coro).__name__}: call the async function, or use submit(fn, ...)"
+        )
+
+
 def _check_limit(name: str, value: object) -> None:
     if value is not None and (not is_int(value) or value < 1):  # type: ignore[operator]
         raise ValueError(f"{name} must be None or an int >= 1, got {value!r}")
@@ -111,8 +128,11 @@ class BackgroundTaskManager(Execution):
             intervals. Must exceed ``heartbeat_interval``.
         cancel_timeout: Seconds to wait for a cancelled run's code to stop before it is
             reported as ignoring cancellation.
-        registry_timeout: Seconds `submit` waits for its QUEUED record while the registry
-            is unreachable before raising `RegistryUnavailableError`.
+        registry_timeout: Seconds a caller waits for the registry while it is unreachable:
+            `submit` for its QUEUED record, `cancel_task`, `wait` and `wait_all` for the
+            writes they promise, before raising `RegistryUnavailableError`; and, at
+            `shutdown`, how long unwritten records get after the runs were stopped (what
+            is still unwritten then is logged as ``registry_writes_lost``). Default 10.
         max_payload_bytes: Largest JSON size of a run's parameters (larger ones are a
             `ValueError` at submission) and of its result (a larger one is recorded as
             None, with a warning); None for no limit.
@@ -206,6 +226,11 @@ class BackgroundTaskManager(Execution):
         self._cancel_timeout = cancel_timeout
         self._lanes = Lanes(limits)
         self._jobs: dict[str, Job] = {}
+        # Runs whose code has ended but whose terminal write is still on its way.
+        self._finishing: dict[str, Job] = {}
+        self._registry_timeout = registry_timeout
+        self._backend: str = getattr(registry, "backend", type(registry).__name__)
+        self._failing: set[str] = set()  # background duties failing now (logged once)
         self._waiting = 0  # jobs in the lanes (admissible when a slot frees)
         self._delayed = 0  # queued jobs waiting for a delay or a retry backoff
         self._running = 0
@@ -271,6 +296,10 @@ class BackgroundTaskManager(Execution):
         Afterwards no run of this manager is QUEUED or RUNNING in the registry and every
         write has been flushed. Calling it again waits for the first call to finish.
 
+        It returns within ``grace + cancel_timeout + registry_timeout`` seconds even while the
+        registry is unreachable: the records that could not be written by then are logged
+        once (``registry_writes_lost``, every run id with the status it ended with).
+
         Args:
             grace: Seconds to let queued and running runs finish; default ``shutdown_grace``.
         """
@@ -287,7 +316,12 @@ class BackgroundTaskManager(Execution):
             for task in list(self._background):
                 task.cancel()
             await asyncio.gather(*self._background, return_exceptions=True)
-            await self._writer.aclose()
+            await self._writer.aclose(self._registry_timeout)
+            # Terminal writes given up on: the runs have ended here all the same.
+            for job in list(self._finishing.values()):
+                del self._finishing[job.run_id]
+                status, duration, error = job.outcome
+                self._finish_local(job, status, RunStatus.RUNNING, duration, error)
         finally:
             self._state = _State.CLOSED
             self._closed.set()
@@ -329,7 +363,9 @@ class BackgroundTaskManager(Execution):
             return
         self._log.warning("shutdown_cancelling", active=len(self._jobs))
         jobs = list(self._jobs.values())
-        await asyncio.gather(*(self._cancel_job(job) for job in jobs))
+        # The CANCELLED writes are flushed (for at most registry_timeout) by the writer's
+        # aclose: none is waited for here, so an unreachable registry cannot hold us.
+        await asyncio.gather(*(self._cancel_job(job, wait_write=False) for job in jobs))
 
     # -- submitting -------------------------------------------------------------------------
 
@@ -349,11 +385,8 @@ class BackgroundTaskManager(Execution):
         if not isinstance(run, Run):
             close_coro(coro)  # type: ignore[unreachable]
             raise TypeError(f"start_task() takes a runtrack.Run first, got {type(run).__name__}")
-        if type(coro) is not CoroutineType and not inspect.isawaitable(coro):
-            raise TypeError(
-                f"start_task() needs an awaitable (a coroutine such as work()), got "
-                f"{type(coro).__name__}: call the async function, or use submit(fn, ...)"
-            )
+        if type(coro) is not CoroutineType:
+            _check_awaitable(coro, "start_task")
         try:
             if run.parameters:
                 self._check_parameters(run.parameters)
@@ -377,7 +410,17 @@ class BackgroundTaskManager(Execution):
             run.attempt,
             run.max_attempts,
         )
-        inserted = self._writer.insert(job)
+        try:
+            inserted = self._writer.insert(job)
+        except DuplicateRunError:
+            close_coro(coro)
+            raise
+        if "run_id" in run.model_fields_set and not isinstance(self._writer, DirectWriter):
+            # A chosen id may name a run that already ended: it must not run again.
+            self._register(job)
+            self._announce_queued(job, inserted=inserted)
+            self._schedule(job, loop, None, hold=True)
+            return job.run_id
         # What _push() does, inlined: this is the hot path of every run.
         jobs = self._jobs
         if not jobs:
@@ -514,12 +557,16 @@ class BackgroundTaskManager(Execution):
             group=group, priority=priority, timeout=timeout, retry=retry, delay=delay,
         )  # fmt: skip
         inserted = self._writer.insert(job)
+        self._register(job)
+        self._announce_queued(job, inserted=inserted)
+        hold = run_id is not None and not isinstance(self._writer, DirectWriter)
+        self._schedule(job, loop, delay, hold=hold)
+        return job.run_id
+
+    def _register(self, job: Job) -> None:
         if not self._jobs:
             self._idle.clear()
         self._jobs[job.run_id] = job
-        self._announce_queued(job, inserted=inserted)
-        self._schedule(job, loop, delay)
-        return job.run_id
 
     def background(
         self,
@@ -563,12 +610,59 @@ class BackgroundTaskManager(Execution):
                 attempt=job.attempt,
             )  # fmt: skip
 
-    def _schedule(self, job: Job, loop: asyncio.AbstractEventLoop, delay: float | None) -> None:
-        if delay:
+    def _schedule(
+        self,
+        job: Job,
+        loop: asyncio.AbstractEventLoop,
+        delay: float | None,
+        *,
+        hold: bool = False,
+    ) -> None:
+        if hold:
+            self._delayed += 1
+            task = loop.create_task(self._admit_when_free(job, delay))
+            job.timer = task
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        elif delay:
             self._delayed += 1
             job.timer = loop.call_later(delay, self._release_delayed, job)
         else:
             self._push(job, loop)
+
+    async def _admit_when_free(self, job: Job, delay: float | None) -> None:
+        """Admit a run with a chosen id once the registry says the id was free (or QUEUED).
+
+        An id that names a run already running or ended elsewhere is refused: the coroutine
+        is closed and the record left untouched.
+        """
+        refusal: BaseException | None = None
+        status: RunStatus | None = None
+        try:
+            status = await self._writer.existing_status(job)
+        except Exception as exc:  # the registry refused the record itself
+            refusal = exc
+        if job.state != QUEUED:
+            return  # cancelled meanwhile
+        job.timer = None
+        self._delayed -= 1
+        if refusal is None and status in (None, RunStatus.QUEUED):
+            assert self._loop is not None
+            self._schedule(job, self._loop, delay)
+            return
+        error = refusal or DuplicateRunError(job.run_id)
+        self._log.error(
+            "run_refused", run_id=job.run_id, name=job.name, error=str(error),
+            recorded_status=None if status is None else status.value,
+        )  # fmt: skip
+        job.state = DONE
+        close_coro(job.coro)
+        job.coro = None
+        waiters, job.waiters = job.waiters, None
+        for fut in waiters or ():
+            if not fut.done():
+                fut.set_result(None)
+        self._forget(job)
 
     def _job_for(
         self,
@@ -597,6 +691,7 @@ class BackgroundTaskManager(Execution):
                 )
             factory = functools.partial(fn_or_coro, *args, **kwargs)
         elif inspect.isawaitable(fn_or_coro):
+            _check_awaitable(fn_or_coro, "submit")
             coro = fn_or_coro
             if args or kwargs or retry is not None:
                 close_coro(coro)
@@ -652,7 +747,7 @@ class BackgroundTaskManager(Execution):
         loop = self._loop
         if loop is None or self._state is not _State.RUNNING:
             loop = self._start()
-        if run_id in self._jobs:
+        if run_id in self._jobs or run_id in self._finishing:
             raise DuplicateRunError(run_id, where="manager")
         if self._max_pending is not None:
             free = self._limit - self._running
@@ -727,7 +822,7 @@ class BackgroundTaskManager(Execution):
         """
         job = self._jobs.get(run_id)
         if job is None:
-            await self._writer.flush()  # our own pending writes of this run land first
+            await self._bounded(self._writer.settled(run_id))  # our own writes land first
             try:
                 run = await self.registry.transition(
                     run_id, RunStatus.CANCELLED, finished_at=utcnow()
@@ -737,12 +832,40 @@ class BackgroundTaskManager(Execution):
             return run is not None
         return await self._cancel_job(job)
 
-    async def _cancel_job(self, job: Job) -> bool:
+    async def _bounded(self, write: Awaitable[_T], what: str = "") -> _T:
+        """Await a registry write for at most ``registry_timeout`` seconds.
+
+        Raises:
+            RegistryUnavailableError: it did not land in time (it is still retried).
+        """
+        try:
+            async with asyncio.timeout(self._registry_timeout):
+                return await write
+        except TimeoutError:
+            detail = f"not written within registry_timeout={self._registry_timeout:g}s"
+            raise RegistryUnavailableError(
+                self._backend, f"{what}; {detail}" if what else detail
+            ) from None
+
+    async def _cancel_job(self, job: Job, *, wait_write: bool = True) -> bool:
         if job.state == DONE:
             return False
+        changes = {"finished_at": now_us()}
+        stopped = "the run was stopped here; its CANCELLED record is written when it is back"
         if job.state == QUEUED:
             self._drop_queued(job)
-            won = await self._writer.cas_now(job, RunStatus.CANCELLED, {"finished_at": now_us()})
+            won = True
+            if wait_write:
+                written = asyncio.ensure_future(
+                    self._writer.cas_now(job, RunStatus.CANCELLED, changes)
+                )
+                try:
+                    won = await self._bounded(asyncio.shield(written), stopped)
+                except RegistryUnavailableError:
+                    self._finish_local(job, RunStatus.CANCELLED, RunStatus.QUEUED, None)
+                    raise
+            else:
+                self._writer.cas(job, RunStatus.CANCELLED, changes)
             status = RunStatus.CANCELLED if won else self._status_in_registry(job)
             self._log.info(
                 "run_cancelled", run_id=job.run_id, name=job.name, status=status.value,
@@ -750,19 +873,22 @@ class BackgroundTaskManager(Execution):
             )  # fmt: skip
             self._finish_local(job, status, RunStatus.QUEUED, None)
             return won
-        if job.state == FINISHING:
-            await self._writer.flush()  # its terminal write lands first: nothing to cancel
-            return False
-        # Running: record the cancellation first, so it wins against a completion.
+        # Running: mark it first, so its completion is never recorded over the cancellation.
         if job.cancel_requested:
-            won = False
-        else:
-            job.cancel_requested = True
-            won = await self._writer.cas_now(job, RunStatus.CANCELLED, {"finished_at": now_us()})
+            await self._await_job(job, self._cancel_timeout)
+            return False
+        job.cancel_requested = True
+        if not wait_write:
+            self._writer.cas(job, RunStatus.CANCELLED, changes)
             if job.task is not None:
                 job.task.cancel()
+            await self._await_job(job, self._cancel_timeout)
+            return True
+        written = asyncio.ensure_future(self._writer.cas_now(job, RunStatus.CANCELLED, changes))
+        if job.task is not None:
+            job.task.cancel()
         await self._await_job(job, self._cancel_timeout)
-        return won
+        return await self._bounded(asyncio.shield(written), stopped)
 
     def _drop_queued(self, job: Job) -> None:
         """Take a queued job out of the lanes (or its timer) without running it."""
@@ -821,12 +947,15 @@ class BackgroundTaskManager(Execution):
         Raises:
             RunNotFoundError: the registry has no such run.
             TimeoutError: it did not finish within ``timeout`` seconds.
+            RegistryUnavailableError: the run ended here, but its record could not be
+                written within ``registry_timeout`` seconds (it is still retried).
         """
         async with asyncio.timeout(timeout):
             job = self._jobs.get(run_id)
             if job is not None:
                 await self._await_job(job, None)
-                await self._writer.flush()
+            if job is not None or run_id in self._finishing:
+                await self._bounded(self._writer.settled(run_id), "the run has ended here")
             delay = 0.01
             while True:
                 run = await self.registry.get_run(run_id)
@@ -842,14 +971,18 @@ class BackgroundTaskManager(Execution):
 
         Raises:
             TimeoutError: runs were still active after ``timeout`` seconds (none is cancelled).
+            RegistryUnavailableError: the runs have ended, but their records could not be
+                written within ``registry_timeout`` seconds (they are still retried).
         """
         async with asyncio.timeout(timeout):
             await self._idle.wait()
-            await self._writer.flush()
+            await self._bounded(self._writer.flush(), "the runs have ended here")
 
     # -- progress, heartbeats, listeners --------------------------------------------------------
 
     async def _record_progress(self, job: Job, fraction: float, message: str | None) -> None:
+        if message is not None:
+            message = storable_text(message, MAX_PROGRESS_MESSAGE)
         self._writer.update(job.run_id, {"progress": fraction, "progress_message": message})
 
     async def _heartbeat(self) -> None:

@@ -108,12 +108,29 @@ class Writer(Protocol):
         """Current statuses of these runs (missing ones left out)."""
         ...
 
+    async def existing_status(self, job: Job) -> RunStatus | None:
+        """Wait for the job's insert: None if it created the record, else the stored status.
+
+        Raises:
+            Exception: the registry refused the record (its content), as it raised it.
+        """
+        ...
+
+    async def settled(self, run_id: str) -> None:
+        """Return once every write of this run made so far is applied."""
+        ...
+
     async def flush(self) -> None:
         """Return once every write made so far is applied."""
         ...
 
-    async def aclose(self) -> None:
-        """Flush and stop."""
+    async def aclose(self, timeout: float | None = None) -> list[tuple[str, str | None]]:
+        """Flush for at most ``timeout`` seconds and stop.
+
+        Returns:
+            The runs whose writes could not be applied, each with the status it was to be
+            recorded with (None for field updates); logged once as ``registry_writes_lost``.
+        """
         ...
 
 
@@ -132,7 +149,10 @@ class DirectWriter:
         if self._registry._insert(job):
             job.rec = job
             return True
-        job.rec = self._runs[job.run_id]  # recorded before start_task: run that record
+        rec = self._runs[job.run_id]
+        if rec.status is not RunStatus.QUEUED:  # running or ended: it must not run again
+            raise DuplicateRunError(job.run_id)
+        job.rec = rec  # recorded QUEUED before start_task: run that record
         return False
 
     async def insert_now(self, job: Job) -> bool:
@@ -185,11 +205,18 @@ class DirectWriter:
         runs = self._registry._runs
         return {rid: runs[rid].status for rid in run_ids if rid in runs}
 
+    async def existing_status(self, job: Job) -> RunStatus | None:
+        rec = job.rec
+        return None if rec is None or rec is job else rec.status
+
+    async def settled(self, run_id: str) -> None:
+        return None
+
     async def flush(self) -> None:
         return None
 
-    async def aclose(self) -> None:
-        return None
+    async def aclose(self, timeout: float | None = None) -> list[tuple[str, str | None]]:
+        return []
 
 
 def as_datetimes(changes: dict[str, Any]) -> dict[str, Any]:
@@ -242,6 +269,12 @@ async def statuses_of(registry: RunRegistry, run_ids: list[str]) -> dict[str, Ru
     return out
 
 
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Mark a future's exception as seen: its caller may have stopped waiting."""
+    if not future.cancelled():
+        future.exception()
+
+
 class QueueWriter:
     """Writes to any `RunRegistry`, queued and applied in order by one background task."""
 
@@ -256,37 +289,62 @@ class QueueWriter:
         self._owner = owner
         self._on_conflict = on_conflict
         self._on_finished = on_finished
-        self._ops: deque[tuple[str, Callable[[], Coroutine[Any, Any, Any]]]] = deque()
+        # (run id, the status the write records or None, the write)
+        self._ops: deque[tuple[str, str | None, Callable[[], Coroutine[Any, Any, Any]]]] = deque()
+        self._current: tuple[str, str | None] | None = None
+        self._inserts: dict[str, asyncio.Future[bool]] = {}
         self._task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
         self._log = structlog.get_logger("runtrack").bind(owner=owner)
 
-    def _put(self, run_id: str, op: Callable[[], Coroutine[Any, Any, Any]]) -> None:
-        self._ops.append((run_id, op))
+    def _put(
+        self, run_id: str, op: Callable[[], Coroutine[Any, Any, Any]], status: str | None = None
+    ) -> None:
+        self._ops.append((run_id, status, op))
         self._idle.clear()
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._drain())
 
     async def _drain(self) -> None:
         while self._ops:
-            run_id, op = self._ops.popleft()
+            run_id, status, op = self._ops.popleft()
+            self._current = (run_id, status)
             try:
                 await op()
             except Exception as exc:  # a failed write must not stop the ones behind it
                 self._log.error("registry_write_failed", run_id=run_id, exc_info=exc)
+            self._current = None
         self._idle.set()
 
     def insert(self, job: Job) -> bool:
         run = job_to_run(job, self._owner)
+        outcome = self._inserts[job.run_id] = asyncio.get_running_loop().create_future()
 
         async def op() -> None:
             # start_task records the run only if it is not already there
-            with contextlib.suppress(DuplicateRunError):
+            try:
                 await self._registry.add_run(run)
+            except DuplicateRunError:
+                outcome.set_result(False)
+            except Exception as exc:
+                job.refusal = exc
+                outcome.set_result(False)
+                raise
+            else:
+                outcome.set_result(True)
 
-        self._put(job.run_id, op)
+        self._put(job.run_id, op, RunStatus.QUEUED.value)
         return True
+
+    async def existing_status(self, job: Job) -> RunStatus | None:
+        outcome = self._inserts.pop(job.run_id, None)
+        if outcome is not None and await outcome:
+            return None
+        if job.refusal is not None:
+            raise job.refusal
+        run = await self._registry.get_run(job.run_id)
+        return RunStatus.CANCELLED if run is None else run.status
 
     async def insert_now(self, job: Job) -> bool:
         await self.flush()
@@ -299,12 +357,13 @@ class QueueWriter:
     def cas(self, job: Job, to: RunStatus, changes: dict[str, Any]) -> bool:
         run_id = job.run_id
         values = as_datetimes(changes)
+        self._inserts.pop(run_id, None)  # nobody asks once the run moves on
 
         async def op() -> None:
             if await self._registry.transition(run_id, to, **values) is None:
                 self._on_conflict(run_id)
 
-        self._put(run_id, op)
+        self._put(run_id, op, to.value)
         return True
 
     def start(self, job: Job, started_us: int) -> bool:
@@ -328,12 +387,27 @@ class QueueWriter:
             finally:
                 self._on_finished(job, applied)
 
-        self._put(job.run_id, op)
+        self._put(job.run_id, op, status.value)
         return None
 
     async def cas_now(self, job: Job, to: RunStatus, changes: dict[str, Any]) -> bool:
-        await self.flush()
-        return await self._registry.transition(job.run_id, to, **as_datetimes(changes)) is not None
+        # Queued like every other write, so a caller that stops waiting does not undo it.
+        run_id = job.run_id
+        values = as_datetimes(changes)
+        self._inserts.pop(run_id, None)
+        outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        outcome.add_done_callback(_retrieved)
+
+        async def op() -> None:
+            try:
+                applied = await self._registry.transition(run_id, to, **values) is not None
+            except Exception as exc:
+                outcome.set_exception(exc)
+                raise
+            outcome.set_result(applied)
+
+        self._put(run_id, op, to.value)
+        return await asyncio.shield(outcome)
 
     def update(self, run_id: str, changes: dict[str, Any]) -> None:
         values = as_datetimes(changes)
@@ -351,8 +425,32 @@ class QueueWriter:
     async def status_of(self, run_ids: list[str]) -> dict[str, RunStatus]:
         return await statuses_of(self._registry, run_ids)
 
+    async def settled(self, run_id: str) -> None:
+        await self.flush()
+
     async def flush(self) -> None:
         await self._idle.wait()
 
-    async def aclose(self) -> None:
-        await self.flush()
+    async def aclose(self, timeout: float | None = None) -> list[tuple[str, str | None]]:
+        try:
+            async with asyncio.timeout(timeout):
+                await self.flush()
+        except TimeoutError:
+            pass
+        lost: dict[str, str | None] = {}
+        current = [self._current] if self._current is not None else []
+        for run_id, status in [*current, *((r, st) for r, st, _ in self._ops)]:
+            if status is not None or run_id not in lost:
+                lost[run_id] = status
+        if lost:
+            self._log.error(
+                "registry_writes_lost",
+                runs=[{"run_id": run_id, "status": status} for run_id, status in lost.items()],
+                count=len(lost),
+                detail="the registry stayed unreachable at shutdown; these runs' last writes "
+                "are lost (status: the one they were to be recorded with)",
+            )
+        if self._task is not None:
+            self._task.cancel()
+        self._ops.clear()
+        return list(lost.items())

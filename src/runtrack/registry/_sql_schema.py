@@ -212,7 +212,8 @@ def row_from_driver(row: Mapping[Any, Any]) -> dict[str, Any]:
     values = dict(row)
     for name in _JSON_COLUMNS:
         text = values.get(name)
-        if text is not None:
+        # SQLite gives a JSON number back as a number (its JSON columns have numeric affinity).
+        if isinstance(text, str | bytes):
             values[name] = json.loads(text)
     return values
 
