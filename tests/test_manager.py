@@ -179,7 +179,10 @@ class TestStartTask:
         await runtrack_registry.add_run(run)
         await runtrack_registry.transition(run.run_id, RunStatus.CANCELLED)
         gate = Gate()
-        task_manager.start_task(run, gate.body())
+        body = gate.body()
+        with pytest.raises(DuplicateRunError):
+            task_manager.start_task(run, body)
+        assert inspect.getcoroutinestate(body) == inspect.CORO_CLOSED
         finished = await task_manager.wait(run.run_id, timeout=SAFETY)
         assert finished.status is RunStatus.CANCELLED
         assert gate.starts == 0

@@ -155,6 +155,7 @@ class BatchWriter:
         self._idle.set()
         self._wake = asyncio.Event()
         self._outage_since: float | None = None
+        self._poked = asyncio.Event()
         self._log = structlog.get_logger("runtrack").bind(owner=owner, backend=backend)
 
     # -- recording writes --------------------------------------------------------------
@@ -256,6 +257,7 @@ class BatchWriter:
 
     async def cas_now(self, job: Job, to: RunStatus, changes: dict[str, Any]) -> bool:
         self.cas(job, to, changes)
+        self._poke()
         entry = self._pending[job.run_id]
         done = asyncio.get_running_loop().create_future()
         entry.wait_with(done)
@@ -296,14 +298,28 @@ class BatchWriter:
                 continue
             return statuses.get(run_id, RunStatus.CANCELLED)
 
+    def unreachable(self) -> bool:
+        return self._outage_since is not None
+
+    def _poke(self) -> None:
+        """Someone waits for writes: retry now rather than at the end of the backoff."""
+        self._poked.set()
+
     async def settled(self, run_id: str) -> None:
+        self._poke()
+        # Both at once: a failed batch merges the pending entry into the one in flight.
+        waiting: list[asyncio.Future[bool]] = []
         for entry in (self._flying.get(run_id), self._pending.get(run_id)):
             if entry is not None:
                 done = asyncio.get_running_loop().create_future()
                 entry.wait_with(done)
-                await asyncio.shield(done)
+                waiting.append(done)
+        for done in waiting:
+            await asyncio.shield(done)
 
     async def flush(self) -> None:
+        if not self._idle.is_set():
+            self._poke()
         await self._idle.wait()
 
     async def aclose(self, timeout: float | None = None) -> list[tuple[str, str | None]]:
@@ -417,8 +433,13 @@ class BatchWriter:
         self._requeue(run_ids, entries)
         self._note_outage(exc)
         self._backing_off = True
+        self._poked.clear()
         try:
-            await asyncio.sleep(self._delay)
+            # A caller waiting for these writes cuts the backoff short (see `_poke`).
+            async with asyncio.timeout(self._delay):
+                await self._poked.wait()
+        except TimeoutError:
+            pass
         finally:
             self._backing_off = False
         self._delay = min(self._delay * 2, RETRY_MAX)
@@ -509,7 +530,7 @@ class BatchWriter:
             job.refusal = exc
         if job is None or write.to is None or not write.to.is_terminal:
             self._log.error(
-                "registry_write_refused", run_id=write.run_id, error=repr(exc), exc_info=exc
+                "registry_write_dropped", run_id=write.run_id, error=repr(exc), exc_info=exc
             )
             return False
         message = storable_text(
@@ -541,7 +562,7 @@ class BatchWriter:
         except _TRANSIENT:
             raise
         except Exception as again:
-            self._log.error("registry_write_refused", run_id=write.run_id, exc_info=again)
+            self._log.error("registry_write_dropped", run_id=write.run_id, exc_info=again)
             return False
         return ok
 

@@ -98,6 +98,51 @@ def _check_awaitable(coro: object, caller: str) -> None:
         )
 
 
+#: What each run option of `submit` / `start_call` is when not given.
+_OPTION_DEFAULTS: dict[str, object] = {
+    "name": None, "run_id": None, "parameters": None, "tags": None, "group": None,
+    "priority": 0, "timeout": None, "retry": None, "delay": None,
+}  # fmt: skip
+
+
+@functools.lru_cache(maxsize=1024)
+def _keyword_parameters(fn: Callable[..., Any]) -> frozenset[str]:
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # no signature to read (some builtins)
+        return frozenset()
+    return frozenset(
+        name
+        for name, param in signature.parameters.items()
+        if param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)
+    )
+
+
+def _check_collisions(fn: Callable[..., Any], **options: object) -> None:
+    """A run option given that is also a parameter of ``fn`` is ambiguous: a `TypeError`.
+
+    A `functools.partial` has its arguments bound already: every keyword is a run option.
+    """
+    if isinstance(fn, functools.partial):
+        return
+    given = [k for k, v in options.items() if v is not _OPTION_DEFAULTS[k] and v != 0]
+    if not given:
+        return
+    try:
+        params = _keyword_parameters(fn)
+    except TypeError:  # unhashable callable: read it without the cache
+        params = _keyword_parameters.__wrapped__(fn)
+    clash = [k for k in given if k in params]
+    if clash:
+        option = clash[0]
+        raise TypeError(
+            f"{option}= is both a run option of submit()/start_call() and a parameter of "
+            f"{_name_of(fn)!r}, so it is ambiguous: to pass it to the function, bind it "
+            f"first, submit(functools.partial(fn, {option}=...)); run options passed to "
+            f"submit() are never given to the function"
+        )
+
+
 def _check_limit(name: str, value: object) -> None:
     if value is not None and (not is_int(value) or value < 1):  # type: ignore[operator]
         raise ValueError(f"{name} must be None or an int >= 1, got {value!r}")
@@ -473,10 +518,14 @@ class BackgroundTaskManager(Execution):
             retry: Re-run failures (needs an async function, not a coroutine).
             delay: Seconds to wait before the run may be admitted.
             *args: Positional arguments for ``fn_or_coro``.
-            **kwargs: Keyword arguments for ``fn_or_coro``.
+            **kwargs: Keyword arguments for ``fn_or_coro``. A keyword that is both a run
+                option above and a parameter of ``fn_or_coro`` is a `TypeError`: bind the
+                function's argument with `functools.partial` (every keyword given with a
+                partial is a run option).
 
         Raises:
-            TypeError: not an async function or awaitable; arguments or retry with a coroutine.
+            TypeError: not an async function or awaitable; arguments or retry with a
+                coroutine; a run option that is also a parameter of the function.
             pydantic.ValidationError: non-JSON parameters, bad tags, bad timeout, ...
             DuplicateRunError: the id exists in the registry or is active here.
             QueueFullError: ``max_pending`` runs are already waiting.
@@ -689,6 +738,11 @@ class BackgroundTaskManager(Execution):
                     f"submit() takes an async function or a coroutine, got "
                     f"{_name_of(fn_or_coro)!r}, which is not async"
                 )
+            _check_collisions(
+                fn_or_coro,
+                name=name, run_id=run_id, parameters=parameters, tags=tags, group=group,
+                priority=priority, timeout=timeout, retry=retry, delay=delay,
+            )  # fmt: skip
             factory = functools.partial(fn_or_coro, *args, **kwargs)
         elif inspect.isawaitable(fn_or_coro):
             _check_awaitable(fn_or_coro, "submit")
@@ -833,19 +887,29 @@ class BackgroundTaskManager(Execution):
         return await self._cancel_job(job)
 
     async def _bounded(self, write: Awaitable[_T], what: str = "") -> _T:
-        """Await a registry write for at most ``registry_timeout`` seconds.
+        """Await registry writes; give up after ``registry_timeout`` seconds of an outage.
+
+        A registry that is reachable but busy is waited for; one that failed the last
+        write it was sent gets ``registry_timeout`` seconds.
 
         Raises:
-            RegistryUnavailableError: it did not land in time (it is still retried).
+            RegistryUnavailableError: the registry is unreachable (the writes are still
+                retried in the background).
         """
+        future = asyncio.ensure_future(write)
         try:
-            async with asyncio.timeout(self._registry_timeout):
-                return await write
-        except TimeoutError:
-            detail = f"not written within registry_timeout={self._registry_timeout:g}s"
-            raise RegistryUnavailableError(
-                self._backend, f"{what}; {detail}" if what else detail
-            ) from None
+            while True:
+                done, _ = await asyncio.wait({future}, timeout=self._registry_timeout)
+                if done:
+                    return future.result()
+                if self._writer.unreachable():
+                    detail = f"not written within registry_timeout={self._registry_timeout:g}s"
+                    raise RegistryUnavailableError(
+                        self._backend, f"{what}; {detail}" if what else detail
+                    )
+        finally:
+            if not future.done():
+                future.cancel()
 
     async def _cancel_job(self, job: Job, *, wait_write: bool = True) -> bool:
         if job.state == DONE:
@@ -1005,7 +1069,9 @@ class BackgroundTaskManager(Execution):
                 notify=self._dispatch,
             )  # fmt: skip
         except Exception as exc:  # the registry may be away; try again next beat
-            self._log.warning("lease_check_failed", exc_info=exc)
+            self._failed("lease_check", exc)
+        else:
+            self._recovered("lease_check")
 
     async def _beat(self) -> None:
         running = [j for j in self._jobs.values() if j.state == RUNNING]
@@ -1016,8 +1082,9 @@ class BackgroundTaskManager(Execution):
             try:
                 statuses = await self._writer.status_of([j.run_id for j in running])
             except Exception as exc:  # the registry may be away; try again next beat
-                self._log.warning("heartbeat_failed", exc_info=exc)
+                self._failed("heartbeat", exc)
                 return
+            self._recovered("heartbeat")
             for job in running:
                 status = statuses.get(job.run_id)
                 if status is not None and status.is_terminal:
@@ -1026,6 +1093,20 @@ class BackgroundTaskManager(Execution):
                         status=status.value,
                     )  # fmt: skip
                     self._on_conflict(job.run_id)
+
+    def _failed(self, duty: str, exc: BaseException) -> None:
+        """Log a background duty's failure once, when it starts failing (not every beat)."""
+        if duty not in self._failing:
+            self._failing.add(duty)
+            self._log.warning(
+                f"{duty}_failed", error=f"{type(exc).__name__}: {exc}",
+                detail="retried every heartbeat; logged again when it works",
+            )  # fmt: skip
+
+    def _recovered(self, duty: str) -> None:
+        if duty in self._failing:
+            self._failing.discard(duty)
+            self._log.warning(f"{duty}_recovered")
 
     def add_listener(self, callback: Listener) -> None:
         """Call ``callback(event)`` with a `RunEvent` on every status change of this manager.

@@ -120,6 +120,10 @@ class Writer(Protocol):
         """Return once every write of this run made so far is applied."""
         ...
 
+    def unreachable(self) -> bool:
+        """Whether the registry failed the last write it was sent (an outage, for now)."""
+        ...
+
     async def flush(self) -> None:
         """Return once every write made so far is applied."""
         ...
@@ -212,6 +216,9 @@ class DirectWriter:
     async def settled(self, run_id: str) -> None:
         return None
 
+    def unreachable(self) -> bool:
+        return False
+
     async def flush(self) -> None:
         return None
 
@@ -292,6 +299,7 @@ class QueueWriter:
         # (run id, the status the write records or None, the write)
         self._ops: deque[tuple[str, str | None, Callable[[], Coroutine[Any, Any, Any]]]] = deque()
         self._current: tuple[str, str | None] | None = None
+        self._failing = False
         self._inserts: dict[str, asyncio.Future[bool]] = {}
         self._task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
@@ -313,7 +321,10 @@ class QueueWriter:
             try:
                 await op()
             except Exception as exc:  # a failed write must not stop the ones behind it
+                self._failing = True
                 self._log.error("registry_write_failed", run_id=run_id, exc_info=exc)
+            else:
+                self._failing = False
             self._current = None
         self._idle.set()
 
@@ -427,6 +438,9 @@ class QueueWriter:
 
     async def settled(self, run_id: str) -> None:
         await self.flush()
+
+    def unreachable(self) -> bool:
+        return self._failing
 
     async def flush(self) -> None:
         await self._idle.wait()
