@@ -10,11 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
-from runtrack import BackgroundTaskManager, RegistryUnavailableError, Run, RunStatus
+from runtrack import (
+    BackgroundTaskManager,
+    InMemoryRunRegistry,
+    RegistryUnavailableError,
+    Run,
+    RunStatus,
+)
 from test_outage import PAIRS
 
 GRACE = 0.5
@@ -83,41 +91,106 @@ async def test_shutdown_during_an_outage_returns_and_logs_what_was_lost(backend:
 
 @pytest.mark.parametrize("backend", sorted(PAIRS))
 async def test_cancel_wait_and_wait_all_give_up_after_registry_timeout(backend: str) -> None:
-    async with PAIRS[backend]() as (proxied, direct, proxy):
-        async with BackgroundTaskManager(
+    async with (
+        PAIRS[backend]() as (proxied, direct, proxy),
+        BackgroundTaskManager(
             proxied, registry_timeout=REGISTRY_TIMEOUT, shutdown_grace=0
+        ) as manager,
+    ):
+        finish = asyncio.Event()
+        forever = asyncio.Event()
+
+        async def quick() -> str:
+            await finish.wait()
+            return "done"
+
+        async def stuck() -> None:
+            await forever.wait()
+
+        done_id = manager.start_task(Run(name="quick"), quick())
+        stuck_id = manager.start_task(Run(name="stuck"), stuck())
+        await manager._writer.flush()
+        proxy.cut()
+        finish.set()
+        await _until(lambda: not manager.is_task_active(done_id), "the quick run")
+
+        bound = REGISTRY_TIMEOUT * 2 + SLACK
+        for call in (
+            manager.wait(done_id),
+            manager.cancel_task(stuck_id),
+            manager.wait_all(),
+        ):
+            started = time.monotonic()
+            with pytest.raises(RegistryUnavailableError, match=backend):
+                async with asyncio.timeout(bound):
+                    await call
+            assert time.monotonic() - started >= REGISTRY_TIMEOUT
+        assert not manager.is_task_active(stuck_id)  # stopped here all the same
+
+        proxy.restore()  # the writes were kept: they land once it is back
+        await manager.wait_all(timeout=30)
+        assert (await manager.wait(done_id, timeout=30)).result == "done"
+        stuck_run = await direct.get_run(stuck_id)
+        assert stuck_run is not None
+        assert stuck_run.status is RunStatus.CANCELLED
+
+
+class _DownReads(InMemoryRunRegistry):
+    """Memory registry whose heartbeat and lease reads fail while ``down``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+        self.failed_reads = 0
+        self.enough = asyncio.Event()
+
+    def _fail(self) -> None:
+        self.failed_reads += 1
+        if self.failed_reads >= 8:
+            self.enough.set()
+        raise RegistryUnavailableError("flaky", "connection refused")
+
+    async def get_statuses(self, run_ids: Sequence[str]) -> dict[str, RunStatus]:
+        if self.down:
+            self._fail()
+        return await super().get_statuses(run_ids)
+
+    async def list_runs(self, **filters: Any) -> list[Run]:  # type: ignore[override]
+        if self.down:
+            self._fail()
+        return await super().list_runs(**filters)
+
+
+async def test_heartbeat_and_lease_failures_are_logged_once_per_outage(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Not the in-memory fast path: heartbeats read statuses from the registry.
+    monkeypatch.setattr("runtrack._manager.InMemoryRunRegistry", type("NotIt", (), {}))
+    registry = _DownReads()
+    forever = asyncio.Event()
+
+    async def stuck() -> None:
+        await forever.wait()
+
+    with capture_logs() as logs:
+        async with BackgroundTaskManager(
+            registry, heartbeat_interval=0.02, lease=0.05, shutdown_grace=0
         ) as manager:
-            finish = asyncio.Event()
-            forever = asyncio.Event()
-
-            async def quick() -> str:
-                await finish.wait()
-                return "done"
-
-            async def stuck() -> None:
-                await forever.wait()
-
-            done_id = manager.start_task(Run(name="quick"), quick())
-            stuck_id = manager.start_task(Run(name="stuck"), stuck())
-            await manager._writer.flush()
-            proxy.cut()
-            finish.set()
-            await _until(lambda: not manager.is_task_active(done_id), "the quick run")
-
-            bound = REGISTRY_TIMEOUT * 2 + SLACK
-            for call in (
-                manager.wait(done_id),
-                manager.cancel_task(stuck_id),
-                manager.wait_all(),
-            ):
-                started = time.monotonic()
-                with pytest.raises(RegistryUnavailableError, match=backend):
-                    async with asyncio.timeout(bound):
-                        await call
-                assert time.monotonic() - started >= REGISTRY_TIMEOUT
-            assert not manager.is_task_active(stuck_id)  # stopped here all the same
-
-            proxy.restore()  # the writes were kept: they land once it is back
-            await manager.wait_all(timeout=30)
-            assert (await manager.wait(done_id, timeout=30)).result == "done"
-            assert (await direct.get_run(stuck_id)).status is RunStatus.CANCELLED  # type: ignore[union-attr]
+            manager.start_task(Run(name="stuck"), stuck())
+            registry.down = True
+            await asyncio.wait_for(registry.enough.wait(), 30)  # failed beats and looks
+            registry.down = False
+            await _until(
+                lambda: (
+                    {"heartbeat_recovered", "lease_check_recovered"} <= {e["event"] for e in logs}
+                ),
+                "recovery",
+            )
+    events = [e["event"] for e in logs]
+    assert events.count("heartbeat_failed") == 1
+    assert events.count("lease_check_failed") == 1
+    assert events.count("heartbeat_recovered") == 1
+    assert events.count("lease_check_recovered") == 1
+    failed = next(e for e in logs if e["event"] == "heartbeat_failed")
+    assert "exc_info" not in failed  # one line, not a traceback per beat
+    assert "connection refused" in failed["error"]

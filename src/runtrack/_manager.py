@@ -21,7 +21,7 @@ from typing import Any, Self, TypeVar
 import structlog
 from pydantic import JsonValue, TypeAdapter, ValidationError
 
-from runtrack._admission import DONE, FINISHING, QUEUED, RUNNING, Job, Lanes
+from runtrack._admission import DONE, QUEUED, RUNNING, Job, Lanes
 from runtrack._background import BackgroundFunction, P, RunOptions, decorator
 from runtrack._batch import BatchWriter
 from runtrack._clock import dt_to_us, now_us

@@ -32,7 +32,7 @@ MAX_ERROR_MESSAGE: Final = 16_384
 MAX_PROGRESS_MESSAGE: Final = 1_024
 
 
-class ResultNotStorable(ValueError):  # noqa: N818 - recorded as the run's error_type
+class ResultNotStorable(ValueError):
     """Recorded as a run's error when its result is something no registry can store."""
 
 
@@ -77,10 +77,10 @@ def json_problem(value: Any, where: str) -> str | None:
 
 
 def storable_text(text: str, limit: int) -> str:
-    """``text`` as every registry can store it: NUL and lone surrogates escaped, cut to ``limit``.
+    """``text`` as every registry can store it: NUL and lone surrogates escaped, then cut.
 
-    The escapes read as Python writes them (``\\x00``, ``\\ud800``); a cut text ends with
-    a note of how much was cut.
+    The escapes read as Python writes them (a backslash, then ``x00`` or ``ud800``); a text
+    longer than ``limit`` characters is cut, with a note of how much was cut.
     """
     if "\x00" in text:
         text = text.replace("\x00", "\\x00")
