@@ -155,7 +155,7 @@ class _DownReads(InMemoryRunRegistry):
             self._fail()
         return await super().get_statuses(run_ids)
 
-    async def list_runs(self, **filters: Any) -> list[Run]:  # type: ignore[override]
+    async def list_runs(self, **filters: Any) -> list[Run]:
         if self.down:
             self._fail()
         return await super().list_runs(**filters)
