@@ -40,7 +40,8 @@ def registry_from_url(url: str) -> RunRegistry:
         A registry that creates its schema on first use.
 
     Raises:
-        ValueError: the URL is malformed or its scheme unknown.
+        ValueError: the URL is malformed or its scheme unknown, ``memory://`` is followed by
+            anything, or a Redis database is not a number.
         ImportError: the backend's extra (``runtrack[sql]``, ``runtrack[redis]``) is missing.
 
     Example:
@@ -60,6 +61,11 @@ def registry_from_url(url: str) -> RunRegistry:
         shown = f"scheme {scheme!r}" if scheme else "no scheme"
         raise ValueError(f"cannot build a registry from a URL with {shown}: use one of {_FORMS}")
     if scheme == "memory":
+        if url.lower() != "memory://":
+            raise ValueError(
+                f"a memory registry URL is exactly memory:// (it takes no host, path or "
+                f"options), got {url!r}; the other forms: {_FORMS}"
+            )
         return InMemoryRunRegistry()
     module_name, class_name, extra = SCHEMES[scheme]
     try:
