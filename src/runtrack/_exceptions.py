@@ -136,4 +136,5 @@ class RegistryConfigError(RuntrackError):
         self.backend = backend
         self.problem = problem
         self.fix = fix
-        super().__init__(f"the {backend} registry cannot be used as configured: {problem}: {fix}")
+        said = problem.rstrip(" .")
+        super().__init__(f"the {backend} registry cannot be used as configured: {said}: {fix}")

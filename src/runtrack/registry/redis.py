@@ -13,7 +13,7 @@ import os
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final, Self, cast
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio
 import redis.exceptions
@@ -38,6 +38,7 @@ from runtrack.registry._refusals import (
     candidates_of_writes,
     refused,
 )
+from runtrack.registry._url import check_redis_url
 from runtrack.registry.base import (
     MUTABLE_FIELDS,
     TIME_FIELDS,
@@ -81,10 +82,6 @@ _OPTIONAL_FIELDS: Final = (
 _RETRIES: Final = 3
 _BACKOFF_BASE: Final = 0.01
 _BACKOFF_CAP: Final = 0.5
-_URL_FORMS: Final = (
-    "redis://[[user]:password@]host[:port][/db], rediss://... (TLS) or "
-    "unix://[[user]:password@]/path/to/socket[?db=N], db a number (default 0)"
-)
 
 
 # -- encoding: a run's fields as hash strings; None (and {} for parameters/tags) is absent --
@@ -255,9 +252,7 @@ _OUTAGE_ERRORS: Final = (
 )
 #: Replies of a server that cannot take commands for now (the ResponseError's text).
 _BUSY_REPLIES: Final = ("BUSY ", "MISCONF ")
-_AUTH_FIX: Final = (
-    "check the user name and password in the URL (redis://user:password@host:6379/0)"
-)
+_AUTH_FIX: Final = "check the user name and password in the URL (redis://user:password@host:6379/0)"
 _PERMISSION_FIX: Final = (
     "grant the user the commands the registry uses (EVALSHA, SCRIPT, HGETALL, LRANGE, "
     "SET, ...) on the keys under its prefix"
@@ -295,31 +290,6 @@ def _safe_url(url: str) -> str:
         pairs = parse_qsl(query, keep_blank_values=True)
         query = urlencode([(k, "***" if k.lower() == "password" else v) for k, v in pairs])
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def _check_url(url: str) -> None:
-    """Refuse a URL whose database is not a number: redis-py would quietly use 0.
-
-    Raises:
-        ValueError: the database in the path or in ``?db=`` is not a number.
-    """
-    try:
-        parts = urlsplit(url)
-    except ValueError as exc:
-        raise ValueError(f"malformed Redis URL: use {_URL_FORMS} ({exc})") from None
-    scheme = parts.scheme.lower()
-    if scheme not in {"redis", "rediss", "unix"}:
-        raise ValueError(f"a Redis URL starts with redis://, rediss:// or unix://: use {_URL_FORMS}")
-    dbs = [v for k, v in parse_qsl(parts.query, keep_blank_values=True) if k == "db"]
-    if scheme != "unix":
-        path = unquote(parts.path).strip("/")
-        if path:
-            dbs.append(path)
-    for db in dbs:
-        if not db.isdigit():
-            raise ValueError(
-                f"the database of a Redis URL is a number, got {db!r}: use {_URL_FORMS}"
-            )
 
 
 def _describe_client(client: redis.asyncio.Redis) -> str:
@@ -392,7 +362,7 @@ class RedisRunRegistry:
             raise TypeError(f"prefix must be a str, got {prefix!r}")
         self._ttl_us = _ttl_us(finished_ttl)
         if isinstance(url_or_client, str):
-            _check_url(url_or_client)
+            check_redis_url(url_or_client)
             self._where = _safe_url(url_or_client)
             retry = Retry(ExponentialWithJitterBackoff(_BACKOFF_CAP, _BACKOFF_BASE), _RETRIES)
             # Named explicitly: redis-py 6 retries these by default, 5.x only when told.

@@ -800,9 +800,7 @@ class SQLRunRegistry:
                     raise
                 raise error from exc
 
-    async def _error(
-        self, exc: Exception, values: Callable[[], Candidates] | None
-    ) -> Exception:
+    async def _error(self, exc: Exception, values: Callable[[], Candidates] | None) -> Exception:
         """The error to raise for ``exc``: ``exc`` itself unless it means something known.
 
         - an outage: `RegistryUnavailableError`;
