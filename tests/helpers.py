@@ -21,7 +21,7 @@ from runtrack import (
     Run,
     RunStatus,
 )
-from runtrack.registry.base import StatusFilter
+from runtrack.registry.base import OutputItem, StatusFilter
 
 #: Seconds any single wait in a test may take before the test fails instead of hanging.
 SAFETY: Final = 2.0
@@ -157,9 +157,7 @@ class DelegatingRegistry:
     async def count_runs(self, *, name: str | None = None) -> dict[RunStatus, int]:
         return await self.inner.count_runs(name=name)
 
-    async def append_output(
-        self, run_id: str, chunks: Iterable[tuple[str, str]]
-    ) -> list[OutputChunk]:
+    async def append_output(self, run_id: str, chunks: Iterable[OutputItem]) -> list[OutputChunk]:
         return await self.inner.append_output(run_id, chunks)
 
     async def get_output(

@@ -814,6 +814,26 @@ class TestOutput:
 
         assert [c.text for c in await registry.get_output(run.run_id)] == texts
 
+    async def test_append_output_chunks(self, registry: RunRegistry) -> None:
+        run = await add(registry)
+        await registry.append_output(run.run_id, [("stdout", "first")])
+        given = [
+            OutputChunk(seq=7, stream="stderr", text="oops\n", at=T0),
+            OutputChunk(seq=1, text="plain"),
+        ]
+        before = datetime.now(UTC)
+
+        chunks = await registry.append_output(run.run_id, [given[0], ("stdout", "pair"), given[1]])
+
+        assert [(c.seq, c.stream, c.text) for c in chunks] == [
+            (2, "stderr", "oops\n"),
+            (3, "stdout", "pair"),
+            (4, "stdout", "plain"),
+        ]
+        for chunk in chunks:  # the registry's clock, not the chunk's own
+            assert before - timedelta(seconds=5) <= chunk.at <= datetime.now(UTC)
+        assert (await registry.get_output(run.run_id))[1:] == chunks
+
     async def test_empty_append(self, registry: RunRegistry) -> None:
         run = await add(registry)
 
@@ -982,10 +1002,45 @@ class TestCleanup:
     async def test_bad_arguments(self, registry: RunRegistry) -> None:
         with pytest.raises(ValueError, match="keep"):
             await registry.cleanup_old_runs(older_than=timedelta(days=1), keep=-1)
+        with pytest.raises(TypeError, match="keep"):
+            await registry.cleanup_old_runs(older_than=timedelta(days=1), keep=1.5)  # type: ignore[arg-type]
         with pytest.raises(TypeError, match="timedelta"):
             await registry.cleanup_old_runs(older_than=3600)  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="done"):
             await registry.cleanup_old_runs(older_than=timedelta(days=1), statuses="done")
+
+    @pytest.mark.parametrize(
+        "older_than",
+        [timedelta(days=-1), timedelta(microseconds=-1), -timedelta(weeks=520)],
+        ids=["day", "microsecond", "decade"],
+    )
+    async def test_negative_age(self, registry: RunRegistry, older_than: timedelta) -> None:
+        # A negative age would put the cutoff in the future: every finished run would go.
+        runs = [await add(registry, status=s, finished_at=ago(minutes=1)) for s in (C, F, X)]
+
+        with pytest.raises(ValueError, match="older_than must not be negative"):
+            await registry.cleanup_old_runs(older_than=older_than)
+
+        for run in runs:
+            assert await registry.get_run(run.run_id) == run
+
+    @pytest.mark.parametrize("older_than", ["1d", 86400.0, None], ids=repr)
+    async def test_age_not_a_timedelta(self, registry: RunRegistry, older_than: Any) -> None:
+        run = await add(registry, status=C, finished_at=ago(days=10))
+
+        with pytest.raises(TypeError, match="timedelta"):
+            await registry.cleanup_old_runs(older_than=older_than)
+
+        assert await registry.get_run(run.run_id) == run
+
+    async def test_statuses_none_means_finished(self, registry: RunRegistry) -> None:
+        old = [await add(registry, status=s, finished_at=ago(days=9)) for s in (C, F, X)]
+        queued = await add(registry, status=Q, created_at=ago(days=9))
+
+        deleted = await registry.cleanup_old_runs(older_than=timedelta(days=1), statuses=None)
+
+        assert deleted == len(old)
+        assert ids(await registry.list_runs()) == [queued.run_id]
 
 
 class TestLifecycle:

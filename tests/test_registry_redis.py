@@ -783,3 +783,53 @@ class TestConstruction:
             "assert 'redis' not in sys.modules"
         )
         subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# Added for issue 8 at the end of the module, to keep merges with other changes simple.
+from urllib.parse import urlsplit, urlunsplit  # noqa: E402
+
+from runtrack import RegistryConfigError  # noqa: E402
+
+
+class TestConfigErrors:
+    """A refused login or a database out of range is a RegistryConfigError, not an outage."""
+
+    def with_auth(self, auth: str, db: str = "0") -> str:
+        parts = urlsplit(redis_url())
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit((parts.scheme, f"{auth}@{host}", f"/{db}", "", ""))
+
+    async def expect_config_error(self, url: str) -> RegistryConfigError:
+        async with redis_prefix() as prefix, RedisRunRegistry(url, prefix=prefix) as registry:
+            errors = []
+            calls: list[Callable[[], Awaitable[object]]] = [
+                lambda: registry.get_run("x"),
+                lambda: registry.add_run(Run()),
+            ]
+            for call in calls:
+                with pytest.raises(RegistryConfigError) as info:
+                    await call()
+                errors.append(info.value)
+        assert all(error.backend == "redis" for error in errors)
+        assert "check that the server is running" not in str(errors[0])
+        return errors[0]
+
+    async def test_wrong_user_or_password(self) -> None:
+        error = await self.expect_config_error(self.with_auth("no-such-user-rt:wrong-pw-rt"))
+
+        assert "invalid username-password pair" in error.problem
+        assert "user name and password" in error.fix
+        assert "wrong-pw-rt" not in str(error)
+
+    async def test_database_out_of_range(self) -> None:
+        error = await self.expect_config_error(self.with_auth("", db="4999"))
+
+        assert "DB index is out of range" in error.problem
+        assert "databases" in error.fix
+
+    @pytest.mark.parametrize(
+        "url", ["redis://localhost/abc", "redis://localhost:6379/0?db=x", "rediss://h/1/2"]
+    )
+    def test_database_not_a_number(self, url: str) -> None:
+        with pytest.raises(ValueError, match="database of a Redis URL is a number"):
+            RedisRunRegistry(url)

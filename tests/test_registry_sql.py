@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -23,6 +24,7 @@ from structlog.testing import capture_logs
 
 from registries import skip_or_fail
 from runtrack import (
+    RegistryConfigError,
     RegistryUnavailableError,
     Run,
     RunStatus,
@@ -302,9 +304,8 @@ class TestOutages:
         [
             ("postgresql+asyncpg://postgres@127.0.0.1:1/test", "postgresql"),
             ("mysql+asyncmy://root@127.0.0.1:1/test", "mysql"),
-            ("sqlite+aiosqlite:////nonexistent-dir/sub/runs.db", "sqlite"),
         ],
-        ids=["postgresql", "mariadb", "sqlite"],
+        ids=["postgresql", "mariadb"],
     )
     async def test_unreachable(self, url: str, backend: str) -> None:
         started = time.monotonic()
@@ -362,6 +363,163 @@ class TestOutages:
         old = await registry.get_run("old")
         assert old is not None
         assert (old.status, old.result) == (R, None)
+
+
+def with_database(
+    url: str,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    database: str | None = None,
+) -> str:
+    """``url`` with its user, password or database replaced (None: kept)."""
+    changed = sa.make_url(url).set(username=username, password=password, database=database)
+    return changed.render_as_string(hide_password=False)
+
+
+async def config_error(url: str) -> RegistryConfigError:
+    """The RegistryConfigError a first read and a first write on ``url`` raise (the same)."""
+    async with SQLRunRegistry(url) as registry:
+        errors: list[RegistryConfigError] = []
+        calls: list[Callable[[], Awaitable[object]]] = [
+            lambda: registry.get_run("x"),
+            lambda: registry.add_run(Run()),
+        ]
+        for call in calls:
+            with pytest.raises(RegistryConfigError) as info:
+                await call()
+            errors.append(info.value)
+        assert info.value.backend == registry.backend
+    await aiosqlite_threads_stopped()
+    assert str(errors[0]) == str(errors[1])
+    message = str(errors[0])
+    assert "cannot be used as configured" in message
+    assert "check that the server is running" not in message
+    assert "DBAPIError" not in message
+    return errors[0]
+
+
+class TestConfigErrors:
+    """A refused login, a missing role, database or folder is a RegistryConfigError."""
+
+    async def test_postgresql_missing_role(self) -> None:
+        await require_server(postgres_url())
+        role = f"no_such_role_{uuid.uuid4().hex[:8]}"
+
+        error = await config_error(with_database(postgres_url(), username=role))
+
+        assert f'role "{role}" does not exist' in error.problem
+        assert "create that role" in error.fix
+
+    async def test_postgresql_missing_database(self) -> None:
+        await require_server(postgres_url())
+
+        error = await config_error(with_database(postgres_url(), database="no_such_db_rt"))
+
+        assert 'database "no_such_db_rt" does not exist' in error.problem
+        assert "CREATE DATABASE" in error.fix
+
+    async def test_mariadb_wrong_password(self) -> None:
+        await require_server(mysql_url())
+        url = with_database(mysql_url(), username="root", password="wrong-pw-rt")
+
+        error = await config_error(url)
+
+        assert "Access denied for user 'root'" in error.problem
+        assert "wrong-pw-rt" not in str(error)
+        assert "password" in error.fix
+
+    async def test_mariadb_unknown_user(self) -> None:
+        await require_server(mysql_url())
+
+        error = await config_error(with_database(mysql_url(), username="no_such_user_rt"))
+
+        assert "Access denied for user 'no_such_user_rt'" in error.problem
+
+    async def test_mariadb_missing_database(self) -> None:
+        await require_server(mysql_url())
+
+        error = await config_error(with_database(mysql_url(), database="no_such_db_rt"))
+
+        assert "Unknown database 'no_such_db_rt'" in error.problem
+        assert "CREATE DATABASE" in error.fix
+
+    async def test_sqlite_missing_folder(self, tmp_path: Path) -> None:
+        folder = tmp_path / "missing" / "sub"
+
+        error = await config_error(f"sqlite+aiosqlite:///{folder / 'runs.db'}")
+
+        assert error.problem == f"the folder {str(folder)!r} of the SQLite database does not exist"
+        assert "create it" in error.fix
+        assert not folder.exists()
+
+    async def test_sqlite_path_is_a_folder(self, tmp_path: Path) -> None:
+        error = await config_error(f"sqlite+aiosqlite:///{tmp_path}")
+
+        assert "is a folder" in error.problem
+
+    async def test_sqlite_not_a_database(self, tmp_path: Path) -> None:
+        path = tmp_path / "notes.txt"
+        path.write_text("not a database, " * 100)
+
+        error = await config_error(f"sqlite+aiosqlite:///{path}")
+
+        assert "is not a SQLite database" in error.problem
+        assert path.read_text() == "not a database, " * 100
+
+
+class TestRefusedValues:
+    """A value the database refuses is a ValueError, and the registry keeps working."""
+
+    async def test_mariadb_packet_too_large(self) -> None:
+        await require_server(mysql_url())
+        async with sql_registry(mysql_url()) as registry:
+            async with registry.engine.connect() as conn:
+                limit = await conn.scalar(sa.text("SELECT @@max_allowed_packet"))
+            assert isinstance(limit, int)
+            run = Run(run_id="huge", status=R)
+            await registry.add_run(run)
+            huge = "x" * (limit + 1000)
+            good = [Run(run_id=f"good-{i}") for i in range(3)]
+
+            calls: list[Callable[[], Awaitable[object]]] = [
+                lambda: registry.add_run(Run(run_id="huge-params", parameters={"p": huge})),
+                lambda: registry.transition("huge", C, result=huge),
+                lambda: registry.update_run("huge", progress_message=huge),
+                lambda: registry.append_output("huge", [("stdout", huge)]),
+                lambda: registry.write_batch(
+                    [
+                        RunWrite("huge", to=C, expect=frozenset({R}), changes={"result": huge}),
+                        *(RunWrite(r.run_id, stored=stored_run(r)) for r in good),
+                    ]
+                ),
+            ]
+            for call in calls:
+                with pytest.raises(ValueError, match="max_allowed_packet") as info:
+                    await call()
+                assert type(info.value) is ValueError
+                assert "'huge" in str(info.value)
+
+            assert await registry.get_run("huge") == run
+            assert await registry.get_run("huge-params") is None
+            assert await registry.get_output("huge") == []
+            for write in good:
+                assert await registry.write_batch([RunWrite(write.run_id, run=write)]) == [True]
+            assert len(await registry.list_runs()) == 4
+
+    async def test_mariadb_check_failure_is_not_an_outage(self) -> None:
+        await require_server(mysql_url())
+        async with sql_registry(mysql_url()) as registry:
+            await registry.add_run(Run(run_id="deep", status=R))
+            deep: Any = 1
+            for _ in range(40):
+                deep = [deep]
+
+            with pytest.raises(ValueError, match="nested over 31") as info:
+                await registry.transition("deep", C, result=deep)
+
+            assert isinstance(info.value.__cause__, sa.exc.OperationalError)
+            assert await registry.transition("deep", C, result=[[1]]) is not None
 
 
 class TestWriteBatch:

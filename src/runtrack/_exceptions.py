@@ -8,10 +8,14 @@ Every error is a subclass of `RuntrackError`, so one ``except`` catches them all
     ├── QueueFullError             more runs waiting for admission than ``max_pending``
     ├── ManagerClosedError         the manager is shutting down or closed
     ├── NoActiveRunError           ``current_run()`` called outside a run
-    └── RegistryUnavailableError   the registry cannot be reached
+    ├── RegistryUnavailableError   the registry cannot be reached
+    └── RegistryConfigError        the registry refuses the configuration (credentials,
+                                   database, path): fix it, retrying will not help
 
 Bad arguments are `TypeError` or `ValueError`, and bad run data is pydantic's
-``ValidationError``, as usual in Python.
+``ValidationError``, as usual in Python. A value the registry's store refuses to hold (a
+NUL character on PostgreSQL, a lone surrogate, JSON nested too deep for MariaDB, ...) is a
+`ValueError` that names the run and the field.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ __all__ = [
     "ManagerClosedError",
     "NoActiveRunError",
     "QueueFullError",
+    "RegistryConfigError",
     "RegistryUnavailableError",
     "RunNotFoundError",
     "RuntrackError",
@@ -117,3 +122,19 @@ class RegistryUnavailableError(RuntrackError):
             f"the {backend} registry is unavailable{suffix}: check that the server is "
             "running and reachable, then retry"
         )
+
+
+class RegistryConfigError(RuntrackError):
+    """The registry's store refuses how it is configured: retrying will not help.
+
+    A wrong password, a user, role or database that does not exist, a SQLite file in a
+    folder that does not exist, a Redis database number out of range, ...
+    """
+
+    def __init__(self, backend: str, problem: str, fix: str) -> None:
+        self._init_args = (backend, problem, fix)
+        self.backend = backend
+        self.problem = problem
+        self.fix = fix
+        said = problem.rstrip(" .")
+        super().__init__(f"the {backend} registry cannot be used as configured: {said}: {fix}")

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING, Final
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from runtrack.registry.memory import InMemoryRunRegistry
 
 if TYPE_CHECKING:
     from runtrack.registry.base import RunRegistry
 
-__all__ = ["SCHEMES", "registry_from_url"]
+__all__ = ["SCHEMES", "check_redis_url", "registry_from_url"]
 
 #: URL scheme -> (module, class, extra that provides it).
 SCHEMES: Final[dict[str, tuple[str, str, str | None]]] = {
@@ -40,7 +40,8 @@ def registry_from_url(url: str) -> RunRegistry:
         A registry that creates its schema on first use.
 
     Raises:
-        ValueError: the URL is malformed or its scheme unknown.
+        ValueError: the URL is malformed or its scheme unknown, ``memory://`` is followed by
+            anything, or a Redis database is not a number.
         ImportError: the backend's extra (``runtrack[sql]``, ``runtrack[redis]``) is missing.
 
     Example:
@@ -60,7 +61,11 @@ def registry_from_url(url: str) -> RunRegistry:
         shown = f"scheme {scheme!r}" if scheme else "no scheme"
         raise ValueError(f"cannot build a registry from a URL with {shown}: use one of {_FORMS}")
     if scheme == "memory":
+        if url.lower() != "memory://":
+            raise ValueError(f"memory:// takes no host, path or options: use one of {_FORMS}")
         return InMemoryRunRegistry()
+    if scheme in {"redis", "rediss"}:
+        check_redis_url(url)
     module_name, class_name, extra = SCHEMES[scheme]
     try:
         module = importlib.import_module(module_name)
@@ -71,3 +76,23 @@ def registry_from_url(url: str) -> RunRegistry:
     factory = getattr(module, class_name)
     registry: RunRegistry = factory(url)
     return registry
+
+
+def check_redis_url(url: str) -> None:
+    """Refuse a Redis URL whose database is not a number (redis-py would use 0 quietly).
+
+    Raises:
+        ValueError: the database, in the path or in ``?db=``, is not a number.
+    """
+    parts = urlsplit(url)
+    dbs = [value for key, value in parse_qsl(parts.query, keep_blank_values=True) if key == "db"]
+    if parts.scheme.lower() != "unix":
+        path = unquote(parts.path).strip("/")
+        if path:
+            dbs.append(path)
+    for db in dbs:
+        if not (db.isascii() and db.isdigit()):
+            raise ValueError(
+                f"the database of a Redis URL is a number (redis://host:6379/0), got {db!r}: "
+                f"use one of {_FORMS}"
+            )

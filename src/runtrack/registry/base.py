@@ -9,7 +9,7 @@ from typing import Any, Final, Protocol, Self, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from runtrack._clock import dt_to_us
+from runtrack._clock import dt_to_us, now_us
 from runtrack._models import (
     Attempt,
     Json,
@@ -21,13 +21,14 @@ from runtrack._models import (
     Tags,
     UTCDatetime,
 )
-from runtrack._status import TERMINAL, RunStatus
+from runtrack._status import TERMINAL, RunStatus, normalize_statuses
 
 __all__ = [
     "MUTABLE_FIELDS",
     "RUN_FIELDS",
     "TIME_FIELDS",
     "BatchWriting",
+    "OutputItem",
     "RunRegistry",
     "RunWrite",
     "StatusFilter",
@@ -35,11 +36,15 @@ __all__ = [
     "is_int",
     "stored_run",
     "validate_changes",
+    "validate_cleanup_args",
     "validate_list_args",
     "validate_output",
 ]
 
 StatusFilter = RunStatus | str | Iterable[RunStatus | str] | None
+#: An output chunk given to `RunRegistry.append_output`: a ``(stream, text)`` pair or an
+#: `OutputChunk` (whose ``seq`` and ``at`` the registry replaces).
+OutputItem = tuple[str, str] | OutputChunk
 
 #: Fields that ``transition(**changes)`` and ``update_run(**changes)`` may set.
 MUTABLE_FIELDS: Final = frozenset(
@@ -147,6 +152,10 @@ class BatchWriting(Protocol):
         Raises:
             RegistryUnavailableError: the backend could not be reached; nothing was applied
                 (the whole batch is one transaction or one server-side script).
+            ValueError: the store refused a value of one of the writes (see the backend's
+                page in the docs); nothing was applied. The message names the first run
+                and field found at fault; apply the writes one at a time to learn which
+                ones the store refuses.
         """
         ...
 
@@ -241,13 +250,15 @@ class RunRegistry(Protocol):
         """How many runs are in each status (every status is a key)."""
         ...
 
-    async def append_output(
-        self, run_id: str, chunks: Iterable[tuple[str, str]]
-    ) -> list[OutputChunk]:
-        """Append ``(stream, text)`` chunks; returns them numbered (seq from 1 per run).
+    async def append_output(self, run_id: str, chunks: Iterable[OutputItem]) -> list[OutputChunk]:
+        """Append chunks; returns them numbered (seq from 1 per run).
+
+        ``chunks`` are ``(stream, text)`` pairs or `OutputChunk`s; the registry assigns
+        ``seq`` and ``at`` either way.
 
         Raises:
             RunNotFoundError: no such run.
+            ValueError: a stream name is empty or too long, or the store refuses the text.
         """
         ...
 
@@ -271,6 +282,10 @@ class RunRegistry(Protocol):
 
         Returns:
             How many runs were deleted.
+
+        Raises:
+            TypeError: ``older_than`` is not a `timedelta`, or ``keep`` not an int.
+            ValueError: ``older_than`` or ``keep`` is negative, or a status is unknown.
         """
         ...
 
@@ -344,22 +359,60 @@ def is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def validate_output(chunks: Iterable[object]) -> list[tuple[str, str]]:
-    """Check ``(stream, text)`` chunks for `RunRegistry.append_output`.
+def validate_cleanup_args(
+    older_than: timedelta, keep: int, statuses: StatusFilter
+) -> tuple[int, frozenset[RunStatus]]:
+    """Check the arguments of `RunRegistry.cleanup_old_runs`.
+
+    Returns:
+        The cutoff (runs that finished before it, in µs since the epoch, are old enough)
+        and the finished statuses to delete (None stands for every finished status).
 
     Raises:
-        TypeError: a chunk is not a pair of strings.
+        TypeError: ``older_than`` is not a `timedelta`, or ``keep`` not an int.
+        ValueError: ``older_than`` or ``keep`` is negative, or a status is unknown.
+    """
+    age: object = older_than  # callers may not be type-checked
+    if not isinstance(age, timedelta):
+        raise TypeError(
+            f"older_than must be a datetime.timedelta such as timedelta(days=30), got {age!r}"
+        )
+    if age < timedelta(0):
+        raise ValueError(
+            f"older_than must not be negative (it would match every finished run), got "
+            f"{age!r}: pass how long ago runs must have finished, e.g. timedelta(days=30)"
+        )
+    if not is_int(keep):
+        raise TypeError(f"keep must be an int >= 0, got {keep!r}")
+    if keep < 0:
+        raise ValueError(f"keep must be >= 0, got {keep!r}")
+    wanted = TERMINAL if statuses is None else normalize_statuses(statuses) or frozenset()
+    return now_us() - age // timedelta(microseconds=1), wanted & TERMINAL
+
+
+def validate_output(chunks: Iterable[object]) -> list[tuple[str, str]]:
+    """Check the chunks given to `RunRegistry.append_output`.
+
+    Returns:
+        The chunks as ``(stream, text)`` pairs (an `OutputChunk` gives its own).
+
+    Raises:
+        TypeError: a chunk is neither a pair of strings nor an `OutputChunk`.
         ValueError: a stream name is empty or longer than 64 characters.
     """
     items: list[tuple[str, str]] = []
     for chunk in chunks:
+        if isinstance(chunk, OutputChunk):
+            chunk = (chunk.stream, chunk.text)  # noqa: PLW2901 - the pair it stands for
         if (
             not isinstance(chunk, tuple)
             or len(chunk) != 2
             or not isinstance(chunk[0], str)
             or not isinstance(chunk[1], str)
         ):
-            raise TypeError(f"output chunks are (stream, text) pairs of str, got {chunk!r}")
+            raise TypeError(
+                f"output chunks are (stream, text) pairs of str or OutputChunks, got {chunk!r}"
+            )
         if not 1 <= len(chunk[0]) <= 64:
             raise ValueError(f"stream name must be 1 to 64 characters, got {chunk[0]!r}")
         items.append((chunk[0], chunk[1]))

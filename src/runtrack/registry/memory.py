@@ -13,11 +13,13 @@ from runtrack._models import OutputChunk, Run
 from runtrack._status import TERMINAL, RunStatus, check_transition, normalize_statuses
 from runtrack.registry.base import (
     TIME_FIELDS,
+    OutputItem,
     RunWrite,
     StatusFilter,
     is_int,
     stored_run,
     validate_changes,
+    validate_cleanup_args,
     validate_list_args,
     validate_output,
 )
@@ -304,10 +306,8 @@ class InMemoryRunRegistry:
                 counts[rec.status] += 1
         return counts
 
-    async def append_output(
-        self, run_id: str, chunks: Iterable[tuple[str, str]]
-    ) -> list[OutputChunk]:
-        """Append ``(stream, text)`` chunks, numbered from 1 per run (see `RunRegistry`)."""
+    async def append_output(self, run_id: str, chunks: Iterable[OutputItem]) -> list[OutputChunk]:
+        """Append chunks, numbered from 1 per run (see `RunRegistry`)."""
         items = validate_output(chunks)
         if run_id not in self._runs:
             raise RunNotFoundError(run_id)
@@ -339,13 +339,7 @@ class InMemoryRunRegistry:
         keep: int = 0,
     ) -> int:
         """Delete finished runs older than ``older_than`` (see `RunRegistry`)."""
-        if not isinstance(older_than, timedelta):
-            raise TypeError(f"older_than must be a datetime.timedelta, got {older_than!r}")
-        if keep < 0:
-            raise ValueError(f"keep must be >= 0, got {keep!r}")
-        wanted = TERMINAL if statuses is None else normalize_statuses(statuses) or frozenset()
-        wanted &= TERMINAL
-        cutoff = now_us() - older_than // timedelta(microseconds=1)
+        cutoff, wanted = validate_cleanup_args(older_than, keep, statuses)
         candidates = [r for r in self._runs.values() if r.status in wanted]
         candidates.sort(key=lambda r: r.age_us, reverse=True)
         doomed = [r.run_id for r in candidates[keep:] if r.age_us < cutoff]

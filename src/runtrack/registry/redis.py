@@ -21,18 +21,34 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
 from runtrack._clock import dt_to_us, now_us, us_to_dt
-from runtrack._exceptions import DuplicateRunError, RegistryUnavailableError, RunNotFoundError
+from runtrack._exceptions import (
+    DuplicateRunError,
+    RegistryConfigError,
+    RegistryUnavailableError,
+    RunNotFoundError,
+)
 from runtrack._models import OutputChunk, Run
 from runtrack._status import TERMINAL, RunStatus, check_transition, normalize_statuses
 from runtrack.registry import _redis_layout as layout
+from runtrack.registry._refusals import (
+    Candidates,
+    candidates_of_changes,
+    candidates_of_output,
+    candidates_of_run,
+    candidates_of_writes,
+    refused,
+)
+from runtrack.registry._url import check_redis_url
 from runtrack.registry.base import (
     MUTABLE_FIELDS,
     TIME_FIELDS,
+    OutputItem,
     RunWrite,
     StatusFilter,
     is_int,
     stored_run,
     validate_changes,
+    validate_cleanup_args,
     validate_list_args,
     validate_output,
 )
@@ -223,15 +239,42 @@ def _is_transport_reset(exc: BaseException) -> bool:
     )
 
 
-_CONFIG_ERRORS: Final = (
-    redis.exceptions.AuthenticationError,
-    redis.exceptions.AuthorizationError,
-)
 _OUTAGE_ERRORS: Final = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
     OSError,
+    # The server refuses writes for now: a replica during a failover, memory full, a
+    # script running too long, a cluster reconfiguring.
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,
 )
+#: Replies of a server that cannot take commands for now (the ResponseError's text).
+_BUSY_REPLIES: Final = ("BUSY ", "MISCONF ")
+_AUTH_FIX: Final = "check the user name and password in the URL (redis://user:password@host:6379/0)"
+_PERMISSION_FIX: Final = (
+    "grant the user the commands the registry uses (EVALSHA, SCRIPT, HGETALL, LRANGE, "
+    "SET, ...) on the keys under its prefix"
+)
+
+
+def _config_problem(exc: BaseException) -> tuple[str, str] | None:
+    """What is wrong with the configuration ``exc`` reports, and what to do; or None."""
+    text = str(exc).strip()
+    if isinstance(exc, redis.exceptions.AuthenticationError):
+        if "without any password configured" in text or "no password is set" in text:
+            return text, "the server has no password: remove it from the URL"
+        if text.lower().startswith("authentication required"):
+            return "the server needs a password", _AUTH_FIX
+        return text, _AUTH_FIX
+    if isinstance(exc, redis.exceptions.AuthorizationError | redis.exceptions.NoPermissionError):
+        return text, _PERMISSION_FIX
+    if isinstance(exc, redis.exceptions.ResponseError) and "DB index is out of range" in text:
+        return text, (
+            "use a database number below the server's 'databases' setting (16 by default)"
+        )
+    return None
 
 
 def _safe_url(url: str) -> str:
@@ -299,7 +342,8 @@ class RedisRunRegistry:
 
     Raises:
         TypeError: ``url_or_client`` or ``finished_ttl`` has the wrong type.
-        ValueError: ``finished_ttl`` is not positive, or the URL is malformed.
+        ValueError: ``finished_ttl`` is not positive, or the URL is malformed (a database
+            that is not a number, say).
 
     Example:
         >>> from runtrack.registry.redis import RedisRunRegistry
@@ -318,6 +362,7 @@ class RedisRunRegistry:
             raise TypeError(f"prefix must be a str, got {prefix!r}")
         self._ttl_us = _ttl_us(finished_ttl)
         if isinstance(url_or_client, str):
+            check_redis_url(url_or_client)
             self._where = _safe_url(url_or_client)
             retry = Retry(ExponentialWithJitterBackoff(_BACKOFF_CAP, _BACKOFF_BASE), _RETRIES)
             # Named explicitly: redis-py 6 retries these by default, 5.x only when told.
@@ -373,14 +418,26 @@ class RedisRunRegistry:
     # -- plumbing ---------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def _guard(self) -> AsyncIterator[None]:
-        """Turn connection failures into `RegistryUnavailableError` naming this server."""
+    async def _guard(self, values: Callable[[], Candidates] | None = None) -> AsyncIterator[None]:
+        """Say what a failure means: unreachable, misconfigured, or a refused value.
+
+        ``values`` gives the values the call sends, searched only when one is refused.
+        """
         try:
             yield
         except Exception as exc:
-            if _is_pool_exhausted(exc) or isinstance(exc, _CONFIG_ERRORS):
+            if _is_pool_exhausted(exc):
                 raise
-            if isinstance(exc, _OUTAGE_ERRORS):
+            problem = _config_problem(exc)
+            if problem is not None:
+                raise RegistryConfigError(_BACKEND, *problem) from exc
+            if isinstance(exc, UnicodeEncodeError):  # a lone surrogate: not valid UTF-8
+                candidates = None if values is None else values()
+                raise refused(_BACKEND, candidates, detail=str(exc)) from exc
+            if isinstance(exc, _OUTAGE_ERRORS) or (
+                isinstance(exc, redis.exceptions.ResponseError)
+                and str(exc).startswith(_BUSY_REPLIES)
+            ):
                 raise self._unavailable(exc) from exc
             if _is_transport_reset(exc):
                 # redis-py still thinks the reset connections are healthy: drop the idle
@@ -418,8 +475,10 @@ class RedisRunRegistry:
     def _token() -> str:
         return os.urandom(12).hex()
 
-    async def _run_write(self, mode: str, specs: list[dict[str, Any]]) -> Any:
-        async with self._guard():
+    async def _run_write(
+        self, mode: str, specs: list[dict[str, Any]], values: Callable[[], Candidates]
+    ) -> Any:
+        async with self._guard(values):
             await self._ready()
             return await self._write(args=self._args(self._token(), mode, _json(specs)))
 
@@ -436,7 +495,7 @@ class RedisRunRegistry:
         if not isinstance(run, Run):
             raise TypeError(f"add_run() takes a runtrack.Run, got {type(run).__name__}")
         spec = _write_spec(run.run_id, insert=stored_run(run))
-        if not await self._run_write(layout.ADD, [spec]):
+        if not await self._run_write(layout.ADD, [spec], lambda: candidates_of_run(run)):
             raise DuplicateRunError(run.run_id)
 
     async def write_batch(self, writes: Sequence[RunWrite]) -> list[bool]:
@@ -459,7 +518,7 @@ class RedisRunRegistry:
             )
             for w in writes
         ]
-        flags = await self._run_write(layout.BATCH, specs)
+        flags = await self._run_write(layout.BATCH, specs, lambda: candidates_of_writes(writes))
         return [bool(flag) for flag in flags]
 
     async def get_statuses(self, run_ids: Sequence[str]) -> dict[str, RunStatus]:
@@ -506,14 +565,18 @@ class RedisRunRegistry:
         target, expected = check_transition(to, expect)
         valid = validate_changes(changes)
         spec = _write_spec(run_id, to=target, expect=expected, changes=valid)
-        reply = await self._run_write(layout.ONE, [spec])
+        reply = await self._run_write(
+            layout.ONE, [spec], lambda: candidates_of_changes(run_id, valid)
+        )
         return _decode_run(reply) if reply else None
 
     async def update_run(self, run_id: str, /, **changes: Any) -> Run:
         """Set non-status fields and return the updated run (see `RunRegistry`)."""
         valid = validate_changes(changes)
         spec = _write_spec(run_id, changes=valid)
-        reply = await self._run_write(layout.ONE, [spec])
+        reply = await self._run_write(
+            layout.ONE, [spec], lambda: candidates_of_changes(run_id, valid)
+        )
         if not reply:
             raise RunNotFoundError(run_id)
         return _decode_run(reply)
@@ -562,18 +625,18 @@ class RedisRunRegistry:
             reply = await self._swept(self._count, keys, self._args())
         return {status: int(n) for status, n in zip(RunStatus, reply[1:], strict=True)}
 
-    async def append_output(
-        self, run_id: str, chunks: Iterable[tuple[str, str]]
-    ) -> list[OutputChunk]:
-        """Append ``(stream, text)`` chunks, numbered from 1 per run (see `RunRegistry`).
+    async def append_output(self, run_id: str, chunks: Iterable[OutputItem]) -> list[OutputChunk]:
+        """Append chunks, numbered from 1 per run (see `RunRegistry`).
 
         Raises:
             RunNotFoundError: no such run.
+            ValueError: a stream name is empty or too long, or the text is not valid
+                Unicode (a lone surrogate).
         """
         items = validate_output(chunks)
         stamp = now_us()
         encoded = [_json([stamp, stream, text]) for stream, text in items]
-        async with self._guard():
+        async with self._guard(lambda: candidates_of_output(run_id, items)):
             await self._ready()
             length = int(await self._append(args=self._args(self._token(), run_id, *encoded)))
         if length < 0:
@@ -615,12 +678,8 @@ class RedisRunRegistry:
         Walks the index of finished runs oldest first, a few hundred runs per script call;
         never scans the keyspace.
         """
-        if not isinstance(older_than, timedelta):
-            raise TypeError(f"older_than must be a datetime.timedelta, got {older_than!r}")
-        if keep < 0:
-            raise ValueError(f"keep must be >= 0, got {keep!r}")
-        wanted = sorted(s.value for s in (normalize_statuses(statuses) or frozenset()) & TERMINAL)
-        cutoff = now_us() - older_than // timedelta(microseconds=1)
+        cutoff, statuses_wanted = validate_cleanup_args(older_than, keep, statuses)
+        wanted = sorted(s.value for s in statuses_wanted)
         deleted = skip = 0
         async with self._guard():
             await self._ready()

@@ -28,18 +28,33 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import StaticPool
 
 from runtrack._clock import now_us, us_to_dt
-from runtrack._exceptions import DuplicateRunError, RegistryUnavailableError, RunNotFoundError
+from runtrack._exceptions import (
+    DuplicateRunError,
+    RegistryConfigError,
+    RegistryUnavailableError,
+    RunNotFoundError,
+)
 from runtrack._models import OutputChunk, Run
 from runtrack._status import TERMINAL, RunStatus, check_transition, normalize_statuses
+from runtrack.registry._refusals import (
+    Candidates,
+    candidates_of_changes,
+    candidates_of_output,
+    candidates_of_run,
+    candidates_of_writes,
+    oversized,
+    refused,
+)
 from runtrack.registry._sql_engine import (
-    PG_BAD_CHARACTER,
     SQLITE_BEGIN_OPTION,
+    Failure,
+    classify,
+    config_problem,
     configure_sqlite,
     create_engine,
     is_conflict,
-    is_outage,
+    lost_connection,
     safe_url,
-    sqlstate,
 )
 from runtrack.registry._sql_schema import (
     SCHEMA_VERSION,
@@ -57,9 +72,11 @@ from runtrack.registry._sql_schema import (
 )
 from runtrack.registry.base import (
     MUTABLE_FIELDS,
+    OutputItem,
     RunWrite,
     StatusFilter,
     validate_changes,
+    validate_cleanup_args,
     validate_list_args,
     validate_output,
 )
@@ -72,6 +89,8 @@ DEFAULT_TABLE_PREFIX: Final = "runtrack_"
 _PREFIX_RE: Final = re.compile(r"[A-Za-z0-9_]{0,32}")
 #: Attempts of one transaction that lost a deadlock or an insert race.
 _ATTEMPTS: Final = 5
+#: How many arrays or objects MariaDB's JSON check lets nest.
+_MYSQL_JSON_DEPTH: Final = 31
 
 _T = TypeVar("_T")
 
@@ -232,7 +251,7 @@ class SQLRunRegistry:
                 raise DuplicateRunError(run.run_id) from exc
             await self._insert_tags(conn, {run.run_id: row["tags"]})
 
-        await self._transact(work, write=True)
+        await self._transact(work, write=True, values=lambda: candidates_of_run(run))
 
     async def write_batch(self, writes: Sequence[RunWrite]) -> list[bool]:
         """Apply writes in order, all in one transaction (see `BatchWriting`).
@@ -268,7 +287,9 @@ class SQLRunRegistry:
                 return [True] * len(writes)
             return await self._apply_batch(conn, prepared)
 
-        return await self._transact(work, write=True, retry_integrity=True)
+        return await self._transact(
+            work, write=True, retry_integrity=True, values=lambda: candidates_of_writes(writes)
+        )
 
     async def _apply_batch(
         self, conn: AsyncConnection, writes: Sequence[tuple[RunWrite, Mapping[str, Any]]]
@@ -452,7 +473,9 @@ class SQLRunRegistry:
                 await self._replace_tags(conn, {run_id: columns["tags"]})
             return await self._select_run(conn, run_id)
 
-        return await self._transact(work, write=True)
+        return await self._transact(
+            work, write=True, values=lambda: candidates_of_changes(run_id, columns)
+        )
 
     async def update_run(self, run_id: str, /, **changes: Any) -> Run:
         """Set non-status fields and return the updated run (see `RunRegistry`).
@@ -475,7 +498,9 @@ class SQLRunRegistry:
                 await self._replace_tags(conn, {run_id: columns["tags"]})
             return run
 
-        return await self._transact(work, write=bool(columns))
+        return await self._transact(
+            work, write=bool(columns), values=lambda: candidates_of_changes(run_id, columns)
+        )
 
     async def list_runs(
         self,
@@ -547,14 +572,12 @@ class SQLRunRegistry:
 
         return await self._transact(work, write=False)
 
-    async def append_output(
-        self, run_id: str, chunks: Iterable[tuple[str, str]]
-    ) -> list[OutputChunk]:
-        """Append ``(stream, text)`` chunks, numbered from 1 per run (see `RunRegistry`).
+    async def append_output(self, run_id: str, chunks: Iterable[OutputItem]) -> list[OutputChunk]:
+        """Append chunks, numbered from 1 per run (see `RunRegistry`).
 
         Raises:
-            TypeError: a chunk is not a pair of strings.
-            ValueError: a stream name is empty or too long.
+            TypeError: a chunk is neither a pair of strings nor an `OutputChunk`.
+            ValueError: a stream name is empty or too long, or the database refuses the text.
             RunNotFoundError: no such run.
             RegistryUnavailableError: the database could not be reached.
         """
@@ -586,7 +609,9 @@ class SQLRunRegistry:
                 for row in rows
             ]
 
-        return await self._transact(work, write=True)
+        return await self._transact(
+            work, write=True, values=lambda: candidates_of_output(run_id, items)
+        )
 
     async def get_output(
         self, run_id: str, *, since: int = 0, limit: int | None = None
@@ -635,18 +660,13 @@ class SQLRunRegistry:
             How many runs were deleted.
 
         Raises:
-            TypeError: ``older_than`` is not a `timedelta`.
-            ValueError: ``keep`` below 0, or an unknown status.
+            TypeError: ``older_than`` is not a `timedelta`, or ``keep`` not an int.
+            ValueError: ``older_than`` or ``keep`` negative, or an unknown status.
             RegistryUnavailableError: the database could not be reached.
         """
-        if not isinstance(older_than, timedelta):
-            raise TypeError(f"older_than must be a datetime.timedelta, got {older_than!r}")
-        if keep < 0:
-            raise ValueError(f"keep must be >= 0, got {keep!r}")
-        wanted = (normalize_statuses(statuses) or frozenset()) & TERMINAL
+        cutoff, wanted = validate_cleanup_args(older_than, keep, statuses)
         if not wanted:
             return 0
-        cutoff = now_us() - older_than // timedelta(microseconds=1)
         t = self._tables
         runs = t.runs
         age = sa.func.coalesce(runs.c.finished_at, runs.c.created_at)
@@ -696,9 +716,10 @@ class SQLRunRegistry:
                 async with self._write_engine.begin() as conn:
                     await conn.run_sync(self._tables.metadata.drop_all, checkfirst=True)
             except Exception as exc:
-                if is_outage(exc):
-                    raise self._unavailable(exc) from exc
-                raise
+                error = await self._error(exc, None)
+                if error is exc:
+                    raise
+                raise error from exc
             self._schema_ready = False
 
     async def aclose(self) -> None:
@@ -749,11 +770,14 @@ class SQLRunRegistry:
         *,
         write: bool,
         retry_integrity: bool = False,
+        values: Callable[[], Candidates] | None = None,
     ) -> _T:
-        """Run ``work`` in one transaction; retry deadlocks; map outages.
+        """Run ``work`` in one transaction; retry deadlocks; say what a failure means.
 
         ``retry_integrity`` retries a unique-key violation too: a batch that lost an insert
         race to another process sees the row the second time and takes its CAS path.
+        ``values`` gives the values the write sends, searched only when the database
+        refuses one of them.
         """
         await self._ensure_schema()
         engine = self._write_engine if write else self._read_engine
@@ -771,14 +795,50 @@ class SQLRunRegistry:
                 if attempt < _ATTEMPTS and is_conflict(exc, integrity=retry_integrity):
                     await asyncio.sleep(random.uniform(0, 0.005 * attempt))
                     continue
-                if is_outage(exc):
-                    raise self._unavailable(exc) from exc
-                if sqlstate(exc) in PG_BAD_CHARACTER:
-                    raise ValueError(
-                        "PostgreSQL cannot store the NUL character (\\x00) in text: "
-                        "remove it from ids, names, tags, messages and output"
-                    ) from exc
-                raise
+                error = await self._error(exc, values)
+                if error is exc:
+                    raise
+                raise error from exc
+
+    async def _error(self, exc: Exception, values: Callable[[], Candidates] | None) -> Exception:
+        """The error to raise for ``exc``: ``exc`` itself unless it means something known.
+
+        - an outage: `RegistryUnavailableError`;
+        - a refused login, a missing database or folder: `RegistryConfigError`;
+        - a value the database refuses: `ValueError` naming the run and the field. MySQL
+          and MariaDB drop the connection of a statement over ``max_allowed_packet``; a
+          lost connection is such a refusal if the write's values exceed it.
+        """
+        kind = classify(exc, self._engine.url)
+        if kind is Failure.OUTAGE:
+            if values is not None and self._dialect == "mysql" and lost_connection(exc):
+                too_big = await self._oversized(values)
+                if too_big is not None:
+                    return too_big
+            return self._unavailable(exc)
+        if kind is Failure.CONFIG:
+            problem, fix = config_problem(exc, self._engine.url)
+            return RegistryConfigError(self._backend, problem, fix)
+        if kind is Failure.CONTENT:
+            return refused(
+                self._backend,
+                None if values is None else values(),
+                detail=self._detail(exc),
+                nul=self._dialect == "postgresql",
+                max_depth=_MYSQL_JSON_DEPTH if self._dialect == "mysql" else None,
+            )
+        return exc
+
+    async def _oversized(self, values: Callable[[], Candidates]) -> ValueError | None:
+        """A `ValueError` if a run's values exceed the server's ``max_allowed_packet``."""
+        try:
+            async with self._read_engine.connect() as conn:
+                limit = await conn.scalar(sa.text("SELECT @@max_allowed_packet"))
+        except Exception:  # still unreachable: the outage it looked like
+            return None
+        if not isinstance(limit, int):
+            return None
+        return oversized(self._backend, values(), limit, "max_allowed_packet")
 
     async def _ensure_schema(self) -> None:
         if self._schema_ready:
@@ -789,9 +849,10 @@ class SQLRunRegistry:
             try:
                 await self._create_schema()
             except Exception as exc:
-                if is_outage(exc):
-                    raise self._unavailable(exc) from exc
-                raise
+                error = await self._error(exc, None)
+                if error is exc:
+                    raise
+                raise error from exc
             self._schema_ready = True
 
     def _schema_created(self) -> bool:
@@ -808,7 +869,8 @@ class SQLRunRegistry:
             except sa.exc.DBAPIError as exc:
                 # Another process created a table between our check and our CREATE: the
                 # next round's check sees it.
-                if attempt == _ATTEMPTS or (is_outage(exc) and exc.connection_invalidated):
+                kind = classify(exc, self._engine.url)
+                if attempt == _ATTEMPTS or kind is Failure.CONFIG or exc.connection_invalidated:
                     raise
                 await asyncio.sleep(random.uniform(0, 0.01 * attempt))
         try:
@@ -829,7 +891,8 @@ class SQLRunRegistry:
                 supported=SCHEMA_VERSION,
             )
 
-    def _unavailable(self, exc: BaseException) -> RegistryUnavailableError:
+    def _detail(self, exc: BaseException) -> str:
+        """``exc`` in one short line, for an error message, without the password."""
         orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None else exc
         detail = f"{type(orig).__name__}: {orig}".strip().rstrip(":")
         password = self._engine.url.password
@@ -837,4 +900,7 @@ class SQLRunRegistry:
             detail = detail.replace(str(password), "***")
         if len(detail) > 300:
             detail = detail[:297] + "..."
-        return RegistryUnavailableError(self._backend, detail)
+        return detail
+
+    def _unavailable(self, exc: BaseException) -> RegistryUnavailableError:
+        return RegistryUnavailableError(self._backend, self._detail(exc))
