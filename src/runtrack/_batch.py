@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Final
 import structlog
 
 from runtrack._clock import now_us, us_to_dt
-from runtrack._exceptions import RegistryUnavailableError
+from runtrack._exceptions import RegistryConfigError, RegistryUnavailableError
 from runtrack._status import PREDECESSORS, RunStatus
 from runtrack._storable import MAX_ERROR_MESSAGE, ResultNotStorable, storable_text
 from runtrack._writer import finish_changes, start_changes, statuses_of
@@ -43,7 +43,16 @@ MAX_BATCH: Final = 500
 #: Backoff between retries while the registry is unreachable, in seconds.
 RETRY_FIRST: Final = 0.05
 RETRY_MAX: Final = 2.0
-_TRANSIENT: Final = (RegistryUnavailableError, ConnectionError, TimeoutError, OSError)
+# A registry that refuses its configuration (a wrong password, a missing database) is as
+# unusable as an unreachable one: the writes wait for it to be fixed, and whoever waits for
+# a write is told at once (see `_retry_later`).
+_TRANSIENT: Final = (
+    RegistryUnavailableError,
+    RegistryConfigError,
+    ConnectionError,
+    TimeoutError,
+    OSError,
+)
 
 
 class _Entry:
@@ -156,6 +165,7 @@ class BatchWriter:
         self._wake = asyncio.Event()
         self._outage_since: float | None = None
         self._poked = asyncio.Event()
+        self._outage_error: BaseException | None = None
         self._log = structlog.get_logger("runtrack").bind(owner=owner, backend=backend)
 
     # -- recording writes --------------------------------------------------------------
@@ -298,8 +308,8 @@ class BatchWriter:
                 continue
             return statuses.get(run_id, RunStatus.CANCELLED)
 
-    def unreachable(self) -> bool:
-        return self._outage_since is not None
+    def unreachable(self) -> BaseException | None:
+        return self._outage_error if self._outage_since is not None else None
 
     def _poke(self) -> None:
         """Someone waits for writes: retry now rather than at the end of the backoff."""
@@ -408,6 +418,7 @@ class BatchWriter:
             except _TRANSIENT as exc:
                 await self._retry_later(run_ids, entries, exc)
                 return
+            self._outage_error = None
             if self._outage_since is not None:
                 self._log.warning(
                     "registry_available_again",
@@ -430,6 +441,12 @@ class BatchWriter:
         """The registry is unreachable: requeue the batch and hold every sender back."""
         for entry in entries:
             entry.sent_without_answer()
+            if isinstance(exc, RegistryConfigError) and entry.insert and entry.job is not None:
+                entry.job.refusal = exc  # its submit raises this at once (see insert_now)
+                for fut in entry.waiters or ():
+                    if not fut.done():
+                        fut.set_result(False)
+        self._outage_error = exc
         self._requeue(run_ids, entries)
         self._note_outage(exc)
         self._backing_off = True

@@ -29,6 +29,7 @@ from runtrack._exceptions import (
     DuplicateRunError,
     ManagerClosedError,
     QueueFullError,
+    RegistryConfigError,
     RegistryUnavailableError,
     RunNotFoundError,
     RuntrackError,
@@ -902,7 +903,10 @@ class BackgroundTaskManager(Execution):
                 done, _ = await asyncio.wait({future}, timeout=self._registry_timeout)
                 if done:
                     return future.result()
-                if self._writer.unreachable():
+                error = self._writer.unreachable()
+                if isinstance(error, RegistryConfigError):
+                    raise error
+                if error is not None:
                     detail = f"not written within registry_timeout={self._registry_timeout:g}s"
                     raise RegistryUnavailableError(
                         self._backend, f"{what}; {detail}" if what else detail

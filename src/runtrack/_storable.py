@@ -24,8 +24,9 @@ __all__ = [
     "text_problem",
 ]
 
-#: Deepest nesting of JSON containers any registry stores (MariaDB's JSON limit is 32).
-MAX_DEPTH: Final = 32
+#: Most JSON containers nested in one another that every registry stores (MariaDB refuses
+#: 32: its documented depth limit of 32 counts the scalar at the bottom).
+MAX_DEPTH: Final = 31
 #: Longest error message recorded, in characters; longer ones are cut (the end is kept).
 MAX_ERROR_MESSAGE: Final = 16_384
 #: Longest progress message recorded, in characters; longer ones are cut.

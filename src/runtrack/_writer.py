@@ -120,8 +120,8 @@ class Writer(Protocol):
         """Return once every write of this run made so far is applied."""
         ...
 
-    def unreachable(self) -> bool:
-        """Whether the registry failed the last write it was sent (an outage, for now)."""
+    def unreachable(self) -> BaseException | None:
+        """The error of the last write sent, if it failed (an outage, for now), else None."""
         ...
 
     async def flush(self) -> None:
@@ -216,8 +216,8 @@ class DirectWriter:
     async def settled(self, run_id: str) -> None:
         return None
 
-    def unreachable(self) -> bool:
-        return False
+    def unreachable(self) -> BaseException | None:
+        return None
 
     async def flush(self) -> None:
         return None
@@ -299,7 +299,7 @@ class QueueWriter:
         # (run id, the status the write records or None, the write)
         self._ops: deque[tuple[str, str | None, Callable[[], Coroutine[Any, Any, Any]]]] = deque()
         self._current: tuple[str, str | None] | None = None
-        self._failing = False
+        self._failing: BaseException | None = None
         self._inserts: dict[str, asyncio.Future[bool]] = {}
         self._task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
@@ -321,10 +321,10 @@ class QueueWriter:
             try:
                 await op()
             except Exception as exc:  # a failed write must not stop the ones behind it
-                self._failing = True
+                self._failing = exc
                 self._log.error("registry_write_failed", run_id=run_id, exc_info=exc)
             else:
-                self._failing = False
+                self._failing = None
             self._current = None
         self._idle.set()
 
@@ -439,7 +439,7 @@ class QueueWriter:
     async def settled(self, run_id: str) -> None:
         await self.flush()
 
-    def unreachable(self) -> bool:
+    def unreachable(self) -> BaseException | None:
         return self._failing
 
     async def flush(self) -> None:
