@@ -23,10 +23,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-import structlog
-
 from runtrack._clock import now_us, us_to_dt
 from runtrack._exceptions import RegistryUnavailableError
+from runtrack._logging import get_logger
 from runtrack._status import PREDECESSORS, RunStatus
 from runtrack._writer import finish_changes, start_changes, statuses_of
 from runtrack.registry.base import RUN_FIELDS, RunWrite
@@ -154,7 +153,7 @@ class BatchWriter:
         self._idle.set()
         self._wake = asyncio.Event()
         self._outage_since: float | None = None
-        self._log = structlog.get_logger("runtrack").bind(owner=owner, backend=backend)
+        self._log = get_logger(owner=owner, backend=backend)
 
     # -- recording writes --------------------------------------------------------------
 

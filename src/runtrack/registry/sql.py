@@ -22,13 +22,13 @@ from datetime import timedelta
 from typing import Any, Final, Self, TypeVar
 
 import sqlalchemy as sa
-import structlog
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import StaticPool
 
 from runtrack._clock import now_us, us_to_dt
 from runtrack._exceptions import DuplicateRunError, RegistryUnavailableError, RunNotFoundError
+from runtrack._logging import get_logger
 from runtrack._models import OutputChunk, Run
 from runtrack._status import TERMINAL, RunStatus, check_transition, normalize_statuses
 from runtrack.registry._sql_engine import (
@@ -75,7 +75,7 @@ _ATTEMPTS: Final = 5
 
 _T = TypeVar("_T")
 
-_log = structlog.get_logger("runtrack")
+_log = get_logger()
 
 
 def _new_row(write: RunWrite, record: Mapping[str, Any] | None) -> dict[str, Any]:
