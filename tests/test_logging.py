@@ -334,6 +334,26 @@ class TestStdlibLogging:
         )
         assert (record.event, record.runtrack_name, record.text) == ("something", "n", "two words")  # type: ignore[attr-defined]
 
+    def test_bind_exception_and_critical(self, records: Records) -> None:
+        log = get_logger(owner="me").bind(backend="redis")
+        try:
+            raise KeyError("gone")
+        except KeyError:
+            log.exception("it_broke", run_id="r1")
+        log.critical("very_bad", owner="overridden")
+        broke, bad = records.records
+        assert (broke.levelno, broke.getMessage()) == (
+            logging.ERROR,
+            "it_broke run_id=r1 owner=me backend=redis",
+        )
+        assert broke.exc_info is not None
+        assert broke.exc_info[0] is KeyError
+        assert broke.funcName == "test_bind_exception_and_critical"
+        assert (bad.levelno, bad.getMessage()) == (
+            logging.CRITICAL,
+            "very_bad owner=overridden backend=redis",
+        )
+
 
 def _collect(into: list[dict[str, Any]]) -> Callable[..., Any]:
     def processor(logger: Any, method: str, event_dict: dict[str, Any]) -> Any:
@@ -385,6 +405,20 @@ class TestStructlog:
         assert BackgroundTaskManager()._debug is False
         unconfigured.setLevel(logging.DEBUG)
         assert BackgroundTaskManager()._debug is True
+
+    def test_a_new_configuration_takes_effect_at_once(self) -> None:
+        first: list[dict[str, Any]] = []
+        second: list[dict[str, Any]] = []
+        log = get_logger()
+        structlog.configure(processors=[_collect(first)])
+        log.warning("one")
+        structlog.configure(processors=[_collect(second)])
+        log.warning("two")
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+        log.warning("three")
+        log.error("four")
+        assert [e["event"] for e in first] == ["one"]
+        assert [e["event"] for e in second] == ["two", "four"]
 
     async def test_capture_logs_catches_loggers_made_before_it(self) -> None:
         early = get_logger(owner="early")

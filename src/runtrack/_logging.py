@@ -42,12 +42,14 @@ _EXTRA_PREFIX: Final = "runtrack_"
 class Logger:
     """runtrack's logger: the subset of structlog's bound logger API the library uses."""
 
-    __slots__ = ("_context", "_structlog")
+    __slots__ = ("_bound", "_context", "_structlog")
 
     def __init__(self, context: dict[str, Any]) -> None:
         self._context = context
-        # A lazy proxy: each call builds its logger from the configuration of the moment.
         self._structlog = structlog.get_logger(LOGGER_NAME, **context)
+        # The structlog logger built from the configuration of the moment, with that
+        # configuration: (processors, wrapper class, logger factory, context class, logger).
+        self._bound: tuple[Any, ...] = ()
 
     def bind(self, **values: Any) -> Logger:
         """A logger whose events also carry ``values``."""
@@ -61,7 +63,7 @@ class Logger:
         """
         try:
             if structlog.is_configured():
-                is_enabled = getattr(self._structlog.bind(), "is_enabled_for", None)
+                is_enabled = getattr(self._structlog_logger(), "is_enabled_for", None)
                 return bool(is_enabled(level)) if callable(is_enabled) else True
             return _stdlib.isEnabledFor(level)
         except Exception:  # a broken logging setup: stay quiet and fast
@@ -83,10 +85,19 @@ class Logger:
         """Log ``event`` at ERROR level; ``exc_info=exc`` adds the traceback."""
         self._log(logging.ERROR, "error", event, fields)
 
+    def exception(self, event: str, **fields: Any) -> None:
+        """Log ``event`` at ERROR level with the exception being handled."""
+        fields.setdefault("exc_info", True)
+        self._log(logging.ERROR, "error", event, fields)
+
+    def critical(self, event: str, **fields: Any) -> None:
+        """Log ``event`` at CRITICAL level."""
+        self._log(logging.CRITICAL, "critical", event, fields)
+
     def _log(self, level: int, method: str, event: str, fields: dict[str, Any]) -> None:
         try:
             if structlog.is_configured():
-                getattr(self._structlog, method)(event, **fields)
+                getattr(self._structlog_logger(), method)(event, **fields)
             elif _stdlib.isEnabledFor(level):
                 exc_info = fields.pop("exc_info", None)
                 for key, value in self._context.items():
@@ -101,6 +112,26 @@ class Logger:
                 _stdlib.log(level, message, exc_info=exc_info, extra=extra, stacklevel=3)
         except Exception:  # logging must never affect a run
             pass
+
+    def _structlog_logger(self) -> Any:
+        """The structlog logger for the current configuration, rebuilt when it changes."""
+        config = structlog.get_config()
+        bound = self._bound
+        if (
+            not bound
+            or bound[0] is not config["processors"]
+            or bound[1] is not config["wrapper_class"]
+            or bound[2] is not config["logger_factory"]
+            or bound[3] is not config["context_class"]
+        ):
+            bound = self._bound = (
+                config["processors"],
+                config["wrapper_class"],
+                config["logger_factory"],
+                config["context_class"],
+                self._structlog.bind(),
+            )
+        return bound[4]
 
 
 def get_logger(**context: Any) -> Logger:
