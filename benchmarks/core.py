@@ -4,6 +4,9 @@ Every contender takes ``n`` no-op coroutines from creation to completion. The cl
 after the manager/scheduler object is constructed and stops when the last run is done
 (for runtrack: when ``wait_all()`` returns, so every terminal record is written).
 Shutdown and verification happen after the clock stops.
+
+runtrack is measured under three logging setups (`LOGGING_SETUPS`): none at all (the
+library's defaults), structlog configured at INFO, and stdlib logging configured at INFO.
 """
 
 from __future__ import annotations
@@ -12,11 +15,14 @@ import argparse
 import asyncio
 import contextlib
 import functools
-from collections.abc import Coroutine
+import logging
+import os
+from collections.abc import Coroutine, Iterator
 from time import perf_counter
 from typing import Any
 
 import aiojobs
+import structlog
 
 from _harness import (
     Check,
@@ -33,6 +39,16 @@ from _harness import (
 from runtrack import BackgroundTaskManager, Run, RunStatus
 
 QUEUE_WORKERS = 100
+
+DEFAULT_LOGGING = "default"
+STRUCTLOG_INFO = "structlog-info"
+STDLIB_INFO = "stdlib-info"
+#: How runtrack's contenders are measured: the logging an application has configured.
+LOGGING_SETUPS = {
+    DEFAULT_LOGGING: "no logging configured",
+    STRUCTLOG_INFO: "structlog at INFO",
+    STDLIB_INFO: "stdlib logging at INFO",
+}
 
 
 async def noop() -> None:
@@ -107,18 +123,54 @@ async def run_models_only(n: int) -> float:
     return perf_counter() - start
 
 
-async def runtrack_manager(n: int, max_concurrency: int | None) -> float:
+@contextlib.contextmanager
+def logging_setup(setup: str) -> Iterator[None]:
+    """Configure logging as an application would for ``setup``; restore it afterwards.
+
+    Whatever is printed (in the ``default`` setup, by a library that logs without being
+    asked) goes to the null device, so the report stays readable and the figure measures
+    the library rather than the terminal.
+    """
+    saved = structlog.get_config()
+    was_configured = structlog.is_configured()
+    root = logging.getLogger()
+    root_level, root_handlers = root.level, root.handlers[:]
+    with open(os.devnull, "w") as devnull:
+        try:
+            structlog.reset_defaults()
+            if setup == STRUCTLOG_INFO:
+                structlog.configure(
+                    wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+                    logger_factory=structlog.PrintLoggerFactory(devnull),
+                )
+            elif setup == STDLIB_INFO:  # logging.basicConfig(level=INFO), to the null device
+                root.handlers = [logging.StreamHandler(devnull)]
+                root.setLevel(logging.INFO)
+            with contextlib.redirect_stdout(devnull), contextlib.redirect_stderr(devnull):
+                yield
+        finally:
+            root.handlers = root_handlers
+            root.setLevel(root_level)
+            structlog.reset_defaults()
+            if was_configured:
+                structlog.configure(**saved)
+
+
+async def runtrack_manager(
+    n: int, max_concurrency: int | None, setup: str = DEFAULT_LOGGING
+) -> float:
     """runtrack: ``start_task(Run(...), noop())`` each (a fresh Run each), then ``wait_all``."""
-    manager = BackgroundTaskManager(max_concurrency=max_concurrency)
-    try:
-        start = perf_counter()
-        for _ in range(n):
-            manager.start_task(Run(name="noop"), noop())
-        await manager.wait_all()
-        elapsed = perf_counter() - start
-        counts = await manager.registry.count_runs()
-    finally:
-        await manager.shutdown()
+    with logging_setup(setup):
+        manager = BackgroundTaskManager(max_concurrency=max_concurrency)
+        try:
+            start = perf_counter()
+            for _ in range(n):
+                manager.start_task(Run(name="noop"), noop())
+            await manager.wait_all()
+            elapsed = perf_counter() - start
+            counts = await manager.registry.count_runs()
+        finally:
+            await manager.shutdown()
     completed = counts.get(RunStatus.COMPLETED, 0)
     if completed != n or sum(counts.values()) != n:
         raise RuntimeError(f"expected {n} completed runs in the registry, found {dict(counts)}")
@@ -146,6 +198,11 @@ def runtrack_limited(limit: int) -> str:
     return f"runtrack max_concurrency={limit}"
 
 
+def with_setup(label: str, setup: str) -> str:
+    """The label of a runtrack contender measured under a configured logging ``setup``."""
+    return label if setup == DEFAULT_LOGGING else f"{label}, {LOGGING_SETUPS[setup]}"
+
+
 def contenders(n: int, limit: int) -> list[tuple[str, Measurement]]:
     p = functools.partial
     return [
@@ -155,8 +212,11 @@ def contenders(n: int, limit: int) -> list[tuple[str, Measurement]]:
         (AIOJOBS_NONE, p(aiojobs_scheduler, n, None)),
         (aiojobs_limited_drained(limit), p(aiojobs_drained, n, limit)),
         (RUN_ONLY, p(run_models_only, n)),
-        (RT_UNBOUNDED, p(runtrack_manager, n, None)),
-        (runtrack_limited(limit), p(runtrack_manager, n, limit)),
+        *(
+            (with_setup(label, setup), p(runtrack_manager, n, concurrency, setup))
+            for label, concurrency in ((RT_UNBOUNDED, None), (runtrack_limited(limit), limit))
+            for setup in LOGGING_SETUPS
+        ),
     ]
 
 
@@ -240,6 +300,26 @@ def run(args: argparse.Namespace) -> SectionResult:
         checks.append(
             Check(f"runtrack max_concurrency={limit} >= 2x raw and > aiojobs", False, "no data")
         )
+    # Logging setups are compared on the best of each: the same code runs in all three
+    # unless debug events are on, and the best figure is the one least disturbed by load.
+    for label in (RT_UNBOUNDED, runtrack_limited(limit)):
+        default = by_label[label]
+        for setup in (STRUCTLOG_INFO, STDLIB_INFO):
+            configured = by_label[with_setup(label, setup)]
+            name = f"{label}: no logging configured within 10% of {LOGGING_SETUPS[setup]}"
+            if "best" not in default or "best" not in configured:
+                checks.append(Check(name, False, "no data"))
+                continue
+            ratio = default["best"] / configured["best"]
+            checks.append(
+                Check(
+                    name,
+                    abs(ratio - 1) <= 0.10,
+                    f"best {fmt_int(default['best'])} vs {fmt_int(configured['best'])} runs/s "
+                    f"({ratio:.2f}x); median {fmt_int(default['median'])} vs "
+                    f"{fmt_int(configured['median'])}",
+                )
+            )
 
     return SectionResult(
         tables=[table],
@@ -251,6 +331,10 @@ def run(args: argparse.Namespace) -> SectionResult:
             "The clock covers creating the coroutines (and, for runtrack, a fresh Run each) "
             "up to the last completion (runtrack: wait_all() returned); shutdown is untimed.",
             "ratio = median runs/s / raw median runs/s (higher is better).",
+            "runtrack rows without a suffix run with no logging configured at all (the "
+            "library's defaults); the others with structlog configured at INFO "
+            "(make_filtering_bound_logger(INFO)) or stdlib logging at INFO (a root handler, as "
+            "logging.basicConfig(level=INFO) adds). Output goes to the null device.",
             "aiojobs' wait_and_close() gathers a shielded waiter (extra Tasks) per live job, "
             "which dominates its figures here because all jobs are still alive when it is "
             "called. *drained: the same spawns, then `while len(scheduler): await "

@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import inspect
+import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
 from helpers import (
@@ -45,6 +47,49 @@ from runtrack import (
     current_run,
     report_progress,
 )
+
+DEBUG_ON, DEBUG_OFF = "debug-on", "debug-off"
+
+
+class _FormattingHandler(logging.Handler):
+    """Formats each record (message and traceback) as a real handler would, then drops it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.format(record)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run every test with runtrack's debug logging on and off (`TestLogging`: on only)."""
+    if "logging_mode" in metafunc.fixturenames:
+        on_only = metafunc.cls is not None and metafunc.cls.__name__ == "TestLogging"
+        modes = [DEBUG_ON] if on_only else [DEBUG_ON, DEBUG_OFF]
+        metafunc.parametrize("logging_mode", modes, indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def logging_mode(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Logging as an application leaves it, before any manager of the test is built.
+
+    debug-off: nothing configured (structlog reset, the ``runtrack`` logger at WARNING, as
+    under stdlib's defaults): managers skip their debug events and take the completion fast
+    path. debug-on: the ``runtrack`` logger at DEBUG with a handler that formats every
+    record, so each event is built, routed and rendered.
+    """
+    mode: str = request.param
+    logger = logging.getLogger("runtrack")
+    saved = (logger.level, logger.handlers[:], logger.propagate)
+    structlog.reset_defaults()
+    if mode == DEBUG_ON:
+        logger.setLevel(logging.DEBUG)
+        logger.handlers = [_FormattingHandler()]
+        logger.propagate = False
+    else:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield mode
+    finally:
+        logger.level, logger.handlers, logger.propagate = saved
+        structlog.reset_defaults()
 
 
 @pytest.fixture
@@ -1738,6 +1783,39 @@ class TestLogging:
         assert "run_failed" not in names
         started = [e for e in events_of(logs, run.run_id) if e["event"] == "run_started"]
         assert [e["attempt"] for e in started] == [1, 2]
+
+
+class TestLoggingModes:
+    """Debug logging decides only whether events are built, never what a run ends as."""
+
+    async def test_the_completion_fast_path_runs_exactly_when_debug_is_off(
+        self,
+        logging_mode: str,
+        task_manager: BackgroundTaskManager,
+        runtrack_registry: InMemoryRunRegistry,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        assert task_manager._debug is (logging_mode == DEBUG_ON)
+        fast: list[str] = []
+        direct = task_manager._completed_direct
+
+        def spy(job: Any, result: Any) -> None:
+            fast.append(job.run_id)
+            direct(job, result)
+
+        monkeypatch.setattr(task_manager, "_completed_direct", spy)
+        ids = [task_manager.start_task(Run(name="plain"), _add(i, 1)) for i in range(5)]
+        await task_manager.wait_all(timeout=SAFETY)  # no waiter per run: fast path allowed
+        assert fast == ([] if logging_mode == DEBUG_ON else ids)
+        for i, run_id in enumerate(ids):
+            run = await runtrack_registry.get_run(run_id)
+            assert run is not None
+            assert (run.status, run.result, run.finished_at is not None) == (
+                RunStatus.COMPLETED,
+                i + 1,
+                True,
+            )
+        assert task_manager.stats().counts[RunStatus.COMPLETED] == 5
 
 
 # -- the queued writer (a registry that is not InMemoryRunRegistry) -----------------------

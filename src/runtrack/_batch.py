@@ -23,10 +23,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-import structlog
-
 from runtrack._clock import now_us, us_to_dt
 from runtrack._exceptions import RegistryConfigError, RegistryUnavailableError
+from runtrack._logging import get_logger
 from runtrack._status import PREDECESSORS, RunStatus
 from runtrack._storable import MAX_ERROR_MESSAGE, ResultNotStorable, storable_text
 from runtrack._writer import finish_changes, start_changes, statuses_of
@@ -166,7 +165,7 @@ class BatchWriter:
         self._outage_since: float | None = None
         self._poked = asyncio.Event()
         self._outage_error: BaseException | None = None
-        self._log = structlog.get_logger("runtrack").bind(owner=owner, backend=backend)
+        self._log = get_logger(owner=owner, backend=backend)
 
     # -- recording writes --------------------------------------------------------------
 

@@ -17,12 +17,12 @@ from contextvars import copy_context
 from time import time_ns
 from typing import TYPE_CHECKING, Any, Final
 
-import structlog
 from pydantic import JsonValue, TypeAdapter, ValidationError
 
 from runtrack._admission import DONE, FINISHING, QUEUED, RUNNING, Job, Lanes
 from runtrack._clock import now_us
 from runtrack._context import _current
+from runtrack._logging import Logger
 from runtrack._models import RunEvent
 from runtrack._stats import StatsCollector
 from runtrack._status import RunStatus
@@ -69,7 +69,7 @@ class Execution:
         _idle: asyncio.Event
         _listeners: list[Callable[[RunEvent], object]]
         _stats: StatsCollector
-        _log: structlog.typing.FilteringBoundLogger
+        _log: Logger
         _debug: bool
         _max_payload: int | None
         _max_short_str: int

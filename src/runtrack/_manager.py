@@ -18,7 +18,6 @@ from datetime import timedelta
 from types import CoroutineType
 from typing import Any, Self, TypeVar
 
-import structlog
 from pydantic import JsonValue, TypeAdapter, ValidationError
 
 from runtrack._admission import DONE, QUEUED, RUNNING, Job, Lanes
@@ -36,6 +35,7 @@ from runtrack._exceptions import (
 )
 from runtrack._execution import Execution, close_coro, describe_error
 from runtrack._leases import interrupt_expired
+from runtrack._logging import get_logger
 from runtrack._models import Retry, Run, RunEvent, new_run_id, utcnow
 from runtrack._stats import ManagerStats, StatsCollector
 from runtrack._status import RunStatus
@@ -293,10 +293,9 @@ class BackgroundTaskManager(Execution):
         self._background: set[asyncio.Task[Any]] = set()
         self._executor_tasks: set[asyncio.Task[None]] = set()
         self._stats = StatsCollector()
-        self._log = structlog.get_logger("runtrack").bind(owner=self.owner)
-        # Resolved once: a filtered-out debug call still costs a method call per transition.
-        is_enabled = getattr(self._log, "is_enabled_for", None)
-        self._debug = bool(is_enabled(logging.DEBUG)) if callable(is_enabled) else True
+        self._log = get_logger(owner=self.owner)
+        # Resolved here and again at start, not per event: each transition would pay for it.
+        self._debug = self._log.is_enabled_for(logging.DEBUG)
 
     def __repr__(self) -> str:
         return (
@@ -326,6 +325,7 @@ class BackgroundTaskManager(Execution):
             ) from None
         self._loop = loop
         self._state = _State.RUNNING
+        self._debug = self._log.is_enabled_for(logging.DEBUG)  # logging set up since __init__
         self._spawn_background(self._heartbeat())
         self._log.debug("manager_started", max_concurrency=self._max_concurrency)
         return loop

@@ -14,10 +14,9 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
-import structlog
-
 from runtrack._clock import us_to_dt
 from runtrack._exceptions import DuplicateRunError, RunNotFoundError
+from runtrack._logging import get_logger
 from runtrack._models import Run
 from runtrack._status import PREDECESSORS, RunStatus
 from runtrack.registry.base import StatusReading
@@ -304,7 +303,7 @@ class QueueWriter:
         self._task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
-        self._log = structlog.get_logger("runtrack").bind(owner=owner)
+        self._log = get_logger(owner=owner)
 
     def _put(
         self, run_id: str, op: Callable[[], Coroutine[Any, Any, Any]], status: str | None = None

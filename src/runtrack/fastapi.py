@@ -23,7 +23,6 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, 
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Annotated, Any, ClassVar, Final, Literal
 
-import structlog
 from fastapi import APIRouter, Depends, Query, Request, Response, params
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -36,6 +35,7 @@ from starlette.types import Receive, Scope, Send
 from runtrack._background import get_default_manager, set_default_manager
 from runtrack._dashboard import add_dashboard_routes
 from runtrack._exceptions import RegistryUnavailableError, RuntrackError
+from runtrack._logging import get_logger
 from runtrack._manager import BackgroundTaskManager
 from runtrack._models import OutputChunk, Run, RunEvent
 from runtrack._stats import ManagerStats
@@ -63,7 +63,7 @@ EVENT_BUFFER: Final = 1000
 #: Seconds between SSE heartbeat comments. Read per connection, so tests may patch it.
 _HEARTBEAT_INTERVAL: float = 15.0
 
-_log = structlog.get_logger("runtrack")
+_log = get_logger()
 
 AppLifespan = Callable[[Any], AbstractAsyncContextManager[Mapping[str, Any] | None]]
 """An app's own lifespan: ``app -> async context manager`` yielding None or a state dict."""

@@ -22,7 +22,6 @@ from datetime import timedelta
 from typing import Any, Final, Self, TypeVar
 
 import sqlalchemy as sa
-import structlog
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import StaticPool
@@ -34,6 +33,7 @@ from runtrack._exceptions import (
     RegistryUnavailableError,
     RunNotFoundError,
 )
+from runtrack._logging import get_logger
 from runtrack._models import OutputChunk, Run
 from runtrack._status import TERMINAL, RunStatus, check_transition, normalize_statuses
 from runtrack.registry._refusals import (
@@ -94,7 +94,7 @@ _MYSQL_JSON_DEPTH: Final = 31
 
 _T = TypeVar("_T")
 
-_log = structlog.get_logger("runtrack")
+_log = get_logger()
 
 
 def _new_row(write: RunWrite, record: Mapping[str, Any] | None) -> dict[str, Any]:
