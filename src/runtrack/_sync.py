@@ -17,9 +17,9 @@ import anyio
 from anyio.from_thread import BlockingPortal
 
 from runtrack._exceptions import ManagerClosedError
+from runtrack._manager import BackgroundTaskManager
 
 if TYPE_CHECKING:
-    from runtrack._manager import BackgroundTaskManager
     from runtrack._models import Run
     from runtrack._stats import ManagerStats
     from runtrack.registry.base import RunRegistry
@@ -75,8 +75,6 @@ class SyncTaskManager:
     """
 
     def __init__(self, registry: RunRegistry | None = None, **manager_options: Any) -> None:
-        from runtrack._manager import BackgroundTaskManager
-
         self._closed = False
         self._lock = threading.Lock()
         self._portal, self._thread = _start_portal("runtrack-sync-manager")
