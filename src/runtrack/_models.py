@@ -5,11 +5,22 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Final
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, JsonValue
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationError,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from runtrack._status import RunStatus
 
@@ -24,6 +35,7 @@ __all__ = [
     "Seconds",
     "Tags",
     "UTCDatetime",
+    "json_time",
     "new_run_id",
     "utcnow",
 ]
@@ -35,6 +47,17 @@ MAX_ID_LENGTH: Final = 255
 def utcnow() -> datetime:
     """Return the current time as a timezone-aware UTC datetime."""
     return datetime.now(UTC)
+
+
+def json_time(value: datetime) -> str:
+    """``value`` in UTC as ISO 8601 text, as pydantic writes it in JSON (``...Z``).
+
+    Example:
+        >>> json_time(datetime(2025, 1, 2, 3, 4, 5, 600000, tzinfo=UTC))
+        '2025-01-02T03:04:05.600000Z'
+    """
+    text = value.astimezone(UTC).isoformat()
+    return text[:-6] + "Z"  # isoformat() ends a UTC time with "+00:00"
 
 
 def _uuid4_strings() -> Iterator[str]:
@@ -70,9 +93,7 @@ def _to_utc(value: datetime) -> datetime:
 
 
 UTCDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
-Ident = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
 TagText = Annotated[str, Field(max_length=MAX_ID_LENGTH)]
-Tags = dict[TagText, TagText]
 Attempt = Annotated[int, Field(ge=1)]
 Progress = Annotated[float, Field(ge=0.0, le=1.0)]
 Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -87,9 +108,7 @@ def _finite(value: Any) -> Any:
         item = stack.pop()
         if type(item) is float:
             if not math.isfinite(item):
-                raise ValueError(
-                    f"{item!r} is not a JSON number: use null or a string for NaN and infinity"
-                )
+                raise ValueError(_not_a_number(item))
         elif isinstance(item, dict):
             stack.extend(item.values())
         elif isinstance(item, list):
@@ -97,9 +116,142 @@ def _finite(value: Any) -> Any:
     return value
 
 
+def _not_a_number(value: float) -> str:
+    return f"{value!r} is not a JSON number: use null or a string for NaN and infinity"
+
+
+#: Characters no registry stores faithfully: NUL (PostgreSQL text refuses it) and
+#: surrogates, which have no UTF-8 form (a str holds them only unpaired, e.g. from
+#: ``bytes.decode(errors="surrogateescape")``).
+_UNSTORABLE: Final = re.compile("[\x00\ud800-\udfff]")
+
+#: Objects and arrays nested deeper than this are refused: MariaDB's JSON columns accept
+#: at most 31 (its documented depth limit of 32 counts the innermost values as a level).
+MAX_JSON_DEPTH: Final = 31
+
+
+def _storable(text: str) -> bool:
+    """Whether ``text`` holds neither NUL nor a surrogate (the ASCII case is one memchr)."""
+    return "\x00" not in text if text.isascii() else _UNSTORABLE.search(text) is None
+
+
+def _storable_short(text: str) -> bool:
+    """`_storable` for short text such as ids and tags: printable text is storable."""
+    return text.isprintable() or _UNSTORABLE.search(text) is None
+
+
+def _unstorable(text: str, what: str) -> str:
+    """Why ``text`` (which fails `_storable`) cannot be recorded, and what to do."""
+    found = _UNSTORABLE.search(text)
+    assert found is not None
+    char, at = found.group(), found.start()
+    if char == "\x00":
+        return (
+            f"{what} contains a NUL character ('\\x00') at index {at}, which databases "
+            f"cannot store: remove it, or encode binary data (base64, hex) first"
+        )
+    return (
+        f"{what} contains a lone surrogate ({char!r}) at index {at}, which is not valid "
+        f"UTF-8 (bytes decoded with errors='surrogateescape'?): decode with "
+        f"errors='replace', or remove it"
+    )
+
+
+# The checks of str fields run before pydantic's own: a constrained str refuses surrogates
+# with a message that does not say what to do.
+def _text(what: str) -> BeforeValidator:
+    """A validator refusing NUL and surrogates in a str field named ``what``."""
+
+    def check(value: object) -> object:
+        if type(value) is str and not _storable_short(value):
+            raise ValueError(_unstorable(value, what))
+        return value
+
+    return BeforeValidator(check)
+
+
+def _check_tags(tags: object) -> object:
+    if type(tags) is dict:
+        for key, value in tags.items():
+            if type(key) is str and not _storable_short(key):
+                raise ValueError(_unstorable(key, f"tag key {key!r}"))
+            if type(value) is str and not _storable_short(value):
+                raise ValueError(_unstorable(value, f"tag {key!r}"))
+    return tags
+
+
+def _check_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
+    """Refuse what a registry could not store: NaN, infinities, NUL, surrogates, deep nesting.
+
+    One walk, level by level (so the depth comes free), over the containers only.
+    """
+    level: list[Any] = [parameters]
+    depth = 1
+    while level:
+        deeper: list[Any] = []
+        for container in level:
+            if type(container) is dict:
+                for key, item in container.items():
+                    if "\x00" in key if key.isascii() else _UNSTORABLE.search(key):
+                        raise ValueError(_where_unstorable(parameters))
+                    kind = type(item)
+                    if kind is str:
+                        if "\x00" in item if item.isascii() else _UNSTORABLE.search(item):
+                            raise ValueError(_where_unstorable(parameters))
+                    elif kind is dict or kind is list:
+                        deeper.append(item)
+                    elif kind is float and not math.isfinite(item):
+                        raise ValueError(_not_a_number(item))
+            else:
+                for item in container:
+                    kind = type(item)
+                    if kind is str:
+                        if "\x00" in item if item.isascii() else _UNSTORABLE.search(item):
+                            raise ValueError(_where_unstorable(parameters))
+                    elif kind is dict or kind is list:
+                        deeper.append(item)
+                    elif kind is float and not math.isfinite(item):
+                        raise ValueError(_not_a_number(item))
+        if deeper:
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                raise ValueError(
+                    f"parameters nest objects and arrays more than {MAX_JSON_DEPTH} levels "
+                    f"deep (parameters itself is level 1), which MariaDB's JSON columns "
+                    f"refuse: flatten them, or pass the deep part as a JSON string"
+                )
+        level = deeper
+    return parameters
+
+
+def _where_unstorable(parameters: dict[str, Any]) -> str:
+    """The message for a key or string in ``parameters`` that is not storable, with its path."""
+    stack: list[tuple[str, Any]] = [("parameters", parameters)]
+    while stack:
+        path, value = stack.pop()
+        if type(value) is dict:
+            for key, item in value.items():
+                if not _storable(key):
+                    return _unstorable(key, f"a key of {path}")
+                stack.append((f"{path}[{key!r}]", item))
+        elif type(value) is list:
+            stack.extend((f"{path}[{i}]", item) for i, item in enumerate(value))
+        elif type(value) is str and not _storable(value):
+            return _unstorable(value, path)
+    raise AssertionError("no unstorable text in parameters")  # pragma: no cover
+
+
+Ident = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
+RunId = Annotated[Ident, _text("run_id")]
+Group = Annotated[Ident, _text("group")]
+Name = Annotated[str, Field(max_length=MAX_ID_LENGTH), _text("name")]
+#: Tag keys and values: up to MAX_ID_LENGTH characters, no NUL, no surrogates.
+Tags = Annotated[dict[TagText, TagText], BeforeValidator(_check_tags)]
+
 #: A JSON value as every registry can store it (no NaN, no infinities).
 Json = Annotated[JsonValue, AfterValidator(_finite)]
-Parameters = Annotated[dict[str, JsonValue], AfterValidator(_finite)]
+#: JSON arguments every registry stores as given (see `_check_parameters`).
+Parameters = Annotated[dict[str, JsonValue], AfterValidator(_check_parameters)]
 
 
 class Run(BaseModel):
@@ -117,10 +269,11 @@ class Run(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
 
-    run_id: Ident = Field(default_factory=new_run_id)
+    run_id: RunId = Field(default_factory=new_run_id)
     """Unique id; a fresh UUID4 string unless given."""
-    name: Annotated[str, Field(max_length=MAX_ID_LENGTH)] = ""
-    """The kind of work; empty means "the coroutine function's qualified name"."""
+    name: Name = ""
+    """The kind of work. Left out, the manager uses the coroutine function's qualified name;
+    an explicit empty name is refused."""
     status: RunStatus = RunStatus.QUEUED
     created_at: UTCDatetime = Field(default_factory=utcnow)
     started_at: UTCDatetime | None = None
@@ -128,7 +281,7 @@ class Run(BaseModel):
     parameters: Parameters = Field(default_factory=dict)
     """JSON arguments describing the work (shown in dashboards, used for retries)."""
     tags: Tags = Field(default_factory=dict)
-    group: Ident | None = None
+    group: Group | None = None
     """Concurrency group: ``group_limits`` caps how many runs of a group run at once."""
     priority: Priority = 0
     """Higher runs first among waiting runs; FIFO within one priority."""
@@ -164,7 +317,14 @@ class Run(BaseModel):
                 _set_extra(self, None)
                 _set_private(self, None)
                 return
+            if data.get("name") == "":
+                raise _empty_name()
             super().__init__(**data)
+
+        # Run.model_validate() (how registries read records back) skips this __init__: it
+        # needs neither the fast path nor the empty-name check, which applies to new runs
+        # only, so a record stored with the default "" name still reads back.
+        __init__.__pydantic_base_init__ = True
 
     @property
     def is_finished(self) -> bool:
@@ -190,20 +350,42 @@ _set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
 _set_private = BaseModel.__dict__["__pydantic_private__"].__set__
 
 
+_MIN_PRIORITY: Final = -(2**63)
+_PRIORITY_END: Final = 2**63
+
+
 def _fast_valid(data: dict[str, Any]) -> bool:
-    """Whether ``data`` (keys within _FAST_FIELDS) is valid as it stands."""
-    name = data.get("name", "")
-    if type(name) is not str or len(name) > MAX_ID_LENGTH:
-        return False
-    if "run_id" in data:
-        run_id = data["run_id"]
-        if type(run_id) is not str or not 1 <= len(run_id) <= MAX_ID_LENGTH:
+    """Whether ``data`` (keys within _FAST_FIELDS) is valid as it stands.
+
+    Text takes this path when it is printable, which rules out NUL and surrogates in one
+    call; anything else (a tab, a wrong type) is left to the full validation.
+    """
+    for key, value in data.items():
+        if key == "priority":
+            if type(value) is not int or not _MIN_PRIORITY <= value < _PRIORITY_END:
+                return False
+        elif type(value) is str:
+            if not 1 <= len(value) <= MAX_ID_LENGTH or not value.isprintable():
+                return False
+        elif value is not None or key != "group":
             return False
-    group = data.get("group")
-    if group is not None and (type(group) is not str or not 1 <= len(group) <= MAX_ID_LENGTH):
-        return False
-    priority = data.get("priority", 0)
-    return type(priority) is int and -(2**63) <= priority < 2**63
+    return True
+
+
+def _empty_name() -> ValidationError:
+    """The error for ``Run(name="")``, in pydantic's form like every other field's."""
+    message = (
+        "a run needs a name: pass a non-empty name, or leave name out and the manager "
+        "records the function's qualified name"
+    )
+    return ValidationError.from_exception_data(
+        "Run",
+        [
+            InitErrorDetails(
+                type=PydanticCustomError("empty_name", message), loc=("name",), input=""
+            )
+        ],
+    )
 
 
 class OutputChunk(BaseModel):
@@ -309,7 +491,7 @@ class RunEvent:
             "name": self.name,
             "status": self.status.value,
             "previous": None if self.previous is None else self.previous.value,
-            "at": self.at.isoformat(),
+            "at": json_time(self.at),
             "attempt": self.attempt,
             "group": self.group,
             "error_type": self.error_type,
