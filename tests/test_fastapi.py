@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,6 +21,7 @@ import httpx
 import pytest
 import structlog.testing
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from pydantic import TypeAdapter
 from starlette.requests import ClientDisconnect
 from starlette.types import Message
 
@@ -39,6 +42,9 @@ from runtrack.fastapi import get_task_manager, lifespan, runs_router
 from runtrack.registry.sql import SQLRunRegistry
 
 API_KEY = "s3cret-key"
+#: How every response writes a time: UTC, "Z", microseconds when there are any.
+TIME_FORMAT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z")
+_JSON_TIME: TypeAdapter[datetime] = TypeAdapter(datetime)
 
 
 def make_app(
@@ -807,6 +813,31 @@ class TestEvents:
             assert [e["previous"] for e in received] == [None, "queued", "running"]
             assert received[0]["name"] == "streamed"
             assert spy.live == []  # the listener went with the client
+
+    async def test_times_are_written_as_in_rest(self) -> None:
+        # One format for every time in every response: pydantic's JSON (UTC, "Z").
+        app = make_app()
+        async with AsgiServer(app) as server, server.stream("/runs/events") as events:
+            manager = manager_of(app)
+            assert await events.next_message() == ": connected"
+            run = await manager.submit(quick, name="timed")
+            await done(manager, run.run_id)
+            streamed = [e["at"] for e in await events.run_events(run.run_id, 3)]
+            status, body = await server.get(f"/runs/{run.run_id}")
+            assert status == 200
+            status, listed = await server.get("/runs")
+            assert status == 200
+
+        rest = [body[field] for field in ("created_at", "started_at", "finished_at")]
+        assert listed["runs"][0]["created_at"] == body["created_at"]
+        for text in streamed + rest:
+            assert TIME_FORMAT.fullmatch(text), text
+            assert _JSON_TIME.dump_python(datetime.fromisoformat(text), mode="json") == text
+        # The stream's times are the moments of the changes the record holds.
+        created, started, finished = (datetime.fromisoformat(t) for t in rest)
+        queued_at, running_at, completed_at = (datetime.fromisoformat(t) for t in streamed)
+        assert created <= queued_at <= running_at <= completed_at
+        assert started <= finished
 
     async def test_heartbeats(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(rtf, "_HEARTBEAT_INTERVAL", 0.01)

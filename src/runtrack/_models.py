@@ -260,6 +260,13 @@ class Run(BaseModel):
     A `Run` is immutable: registries and managers hand out fresh copies, and changes go
     through `RunRegistry.transition` or `RunRegistry.update_run`.
 
+    What no registry could store is refused when a run is built, with a `ValidationError`
+    (a `ValueError`) that names the field: NUL characters and lone surrogates in
+    ``run_id``, ``name``, ``group``, tags and ``parameters`` (keys and strings at any
+    depth), ``parameters`` nested more than 31 levels (MariaDB's JSON limit), NaN and
+    infinities in ``parameters`` and ``result``, naive datetimes. ``Run(name="")`` is
+    refused too: leave ``name`` out and the manager uses the function's qualified name.
+
     Example:
         >>> from runtrack import Run
         >>> run = Run(name="send_report", parameters={"user": 42}, tags={"team": "billing"})

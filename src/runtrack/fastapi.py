@@ -7,8 +7,9 @@ never imports this module.
   gracefully at shutdown, composable with the app's own lifespan.
 - `get_task_manager` (or the `TaskManager` annotation) is the dependency handlers use.
 - `runs_router` serves the runs over HTTP: list, read, output, cancel, health, metrics and
-  a server-sent-events stream of status changes, with JSON errors
-  ``{"error": ..., "code": ...}``.
+  a server-sent-events stream of status changes (which ends when the app stops), with
+  JSON errors ``{"error": ..., "code": ...}``. Times are written the same way everywhere,
+  the stream included: pydantic's JSON, UTC ending in ``Z``.
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the handlers' annotations at
@@ -273,8 +274,9 @@ class ErrorResponse(BaseModel):
 
     error: str = Field(description="What went wrong, for people.")
     code: str = Field(
-        description="For programs: run_not_found, run_finished, invalid_filter, "
-        "invalid_request, registry_unavailable or internal_error.",
+        description="For programs: run_not_found, not_found (a dashboard file), "
+        "run_finished, invalid_filter, invalid_request, registry_unavailable or "
+        "internal_error.",
         examples=["run_not_found"],
     )
 
