@@ -366,11 +366,13 @@ class TestRunStorableText:
         assert "remove it" in message
         assert field in error["msg"] or "tag" in error["msg"]
 
-    @pytest.mark.parametrize(("text", "says"), UNSTORABLE.values(), ids=list(UNSTORABLE))
-    def test_model_validate_refuses_too(self, text: str, says: str) -> None:
+    @pytest.mark.parametrize("text", ["a\x00b", "zoë\x00"])
+    def test_records_read_back_are_not_checked_again(self, text: str) -> None:
+        # Registries read with model_validate: a record that an earlier version stored (NUL
+        # on SQLite, MariaDB, Redis) still reads. No store took surrogates.
         for fields in hostile_fields(text).values():
-            with pytest.raises(ValidationError, match=says):
-                Run.model_validate({"name": "x", **fields})
+            stored = Run.model_validate({"name": "x", **fields}).model_dump()
+            assert Run.model_validate(stored).model_dump() == stored
 
     def test_the_message_gives_the_path_in_parameters(self) -> None:
         with pytest.raises(ValidationError) as info:

@@ -6,7 +6,7 @@ import dataclasses
 import math
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Final
 
@@ -157,81 +157,75 @@ def _unstorable(text: str, what: str) -> str:
     )
 
 
-# The checks of str fields run before pydantic's own: a constrained str refuses surrogates
-# with a message that does not say what to do.
-def _text(what: str) -> BeforeValidator:
-    """A validator refusing NUL and surrogates in a str field named ``what``."""
-
-    def check(value: object) -> object:
+def _tags_problem(tags: Mapping[Any, Any]) -> str | None:
+    for key, value in tags.items():
+        if type(key) is str and not _storable_short(key):
+            return _unstorable(key, f"tag key {key!r}")
         if type(value) is str and not _storable_short(value):
-            raise ValueError(_unstorable(value, what))
-        return value
-
-    return BeforeValidator(check)
+            return _unstorable(value, f"tag {key!r}")
+    return None
 
 
 def _check_tags(tags: object) -> object:
-    if type(tags) is dict:
-        for key, value in tags.items():
-            if type(key) is str and not _storable_short(key):
-                raise ValueError(_unstorable(key, f"tag key {key!r}"))
-            if type(value) is str and not _storable_short(value):
-                raise ValueError(_unstorable(value, f"tag {key!r}"))
+    """Refuse NUL and surrogates in changed tags (`RunRegistry.update_run`)."""
+    if isinstance(tags, Mapping):
+        problem = _tags_problem(tags)
+        if problem is not None:
+            raise ValueError(problem)
     return tags
 
 
-def _check_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
-    """Refuse what a registry could not store: NaN, infinities, NUL, surrogates, deep nesting.
+def _parameters_problem(parameters: Mapping[str, Any]) -> str | None:
+    """Why a registry could not store ``parameters`` (NUL, surrogates, deep nesting), or None.
 
-    One walk, level by level (so the depth comes free), over the containers only.
+    One walk, level by level (so the depth comes free), over the containers only. NaN and
+    infinities are the validator's (`_finite`).
     """
     level: list[Any] = [parameters]
     depth = 1
     while level:
         deeper: list[Any] = []
         for container in level:
-            if type(container) is dict:
+            if isinstance(container, Mapping):
                 for key, item in container.items():
-                    if "\x00" in key if key.isascii() else _UNSTORABLE.search(key):
-                        raise ValueError(_where_unstorable(parameters))
+                    if type(key) is str and (
+                        "\x00" in key if key.isascii() else _UNSTORABLE.search(key)
+                    ):
+                        return _where_unstorable(parameters)
                     kind = type(item)
                     if kind is str:
                         if "\x00" in item if item.isascii() else _UNSTORABLE.search(item):
-                            raise ValueError(_where_unstorable(parameters))
+                            return _where_unstorable(parameters)
                     elif kind is dict or kind is list:
                         deeper.append(item)
-                    elif kind is float and not math.isfinite(item):
-                        raise ValueError(_not_a_number(item))
             else:
                 for item in container:
                     kind = type(item)
                     if kind is str:
                         if "\x00" in item if item.isascii() else _UNSTORABLE.search(item):
-                            raise ValueError(_where_unstorable(parameters))
+                            return _where_unstorable(parameters)
                     elif kind is dict or kind is list:
                         deeper.append(item)
-                    elif kind is float and not math.isfinite(item):
-                        raise ValueError(_not_a_number(item))
         if deeper:
             depth += 1
             if depth > MAX_JSON_DEPTH:
-                raise ValueError(
+                return (
                     f"parameters nest objects and arrays more than {MAX_JSON_DEPTH} levels "
                     f"deep (parameters itself is level 1), which MariaDB's JSON columns "
                     f"refuse: flatten them, or pass the deep part as a JSON string"
                 )
         level = deeper
-    return parameters
+    return None
 
 
-def _where_unstorable(parameters: dict[str, Any]) -> str:
+def _where_unstorable(parameters: Mapping[str, Any]) -> str:
     """The message for a key or string in ``parameters`` that is not storable, with its path."""
     stack: list[tuple[str, Any]] = [("parameters", parameters)]
     while stack:
         path, value = stack.pop()
-        if type(value) is dict:
+        if isinstance(value, Mapping):
             for key, item in value.items():
-                if not _storable(key):
+                if type(key) is str and not _storable(key):
                     return _unstorable(key, f"a key of {path}")
                 stack.append((f"{path}[{key!r}]", item))
         elif type(value) is list:
@@ -241,17 +235,58 @@ def _where_unstorable(parameters: dict[str, Any]) -> str:
     raise AssertionError("no unstorable text in parameters")  # pragma: no cover
 
 
+def _check_new_run(data: dict[str, Any]) -> None:
+    """Refuse, in the fields of a new run, what no registry could store.
+
+    Runs read back from a registry (`Run.model_validate`) are not checked again, so a
+    record stored by an earlier version still reads.
+
+    Raises:
+        ValidationError: NUL or a surrogate in ``run_id``, ``name``, ``group``, tags or
+            parameters; parameters nested too deep; an empty ``name``.
+    """
+    for field in ("run_id", "name", "group"):
+        value = data.get(field)
+        if type(value) is str and not _storable_short(value):
+            raise _invalid(field, value, _unstorable(value, field))
+    if data.get("name") == "":
+        raise _invalid(
+            "name",
+            "",
+            "a run needs a name: pass a non-empty name, or leave name out and the manager "
+            "records the function's qualified name",
+        )
+    tags = data.get("tags")
+    if tags and isinstance(tags, Mapping):
+        problem = _tags_problem(tags)
+        if problem is not None:
+            raise _invalid("tags", tags, problem)
+    parameters = data.get("parameters")
+    if parameters and isinstance(parameters, Mapping):
+        problem = _parameters_problem(parameters)
+        if problem is not None:
+            raise _invalid("parameters", parameters, problem)
+
+
+def _invalid(field: str, value: object, message: str) -> ValidationError:
+    """A `ValidationError` of ``Run`` for ``field``, in pydantic's form like any other."""
+    return ValidationError.from_exception_data(
+        "Run",
+        [
+            InitErrorDetails(
+                type=PydanticCustomError("unstorable", message), loc=(field,), input=value
+            )
+        ],
+    )
+
+
 Ident = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
-RunId = Annotated[Ident, _text("run_id")]
-Group = Annotated[Ident, _text("group")]
-Name = Annotated[str, Field(max_length=MAX_ID_LENGTH), _text("name")]
-#: Tag keys and values: up to MAX_ID_LENGTH characters, no NUL, no surrogates.
+#: Tag keys and values: up to MAX_ID_LENGTH characters; for a change, no NUL or surrogate.
 Tags = Annotated[dict[TagText, TagText], BeforeValidator(_check_tags)]
 
 #: A JSON value as every registry can store it (no NaN, no infinities).
 Json = Annotated[JsonValue, AfterValidator(_finite)]
-#: JSON arguments every registry stores as given (see `_check_parameters`).
-Parameters = Annotated[dict[str, JsonValue], AfterValidator(_check_parameters)]
+Parameters = Annotated[dict[str, JsonValue], AfterValidator(_finite)]
 
 
 class Run(BaseModel):
@@ -276,9 +311,9 @@ class Run(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
 
-    run_id: RunId = Field(default_factory=new_run_id)
+    run_id: Ident = Field(default_factory=new_run_id)
     """Unique id; a fresh UUID4 string unless given."""
-    name: Name = ""
+    name: Annotated[str, Field(max_length=MAX_ID_LENGTH)] = ""
     """The kind of work. Left out, the manager uses the coroutine function's qualified name;
     an explicit empty name is refused."""
     status: RunStatus = RunStatus.QUEUED
@@ -287,8 +322,8 @@ class Run(BaseModel):
     finished_at: UTCDatetime | None = None
     parameters: Parameters = Field(default_factory=dict)
     """JSON arguments describing the work (shown in dashboards, used for retries)."""
-    tags: Tags = Field(default_factory=dict)
-    group: Group | None = None
+    tags: dict[TagText, TagText] = Field(default_factory=dict)
+    group: Ident | None = None
     """Concurrency group: ``group_limits`` caps how many runs of a group run at once."""
     priority: Priority = 0
     """Higher runs first among waiting runs; FIFO within one priority."""
@@ -324,13 +359,12 @@ class Run(BaseModel):
                 _set_extra(self, None)
                 _set_private(self, None)
                 return
-            if data.get("name") == "":
-                raise _empty_name()
+            _check_new_run(data)
             super().__init__(**data)
 
         # Run.model_validate() (how registries read records back) skips this __init__: it
-        # needs neither the fast path nor the empty-name check, which applies to new runs
-        # only, so a record stored with the default "" name still reads back.
+        # needs neither the fast path nor the checks of new runs, so a record stored by an
+        # earlier version (or with the default "" name) still reads back.
         __init__.__pydantic_base_init__ = True
 
     @property
@@ -377,22 +411,6 @@ def _fast_valid(data: dict[str, Any]) -> bool:
         elif value is not None or key != "group":
             return False
     return True
-
-
-def _empty_name() -> ValidationError:
-    """The error for ``Run(name="")``, in pydantic's form like every other field's."""
-    message = (
-        "a run needs a name: pass a non-empty name, or leave name out and the manager "
-        "records the function's qualified name"
-    )
-    return ValidationError.from_exception_data(
-        "Run",
-        [
-            InitErrorDetails(
-                type=PydanticCustomError("empty_name", message), loc=("name",), input=""
-            )
-        ],
-    )
 
 
 class OutputChunk(BaseModel):
