@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     JsonValue,
     ValidationError,
+    ValidationInfo,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
@@ -175,37 +176,43 @@ def _check_tags(tags: object) -> object:
     return tags
 
 
-def _parameters_problem(parameters: Mapping[str, Any]) -> str | None:
-    """Why a registry could not store ``parameters`` (NUL, surrogates, deep nesting), or None.
+def _parameters_problem(parameters: dict[str, Any]) -> str | None:
+    """Why a registry could not store ``parameters``, or None.
 
-    One walk, level by level (so the depth comes free), over the containers only. NaN and
-    infinities are the validator's (`_finite`).
+    NaN and infinities, NUL and surrogates in keys and strings, nesting deeper than
+    MariaDB's JSON columns take. One walk, level by level (so the depth comes free), that
+    descends only into containers.
     """
     level: list[Any] = [parameters]
     depth = 1
     while level:
         deeper: list[Any] = []
         for container in level:
-            if isinstance(container, Mapping):
-                for key, item in container.items():
+            if isinstance(container, dict):
+                for key in container:
                     if type(key) is str and (
                         "\x00" in key if key.isascii() else _UNSTORABLE.search(key)
                     ):
                         return _where_unstorable(parameters)
-                    kind = type(item)
-                    if kind is str:
-                        if "\x00" in item if item.isascii() else _UNSTORABLE.search(item):
-                            return _where_unstorable(parameters)
-                    elif kind is dict or kind is list:
-                        deeper.append(item)
+                items = container.values()
             else:
-                for item in container:
-                    kind = type(item)
-                    if kind is str:
-                        if "\x00" in item if item.isascii() else _UNSTORABLE.search(item):
-                            return _where_unstorable(parameters)
-                    elif kind is dict or kind is list:
-                        deeper.append(item)
+                items = container
+            for item in items:
+                kind = type(item)
+                if kind is str:
+                    if "\x00" in item if item.isascii() else _UNSTORABLE.search(item):
+                        return _where_unstorable(parameters)
+                elif kind is dict or kind is list:
+                    deeper.append(item)
+                elif kind is int or kind is bool or item is None:
+                    pass
+                elif isinstance(item, float):
+                    if not math.isfinite(item):
+                        return _not_a_number(item)
+                elif isinstance(item, dict | list):
+                    deeper.append(item)
+                elif isinstance(item, str) and not _storable(item):
+                    return _where_unstorable(parameters)
         if deeper:
             depth += 1
             if depth > MAX_JSON_DEPTH:
@@ -218,19 +225,19 @@ def _parameters_problem(parameters: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _where_unstorable(parameters: Mapping[str, Any]) -> str:
+def _where_unstorable(parameters: dict[str, Any]) -> str:
     """The message for a key or string in ``parameters`` that is not storable, with its path."""
     stack: list[tuple[str, Any]] = [("parameters", parameters)]
     while stack:
         path, value = stack.pop()
-        if isinstance(value, Mapping):
+        if isinstance(value, dict):
             for key, item in value.items():
-                if type(key) is str and not _storable(key):
+                if isinstance(key, str) and not _storable(key):
                     return _unstorable(key, f"a key of {path}")
                 stack.append((f"{path}[{key!r}]", item))
-        elif type(value) is list:
+        elif isinstance(value, list):
             stack.extend((f"{path}[{i}]", item) for i, item in enumerate(value))
-        elif type(value) is str and not _storable(value):
+        elif isinstance(value, str) and not _storable(value):
             return _unstorable(value, path)
     raise AssertionError("no unstorable text in parameters")  # pragma: no cover
 
@@ -257,13 +264,15 @@ def _check_new_run(data: dict[str, Any]) -> None:
             "records the function's qualified name",
         )
     tags = data.get("tags")
-    if tags and isinstance(tags, Mapping):
+    if tags and (type(tags) is dict or isinstance(tags, Mapping)):
         problem = _tags_problem(tags)
         if problem is not None:
             raise _invalid("tags", tags, problem)
     parameters = data.get("parameters")
-    if parameters and isinstance(parameters, Mapping):
-        problem = _parameters_problem(parameters)
+    if parameters and (type(parameters) is dict or isinstance(parameters, Mapping)):
+        problem = _parameters_problem(
+            parameters if isinstance(parameters, dict) else dict(parameters)
+        )
         if problem is not None:
             raise _invalid("parameters", parameters, problem)
 
@@ -284,9 +293,19 @@ Ident = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
 #: Tag keys and values: up to MAX_ID_LENGTH characters; for a change, no NUL or surrogate.
 Tags = Annotated[dict[TagText, TagText], BeforeValidator(_check_tags)]
 
+#: The validation context of ``Run(...)``, whose parameters `_check_new_run` has checked.
+_NEW_RUN: Final = object()
+
+
+def _finite_parameters(value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+    if info.context is _NEW_RUN:  # checked already, in the same walk as the text
+        return value
+    return _finite(value)  # type: ignore[no-any-return]
+
+
 #: A JSON value as every registry can store it (no NaN, no infinities).
 Json = Annotated[JsonValue, AfterValidator(_finite)]
-Parameters = Annotated[dict[str, JsonValue], AfterValidator(_finite)]
+Parameters = Annotated[dict[str, JsonValue], AfterValidator(_finite_parameters)]
 
 
 class Run(BaseModel):
@@ -360,7 +379,7 @@ class Run(BaseModel):
                 _set_private(self, None)
                 return
             _check_new_run(data)
-            super().__init__(**data)
+            self.__pydantic_validator__.validate_python(data, self_instance=self, context=_NEW_RUN)
 
         # Run.model_validate() (how registries read records back) skips this __init__: it
         # needs neither the fast path nor the checks of new runs, so a record stored by an
