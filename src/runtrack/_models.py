@@ -245,12 +245,13 @@ def _where_unstorable(parameters: dict[str, Any]) -> str:
 def _check_new_run(data: dict[str, Any]) -> None:
     """Refuse, in the fields of a new run, what no registry could store.
 
-    Runs read back from a registry (`Run.model_validate`) are not checked again, so a
-    record stored by an earlier version still reads.
+    Runs read back from a registry (`Run.model_validate`) are not checked for text and
+    depth again, so a record stored by an earlier version still reads.
 
     Raises:
         ValidationError: NUL or a surrogate in ``run_id``, ``name``, ``group``, tags or
-            parameters; parameters nested too deep; an empty ``name``.
+            parameters; NaN or an infinity in parameters; parameters nested too deep; an
+            empty ``name``.
     """
     for field in ("run_id", "name", "group"):
         value = data.get(field)
@@ -318,8 +319,10 @@ class Run(BaseModel):
     (a `ValueError`) that names the field: NUL characters and lone surrogates in
     ``run_id``, ``name``, ``group``, tags and ``parameters`` (keys and strings at any
     depth), ``parameters`` nested more than 31 levels (MariaDB's JSON limit), NaN and
-    infinities in ``parameters`` and ``result``, naive datetimes. ``Run(name="")`` is
-    refused too: leave ``name`` out and the manager uses the function's qualified name.
+    infinities, naive datetimes. ``Run(name="")`` is refused too: leave ``name`` out and
+    the manager uses the function's qualified name. `Run.model_validate`, which registries
+    use to read records back, checks types, numbers and datetimes but not text or depth,
+    so what an earlier version stored still reads.
 
     Example:
         >>> from runtrack import Run
