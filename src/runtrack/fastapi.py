@@ -72,13 +72,13 @@ STATE_KEY: Final = "runtrack_manager"
 HEALTH_TIMEOUT: Final = 2.0
 #: Events buffered per SSE client; past it the oldest are dropped (and counted).
 EVENT_BUFFER: Final = 1000
-#: Seconds between SSE heartbeat comments. Read per connection, so tests may patch it.
-_HEARTBEAT_INTERVAL: float = 15.0
 #: The signals a server stops on (uvicorn, hypercorn, gunicorn's workers): event streams
 #: end when one arrives, so the server is not left waiting for them to close.
 _EXIT_SIGNALS: Final = tuple(
     getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGBREAK") if hasattr(signal, name)
 )
+#: Seconds between SSE heartbeat comments. Read per connection, so tests may patch it.
+_HEARTBEAT_INTERVAL: float = 15.0
 
 _log = structlog.get_logger("runtrack")
 
