@@ -136,11 +136,6 @@ def _storable(text: str) -> bool:
     return "\x00" not in text if text.isascii() else _UNSTORABLE.search(text) is None
 
 
-def _storable_short(text: str) -> bool:
-    """`_storable` for short text such as ids and tags: printable text is storable."""
-    return text.isprintable() or _UNSTORABLE.search(text) is None
-
-
 def _unstorable(text: str, what: str) -> str:
     """Why ``text`` (which fails `_storable`) cannot be recorded, and what to do."""
     found = _UNSTORABLE.search(text)
@@ -160,9 +155,10 @@ def _unstorable(text: str, what: str) -> str:
 
 def _tags_problem(tags: Mapping[Any, Any]) -> str | None:
     for key, value in tags.items():
-        if type(key) is str and not _storable_short(key):
+        # Printable text is storable; only the rest is searched.
+        if type(key) is str and not key.isprintable() and _UNSTORABLE.search(key):
             return _unstorable(key, f"tag key {key!r}")
-        if type(value) is str and not _storable_short(value):
+        if type(value) is str and not value.isprintable() and _UNSTORABLE.search(value):
             return _unstorable(value, f"tag {key!r}")
     return None
 
@@ -255,7 +251,7 @@ def _check_new_run(data: dict[str, Any]) -> None:
     """
     for field in ("run_id", "name", "group"):
         value = data.get(field)
-        if type(value) is str and not _storable_short(value):
+        if type(value) is str and not value.isprintable() and _UNSTORABLE.search(value):
             raise _invalid(field, value, _unstorable(value, field))
     if data.get("name") == "":
         raise _invalid(
