@@ -12,6 +12,8 @@ then open http://127.0.0.1:8000/runs/ui and, in another terminal::
 
 Runs are recorded in SQLite (``./runtrack-example.db``); set ``RUNTRACK_REGISTRY_URL`` to use
 another registry, e.g. ``postgresql+asyncpg://app@db/app`` shared by several replicas.
+Ctrl-C stops the server at once, dashboard open or not (reports still running get the
+manager's shutdown grace, then are recorded cancelled).
 """
 
 from __future__ import annotations

@@ -1,17 +1,23 @@
 """``examples/fastapi_app.py`` works: start a report, poll it, cancel it, on SQLite.
 
 The example is imported from its file and driven over ASGI (``httpx.ASGITransport``) with
-its lifespan running, each test on its own SQLite file.
+its lifespan running, each test on its own SQLite file; `TestUnderUvicorn` runs it as a
+user does, in a uvicorn process, and stops it with a signal.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
+import os
+import re
+import signal
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Final
 
 import httpx
 import pytest
@@ -135,3 +141,112 @@ class TestExampleApp:
         page = await client.get("/runs/ui")
         assert page.status_code == 200
         assert page.headers["content-type"].startswith("text/html")
+
+
+#: Seconds the example may take to start on a busy machine (imports, SQLite schema).
+STARTUP: Final = 60.0
+#: Seconds it may take to exit after the signal: about one on an idle machine.
+EXIT_WITHIN: Final = 10.0
+
+
+class Uvicorn:
+    """The example app in a uvicorn process on a free port, started as a user starts it."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, port: int) -> None:
+        self.proc = proc
+        self.url = f"http://127.0.0.1:{port}"
+        self.log: list[str] = []
+        self._reader = asyncio.create_task(self._read_log())
+
+    @classmethod
+    async def start(cls, argv: list[str], tmp_path: Path) -> Uvicorn:
+        env = {
+            **os.environ,
+            "PORT": "0",
+            "RUNTRACK_REGISTRY_URL": f"sqlite+aiosqlite:///{tmp_path / 'reports.db'}",
+        }
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, *argv, cwd=tmp_path, env=env, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert proc.stderr is not None
+        lines = []
+        try:
+            async with asyncio.timeout(STARTUP):
+                while True:
+                    line = (await proc.stderr.readline()).decode()
+                    lines.append(line)
+                    assert line, f"uvicorn exited: {''.join(lines)}"
+                    found = re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", line)
+                    if found:
+                        break
+        except BaseException:
+            proc.kill()
+            await proc.wait()
+            raise
+        server = cls(proc, int(found.group(1)))
+        server.log = lines
+        return server
+
+    async def _read_log(self) -> None:
+        assert self.proc.stderr is not None
+        async for line in self.proc.stderr:
+            self.log.append(line.decode())
+
+    async def stop(self, sig: int) -> float:
+        """Send ``sig``; the seconds the process took to exit."""
+        started = time.monotonic()
+        self.proc.send_signal(sig)
+        try:
+            async with asyncio.timeout(EXIT_WITHIN):
+                await self.proc.wait()
+        finally:
+            if self.proc.returncode is None:
+                self.proc.kill()
+                await self.proc.wait()
+            await self._reader
+        return time.monotonic() - started
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+class TestUnderUvicorn:
+    """The example stops promptly on SIGINT/SIGTERM while clients stream its events."""
+
+    @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+    @pytest.mark.parametrize(
+        "argv",
+        [
+            [str(EXAMPLE)],
+            ["-m", "uvicorn", "fastapi_app:app", "--app-dir", str(EXAMPLE.parent), "--port", "0"],
+        ],
+        ids=["python-app", "uvicorn-cli"],
+    )
+    @pytest.mark.timeout(STARTUP + EXIT_WITHIN + 30)
+    async def test_stops_while_streams_are_open(
+        self, argv: list[str], sig: int, tmp_path: Path
+    ) -> None:
+        server = await Uvicorn.start(argv, tmp_path)
+        async with httpx.AsyncClient(base_url=server.url, timeout=STARTUP) as client:
+            assert (await client.get("/runs/ui")).status_code == 200
+            async with (
+                client.stream("GET", "/runs/events") as dashboard,
+                client.stream("GET", "/runs/events") as curl,
+            ):
+                streams = [dashboard.aiter_text(), curl.aiter_text()]
+                for stream in streams:
+                    assert await anext(stream) == ": connected\n\n"
+                run_id = await start(client, seconds_per_section=0)
+                seen = ""
+                while run_id not in seen:
+                    seen += await anext(streams[0])
+
+                took = await server.stop(sig)
+
+                # Each stream ended as a complete response: no error, nothing lost.
+                rests = [[text async for text in stream] for stream in streams]
+        log = "".join(server.log)
+        assert took < EXIT_WITHIN, log
+        assert server.proc.returncode in {0, -sig}, log
+        assert "Traceback" not in log
+        assert "Waiting for application shutdown." in log
+        assert run_id in "".join(rests[1])  # the unread stream kept its events

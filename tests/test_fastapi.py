@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import signal
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,6 +21,7 @@ import httpx
 import pytest
 import structlog.testing
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from pydantic import TypeAdapter
 from starlette.requests import ClientDisconnect
 from starlette.types import Message
 
@@ -38,6 +42,9 @@ from runtrack.fastapi import get_task_manager, lifespan, runs_router
 from runtrack.registry.sql import SQLRunRegistry
 
 API_KEY = "s3cret-key"
+#: How every response writes a time: UTC, "Z", microseconds when there are any.
+TIME_FORMAT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z")
+_JSON_TIME: TypeAdapter[datetime] = TypeAdapter(datetime)
 
 
 def make_app(
@@ -120,6 +127,17 @@ class Stream:
                 self._buffer += message["body"].decode()
         text, self._buffer = self._buffer.split("\n\n", 1)
         return text
+
+    async def rest(self, timeout: float = SAFETY) -> str:
+        """Everything up to the end of the body, which must come within ``timeout``."""
+        async with asyncio.timeout(timeout):
+            while True:
+                message = await self._messages.get()
+                assert message["type"] == "http.response.body"
+                self._buffer += message.get("body", b"").decode()
+                if not message.get("more_body"):
+                    rest, self._buffer = self._buffer, ""
+                    return rest
 
     async def run_events(self, run_id: str, count: int) -> list[dict[str, Any]]:
         """The data of the next ``count`` ``event: run`` messages about ``run_id``."""
@@ -796,6 +814,31 @@ class TestEvents:
             assert received[0]["name"] == "streamed"
             assert spy.live == []  # the listener went with the client
 
+    async def test_times_are_written_as_in_rest(self) -> None:
+        # One format for every time in every response: pydantic's JSON (UTC, "Z").
+        app = make_app()
+        async with AsgiServer(app) as server, server.stream("/runs/events") as events:
+            manager = manager_of(app)
+            assert await events.next_message() == ": connected"
+            run = await manager.submit(quick, name="timed")
+            await done(manager, run.run_id)
+            streamed = [e["at"] for e in await events.run_events(run.run_id, 3)]
+            status, body = await server.get(f"/runs/{run.run_id}")
+            assert status == 200
+            status, listed = await server.get("/runs")
+            assert status == 200
+
+        rest = [body[field] for field in ("created_at", "started_at", "finished_at")]
+        assert listed["runs"][0]["created_at"] == body["created_at"]
+        for text in streamed + rest:
+            assert TIME_FORMAT.fullmatch(text), text
+            assert _JSON_TIME.dump_python(datetime.fromisoformat(text), mode="json") == text
+        # The stream's times are the moments of the changes the record holds.
+        created, started, finished = (datetime.fromisoformat(t) for t in rest)
+        queued_at, running_at, completed_at = (datetime.fromisoformat(t) for t in streamed)
+        assert created <= queued_at <= running_at <= completed_at
+        assert started <= finished
+
     async def test_heartbeats(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(rtf, "_HEARTBEAT_INTERVAL", 0.01)
         app = make_app()
@@ -824,6 +867,65 @@ class TestEvents:
             gone = await manager.submit(quick)
             await done(manager, gone.run_id)
             assert feed._queue.empty()  # no longer listening
+
+    async def test_streams_end_when_the_app_shuts_down(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # Servers wait for open responses before they run the lifespan's shutdown; a
+        # server that does it the other way round must not wait for the streams either.
+        app = make_app()
+        server = AsgiServer(app)
+        await server.__aenter__()
+        manager = manager_of(app)
+        spy = ListenerSpy(manager, monkeypatch)
+        async with server.stream("/runs/events") as first, server.stream("/runs/events") as second:
+            assert await first.next_message() == ": connected"
+            assert await second.next_message() == ": connected"
+            run = await manager.submit(quick, name="last")
+            await done(manager, run.run_id)
+            assert len(await first.run_events(run.run_id, 3)) == 3
+            shutdown = asyncio.create_task(server.__aexit__(None, None, None))
+
+            # Ended cleanly, after the events already queued.
+            assert await first.rest() == ""
+            assert "event: run" in await second.rest()
+            await shutdown
+            assert spy.live == []
+
+    async def test_streams_end_at_the_servers_exit_signal(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # The server's handler (here a stand-in for uvicorn's) still runs, and gets its
+        # place back when the app stops.
+        received: list[int] = []
+
+        def server_handler(signum: int, frame: object) -> None:
+            received.append(signum)
+
+        original = signal.signal(signal.SIGTERM, server_handler)
+        try:
+            app = make_app()
+            async with AsgiServer(app) as server:
+                assert signal.getsignal(signal.SIGTERM) is not server_handler
+                async with server.stream("/runs/events") as events:
+                    assert await events.next_message() == ": connected"
+                    signal.raise_signal(signal.SIGTERM)
+                    assert await events.rest() == ""
+                assert received == [signal.SIGTERM]
+                # A client that comes now is told at once that the stream is over.
+                async with server.stream("/runs/events") as late:
+                    assert await late.rest() == ": connected\n\n"
+            assert signal.getsignal(signal.SIGTERM) is server_handler
+        finally:
+            signal.signal(signal.SIGTERM, original)
+
+    async def test_no_server_handler_no_wrapping(self) -> None:
+        original = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        try:
+            async with AsgiServer(make_app()):
+                assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        finally:
+            signal.signal(signal.SIGTERM, original)
 
     async def test_a_feed_never_streamed_is_closed_with_its_response(
         self, monkeypatch: pytest.MonkeyPatch

@@ -16,12 +16,14 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from pydantic import ValidationError
 
 import runtrack
 import runtrack.registry
 from runtrack import (
     TERMINAL,
+    BackgroundTaskManager,
     DuplicateRunError,
     InMemoryRunRegistry,
     ManagerClosedError,
@@ -34,11 +36,15 @@ from runtrack import (
     Run,
     RunEvent,
     RunNotFoundError,
+    RunRegistry,
     RunStatus,
     RuntrackError,
     registry_from_url,
 )
+from runtrack._models import MAX_JSON_DEPTH
 from runtrack.registry.base import validate_changes
+from runtrack.registry.sql import SQLRunRegistry
+from sql_registries import mysql_registry
 
 CEST = timezone(timedelta(hours=2))
 
@@ -304,6 +310,212 @@ class TestRunValidation:
                 Run(**fields)
 
 
+#: Text no registry stores: NUL (PostgreSQL refuses it) and surrogates (no UTF-8 form).
+UNSTORABLE = {
+    "nul": ("a\x00b", "NUL character"),
+    "nul-non-ascii": ("zoë\x00", "NUL character"),
+    "high-surrogate": ("x\ud800", "lone surrogate"),
+    "low-surrogate": ("\udc80y", "lone surrogate"),
+    "surrogate-pair-as-two": ("\ud83d\ude00", "lone surrogate"),
+}
+#: Text that must pass: accents, other scripts, emoji, tabs and newlines, other controls.
+STORABLE = ["Zoë", "日本語", "😀", "tab\there", "line\nbreak", "bell\x07", "x" * 255]
+
+
+def hostile_fields(text: str) -> dict[str, dict[str, Any]]:
+    """Run fields holding ``text``, by where: every place a run's text is checked."""
+    return {
+        "run_id": {"run_id": text},
+        "name": {"name": text},
+        "group": {"group": text},
+        "tag-key": {"tags": {text: "v"}},
+        "tag-value": {"tags": {"k": text}},
+        "parameter-key": {"parameters": {text: 1}},
+        "parameter-value": {"parameters": {"a": text}},
+        "nested-parameter-key": {"parameters": {"a": [1, {text: True}]}},
+        "nested-parameter-value": {"parameters": {"a": {"b": [None, text]}}},
+    }
+
+
+def nested(depth: int, leaf: Any = 1, kind: type = dict) -> dict[str, Any]:
+    """Parameters whose objects (or arrays) nest ``depth`` levels deep, itself included."""
+    value: Any = leaf
+    for _ in range(depth - 1):
+        value = {"a": value} if kind is dict else [value]
+    return {"a": value}
+
+
+class TestRunStorableText:
+    """NUL and surrogates are refused when a run is built, with a message that says why."""
+
+    @pytest.mark.parametrize("where", list(hostile_fields("")))
+    @pytest.mark.parametrize(("text", "says"), UNSTORABLE.values(), ids=list(UNSTORABLE))
+    # {} keeps the fast path of name/run_id/group; timeout= forces full validation.
+    @pytest.mark.parametrize("more", [{}, {"timeout": 1.0}], ids=["common", "full"])
+    def test_refused(self, where: str, text: str, says: str, more: dict[str, Any]) -> None:
+        fields = hostile_fields(text)[where]
+        field = next(iter(fields))
+
+        with pytest.raises(ValidationError) as info:
+            Run(**fields, **more)
+
+        assert isinstance(info.value, ValueError)
+        [error] = info.value.errors()
+        assert error["loc"] == (field,)
+        message = str(info.value)
+        assert says in message
+        assert "remove it" in message
+        assert field in error["msg"] or "tag" in error["msg"]
+
+    @pytest.mark.parametrize("text", ["a\x00b", "zoë\x00"])
+    def test_records_read_back_are_not_checked_again(self, text: str) -> None:
+        # Registries read with model_validate: a record that an earlier version stored (NUL
+        # on SQLite, MariaDB, Redis) still reads. No store took surrogates.
+        for fields in hostile_fields(text).values():
+            stored = Run.model_validate({"name": "x", **fields}).model_dump()
+            assert Run.model_validate(stored).model_dump() == stored
+
+    def test_the_message_gives_the_path_in_parameters(self) -> None:
+        with pytest.raises(ValidationError) as info:
+            Run(parameters={"a": {"b": [None, "ok", "bad\x00"]}})
+
+        assert "parameters['a']['b'][2] contains a NUL character" in str(info.value)
+        with pytest.raises(ValidationError, match=r"a key of parameters\['a'\] contains"):
+            Run(parameters={"a": {"\udcff": 1}})
+        with pytest.raises(ValidationError, match="tag key '\\\\x00k' contains"):
+            Run(tags={"\x00k": "v"})
+        with pytest.raises(ValidationError, match="tag 'k' contains a lone surrogate"):
+            Run(tags={"k": "\ud800"})
+
+    @pytest.mark.parametrize("text", STORABLE, ids=param_id)
+    @pytest.mark.parametrize("more", [{}, {"timeout": 1.0}], ids=["common", "full"])
+    def test_accepted(self, text: str, more: dict[str, Any]) -> None:
+        for where, fields in hostile_fields(text).items():
+            run = Run(**fields, **more)
+            assert getattr(run, next(iter(fields))) == next(iter(fields.values())), where
+            assert Run.model_validate_json(run.model_dump_json()) == run
+
+    def test_a_changed_tag_is_checked_too(self) -> None:
+        with pytest.raises(ValidationError, match="NUL"):
+            validate_changes({"tags": {"k": "\x00"}})
+
+    async def test_submit_refuses_with_the_coroutine_closed(self) -> None:
+        started = False
+
+        async def work(value: str) -> str:
+            nonlocal started
+            started = True
+            return value
+
+        async with BackgroundTaskManager() as manager:
+            for fields in hostile_fields("\ud800").values():
+                with pytest.raises(ValidationError, match="lone surrogate"):
+                    await manager.submit(work, "x", **fields)
+            assert manager.get_active_task_count() == 0
+            assert await manager.registry.list_runs() == []
+        assert not started
+
+
+class TestParameterDepth:
+    """Parameters nest at most MAX_JSON_DEPTH levels: MariaDB's JSON columns refuse more."""
+
+    @pytest.mark.parametrize("kind", [dict, list])
+    def test_limit(self, kind: type) -> None:
+        deepest = nested(MAX_JSON_DEPTH, kind=kind)
+        assert Run(parameters=deepest).parameters == deepest
+        assert Run(parameters=nested(MAX_JSON_DEPTH - 1, leaf={}, kind=kind)).parameters
+
+        for too_deep in (
+            nested(MAX_JSON_DEPTH + 1, kind=kind),
+            nested(MAX_JSON_DEPTH, leaf=[], kind=kind),
+            nested(200, kind=kind),
+        ):
+            with pytest.raises(ValidationError) as info:
+                Run(parameters=too_deep)
+            message = str(info.value)
+            assert f"more than {MAX_JSON_DEPTH} levels" in message
+            assert "MariaDB" in message
+            assert "flatten" in message
+
+    def test_wide_is_fine(self) -> None:
+        wide = {f"k{i}": [{"x": i}] * 50 for i in range(100)}
+        assert Run(parameters=wide).parameters == wide
+
+    async def test_the_limit_is_mariadbs(self) -> None:
+        async with mysql_registry() as registry:
+            assert isinstance(registry, SQLRunRegistry)
+            async with registry.engine.connect() as conn:
+                for kind in (dict, list):
+                    for depth, leaf, valid in [
+                        (MAX_JSON_DEPTH, 1, 1),
+                        (MAX_JSON_DEPTH - 1, [], 1),
+                        (MAX_JSON_DEPTH + 1, 1, 0),
+                        (MAX_JSON_DEPTH, [], 0),
+                    ]:
+                        doc = json.dumps(nested(depth, leaf, kind))
+                        query = sa.text("SELECT JSON_VALID(:doc)")
+                        assert (await conn.execute(query, {"doc": doc})).scalar() == valid
+
+
+class TestStorableEverywhere:
+    """What a Run accepts, every registry stores and gives back unchanged."""
+
+    async def test_round_trip(self, registry: RunRegistry) -> None:
+        runs = [
+            Run(name="deep", parameters=nested(MAX_JSON_DEPTH)),
+            Run(name="deep-list", parameters=nested(MAX_JSON_DEPTH - 1, leaf=[], kind=list)),
+        ]
+        for i, text in enumerate(STORABLE):
+            runs.append(
+                Run(
+                    run_id=f"{i}-{text}"[:255],
+                    name=text,
+                    group=text,
+                    tags={text: text},
+                    parameters={text: [text, {text: text}]},
+                )
+            )
+        for run in runs:
+            await registry.add_run(run)
+
+        for run in runs:
+            assert await registry.get_run(run.run_id) == run
+
+
+class TestRunName:
+    """A run needs a name: left out, the manager fills it in; an empty one is refused."""
+
+    @pytest.mark.parametrize("more", [{}, {"timeout": 1.0}], ids=["common", "full"])
+    def test_empty_name_is_refused(self, more: dict[str, Any]) -> None:
+        with pytest.raises(ValidationError) as info:
+            Run(name="", **more)
+
+        assert isinstance(info.value, ValueError)
+        [error] = info.value.errors()
+        assert error["loc"] == ("name",)
+        assert "a run needs a name" in error["msg"]
+        assert "leave name out" in error["msg"]
+
+    def test_left_out_it_is_filled_in_later(self) -> None:
+        assert Run().name == ""
+        assert Run(run_id="r1").name == ""
+
+    def test_a_stored_record_with_no_name_still_reads_back(self) -> None:
+        # registry.add_run(Run()) stores name=""; registries read with model_validate.
+        stored = Run().model_dump()
+
+        assert Run.model_validate(stored).name == ""
+        assert Run.model_validate_json(Run().model_dump_json()).name == ""
+
+    async def test_submit_with_an_empty_name_uses_the_functions(self) -> None:
+        async def named_work() -> None:
+            pass
+
+        async with BackgroundTaskManager() as manager:
+            run = await manager.submit(named_work, name="")
+            assert run.name.endswith("named_work")
+
+
 class TestRunJSON:
     """A Run survives a trip through JSON unchanged."""
 
@@ -506,7 +718,7 @@ class TestRunEvent:
             "name": "job",
             "status": "failed",
             "previous": "running",
-            "at": at.isoformat(),
+            "at": "2024-01-01T12:00:00.000005Z",
             "attempt": 2,
             "group": "g",
             "error_type": "ValueError",
@@ -526,6 +738,25 @@ class TestRunEvent:
         assert data["status"] == "queued"
         assert data["previous"] is None
         json.dumps(data)
+
+    @pytest.mark.parametrize(
+        "at",
+        [
+            datetime(2024, 1, 1, 12, 0, 0, 5, tzinfo=UTC),
+            datetime(2024, 1, 1, 12, tzinfo=UTC),
+            datetime(2024, 1, 1, 14, 0, 0, 500000, tzinfo=CEST),
+        ],
+        ids=["micro", "whole-second", "cest"],
+    )
+    def test_times_are_written_as_in_a_runs_json(self, at: datetime) -> None:
+        # SSE clients get events from as_dict() and runs from pydantic: one format.
+        event = RunEvent(run_id="r1", name="job", status=RunStatus.QUEUED, previous=None, at=at)
+
+        written = event.as_dict()["at"]
+
+        assert written == Run(created_at=at).model_dump(mode="json")["created_at"]
+        assert written.endswith("Z")
+        assert datetime.fromisoformat(written) == at
 
 
 def all_errors() -> list[RuntrackError]:

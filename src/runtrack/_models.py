@@ -5,11 +5,23 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Final
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, JsonValue
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationError,
+    ValidationInfo,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from runtrack._status import RunStatus
 
@@ -24,6 +36,7 @@ __all__ = [
     "Seconds",
     "Tags",
     "UTCDatetime",
+    "json_time",
     "new_run_id",
     "utcnow",
 ]
@@ -35,6 +48,17 @@ MAX_ID_LENGTH: Final = 255
 def utcnow() -> datetime:
     """Return the current time as a timezone-aware UTC datetime."""
     return datetime.now(UTC)
+
+
+def json_time(value: datetime) -> str:
+    """``value`` in UTC as ISO 8601 text, as pydantic writes it in JSON (``...Z``).
+
+    Example:
+        >>> json_time(datetime(2025, 1, 2, 3, 4, 5, 600000, tzinfo=UTC))
+        '2025-01-02T03:04:05.600000Z'
+    """
+    text = value.astimezone(UTC).isoformat()
+    return text[:-6] + "Z"  # isoformat() ends a UTC time with "+00:00"
 
 
 def _uuid4_strings() -> Iterator[str]:
@@ -70,9 +94,7 @@ def _to_utc(value: datetime) -> datetime:
 
 
 UTCDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
-Ident = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
 TagText = Annotated[str, Field(max_length=MAX_ID_LENGTH)]
-Tags = dict[TagText, TagText]
 Attempt = Annotated[int, Field(ge=1)]
 Progress = Annotated[float, Field(ge=0.0, le=1.0)]
 Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -87,9 +109,7 @@ def _finite(value: Any) -> Any:
         item = stack.pop()
         if type(item) is float:
             if not math.isfinite(item):
-                raise ValueError(
-                    f"{item!r} is not a JSON number: use null or a string for NaN and infinity"
-                )
+                raise ValueError(_not_a_number(item))
         elif isinstance(item, dict):
             stack.extend(item.values())
         elif isinstance(item, list):
@@ -97,9 +117,192 @@ def _finite(value: Any) -> Any:
     return value
 
 
+def _not_a_number(value: float) -> str:
+    return f"{value!r} is not a JSON number: use null or a string for NaN and infinity"
+
+
+#: Characters no registry stores faithfully: NUL (PostgreSQL text refuses it) and
+#: surrogates, which have no UTF-8 form (a str holds them only unpaired, e.g. from
+#: ``bytes.decode(errors="surrogateescape")``).
+_UNSTORABLE: Final = re.compile("[\x00\ud800-\udfff]")
+
+#: Objects and arrays nested deeper than this are refused: MariaDB's JSON columns accept
+#: at most 31 (its documented depth limit of 32 counts the innermost values as a level).
+MAX_JSON_DEPTH: Final = 31
+
+
+def _storable(text: str) -> bool:
+    """Whether ``text`` holds neither NUL nor a surrogate (the ASCII case is one memchr)."""
+    return "\x00" not in text if text.isascii() else _UNSTORABLE.search(text) is None
+
+
+def _unstorable(text: str, what: str) -> str:
+    """Why ``text`` (which fails `_storable`) cannot be recorded, and what to do."""
+    found = _UNSTORABLE.search(text)
+    assert found is not None
+    char, at = found.group(), found.start()
+    if char == "\x00":
+        return (
+            f"{what} contains a NUL character ('\\x00') at index {at}, which databases "
+            f"cannot store: remove it, or encode binary data (base64, hex) first"
+        )
+    return (
+        f"{what} contains a lone surrogate ({char!r}) at index {at}, which is not valid "
+        f"UTF-8 (bytes decoded with errors='surrogateescape'?): decode with "
+        f"errors='replace', or remove it"
+    )
+
+
+def _tags_problem(tags: Mapping[Any, Any]) -> str | None:
+    for key, value in tags.items():
+        # Printable text is storable; only the rest is searched.
+        if type(key) is str and not key.isprintable() and _UNSTORABLE.search(key):
+            return _unstorable(key, f"tag key {key!r}")
+        if type(value) is str and not value.isprintable() and _UNSTORABLE.search(value):
+            return _unstorable(value, f"tag {key!r}")
+    return None
+
+
+def _check_tags(tags: object) -> object:
+    """Refuse NUL and surrogates in changed tags (`RunRegistry.update_run`)."""
+    if isinstance(tags, Mapping):
+        problem = _tags_problem(tags)
+        if problem is not None:
+            raise ValueError(problem)
+    return tags
+
+
+def _parameters_problem(parameters: dict[str, Any]) -> str | None:
+    """Why a registry could not store ``parameters``, or None.
+
+    NaN and infinities, NUL and surrogates in keys and strings, nesting deeper than
+    MariaDB's JSON columns take. One walk, level by level (so the depth comes free), that
+    descends only into containers.
+    """
+    level: list[Any] = [parameters]
+    depth = 1
+    while level:
+        deeper: list[Any] = []
+        for container in level:
+            if isinstance(container, dict):
+                for key in container:
+                    if type(key) is str and (
+                        "\x00" in key if key.isascii() else _UNSTORABLE.search(key)
+                    ):
+                        return _where_unstorable(parameters)
+                items = container.values()
+            else:
+                items = container
+            for item in items:
+                kind = type(item)
+                if kind is str:
+                    if "\x00" in item if item.isascii() else _UNSTORABLE.search(item):
+                        return _where_unstorable(parameters)
+                elif kind is dict or kind is list:
+                    deeper.append(item)
+                elif kind is int or kind is bool or item is None:
+                    pass
+                elif isinstance(item, float):
+                    if not math.isfinite(item):
+                        return _not_a_number(item)
+                elif isinstance(item, dict | list):
+                    deeper.append(item)
+                elif isinstance(item, str) and not _storable(item):
+                    return _where_unstorable(parameters)
+        if deeper:
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return (
+                    f"parameters nest objects and arrays more than {MAX_JSON_DEPTH} levels "
+                    f"deep (parameters itself is level 1), which MariaDB's JSON columns "
+                    f"refuse: flatten them, or pass the deep part as a JSON string"
+                )
+        level = deeper
+    return None
+
+
+def _where_unstorable(parameters: dict[str, Any]) -> str:
+    """The message for a key or string in ``parameters`` that is not storable, with its path."""
+    stack: list[tuple[str, Any]] = [("parameters", parameters)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(key, str) and not _storable(key):
+                    return _unstorable(key, f"a key of {path}")
+                stack.append((f"{path}[{key!r}]", item))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", item) for i, item in enumerate(value))
+        elif isinstance(value, str) and not _storable(value):
+            return _unstorable(value, path)
+    raise AssertionError("no unstorable text in parameters")  # pragma: no cover
+
+
+def _check_new_run(data: dict[str, Any]) -> None:
+    """Refuse, in the fields of a new run, what no registry could store.
+
+    Runs read back from a registry (`Run.model_validate`) are not checked for text and
+    depth again, so a record stored by an earlier version still reads.
+
+    Raises:
+        ValidationError: NUL or a surrogate in ``run_id``, ``name``, ``group``, tags or
+            parameters; NaN or an infinity in parameters; parameters nested too deep; an
+            empty ``name``.
+    """
+    for field in ("run_id", "name", "group"):
+        value = data.get(field)
+        if type(value) is str and not value.isprintable() and _UNSTORABLE.search(value):
+            raise _invalid(field, value, _unstorable(value, field))
+    if data.get("name") == "":
+        raise _invalid(
+            "name",
+            "",
+            "a run needs a name: pass a non-empty name, or leave name out and the manager "
+            "records the function's qualified name",
+        )
+    tags = data.get("tags")
+    if tags and (type(tags) is dict or isinstance(tags, Mapping)):
+        problem = _tags_problem(tags)
+        if problem is not None:
+            raise _invalid("tags", tags, problem)
+    parameters = data.get("parameters")
+    if parameters and (type(parameters) is dict or isinstance(parameters, Mapping)):
+        problem = _parameters_problem(
+            parameters if isinstance(parameters, dict) else dict(parameters)
+        )
+        if problem is not None:
+            raise _invalid("parameters", parameters, problem)
+
+
+def _invalid(field: str, value: object, message: str) -> ValidationError:
+    """A `ValidationError` of ``Run`` for ``field``, in pydantic's form like any other."""
+    return ValidationError.from_exception_data(
+        "Run",
+        [
+            InitErrorDetails(
+                type=PydanticCustomError("unstorable", message), loc=(field,), input=value
+            )
+        ],
+    )
+
+
+Ident = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
+#: Tag keys and values: up to MAX_ID_LENGTH characters; for a change, no NUL or surrogate.
+Tags = Annotated[dict[TagText, TagText], BeforeValidator(_check_tags)]
+
+#: The validation context of ``Run(...)``, whose parameters `_check_new_run` has checked.
+_NEW_RUN: Final = object()
+
+
+def _finite_parameters(value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+    if info.context is _NEW_RUN:  # checked already, in the same walk as the text
+        return value
+    return _finite(value)  # type: ignore[no-any-return]
+
+
 #: A JSON value as every registry can store it (no NaN, no infinities).
 Json = Annotated[JsonValue, AfterValidator(_finite)]
-Parameters = Annotated[dict[str, JsonValue], AfterValidator(_finite)]
+Parameters = Annotated[dict[str, JsonValue], AfterValidator(_finite_parameters)]
 
 
 class Run(BaseModel):
@@ -107,6 +310,15 @@ class Run(BaseModel):
 
     A `Run` is immutable: registries and managers hand out fresh copies, and changes go
     through `RunRegistry.transition` or `RunRegistry.update_run`.
+
+    What no registry could store is refused when a run is built, with a `ValidationError`
+    (a `ValueError`) that names the field: NUL characters and lone surrogates in
+    ``run_id``, ``name``, ``group``, tags and ``parameters`` (keys and strings at any
+    depth), ``parameters`` nested more than 31 levels (MariaDB's JSON limit), NaN and
+    infinities, naive datetimes. ``Run(name="")`` is refused too: leave ``name`` out and
+    the manager uses the function's qualified name. `Run.model_validate`, which registries
+    use to read records back, checks types, numbers and datetimes but not text or depth,
+    so what an earlier version stored still reads.
 
     Example:
         >>> from runtrack import Run
@@ -120,14 +332,15 @@ class Run(BaseModel):
     run_id: Ident = Field(default_factory=new_run_id)
     """Unique id; a fresh UUID4 string unless given."""
     name: Annotated[str, Field(max_length=MAX_ID_LENGTH)] = ""
-    """The kind of work; empty means "the coroutine function's qualified name"."""
+    """The kind of work. Left out, the manager uses the coroutine function's qualified name;
+    an explicit empty name is refused."""
     status: RunStatus = RunStatus.QUEUED
     created_at: UTCDatetime = Field(default_factory=utcnow)
     started_at: UTCDatetime | None = None
     finished_at: UTCDatetime | None = None
     parameters: Parameters = Field(default_factory=dict)
     """JSON arguments describing the work (shown in dashboards, used for retries)."""
-    tags: Tags = Field(default_factory=dict)
+    tags: dict[TagText, TagText] = Field(default_factory=dict)
     group: Ident | None = None
     """Concurrency group: ``group_limits`` caps how many runs of a group run at once."""
     priority: Priority = 0
@@ -164,7 +377,13 @@ class Run(BaseModel):
                 _set_extra(self, None)
                 _set_private(self, None)
                 return
-            super().__init__(**data)
+            _check_new_run(data)
+            self.__pydantic_validator__.validate_python(data, self_instance=self, context=_NEW_RUN)
+
+        # Run.model_validate() (how registries read records back) skips this __init__: it
+        # needs neither the fast path nor the checks of new runs, so a record stored by an
+        # earlier version (or with the default "" name) still reads back.
+        __init__.__pydantic_base_init__ = True
 
     @property
     def is_finished(self) -> bool:
@@ -190,20 +409,26 @@ _set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
 _set_private = BaseModel.__dict__["__pydantic_private__"].__set__
 
 
+_MIN_PRIORITY: Final = -(2**63)
+_PRIORITY_END: Final = 2**63
+
+
 def _fast_valid(data: dict[str, Any]) -> bool:
-    """Whether ``data`` (keys within _FAST_FIELDS) is valid as it stands."""
-    name = data.get("name", "")
-    if type(name) is not str or len(name) > MAX_ID_LENGTH:
-        return False
-    if "run_id" in data:
-        run_id = data["run_id"]
-        if type(run_id) is not str or not 1 <= len(run_id) <= MAX_ID_LENGTH:
+    """Whether ``data`` (keys within _FAST_FIELDS) is valid as it stands.
+
+    Text takes this path when it is printable, which rules out NUL and surrogates in one
+    call; anything else (a tab, a wrong type) is left to the full validation.
+    """
+    for key, value in data.items():
+        if key == "priority":
+            if type(value) is not int or not _MIN_PRIORITY <= value < _PRIORITY_END:
+                return False
+        elif type(value) is str:
+            if not 1 <= len(value) <= MAX_ID_LENGTH or not value.isprintable():
+                return False
+        elif value is not None or key != "group":
             return False
-    group = data.get("group")
-    if group is not None and (type(group) is not str or not 1 <= len(group) <= MAX_ID_LENGTH):
-        return False
-    priority = data.get("priority", 0)
-    return type(priority) is int and -(2**63) <= priority < 2**63
+    return True
 
 
 class OutputChunk(BaseModel):
@@ -309,7 +534,7 @@ class RunEvent:
             "name": self.name,
             "status": self.status.value,
             "previous": None if self.previous is None else self.previous.value,
-            "at": self.at.isoformat(),
+            "at": json_time(self.at),
             "attempt": self.attempt,
             "group": self.group,
             "error_type": self.error_type,

@@ -7,8 +7,9 @@ never imports this module.
   gracefully at shutdown, composable with the app's own lifespan.
 - `get_task_manager` (or the `TaskManager` annotation) is the dependency handlers use.
 - `runs_router` serves the runs over HTTP: list, read, output, cancel, health, metrics and
-  a server-sent-events stream of status changes, with JSON errors
-  ``{"error": ..., "code": ...}``.
+  a server-sent-events stream of status changes (which ends when the app stops), with
+  JSON errors ``{"error": ..., "code": ...}``. Times are written the same way everywhere,
+  the stream included: pydantic's JSON, UTC ending in ``Z``.
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the handlers' annotations at
@@ -18,8 +19,19 @@ import asyncio
 import contextlib
 import inspect
 import json
+import signal
+import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Mapping, Sequence
+import weakref
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Annotated, Any, ClassVar, Final, Literal
 
@@ -60,6 +72,11 @@ STATE_KEY: Final = "runtrack_manager"
 HEALTH_TIMEOUT: Final = 2.0
 #: Events buffered per SSE client; past it the oldest are dropped (and counted).
 EVENT_BUFFER: Final = 1000
+#: The signals a server stops on (uvicorn, hypercorn, gunicorn's workers): event streams
+#: end when one arrives, so the server is not left waiting for them to close.
+_EXIT_SIGNALS: Final = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGBREAK") if hasattr(signal, name)
+)
 #: Seconds between SSE heartbeat comments. Read per connection, so tests may patch it.
 _HEARTBEAT_INTERVAL: float = 15.0
 
@@ -87,6 +104,13 @@ def lifespan(
     accepting runs, lets running ones finish for ``grace`` seconds, cancels the rest
     (recorded CANCELLED) and flushes every write. Each startup gets a fresh manager, so
     the lifespan can serve an app started several times (as in tests).
+
+    Event streams (``GET /runs/events``, which the dashboard reads) end when the app
+    stops: when the server receives SIGINT or SIGTERM (uvicorn waits for open responses
+    to finish before it runs the lifespan's shutdown, so a stream that never ended would
+    hold it for ever), and at the latest when this lifespan exits. To see the signal the
+    lifespan wraps the handler the server installed, which still runs; a server started
+    outside the main thread has no signal handlers, and its streams end at shutdown.
 
     Args:
         registry: A registry, which stays open (you own it); a URL for `registry_from_url`,
@@ -149,6 +173,11 @@ def lifespan(
                 theirs = await stack.enter_async_context(app_lifespan(app))
                 if theirs is not None:
                     state = {**theirs, STATE_KEY: manager}
+            # Pushed last, so the streams end first: the server waits for them.
+            streams = _Streams()
+            _streams_of[manager] = streams
+            stack.callback(streams.close)
+            stack.enter_context(_on_exit_signals(streams))
             _log.debug("fastapi_lifespan_started", owner=manager.owner)
             yield state
 
@@ -172,6 +201,39 @@ def _restore_default(
 def _forget_manager(app: Starlette, manager: BackgroundTaskManager) -> None:
     if getattr(app.state, STATE_KEY, None) is manager:
         delattr(app.state, STATE_KEY)
+
+
+@contextlib.contextmanager
+def _on_exit_signals(streams: "_Streams") -> Iterator[None]:
+    """Close ``streams`` on SIGINT/SIGTERM, then call the handler that was there before.
+
+    Only a handler the server installed is wrapped (one that is a Python callable), and
+    only in the main thread, where signal handlers live. It is put back at exit unless
+    someone replaced ours in the meantime.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    previous: dict[int, Callable[[int, Any], Any]] = {}
+
+    def handle(signum: int, frame: Any) -> None:
+        # A signal handler runs between two bytecodes of the loop's own thread: hand the
+        # work to the loop the thread-safe way.
+        loop.call_soon_threadsafe(streams.close)
+        previous[signum](signum, frame)
+
+    for sig in _EXIT_SIGNALS:
+        handler = signal.getsignal(sig)
+        if callable(handler):
+            previous[sig] = handler
+            signal.signal(sig, handle)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            if signal.getsignal(sig) is handle:
+                signal.signal(sig, handler)
 
 
 def get_task_manager(request: Request) -> BackgroundTaskManager:
@@ -212,8 +274,9 @@ class ErrorResponse(BaseModel):
 
     error: str = Field(description="What went wrong, for people.")
     code: str = Field(
-        description="For programs: run_not_found, run_finished, invalid_filter, "
-        "invalid_request, registry_unavailable or internal_error.",
+        description="For programs: run_not_found, not_found (a dashboard file), "
+        "run_finished, invalid_filter, invalid_request, registry_unavailable or "
+        "internal_error.",
         examples=["run_not_found"],
     )
 
@@ -347,18 +410,48 @@ def _errors(*codes: int, inline: bool = False) -> dict[int | str, dict[str, Any]
 # -- server-sent events ------------------------------------------------------------------------
 
 
+class _Streams:
+    """The open event streams of one app's manager, which all end when the app stops."""
+
+    def __init__(self) -> None:
+        self.feeds: set[_EventFeed] = set()
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+        for feed in list(self.feeds):
+            feed.end()
+
+
+#: The streams of the managers that `lifespan` started.
+_streams_of: "weakref.WeakKeyDictionary[BackgroundTaskManager, _Streams]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
 class _EventFeed:
     """One SSE client's bounded queue of run events, fed by a manager listener."""
 
-    def __init__(self, manager: BackgroundTaskManager, maxsize: int = EVENT_BUFFER) -> None:
+    def __init__(
+        self,
+        manager: BackgroundTaskManager,
+        maxsize: int = EVENT_BUFFER,
+        streams: _Streams | None = None,
+    ) -> None:
         self._manager = manager
-        self._queue: asyncio.Queue[RunEvent] = asyncio.Queue(maxsize)
+        # None ends the stream.
+        self._queue: asyncio.Queue[RunEvent | None] = asyncio.Queue(maxsize)
         self.dropped = 0
         self._unreported = 0
         self._closed = False
+        self._streams = streams
         manager.add_listener(self._push)
+        if streams is not None:
+            streams.feeds.add(self)
+            if streams.closed:
+                self.end()
 
-    def _push(self, event: RunEvent) -> None:
+    def _push(self, event: RunEvent | None) -> None:
         if self._queue.full():
             # A slow client loses the oldest events, never the manager's time or memory.
             self._queue.get_nowait()
@@ -366,11 +459,19 @@ class _EventFeed:
             self._unreported += 1
         self._queue.put_nowait(event)
 
+    def end(self) -> None:
+        """End the stream after the events already queued: the app is stopping."""
+        if not self._closed:
+            self._push(None)
+            self.close()
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
             with contextlib.suppress(ValueError):
                 self._manager.remove_listener(self._push)
+            if self._streams is not None:
+                self._streams.feeds.discard(self)
             if self.dropped:
                 _log.warning("sse_events_dropped", dropped=self.dropped)
 
@@ -388,6 +489,8 @@ class _EventFeed:
                 if self._unreported:
                     dropped, self._unreported = self._unreported, 0
                     yield f'event: dropped\ndata: {{"dropped": {dropped}}}\n\n'.encode()
+                if event is None:
+                    return
                 data = json.dumps(event.as_dict(), separators=(",", ":"))
                 yield f"event: run\ndata: {data}\n\n".encode()
         finally:
@@ -525,8 +628,11 @@ def runs_router(
         summary="Stream status changes",
     )
     async def stream_run_events(manager: TaskManager) -> _EventStreamResponse:
-        """Server-sent events for every status change of the runs this manager executes."""
-        return _EventStreamResponse(_EventFeed(manager))
+        """Server-sent events for every status change of the runs this manager executes.
+
+        The stream ends when the app stops (see `lifespan`).
+        """
+        return _EventStreamResponse(_EventFeed(manager, streams=_streams_of.get(manager)))
 
     @router.get("/runs", responses=_errors(503), summary="List runs")
     async def list_runs(
