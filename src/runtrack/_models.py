@@ -24,6 +24,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from runtrack._status import RunStatus
+from runtrack._storable import MAX_DEPTH
 
 __all__ = [
     "MAX_ID_LENGTH",
@@ -128,7 +129,7 @@ _UNSTORABLE: Final = re.compile("[\x00\ud800-\udfff]")
 
 #: Objects and arrays nested deeper than this are refused: MariaDB's JSON columns accept
 #: at most 31 (its documented depth limit of 32 counts the innermost values as a level).
-MAX_JSON_DEPTH: Final = 31
+MAX_JSON_DEPTH: Final = MAX_DEPTH
 
 
 def _storable(text: str) -> bool:
