@@ -72,9 +72,9 @@ class TestHostileValues:
             return 1
 
         async with BackgroundTaskManager(registry) as manager:
-            with pytest.raises(ValueError, match=r"NUL|surrogate|nested"):
+            with pytest.raises(ValueError, match=r"NUL|surrogate|nest"):
                 await manager.submit(work, **options)
-            with pytest.raises(ValueError, match=r"NUL|surrogate|nested"):
+            with pytest.raises(ValueError, match=r"NUL|surrogate|nest"):
                 manager.start_task(Run(**{"name": "n", **options}), work())
             fine = await manager.submit(work)
             assert (await manager.wait(fine.run_id, timeout=SAFETY)).result == 1
