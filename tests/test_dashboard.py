@@ -146,7 +146,7 @@ class TestDashboardBehindAuth:
         elif path == "runs/ui/app.js":
             assert '"use strict";' in response.text
         elif path == "runs":
-            assert response.json() == []  # the API the page reads: no runs yet
+            assert response.json()["runs"] == []  # the API the page reads: no runs yet
 
     async def test_cancel_refused_without_the_token(self, guarded: httpx.AsyncClient) -> None:
         response = await guarded.post("runs/some-id/cancel")
