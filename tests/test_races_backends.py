@@ -2,8 +2,8 @@
 
 ``test_manager_races.py`` steers cancel against completion, a timeout against completion,
 shutdown against submit and duplicate submits on the in-memory registry. Here the same
-test classes run on SQLite and PostgreSQL, where every status write goes through the manager's
-`BatchWriter` and a server round trip: only the fixtures differ. Servers come from
+test classes run on SQLite, PostgreSQL and Redis, where every status write goes through
+the manager's `BatchWriter` and a server round trip: only the fixtures differ. Servers come from
 ``tests/sql_registries.py`` and ``tests/redis_registries.py`` (skipped locally, failed on
 CI when unreachable); each test gets tables or a key prefix of its own.
 
@@ -20,6 +20,7 @@ import pytest_asyncio
 
 import test_manager_races as races
 from helpers import ManagerFactory, manager_factory
+from redis_registries import redis_registry
 from registries import RegistryFactory
 from runtrack import RunRegistry
 from sql_registries import postgres_registry, sqlite_registry
@@ -27,6 +28,7 @@ from sql_registries import postgres_registry, sqlite_registry
 BACKENDS: list[tuple[str, RegistryFactory]] = [
     ("sqlite", sqlite_registry),
     ("postgresql", postgres_registry),
+    ("redis", redis_registry),
 ]
 
 
@@ -65,6 +67,10 @@ class TestCancelVersusCompletion(races.TestCancelVersusCompletion):
 
 class TestTimeoutVersusCompletion(races.TestTimeoutVersusCompletion):
     """A run's timeout and its completion (or a cancel) meet on a real backend."""
+
+
+class TestShutdownVersusSubmit(races.TestShutdownVersusSubmit):
+    """A submit racing shutdown on a real backend: refused, or ended by the shutdown."""
 
 
 class TestShutdownVersusCancel(races.TestShutdownVersusCancel):
