@@ -10,8 +10,11 @@ BENCH_PY := $(BENCH_VENV)/bin/python
 BENCH_STAMP := $(BENCH_VENV)/.installed-bench
 # The dashboard's end-to-end test drives Debian's Chromium; no browser is ever downloaded.
 CHROMIUM ?= /usr/bin/chromium
+# `make test` also runs the suite on every other CPython of these versions found on PATH or
+# under pyenv, each in its own venv (.venv-3.12, ...); one that is not installed is reported.
+SUPPORTED_PYTHONS ?= 3.11 3.12 3.13 3.14
 
-.PHONY: demo test lint types pytest bench docs clean
+.PHONY: demo test lint types pytest pytest-other-pythons coverage bench docs clean
 
 $(PY):
 	$(PYTHON) -c 'import sys; sys.exit("runtrack needs Python >= 3.11, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -52,7 +55,43 @@ types: $(STAMP)
 pytest: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest
 
-test: lint types pytest
+# Lint, types and docs run on the main venv only; the suite runs on every Python found.
+pytest-other-pythons: $(STAMP)
+	@main=$$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	ran="$$main"; missing=""; failed=""; \
+	pyenv_root=$$(pyenv root 2>/dev/null || true); \
+	for v in $(SUPPORTED_PYTHONS); do \
+		[ "$$v" = "$$main" ] && continue; \
+		py=""; \
+		for c in $$(command -v python$$v 2>/dev/null) $$pyenv_root/versions/$$v*/bin/python$$v; do \
+			if [ -x "$$c" ] && "$$c" -c "import sys; sys.exit(sys.implementation.name != 'cpython' or '%d.%d' % sys.version_info[:2] != '$$v')" 2>/dev/null; then \
+				py=$$c; break; \
+			fi; \
+		done; \
+		if [ -z "$$py" ]; then missing="$$missing $$v"; continue; fi; \
+		venv=.venv-$$v; \
+		if [ ! -x $$venv/bin/python ]; then \
+			"$$py" -m venv $$venv && $$venv/bin/python -m pip install --quiet --upgrade pip || exit 1; \
+		fi; \
+		if [ ! -f $$venv/.installed-dev ] || [ pyproject.toml -nt $$venv/.installed-dev ]; then \
+			$$venv/bin/python -m pip install --quiet -e '.[dev]' && touch $$venv/.installed-dev || exit 1; \
+		fi; \
+		echo "== pytest on Python $$v ($$py)"; \
+		if $$venv/bin/python -m pytest -q; then ran="$$ran $$v"; else failed="$$failed $$v"; fi; \
+	done; \
+	echo "== the suite ran on Python $$ran (main venv: $$main)"; \
+	[ -z "$$missing" ] || echo "== not installed, not run:$$missing"; \
+	[ -z "$$failed" ] || { echo "== FAILED on Python$$failed"; exit 1; }
+
+test: lint types pytest pytest-other-pythons
+
+# `coverage run` starts measuring before pytest imports its plugins (runtrack.testing among
+# them), so module-level code counts; settings in pyproject.toml ([tool.coverage.*]).
+coverage: $(STAMP) $(CHROMIUM)
+	$(PY) -m coverage erase
+	$(PY) -m coverage run -m pytest
+	$(PY) -m coverage combine --quiet || true
+	$(PY) -m coverage report
 
 bench: $(BENCH_STAMP)
 	$(BENCH_PY) benchmarks/run.py
@@ -61,4 +100,4 @@ docs: $(STAMP)
 	$(PY) -m mkdocs build --strict
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) .mypy_cache .ruff_cache .pytest_cache site dist
+	rm -rf $(VENV) $(BENCH_VENV) .venv-3.* .coverage .coverage.* htmlcov .mypy_cache .ruff_cache .pytest_cache site dist

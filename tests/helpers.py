@@ -9,7 +9,8 @@ protocol, so the manager has to go through its queued writer.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any, Final, Self
 
@@ -19,12 +20,15 @@ from runtrack import (
     InMemoryRunRegistry,
     OutputChunk,
     Run,
+    RunRegistry,
     RunStatus,
 )
 from runtrack.registry.base import OutputItem, StatusFilter
 
 #: Seconds any single wait in a test may take before the test fails instead of hanging.
-SAFETY: Final = 2.0
+#: Only a bound: a passing test never waits this long, and a busy machine (several test
+#: suites on two cores) must not turn a slow step into a failure.
+SAFETY: Final = 10.0
 
 #: The statuses of a run that has not ended yet.
 ACTIVE: Final = (RunStatus.QUEUED, RunStatus.RUNNING)
@@ -37,6 +41,21 @@ async def wait_event(event: asyncio.Event, timeout: float = SAFETY) -> None:
     """Wait for ``event``, failing the test after ``timeout`` seconds."""
     async with asyncio.timeout(timeout):
         await event.wait()
+
+
+async def wait_until(
+    condition: Callable[[], object], timeout: float = SAFETY, *, every: float = 0.005
+) -> None:
+    """Poll ``condition`` until it is true, failing the test after ``timeout`` seconds.
+
+    For what no event announces (a server-side expiry, a connection the driver reopens):
+    the test waits for the condition itself, never for a guessed duration.
+    """
+    async with asyncio.timeout(timeout):
+        while True:
+            if condition():
+                return
+            await asyncio.sleep(every)
 
 
 async def let_loop_run(iterations: int = 20) -> None:
@@ -64,9 +83,38 @@ async def shut_down(manager: BackgroundTaskManager) -> list[str]:
     return leaked
 
 
+@asynccontextmanager
+async def manager_factory(
+    registry: RunRegistry, store: RunRegistry, **defaults: Any
+) -> AsyncIterator[ManagerFactory]:
+    """Yield a callable that builds managers on ``registry``; on exit, shut each one down.
+
+    Afterwards nothing may be active in ``store`` (the registry the test reads, ``registry``
+    itself or the data behind it), and no run may have outlived its manager's shutdown.
+    ``defaults`` are manager options every manager gets unless the call overrides them.
+    """
+    made: list[BackgroundTaskManager] = []
+
+    def make(**options: Any) -> BackgroundTaskManager:
+        options = {"heartbeat_interval": 0.02, "cancel_timeout": SAFETY, **defaults, **options}
+        manager = BackgroundTaskManager(registry, **options)
+        made.append(manager)
+        return manager
+
+    yield make
+    leaked: list[str] = []
+    for manager in made:
+        leaked += await shut_down(manager)
+    assert not await store.list_runs(status=ACTIVE), "a run was left active"
+    assert not leaked, f"runs still active after the test: {leaked}"
+
+
 class Gate:
     """A run body the test controls: it reports that it started, then waits to be released.
 
+    ``started_at`` is the event loop's time when the body began: the manager arms a run's
+    timeout in the same step, so a test can schedule an operation relative to the deadline
+    itself, whatever delay a busy machine put between the start and the test's next line.
     With ``swallow_cancel`` the body returns ``"swallowed"`` instead of re-raising when it
     is cancelled.
     """
@@ -76,6 +124,7 @@ class Gate:
         self.started = asyncio.Event()
         self.cancelled = asyncio.Event()
         self.starts = 0
+        self.started_at: float | None = None
         self.swallow_cancel = swallow_cancel
         self._release: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
@@ -92,6 +141,7 @@ class Gate:
     async def body(self) -> Any:
         """The run's code."""
         self.starts += 1
+        self.started_at = asyncio.get_running_loop().time()
         self.started.set()
         try:
             return await asyncio.shield(self._release)

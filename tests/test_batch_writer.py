@@ -10,6 +10,7 @@ import pytest
 from structlog.testing import capture_logs
 
 import runtrack
+from helpers import SAFETY, let_loop_run, wait_event
 from runtrack import (
     BackgroundTaskManager,
     InMemoryRunRegistry,
@@ -33,10 +34,11 @@ class FlakyBatchRegistry(InMemoryRunRegistry):
         super().__init__()
         self.down = False
         self.batches: list[int] = []
-        self.back = asyncio.Event()
+        self.refused = asyncio.Event()
 
     async def write_batch(self, writes: Sequence[RunWrite]) -> list[bool]:
         if self.down:
+            self.refused.set()
             raise RegistryUnavailableError("flaky", "connection refused")
         self.batches.append(len(writes))
         return await super().write_batch(writes)
@@ -144,7 +146,9 @@ class TestOutage:
             await started.wait()
             flaky.down = True
             cancel = asyncio.create_task(manager.cancel_task(run.run_id))
-            await asyncio.sleep(0.1)
+            # The cancel's write met the outage: it waits for the registry, not fails.
+            await wait_event(flaky.refused)
+            await let_loop_run()
             assert not cancel.done()  # the answer needs the registry
             flaky.down = False
             assert await asyncio.wait_for(cancel, 5) is True
@@ -164,6 +168,7 @@ class TwoInFlightRegistry(InMemoryRunRegistry):
         self.hold = True
         self.flying: set[str] = set()
         self.overlaps: list[set[str]] = []
+        self.landing = asyncio.Event()
         self.in_flight = 0
         self.peak = 0
         self.arrived = asyncio.Event()
@@ -181,7 +186,9 @@ class TwoInFlightRegistry(InMemoryRunRegistry):
                 self.held.append(gate)
                 self.arrived.set()
                 await gate
-            return await super().write_batch(writes)
+            applied = await super().write_batch(writes)
+            self.landing.set()
+            return applied
         finally:
             self.in_flight -= 1
             self.flying -= ids
@@ -199,9 +206,10 @@ class TestBatchesInFlight:
     """With ``batches_in_flight = 2`` two batches overlap, but never share a run."""
 
     async def _held(self, registry: TwoInFlightRegistry, count: int) -> None:
-        while len(registry.held) < count:
-            registry.arrived.clear()
-            await registry.arrived.wait()
+        async with asyncio.timeout(SAFETY):
+            while len(registry.held) < count:
+                registry.arrived.clear()
+                await registry.arrived.wait()
 
     async def test_second_batch_finishing_first_keeps_every_run_in_order(
         self, two: TwoInFlightRegistry
@@ -224,7 +232,7 @@ class TestBatchesInFlight:
             assert two.peak == 2  # no third batch, and no run sent twice at once
             two.hold = False
             two.held[1].set_result(None)  # the later batch lands first
-            await asyncio.sleep(0.01)
+            await wait_event(two.landing)
             two.held[0].set_result(None)
             await manager.wait_all(timeout=10)
             for i, run_id in enumerate(ids):

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, Header, HTTPException
 
 from runtrack.fastapi import lifespan, runs_router
 
@@ -102,3 +102,52 @@ async def test_dashboard_is_opt_in() -> None:
         response = await client.get("/runs/ui")
     assert response.status_code == 404
     assert response.json()["code"] == "run_not_found"
+
+
+class TestDashboardBehindAuth:
+    """The router's ``dependencies`` guard the dashboard page, its files and the API it reads."""
+
+    TOKEN = "s3cret"
+    PATHS = ("runs/ui", "runs/ui/app.js", "runs/ui/style.css", "runs", "metrics", "health")
+
+    @pytest.fixture
+    async def guarded(self) -> AsyncIterator[httpx.AsyncClient]:
+        async def check_token(authorization: str | None = Header(default=None)) -> None:
+            if authorization != f"Bearer {self.TOKEN}":
+                raise HTTPException(status_code=401, detail="missing or wrong token")
+
+        app = FastAPI(lifespan=lifespan())
+        app.include_router(runs_router(dashboard=True, dependencies=[Depends(check_token)]))
+        transport = httpx.ASGITransport(app=app)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://test/") as client,
+        ):
+            yield client
+
+    @pytest.mark.parametrize("path", PATHS)
+    @pytest.mark.parametrize("authorization", [None, "Bearer wrong", "s3cret"])
+    async def test_refused_without_the_token(
+        self, guarded: httpx.AsyncClient, path: str, authorization: str | None
+    ) -> None:
+        headers = {} if authorization is None else {"Authorization": authorization}
+        response = await guarded.get(path, headers=headers)
+        assert response.status_code == 401
+        assert response.json() == {"detail": "missing or wrong token"}
+        assert "use strict" not in response.text
+        assert "<script" not in response.text
+
+    @pytest.mark.parametrize("path", PATHS)
+    async def test_served_with_the_token(self, guarded: httpx.AsyncClient, path: str) -> None:
+        response = await guarded.get(path, headers={"Authorization": f"Bearer {self.TOKEN}"})
+        assert response.status_code == 200
+        if path == "runs/ui":
+            assert '<script src="ui/app.js" defer></script>' in response.text
+        elif path == "runs/ui/app.js":
+            assert '"use strict";' in response.text
+        elif path == "runs":
+            assert response.json()["runs"] == []  # the API the page reads: no runs yet
+
+    async def test_cancel_refused_without_the_token(self, guarded: httpx.AsyncClient) -> None:
+        response = await guarded.post("runs/some-id/cancel")
+        assert response.status_code == 401

@@ -6,6 +6,10 @@ checks that whichever wins, the run ends in exactly one terminal status that the
 the listeners, ``wait`` and ``stats`` all agree on. The races are steered by events and
 futures the test resolves, and by a parametrized number of event-loop iterations between
 the two operations, never by sleeping; timeouts are only safety bounds.
+
+The tests read the registry through the ``store`` fixture and build managers with
+``make_manager``; ``test_races_backends.py`` runs the same classes on SQLite, PostgreSQL
+and Redis by overriding those fixtures (and the ``yields`` and ``offset`` parameters).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from helpers import (
     ACTIVE,
@@ -23,7 +28,7 @@ from helpers import (
     Gate,
     ManagerFactory,
     let_loop_run,
-    shut_down,
+    manager_factory,
     wait_event,
 )
 from runtrack import (
@@ -40,46 +45,51 @@ from runtrack import (
 
 #: Event-loop iterations between the two racing operations: 0 means "in the same tick".
 YIELDS = list(range(8))
+#: Seconds from a run's timeout deadline to the competing completion or cancel.
+OFFSETS = [-0.004, -0.002, -0.001, 0.0, 0.001, 0.002, 0.004]
+
+
+@pytest.fixture(params=YIELDS)
+def yields(request: pytest.FixtureRequest) -> int:
+    """Event-loop iterations between the two racing operations."""
+    value: int = request.param
+    return value
+
+
+@pytest.fixture(params=OFFSETS)
+def offset(request: pytest.FixtureRequest) -> float:
+    """Seconds from a run's timeout deadline to the operation racing it."""
+    value: float = request.param
+    return value
+
+
+@pytest.fixture
+def store(runtrack_registry: InMemoryRunRegistry) -> RunRegistry:
+    """The registry the test reads: it holds only this test's runs."""
+    return runtrack_registry
 
 
 @pytest.fixture(params=["memory", "queued-writer"])
-def manager_registry(request: pytest.FixtureRequest, runtrack_registry: InMemoryRunRegistry) -> Any:
-    """The registry managers write to: the in-memory one, or it behind the queued writer.
-
-    Tests read ``runtrack_registry`` directly, which is the same data either way.
-    """
+def manager_registry(request: pytest.FixtureRequest, store: InMemoryRunRegistry) -> Any:
+    """The registry managers write to: ``store``, or it behind the queued writer."""
     if request.param == "memory":
-        return runtrack_registry
-    return DelegatingRegistry(runtrack_registry)
+        return store
+    return DelegatingRegistry(store)
 
 
 @pytest.fixture
 async def make_manager(
-    manager_registry: RunRegistry, runtrack_registry: InMemoryRunRegistry
+    manager_registry: RunRegistry, store: RunRegistry
 ) -> AsyncIterator[ManagerFactory]:
     """Build managers on ``manager_registry``; every one is shut down and checked after the test."""
-    made: list[BackgroundTaskManager] = []
-
-    def make(**options: Any) -> BackgroundTaskManager:
-        options.setdefault("heartbeat_interval", 0.02)
-        options.setdefault("cancel_timeout", SAFETY)
-        manager = BackgroundTaskManager(manager_registry, **options)
-        made.append(manager)
-        return manager
-
-    yield make
-    leaked: list[str] = []
-    for manager in made:
-        leaked += await shut_down(manager)
-    assert not await runtrack_registry.list_runs(status=ACTIVE), "a run was left active"
-    if leaked:
-        pytest.fail(f"make_manager: runs still active after the test: {leaked}")
+    async with manager_factory(manager_registry, store) as make:
+        yield make
 
 
 class Outcome:
     """Collects a manager's events and checks that a run ended exactly once."""
 
-    def __init__(self, manager: BackgroundTaskManager, registry: InMemoryRunRegistry) -> None:
+    def __init__(self, manager: BackgroundTaskManager, registry: RunRegistry) -> None:
         self.manager = manager
         self.registry = registry
         self.events: list[RunEvent] = []
@@ -108,12 +118,11 @@ class Outcome:
 class TestCancelVersusCompletion:
     """cancel_task and a run's own ending race; exactly one of them decides the outcome."""
 
-    @pytest.mark.parametrize("yields", YIELDS)
     async def test_cancel_vs_completion(
-        self, make_manager: ManagerFactory, runtrack_registry: InMemoryRunRegistry, yields: int
+        self, make_manager: ManagerFactory, store: RunRegistry, yields: int
     ) -> None:
         manager = make_manager()
-        outcome = Outcome(manager, runtrack_registry)
+        outcome = Outcome(manager, store)
         gate = Gate()
         run = await manager.submit(gate.body, name="race")
         await wait_event(gate.started)
@@ -134,12 +143,11 @@ class TestCancelVersusCompletion:
             assert cancelled
         await outcome.check_counts()
 
-    @pytest.mark.parametrize("yields", YIELDS)
     async def test_cancel_vs_failure(
-        self, make_manager: ManagerFactory, runtrack_registry: InMemoryRunRegistry, yields: int
+        self, make_manager: ManagerFactory, store: RunRegistry, yields: int
     ) -> None:
         manager = make_manager()
-        outcome = Outcome(manager, runtrack_registry)
+        outcome = Outcome(manager, store)
         gate = Gate()
         run = await manager.submit(gate.body, name="race")
         await wait_event(gate.started)
@@ -155,12 +163,11 @@ class TestCancelVersusCompletion:
             assert (finished.status, finished.error_type) == (RunStatus.FAILED, "ValueError")
         await outcome.check_counts()
 
-    @pytest.mark.parametrize("yields", YIELDS)
     async def test_cancel_vs_completion_of_a_coroutine_that_swallows_cancellation(
-        self, make_manager: ManagerFactory, runtrack_registry: InMemoryRunRegistry, yields: int
+        self, make_manager: ManagerFactory, store: RunRegistry, yields: int
     ) -> None:
         manager = make_manager()
-        outcome = Outcome(manager, runtrack_registry)
+        outcome = Outcome(manager, store)
         gate = Gate(swallow_cancel=True)
         run = await manager.submit(gate.body, name="stubborn")
         await wait_event(gate.started)
@@ -174,12 +181,11 @@ class TestCancelVersusCompletion:
         assert finished.status is expected
         await outcome.check_counts()
 
-    @pytest.mark.parametrize("yields", YIELDS)
     async def test_cancel_from_another_manager_vs_completion(
-        self, make_manager: ManagerFactory, runtrack_registry: InMemoryRunRegistry, yields: int
+        self, make_manager: ManagerFactory, store: RunRegistry, yields: int
     ) -> None:
         owner, other = make_manager(), make_manager()
-        outcome = Outcome(owner, runtrack_registry)
+        outcome = Outcome(owner, store)
         gate = Gate()
         run = await owner.submit(gate.body, name="shared")
         await wait_event(gate.started)
@@ -192,12 +198,11 @@ class TestCancelVersusCompletion:
         assert finished.status is (RunStatus.CANCELLED if cancelled else RunStatus.COMPLETED)
         await outcome.check_counts()
 
-    @pytest.mark.parametrize("yields", YIELDS)
     async def test_cancel_vs_retry(
-        self, make_manager: ManagerFactory, runtrack_registry: InMemoryRunRegistry, yields: int
+        self, make_manager: ManagerFactory, store: RunRegistry, yields: int
     ) -> None:
         manager = make_manager()
-        outcome = Outcome(manager, runtrack_registry)
+        outcome = Outcome(manager, store)
         failed = asyncio.Event()
         calls = 0
 
@@ -230,10 +235,10 @@ class TestConcurrentCancels:
 
     @pytest.mark.parametrize("state", ["running", "queued"])
     async def test_many_concurrent_cancels_of_one_run(
-        self, make_manager: ManagerFactory, runtrack_registry: InMemoryRunRegistry, state: str
+        self, make_manager: ManagerFactory, store: RunRegistry, state: str
     ) -> None:
         manager = make_manager(max_concurrency=1)
-        outcome = Outcome(manager, runtrack_registry)
+        outcome = Outcome(manager, store)
         blocker, target = Gate(), Gate()
         if state == "queued":
             await manager.submit(blocker.body, name="blocker")
@@ -252,10 +257,10 @@ class TestConcurrentCancels:
         await outcome.check_counts()
 
     async def test_many_concurrent_cancels_of_a_coroutine_that_swallows_them(
-        self, make_manager: ManagerFactory, runtrack_registry: InMemoryRunRegistry
+        self, make_manager: ManagerFactory, store: RunRegistry
     ) -> None:
         manager = make_manager()
-        outcome = Outcome(manager, runtrack_registry)
+        outcome = Outcome(manager, store)
         gate = Gate(swallow_cancel=True)
         run = await manager.submit(gate.body)
         await wait_event(gate.started)
@@ -266,10 +271,10 @@ class TestConcurrentCancels:
         await outcome.check_counts()
 
     async def test_cancelling_every_waiting_run_while_saturated_returns_at_once(
-        self, make_manager: ManagerFactory, runtrack_registry: InMemoryRunRegistry
+        self, make_manager: ManagerFactory, store: RunRegistry
     ) -> None:
         manager = make_manager(max_concurrency=2)
-        outcome = Outcome(manager, runtrack_registry)
+        outcome = Outcome(manager, store)
         blockers = [Gate(), Gate()]
         for gate in blockers:
             await manager.submit(gate.body, name="blocker")
@@ -278,26 +283,26 @@ class TestConcurrentCancels:
         waiting = [Gate() for _ in range(10)]
         runs = [await manager.submit(gate.body, name="waiting") for gate in waiting]
 
-        # The blockers never give up their slots while the cancels run.
-        async with asyncio.timeout(0.5):
+        # The blockers never give up their slots while the cancels run: a cancel that waited
+        # for a slot would wait for ever, so the bound only turns that hang into a failure.
+        async with asyncio.timeout(SAFETY):
             results = await asyncio.gather(*(manager.cancel_task(r.run_id) for r in runs))
         assert results == [True] * len(runs)
         assert not any(g.cancelled.is_set() for g in blockers)
         assert (manager.stats().running, manager.stats().queued) == (2, 0)
         for run in runs:
-            assert (await runtrack_registry.get_run(run.run_id)) is not None
+            assert (await store.get_run(run.run_id)) is not None
             assert (await outcome.final(run.run_id)).status is RunStatus.CANCELLED
         for gate in blockers:
             gate.open()
         await outcome.check_counts()
         assert all(gate.starts == 0 for gate in waiting)
 
-    @pytest.mark.parametrize("yields", YIELDS)
     async def test_cancel_a_waiting_run_as_its_slot_frees(
-        self, make_manager: ManagerFactory, runtrack_registry: InMemoryRunRegistry, yields: int
+        self, make_manager: ManagerFactory, store: RunRegistry, yields: int
     ) -> None:
         manager = make_manager(max_concurrency=1)
-        outcome = Outcome(manager, runtrack_registry)
+        outcome = Outcome(manager, store)
         blocker, waiting = Gate(), Gate()
         await manager.submit(blocker.body, name="blocker")
         run = await manager.submit(waiting.body, name="waiting")
@@ -313,25 +318,96 @@ class TestConcurrentCancels:
         await outcome.check_counts()
 
 
+# -- a run that ignores cancellation -------------------------------------------------------
+
+
+class Stubborn:
+    """A run body that keeps running through every cancellation until the test releases it."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.cancels = 0
+        self.cancelled = asyncio.Event()
+        self._release: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    def release(self, result: str = "too late") -> None:
+        self._release.set_result(result)
+
+    async def body(self) -> str:
+        self.started.set()
+        while True:
+            try:
+                return await asyncio.shield(self._release)
+            except asyncio.CancelledError:
+                self.cancels += 1
+                self.cancelled.set()
+
+
+class TestCancelTimeout:
+    """cancel_task gives a run's code ``cancel_timeout`` seconds to stop, then returns."""
+
+    async def test_a_run_that_ignores_cancellation(
+        self, make_manager: ManagerFactory, store: RunRegistry
+    ) -> None:
+        cancel_timeout = 0.2
+        stubborn = Stubborn()
+        with capture_logs() as logs:
+            manager = make_manager(cancel_timeout=cancel_timeout)
+            outcome = Outcome(manager, store)
+            run = await manager.submit(stubborn.body, name="stubborn")
+            await wait_event(stubborn.started)
+
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+            async with asyncio.timeout(SAFETY):
+                assert await manager.cancel_task(run.run_id) is True
+            waited = loop.time() - began
+
+            # It waited for the code to stop, gave up after cancel_timeout, and said so.
+            assert waited >= cancel_timeout
+            assert stubborn.cancelled.is_set()
+            recorded = await store.get_run(run.run_id)
+            assert recorded is not None
+            assert recorded.status is RunStatus.CANCELLED
+            assert recorded.finished_at is not None
+            ignored = [e for e in logs if e["event"] == "run_ignores_cancellation"]
+            assert len(ignored) == 1, ignored
+            assert ignored[0]["log_level"] == "error"
+            assert (ignored[0]["run_id"], ignored[0]["waited"]) == (run.run_id, cancel_timeout)
+            # The code is still running, and the manager still counts it as active.
+            assert manager.is_task_active(run.run_id)
+
+            # A second cancel reports the run already cancelled, after the same bounded wait.
+            async with asyncio.timeout(SAFETY):
+                assert await manager.cancel_task(run.run_id) is False
+
+            # When the code finally returns, its result is discarded: CANCELLED stays.
+            stubborn.release("too late")
+            finished = await outcome.final(run.run_id)
+        assert (finished.status, finished.result) == (RunStatus.CANCELLED, None)
+        assert not manager.is_task_active(run.run_id)
+        await outcome.check_counts()
+
+
 # -- timeouts against completion -----------------------------------------------------------
 
 
 class TestTimeoutVersusCompletion:
     """A run's timeout and its completion land in the same instant; one of them wins."""
 
-    @pytest.mark.parametrize("offset", [-0.004, -0.002, -0.001, 0.0, 0.001, 0.002, 0.004])
     async def test_timeout_vs_completion(
-        self, make_manager: ManagerFactory, runtrack_registry: InMemoryRunRegistry, offset: float
+        self, make_manager: ManagerFactory, store: RunRegistry, offset: float
     ) -> None:
         timeout = 0.02
         manager = make_manager()
-        outcome = Outcome(manager, runtrack_registry)
+        outcome = Outcome(manager, store)
         gate = Gate()
         run = await manager.submit(gate.body, timeout=timeout)
         await wait_event(gate.started)
-        # The timeout was armed when the run started, just before this point: completion is
-        # scheduled on the same clock, around the deadline.
-        asyncio.get_running_loop().call_later(timeout + offset, gate.open, "in time")
+        assert gate.started_at is not None
+        # The timeout was armed in the step that started the body: completion is scheduled
+        # on the same clock around that deadline, not around this (later, under load) line.
+        asyncio.get_running_loop().call_at(gate.started_at + timeout + offset, gate.open, "in time")
 
         finished = await outcome.final(run.run_id)
         if finished.status is RunStatus.COMPLETED:
@@ -340,13 +416,12 @@ class TestTimeoutVersusCompletion:
             assert (finished.status, finished.error_type) == (RunStatus.FAILED, "TimeoutError")
         await outcome.check_counts()
 
-    @pytest.mark.parametrize("offset", [-0.004, -0.002, -0.001, 0.0, 0.001, 0.002, 0.004])
     async def test_cancel_vs_timeout(
-        self, make_manager: ManagerFactory, runtrack_registry: InMemoryRunRegistry, offset: float
+        self, make_manager: ManagerFactory, store: RunRegistry, offset: float
     ) -> None:
         timeout = 0.02
         manager = make_manager()
-        outcome = Outcome(manager, runtrack_registry)
+        outcome = Outcome(manager, store)
         gate = Gate()
         run = await manager.submit(gate.body, timeout=timeout)
         await wait_event(gate.started)
@@ -357,7 +432,8 @@ class TestTimeoutVersusCompletion:
             task = asyncio.create_task(manager.cancel_task(run.run_id))
             task.add_done_callback(lambda t: cancelling.set_result(t.result()))
 
-        loop.call_later(timeout + offset, cancel_now)
+        assert gate.started_at is not None
+        loop.call_at(gate.started_at + timeout + offset, cancel_now)
         async with asyncio.timeout(SAFETY):
             cancelled = await cancelling
 
@@ -376,18 +452,17 @@ class TestShutdownVersusSubmit:
     """A run submitted as shutdown begins is either refused or ended by the shutdown."""
 
     @pytest.mark.parametrize("first", ["submit", "shutdown"])
-    @pytest.mark.parametrize("yields", [0, 1, 2, 4])
     @pytest.mark.parametrize("grace", [0.0, SAFETY])
     async def test_shutdown_vs_submit(
         self,
         make_manager: ManagerFactory,
-        runtrack_registry: InMemoryRunRegistry,
+        store: RunRegistry,
         first: str,
         yields: int,
         grace: float,
     ) -> None:
         manager = make_manager()
-        outcome = Outcome(manager, runtrack_registry)
+        outcome = Outcome(manager, store)
         # Start the manager so shutdown has something to stop.
         await manager.wait((await manager.submit(_noop)).run_id, timeout=SAFETY)
 
@@ -409,16 +484,67 @@ class TestShutdownVersusSubmit:
         async with asyncio.timeout(SAFETY * 2):
             submitted, _ = await asyncio.gather(submitting, shutting, return_exceptions=True)
         if isinstance(submitted, Run):
-            recorded = await runtrack_registry.get_run(submitted.run_id)
+            recorded = await store.get_run(submitted.run_id)
             assert recorded is not None
             assert recorded.status in {RunStatus.COMPLETED, RunStatus.CANCELLED}
             terminal = [e for e in outcome.events if e.run_id == submitted.run_id]
             assert [e.status for e in terminal if e.status.is_terminal] == [recorded.status]
         else:
             assert isinstance(submitted, ManagerClosedError), submitted
-        assert not await runtrack_registry.list_runs(status=ACTIVE)
+        assert not await store.list_runs(status=ACTIVE)
         assert manager.get_active_task_count() == 0
-        assert manager.stats().counts == await runtrack_registry.count_runs()
+        assert manager.stats().counts == await store.count_runs()
+
+
+class TestShutdownVersusCancel:
+    """Shutdown races a cancel_task, or a run's own completion; the run ends once."""
+
+    async def test_shutdown_vs_cancel(
+        self, make_manager: ManagerFactory, store: RunRegistry, yields: int
+    ) -> None:
+        manager = make_manager(max_concurrency=1)
+        outcome = Outcome(manager, store)
+        running, queued = Gate(), Gate()
+        running_run = await manager.submit(running.body)
+        queued_run = await manager.submit(queued.body)
+        await wait_event(running.started)
+
+        shutting = asyncio.create_task(manager.shutdown(grace=0))
+        await let_loop_run(yields)
+        async with asyncio.timeout(SAFETY):
+            results = await asyncio.gather(
+                manager.cancel_task(running_run.run_id), manager.cancel_task(queued_run.run_id)
+            )
+            await shutting
+        assert all(isinstance(r, bool) for r in results)
+        for run in (running_run, queued_run):
+            assert (await outcome.final(run.run_id)).status is RunStatus.CANCELLED
+        assert queued.starts == 0
+        assert manager.stats().counts == await store.count_runs()
+
+    async def test_shutdown_vs_completion(
+        self, make_manager: ManagerFactory, store: RunRegistry, yields: int
+    ) -> None:
+        manager = make_manager()
+        outcome = Outcome(manager, store)
+        gate = Gate()
+        run = await manager.submit(gate.body)
+        await wait_event(gate.started)
+
+        gate.open("just in time")
+        await let_loop_run(yields)
+        async with asyncio.timeout(SAFETY):
+            await manager.shutdown(grace=0)
+
+        finished = await outcome.final(run.run_id)
+        assert finished.status in {RunStatus.COMPLETED, RunStatus.CANCELLED}
+        if finished.status is RunStatus.COMPLETED:
+            assert finished.result == "just in time"
+        assert manager.stats().counts == await store.count_runs()
+
+
+class TestShutdownVersusAQueuedWrite:
+    """Shutdown while a submit's QUEUED write is still in flight (memory registry only)."""
 
     @pytest.mark.parametrize("grace", [0.0, SAFETY])
     async def test_shutdown_while_a_queued_write_is_in_flight(
@@ -445,51 +571,6 @@ class TestShutdownVersusSubmit:
         assert not await runtrack_registry.list_runs(status=ACTIVE)
         assert manager.get_active_task_count() == 0
 
-    @pytest.mark.parametrize("yields", YIELDS)
-    async def test_shutdown_vs_cancel(
-        self, make_manager: ManagerFactory, runtrack_registry: InMemoryRunRegistry, yields: int
-    ) -> None:
-        manager = make_manager(max_concurrency=1)
-        outcome = Outcome(manager, runtrack_registry)
-        running, queued = Gate(), Gate()
-        running_run = await manager.submit(running.body)
-        queued_run = await manager.submit(queued.body)
-        await wait_event(running.started)
-
-        shutting = asyncio.create_task(manager.shutdown(grace=0))
-        await let_loop_run(yields)
-        async with asyncio.timeout(SAFETY):
-            results = await asyncio.gather(
-                manager.cancel_task(running_run.run_id), manager.cancel_task(queued_run.run_id)
-            )
-            await shutting
-        assert all(isinstance(r, bool) for r in results)
-        for run in (running_run, queued_run):
-            assert (await outcome.final(run.run_id)).status is RunStatus.CANCELLED
-        assert queued.starts == 0
-        assert manager.stats().counts == await runtrack_registry.count_runs()
-
-    @pytest.mark.parametrize("yields", YIELDS)
-    async def test_shutdown_vs_completion(
-        self, make_manager: ManagerFactory, runtrack_registry: InMemoryRunRegistry, yields: int
-    ) -> None:
-        manager = make_manager()
-        outcome = Outcome(manager, runtrack_registry)
-        gate = Gate()
-        run = await manager.submit(gate.body)
-        await wait_event(gate.started)
-
-        gate.open("just in time")
-        await let_loop_run(yields)
-        async with asyncio.timeout(SAFETY):
-            await manager.shutdown(grace=0)
-
-        finished = await outcome.final(run.run_id)
-        assert finished.status in {RunStatus.COMPLETED, RunStatus.CANCELLED}
-        if finished.status is RunStatus.COMPLETED:
-            assert finished.result == "just in time"
-        assert manager.stats().counts == await runtrack_registry.count_runs()
-
 
 # -- the same id submitted twice at once -----------------------------------------------------
 
@@ -499,7 +580,7 @@ class TestDuplicateSubmits:
 
     @pytest.mark.parametrize("count", [2, 5])
     async def test_concurrent_submits_of_one_id(
-        self, make_manager: ManagerFactory, runtrack_registry: InMemoryRunRegistry, count: int
+        self, make_manager: ManagerFactory, store: RunRegistry, count: int
     ) -> None:
         manager = make_manager()
         gates = [Gate() for _ in range(count)]
@@ -514,12 +595,12 @@ class TestDuplicateSubmits:
             gate.open()
         await manager.wait_all(timeout=SAFETY)
         assert sum(g.starts for g in gates) == 1
-        assert sum((await runtrack_registry.count_runs()).values()) == 1
+        assert sum((await store.count_runs()).values()) == 1
         assert await manager.cancel_task("only-once") is False
 
     @pytest.mark.parametrize("count", [2, 5])
     async def test_concurrent_submits_across_managers(
-        self, make_manager: ManagerFactory, runtrack_registry: InMemoryRunRegistry, count: int
+        self, make_manager: ManagerFactory, store: RunRegistry, count: int
     ) -> None:
         managers = [make_manager() for _ in range(count)]
         gates = [Gate() for _ in range(count)]
@@ -535,7 +616,7 @@ class TestDuplicateSubmits:
         for manager in managers:
             await manager.wait_all(timeout=SAFETY)
         assert sum(g.starts for g in gates) == 1
-        assert sum((await runtrack_registry.count_runs()).values()) == 1
+        assert sum((await store.count_runs()).values()) == 1
 
 
 async def _noop() -> None:

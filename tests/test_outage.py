@@ -10,13 +10,15 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from structlog.testing import capture_logs
 
+from helpers import Gate, wait_event, wait_until
 from registries import skip_or_fail
 from runtrack import (
     BackgroundTaskManager,
@@ -28,7 +30,6 @@ from runtrack import (
 from tcp_proxy import TcpProxy, tcp_proxy
 
 RUNS = 300
-OUTAGE = 2.0
 
 
 def _redis_url() -> str:
@@ -107,15 +108,19 @@ PAIRS = {"redis": _redis_pair, "postgresql": _postgres_pair}
 @pytest.mark.parametrize("backend", sorted(PAIRS))
 async def test_runs_survive_a_registry_outage(backend: str) -> None:
     async with PAIRS[backend]() as (proxied, direct, proxy):
-        started = 0
+        started = finished = 0
         half_started = asyncio.Event()
+        all_finished = asyncio.Event()
 
         async def work(i: int) -> int:
-            nonlocal started
+            nonlocal started, finished
             started += 1
             if started == RUNS // 2:
                 half_started.set()
-            await asyncio.sleep(0.005 * (i % 7))
+            await asyncio.sleep(0.005 * (i % 7))  # the work itself: runs overlap
+            finished += 1
+            if finished == RUNS:
+                all_finished.set()
             return i
 
         async with BackgroundTaskManager(
@@ -126,8 +131,8 @@ async def test_runs_survive_a_registry_outage(backend: str) -> None:
             proxy.cut()
             with pytest.raises(RegistryUnavailableError, match=backend):
                 await manager.submit(work, -1)
-            await asyncio.sleep(OUTAGE)  # the outage itself: runs go on meanwhile
-            assert started == RUNS  # nothing waited for the registry
+            # Nothing waits for the registry: every run executes to its end while it is away.
+            await wait_event(all_finished, timeout=30)
             proxy.restore()
             await manager.wait_all(timeout=30)
 
@@ -145,3 +150,65 @@ async def test_runs_survive_a_registry_outage(backend: str) -> None:
         assert counts[RunStatus.CANCELLED] == 1
         (refused,) = await direct.list_runs(status=RunStatus.CANCELLED)
         assert refused.error_type == "RegistryUnavailableError"
+
+
+@pytest.mark.parametrize("backend", sorted(PAIRS))
+async def test_heartbeats_and_lease_checks_ride_out_an_outage(backend: str) -> None:
+    """While the registry is down heartbeats and lease checks fail, are logged, and go on."""
+    async with PAIRS[backend]() as (proxied, direct, proxy):
+
+        async def heartbeat_of(run_id: str) -> object:
+            run = await direct.get_run(run_id)
+            assert run is not None
+            return run.heartbeat_at
+
+        gate = Gate()
+        with capture_logs() as logs:
+            async with BackgroundTaskManager(
+                proxied, heartbeat_interval=0.05, lease=0.3, registry_timeout=0.5
+            ) as manager:
+                run = await manager.submit(gate.body, name="long")
+                await wait_event(gate.started)
+                beats: list[object] = []
+
+                async def beat_seen() -> bool:
+                    beats.append(await heartbeat_of(run.run_id))
+                    return beats[-1] is not None
+
+                await _until(beat_seen)
+                proxy.cut()
+
+                def failed(event: str) -> bool:
+                    return any(e["event"] == event for e in logs)
+
+                # Both background checks meet the outage, are logged, and nothing crashes.
+                await wait_until(lambda: failed("heartbeat_failed"), timeout=30)
+                await wait_until(lambda: failed("lease_check_failed"), timeout=30)
+                assert manager.is_task_active(run.run_id)
+                assert not gate.cancelled.is_set()
+                before = await heartbeat_of(run.run_id)
+
+                proxy.restore()
+
+                # Heartbeats resume: the record's heartbeat moves on past the outage.
+                async def beating_again() -> bool:
+                    return await heartbeat_of(run.run_id) != before
+
+                await _until(beating_again)
+                assert manager.is_task_active(run.run_id)
+                gate.open("survived")
+                finished = await manager.wait(run.run_id, timeout=30)
+        assert (finished.status, finished.result) == (RunStatus.COMPLETED, "survived")
+        recorded = await direct.get_run(run.run_id)
+        assert recorded is not None
+        assert (recorded.status, recorded.error_type) == (RunStatus.COMPLETED, None)
+        assert not [e for e in logs if e["log_level"] == "critical"]
+
+
+async def _until(condition: Callable[[], Awaitable[bool]], timeout: float = 30) -> None:
+    """Poll an async ``condition`` until it is true; fail the test after ``timeout`` s."""
+    async with asyncio.timeout(timeout):
+        while True:
+            if await condition():
+                return
+            await asyncio.sleep(0.02)
