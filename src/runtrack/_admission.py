@@ -21,12 +21,13 @@ if TYPE_CHECKING:
 
     from runtrack._models import Retry
 
-__all__ = ["DONE", "FINISHING", "QUEUED", "RUNNING", "Job", "Lanes"]
+__all__ = ["DONE", "FINISHING", "QUEUED", "RUNNING", "SUBMITTING", "Job", "Lanes"]
 
 QUEUED: Final = 0
 RUNNING: Final = 1
 FINISHING: Final = 2  # the coroutine ended; its terminal write is on its way (QueueWriter)
 DONE: Final = 3
+SUBMITTING: Final = 4  # submit() waits for its QUEUED record: not in the lanes yet
 
 
 class Job(_Record):

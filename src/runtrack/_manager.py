@@ -20,7 +20,7 @@ from typing import Any, Self, TypeVar
 
 from pydantic import JsonValue, TypeAdapter, ValidationError
 
-from runtrack._admission import DONE, QUEUED, RUNNING, Job, Lanes
+from runtrack._admission import DONE, FINISHING, QUEUED, RUNNING, SUBMITTING, Job, Lanes
 from runtrack._background import BackgroundFunction, P, RunOptions, decorator
 from runtrack._batch import BatchWriter
 from runtrack._clock import dt_to_us, now_us
@@ -277,6 +277,7 @@ class BackgroundTaskManager(Execution):
         self._registry_timeout = registry_timeout
         self._backend: str = getattr(registry, "backend", type(registry).__name__)
         self._failing: set[str] = set()  # background duties failing now (logged once)
+        self._submits: set[asyncio.Future[None]] = set()  # submit() calls writing their run
         self._waiting = 0  # jobs in the lanes (admissible when a slot frees)
         self._delayed = 0  # queued jobs waiting for a delay or a retry backoff
         self._running = 0
@@ -359,9 +360,9 @@ class BackgroundTaskManager(Execution):
         try:
             await self._drain(grace)
             await self._cancel_all()
-            for task in list(self._background):
-                task.cancel()
-            await asyncio.gather(*self._background, return_exceptions=True)
+            if self._submits:  # they end themselves once their record is written (refused)
+                await asyncio.wait(self._submits, timeout=2 * self._registry_timeout)
+            await self._stop_background()
             await self._writer.aclose(self._registry_timeout)
             # Terminal writes given up on: the runs have ended here all the same.
             for job in list(self._finishing.values()):
@@ -372,6 +373,21 @@ class BackgroundTaskManager(Execution):
             self._state = _State.CLOSED
             self._closed.set()
             self._log.debug("manager_closed")
+
+    async def _stop_background(self) -> None:
+        """Cancel the background tasks (heartbeat, holds, listeners) and wait for them.
+
+        Cancelled again while they last: a Redis call may swallow a cancellation (redis-py
+        #2028), and the heartbeat loop ends anyway once it sees the manager closing.
+        """
+        tasks = set(self._background)
+        for _ in range(100):  # 10 s at most: a task that never ends is left behind
+            if not tasks:
+                return
+            for task in tasks:
+                task.cancel()
+            _, tasks = await asyncio.wait(tasks, timeout=0.1)
+        self._log.error("background_tasks_left", tasks=[repr(t) for t in tasks])
 
     async def aclose(self) -> None:
         """Alias of `shutdown` with the default grace."""
@@ -550,10 +566,22 @@ class BackgroundTaskManager(Execution):
             fn_or_coro, args, kwargs, name=name, run_id=run_id, parameters=parameters,
             tags=tags, group=group, priority=priority, timeout=timeout, retry=retry, delay=delay,
         )  # fmt: skip
+        # Reserve the id so a concurrent submit of the same id fails here, not in the registry;
+        # shutdown waits for it (its grace) but leaves it to finish here.
+        job.state = SUBMITTING
+        self._register(job)
+        done: asyncio.Future[None] = loop.create_future()
+        self._submits.add(done)
+        try:
+            return await self._record_submitted(run, job, loop, delay)
+        finally:
+            self._submits.discard(done)
+            done.set_result(None)
+
+    async def _record_submitted(
+        self, run: Run, job: Job, loop: asyncio.AbstractEventLoop, delay: float | None
+    ) -> Run:
         coro = job.coro
-        # Reserve the id so a concurrent submit of the same id fails here, not in the registry.
-        self._jobs[job.run_id] = job
-        self._idle.clear()
         try:
             inserted = await self._writer.insert_now(job)
         except BaseException:
@@ -564,13 +592,18 @@ class BackgroundTaskManager(Execution):
             self._forget(job)
             close_coro(coro)
             raise DuplicateRunError(job.run_id)
-        if self._state is not _State.RUNNING:  # shutdown began while we wrote
-            job.state = DONE
-            self._forget(job)
-            close_coro(coro)
-            await self._writer.cas_now(job, RunStatus.CANCELLED, {"finished_at": now_us()})
-            raise ManagerClosedError(self._state.value)
+        job.state = QUEUED
         self._announce_queued(job, inserted=True)
+        if self._state is not _State.RUNNING:  # shutdown began while we wrote: it is recorded
+            close_coro(coro)
+            job.coro = None
+            try:
+                await self._bounded(
+                    self._writer.cas_now(job, RunStatus.CANCELLED, {"finished_at": now_us()})
+                )
+            finally:
+                self._finish_local(job, RunStatus.CANCELLED, RunStatus.QUEUED, None)
+            raise ManagerClosedError(self._state.value)
         self._schedule(job, loop, delay)
         return run
 
@@ -916,7 +949,11 @@ class BackgroundTaskManager(Execution):
                 future.cancel()
 
     async def _cancel_job(self, job: Job, *, wait_write: bool = True) -> bool:
-        if job.state == DONE:
+        if job.state == DONE or job.state == SUBMITTING:  # a submit still writing ends itself
+            return False
+        if job.state == FINISHING:  # it ended meanwhile: its terminal write is on its way
+            if wait_write:
+                await self._bounded(self._writer.settled(job.run_id))
             return False
         changes = {"finished_at": now_us()}
         stopped = "the run was stopped here; its CANCELLED record is written when it is back"
@@ -1058,7 +1095,7 @@ class BackgroundTaskManager(Execution):
         # look reads every RUNNING run of the registry.
         every = self._lease.total_seconds() / 3
         next_look = 0.0
-        while True:
+        while self._state is _State.RUNNING:
             await asyncio.sleep(self._heartbeat_interval)
             await self._beat()
             if time.monotonic() >= next_look:
