@@ -244,7 +244,13 @@ class Execution:
             status = RunStatus.CANCELLED  # cancel_task (or another manager) already wrote it
         else:
             if result is not None and type(result) not in _PLAIN_SMALL:
-                result, refused = self._recordable(job, result)
+                try:
+                    result, refused = self._recordable(job, result)
+                except Exception as exc:  # an odd result must not stop the executor
+                    result, refused = (
+                        None,
+                        ResultNotStorable(f"the result could not be read: {exc!r}"),
+                    )
                 if refused is not None:
                     status, error = RunStatus.FAILED, refused
             if error is None:
@@ -364,6 +370,11 @@ class Execution:
                 return result, None
         try:
             value = _JSON.validate_python(result)
+            if isinstance(value, dict | list):
+                problem = json_problem(value, "the result")
+                if problem is not None:
+                    return None, ResultNotStorable(problem)
+            size = _payload_size(value)  # NaN and infinities pass JsonValue; this refuses them
         except (ValidationError, ValueError):
             self._log.warning(
                 "run_result_not_json",
@@ -374,23 +385,17 @@ class Execution:
                 "Return JSON-compatible values (dict, list, str, numbers, bool, None).",
             )
             return None, None
-        if isinstance(value, dict | list):
-            problem = json_problem(value, "the result")
-            if problem is not None:
-                return None, ResultNotStorable(problem)
-        if self._max_payload is not None:
-            size = _payload_size(value)
-            if size > self._max_payload:
-                self._log.warning(
-                    "run_result_too_large",
-                    run_id=job.run_id,
-                    name=job.name,
-                    size=size,
-                    max_payload_bytes=self._max_payload,
-                    detail="the run completed but its result is over max_payload_bytes; "
-                    "recorded result=None. Store large results elsewhere and return a reference.",
-                )
-                return None, None
+        if self._max_payload is not None and size > self._max_payload:
+            self._log.warning(
+                "run_result_too_large",
+                run_id=job.run_id,
+                name=job.name,
+                size=size,
+                max_payload_bytes=self._max_payload,
+                detail="the run completed but its result is over max_payload_bytes; "
+                "recorded result=None. Store large results elsewhere and return a reference.",
+            )
+            return None, None
         return result, None
 
     def _check_parameters(self, parameters: Mapping[str, Any]) -> None:

@@ -949,7 +949,7 @@ class BackgroundTaskManager(Execution):
                 future.cancel()
 
     async def _cancel_job(self, job: Job, *, wait_write: bool = True) -> bool:
-        if job.state == DONE or job.state == SUBMITTING:  # a submit still writing ends itself
+        if job.state in (DONE, SUBMITTING):  # a submit still writing ends itself
             return False
         if job.state == FINISHING:  # it ended meanwhile: its terminal write is on its way
             if wait_write:
