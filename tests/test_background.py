@@ -52,16 +52,15 @@ class TestManagerBackground:
             run = await manager.wait(flaky(), timeout=5)
         assert (run.status, run.result, run.attempt) == (RunStatus.COMPLETED, 3, 3)
 
-    def test_sync_function_is_rejected_when_decorated(self) -> None:
-        manager = BackgroundTaskManager()
+    async def test_a_sync_function_runs_in_a_thread_when_decorated(self) -> None:
+        async with BackgroundTaskManager() as manager:
 
-        def not_async() -> None:
-            return None
+            @manager.background()
+            def plain(x: int) -> int:
+                return x * 2
 
-        with pytest.raises(TypeError, match=r"async function \(async def\)"):
-            manager.background()(not_async)  # type: ignore[arg-type]
-        with pytest.raises(TypeError, match="async function"):
-            runtrack.background()(not_async)  # type: ignore[arg-type]
+            run_id = plain(21)
+            assert (await manager.wait(run_id, timeout=10)).result == 42
 
     async def test_partials_and_async_callables_are_accepted(self) -> None:
         async def add(a: int, b: int) -> int:

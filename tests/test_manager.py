@@ -11,6 +11,7 @@ import asyncio
 import gc
 import inspect
 import logging
+import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -333,15 +334,17 @@ class TestSubmit:
         assert run.run_id == "explicit-id"
         assert (await task_manager.wait("explicit-id", timeout=SAFETY)).result == 9
 
-    async def test_a_sync_callable_is_a_type_error(
-        self, task_manager: BackgroundTaskManager, runtrack_registry: InMemoryRunRegistry
+    async def test_a_sync_callable_runs_in_a_worker_thread(
+        self, task_manager: BackgroundTaskManager
     ) -> None:
-        def not_async() -> int:
-            return 1
+        loop_thread = threading.get_ident()
 
-        with pytest.raises(TypeError):
-            await task_manager.submit(not_async)  # type: ignore[arg-type]
-        assert sum((await runtrack_registry.count_runs()).values()) == 0
+        def plain(x: int) -> list[int]:
+            return [x, int(threading.get_ident() != loop_thread)]
+
+        run = await task_manager.submit(plain, 7)
+        finished = await task_manager.wait(run.run_id, timeout=SAFETY)
+        assert (finished.status, finished.result) == (RunStatus.COMPLETED, [7, 1])
 
     async def test_retry_with_a_coroutine_object_is_a_type_error(
         self, task_manager: BackgroundTaskManager

@@ -27,6 +27,7 @@ from runtrack._manager import BackgroundTaskManager, Listener
 from runtrack._models import OutputChunk, Retry, Run, RunEvent
 from runtrack._stats import ManagerStats, NameStats
 from runtrack._status import TERMINAL, RunStatus
+from runtrack._sync import SyncTaskManager
 from runtrack.registry import InMemoryRunRegistry, RunRegistry, registry_from_url
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "RunRegistry",
     "RunStatus",
     "RuntrackError",
+    "SyncTaskManager",
     "background",
     "current_run",
     "get_default_manager",

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec
 
 from runtrack._exceptions import RuntrackError
@@ -64,14 +63,10 @@ class RunOptions:
     tags: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
-def _is_async(func: Callable[..., Any]) -> bool:
-    """An ``async def`` function, a partial of one, or an object with ``async __call__``."""
-    call = getattr(func, "__call__", None)  # noqa: B004 - the method itself is inspected
-    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(call)
-
-
 class BackgroundFunction(Generic[P]):
-    """An async function whose call starts a run and returns the run id at once.
+    """A function whose call starts a run and returns the run id at once.
+
+    An async function runs on the event loop; a plain one in a worker thread.
 
     The original function stays available as ``.func`` (await it to run it inline, as in
     tests). Arguments must be what the function takes; they are kept until the run starts.
@@ -83,18 +78,13 @@ class BackgroundFunction(Generic[P]):
 
     def __init__(
         self,
-        func: Callable[P, Awaitable[Any]],
+        func: Callable[P, Any],
         *,
         manager: Callable[[], BackgroundTaskManager],
         options: RunOptions,
     ) -> None:
         if not callable(func):
-            raise TypeError(f"@background decorates an async function, got {func!r}")
-        if not _is_async(func):
-            raise TypeError(
-                f"@background decorates an async function (async def), got {func!r}: "
-                "make it async, or run blocking work with asyncio.to_thread inside one"
-            )
+            raise TypeError(f"@background decorates a function, got {func!r}")
         self.func = func
         self._manager = manager
         self._options = options
@@ -127,7 +117,7 @@ def background(
     priority: int = 0,
     retry: Retry | None = None,
     tags: dict[str, str] | None = None,
-) -> Callable[[Callable[P, Awaitable[Any]]], BackgroundFunction[P]]:
+) -> Callable[[Callable[P, Any]], BackgroundFunction[P]]:
     """Like `BackgroundTaskManager.background`, bound to the default manager at call time.
 
     The manager is looked up when the function is called (not when it is decorated), so
@@ -151,10 +141,10 @@ def background(
 
 def decorator(
     manager: Callable[[], BackgroundTaskManager], options: RunOptions
-) -> Callable[[Callable[P, Awaitable[Any]]], BackgroundFunction[P]]:
+) -> Callable[[Callable[P, Any]], BackgroundFunction[P]]:
     """The decorator that wraps functions into `BackgroundFunction` with these options."""
 
-    def wrap(func: Callable[P, Awaitable[Any]]) -> BackgroundFunction[P]:
+    def wrap(func: Callable[P, Any]) -> BackgroundFunction[P]:
         return BackgroundFunction(func, manager=manager, options=options)
 
     return wrap

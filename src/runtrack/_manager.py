@@ -40,6 +40,7 @@ from runtrack._models import Retry, Run, RunEvent, new_run_id, utcnow
 from runtrack._stats import ManagerStats, StatsCollector
 from runtrack._status import RunStatus
 from runtrack._storable import MAX_PROGRESS_MESSAGE, storable_text
+from runtrack._threads import ThreadRuns
 from runtrack._writer import DirectWriter, QueueWriter, Writer
 from runtrack.registry.base import BatchWriting, RunRegistry, is_int
 from runtrack.registry.memory import InMemoryRunRegistry
@@ -179,6 +180,8 @@ class BackgroundTaskManager(Execution):
             writes they promise, before raising `RegistryUnavailableError`; and, at
             `shutdown`, how long unwritten records get after the runs were stopped (what
             is still unwritten then is logged as ``registry_writes_lost``). Default 10.
+        max_threads: Most runs of plain (sync) functions executing at once, each in a
+            worker thread (they also count against ``max_concurrency`` and group limits).
         max_payload_bytes: Largest JSON size of a run's parameters (larger ones are a
             `ValueError` at submission) and of its result (a larger one is recorded as
             None, with a warning); None for no limit.
@@ -211,8 +214,10 @@ class BackgroundTaskManager(Execution):
         cancel_timeout: float = 5.0,
         registry_timeout: float = 10.0,
         max_payload_bytes: int | None = 1_000_000,
+        max_threads: int = 40,
     ) -> None:
         _check_limit("max_concurrency", max_concurrency)
+        _check_limit("max_threads", max_threads)
         pending: object = max_pending
         if pending is not None and (not is_int(pending) or max_pending < 0):  # type: ignore[operator]
             raise ValueError(f"max_pending must be None or an int >= 0, got {max_pending!r}")
@@ -295,6 +300,7 @@ class BackgroundTaskManager(Execution):
         self._executor_tasks: set[asyncio.Task[None]] = set()
         self._stats = StatsCollector()
         self._log = get_logger(owner=self.owner)
+        self._threads = ThreadRuns(max_threads, self._log)
         # Resolved here and again at start, not per event: each transition would pay for it.
         self._debug = self._log.is_enabled_for(logging.DEBUG)
 
@@ -504,7 +510,7 @@ class BackgroundTaskManager(Execution):
 
     async def submit(
         self,
-        fn_or_coro: Callable[..., Awaitable[Any]] | Awaitable[Any],
+        fn_or_coro: Callable[..., Any] | Awaitable[Any],
         *args: Any,
         name: str | None = None,
         run_id: str | None = None,
@@ -609,7 +615,7 @@ class BackgroundTaskManager(Execution):
 
     def start_call(
         self,
-        fn: Callable[..., Awaitable[Any]],
+        fn: Callable[..., Any],
         *args: Any,
         name: str | None = None,
         run_id: str | None = None,
@@ -660,7 +666,7 @@ class BackgroundTaskManager(Execution):
         priority: int = 0,
         retry: Retry | None = None,
         tags: Mapping[str, str] | None = None,
-    ) -> Callable[[Callable[P, Awaitable[Any]]], BackgroundFunction[P]]:
+    ) -> Callable[[Callable[P, Any]], BackgroundFunction[P]]:
         """Decorate an async function so that calling it starts a run and returns its id.
 
         Example:
@@ -749,7 +755,7 @@ class BackgroundTaskManager(Execution):
 
     def _job_for(
         self,
-        fn_or_coro: Callable[..., Awaitable[Any]] | Awaitable[Any],
+        fn_or_coro: Callable[..., Any] | Awaitable[Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         *,
@@ -767,17 +773,15 @@ class BackgroundTaskManager(Execution):
         factory: Callable[[], Awaitable[Any]] | None = None
         coro: Awaitable[Any] | None = None
         if callable(fn_or_coro) and not inspect.isawaitable(fn_or_coro):
-            if not _is_async_callable(fn_or_coro):
-                raise TypeError(
-                    f"submit() takes an async function or a coroutine, got "
-                    f"{_name_of(fn_or_coro)!r}, which is not async"
-                )
             _check_collisions(
                 fn_or_coro,
                 name=name, run_id=run_id, parameters=parameters, tags=tags, group=group,
                 priority=priority, timeout=timeout, retry=retry, delay=delay,
             )  # fmt: skip
-            factory = functools.partial(fn_or_coro, *args, **kwargs)
+            if _is_async_callable(fn_or_coro):
+                factory = functools.partial(fn_or_coro, *args, **kwargs)
+            else:  # a plain function: it runs in a worker thread
+                factory = self._threads.factory(fn_or_coro, args, kwargs)
         elif inspect.isawaitable(fn_or_coro):
             _check_awaitable(fn_or_coro, "submit")
             coro = fn_or_coro
