@@ -118,8 +118,8 @@ class TestLeases:
             await failed.wait()
             # a few more rounds in which both keep looking: nothing is recorded twice
             for _ in range(3):
-                await first._interrupt_expired()
-                await second._interrupt_expired()
+                await first._heartbeat.interrupt_expired()
+                await second._heartbeat.interrupt_expired()
         assert set(failed.seen) == set(ids)
         assert set(failed.seen.values()) == {1}
         counts = await registry.count_runs()

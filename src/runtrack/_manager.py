@@ -8,8 +8,6 @@ import functools
 import inspect
 import logging
 import math
-import os
-import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
@@ -33,22 +31,28 @@ from runtrack._exceptions import (
     RunNotFoundError,
     RuntrackError,
 )
-from runtrack._execution import Execution, close_coro, describe_error
-from runtrack._leases import interrupt_expired
+from runtrack._execution import Execution, close_coro
+from runtrack._heartbeat import Heartbeat
+from runtrack._listeners import Listener, Listeners
 from runtrack._logging import get_logger
-from runtrack._models import Retry, Run, RunEvent, new_run_id, utcnow
+from runtrack._models import Retry, Run, new_run_id, utcnow
 from runtrack._stats import ManagerStats, StatsCollector
 from runtrack._status import RunStatus
 from runtrack._storable import MAX_PROGRESS_MESSAGE, storable_text
+from runtrack._submission import (
+    check_awaitable,
+    check_collisions,
+    check_limit,
+    default_owner,
+    is_async_callable,
+    name_of,
+)
 from runtrack._threads import ThreadRuns
 from runtrack._writer import DirectWriter, QueueWriter, Writer
 from runtrack.registry.base import BatchWriting, RunRegistry, is_int
 from runtrack.registry.memory import InMemoryRunRegistry
 
 __all__ = ["BackgroundTaskManager", "Listener"]
-
-Listener = Callable[[RunEvent], object]
-"""A status-change callback: a plain function, or an async one (run as a tracked task)."""
 
 _T = TypeVar("_T")
 _UNBOUNDED = sys.maxsize
@@ -66,88 +70,6 @@ class _State(enum.Enum):
     RUNNING = "running"
     CLOSING = "closing"
     CLOSED = "closed"
-
-
-def _default_owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{new_run_id()[:8]}"
-
-
-def _name_of(target: object) -> str:
-    func = target.func if isinstance(target, functools.partial) else target
-    name = getattr(func, "__qualname__", None)
-    return name if isinstance(name, str) else type(target).__qualname__
-
-
-def _is_async_callable(fn: object) -> bool:
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)  # noqa: B004 - an object with an async __call__
-    )
-
-
-def _check_awaitable(coro: object, caller: str) -> None:
-    """A coroutine (or awaitable) that has not started, or a `TypeError`."""
-    if isinstance(coro, asyncio.Future):
-        raise TypeError(
-            f"{caller}() needs a coroutine that has not started, got an already scheduled "
-            f"{type(coro).__name__}: pass the coroutine itself (work(), not create_task(work()))"
-        )
-    if not inspect.isawaitable(coro):
-        raise TypeError(
-            f"{caller}() needs an awaitable (a coroutine such as work()), got "
-            f"{type(coro).__name__}: call the async function, or use submit(fn, ...)"
-        )
-
-
-#: What each run option of `submit` / `start_call` is when not given.
-_OPTION_DEFAULTS: dict[str, object] = {
-    "name": None, "run_id": None, "parameters": None, "tags": None, "group": None,
-    "priority": 0, "timeout": None, "retry": None, "delay": None,
-}  # fmt: skip
-
-
-@functools.lru_cache(maxsize=1024)
-def _keyword_parameters(fn: Callable[..., Any]) -> frozenset[str]:
-    try:
-        signature = inspect.signature(fn)
-    except (TypeError, ValueError):  # no signature to read (some builtins)
-        return frozenset()
-    return frozenset(
-        name
-        for name, param in signature.parameters.items()
-        if param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)
-    )
-
-
-def _check_collisions(fn: Callable[..., Any], **options: object) -> None:
-    """A run option given that is also a parameter of ``fn`` is ambiguous: a `TypeError`.
-
-    A `functools.partial` has its arguments bound already: every keyword is a run option.
-    """
-    if isinstance(fn, functools.partial):
-        return
-    given = [k for k, v in options.items() if v is not _OPTION_DEFAULTS[k] and v != 0]
-    if not given:
-        return
-    try:
-        params = _keyword_parameters(fn)
-    except TypeError:  # unhashable callable: read it without the cache
-        params = _keyword_parameters.__wrapped__(fn)
-    clash = [k for k in given if k in params]
-    if clash:
-        option = clash[0]
-        raise TypeError(
-            f"{option}= is both a run option of submit()/start_call() and a parameter of "
-            f"{_name_of(fn)!r}, so it is ambiguous: to pass it to the function, bind it "
-            f"first, submit(functools.partial(fn, {option}=...)); run options passed to "
-            f"submit() are never given to the function"
-        )
-
-
-def _check_limit(name: str, value: object) -> None:
-    if value is not None and (not is_int(value) or value < 1):  # type: ignore[operator]
-        raise ValueError(f"{name} must be None or an int >= 1, got {value!r}")
 
 
 class BackgroundTaskManager(Execution):
@@ -216,14 +138,14 @@ class BackgroundTaskManager(Execution):
         max_payload_bytes: int | None = 1_000_000,
         max_threads: int = 40,
     ) -> None:
-        _check_limit("max_concurrency", max_concurrency)
-        _check_limit("max_threads", max_threads)
+        check_limit("max_concurrency", max_concurrency)
+        check_limit("max_threads", max_threads)
         pending: object = max_pending
         if pending is not None and (not is_int(pending) or max_pending < 0):  # type: ignore[operator]
             raise ValueError(f"max_pending must be None or an int >= 0, got {max_pending!r}")
         limits = dict(group_limits or {})
         for group, limit in limits.items():
-            _check_limit(f"group_limits[{group!r}]", limit)
+            check_limit(f"group_limits[{group!r}]", limit)
         for name, seconds in (
             ("default_timeout", default_timeout),
             ("heartbeat_interval", heartbeat_interval),
@@ -248,7 +170,7 @@ class BackgroundTaskManager(Execution):
                 f"registry must implement runtrack.RunRegistry, got {type(registry).__name__}"
             )
         self.registry: RunRegistry = registry
-        self.owner: str = owner or _default_owner()
+        self.owner: str = owner or default_owner()
         self._writer: Writer
         if isinstance(registry, InMemoryRunRegistry):
             self._writer = DirectWriter(registry, self.owner)
@@ -266,7 +188,7 @@ class BackgroundTaskManager(Execution):
         self._max_concurrency = max_concurrency
         self._limit = max_concurrency or _UNBOUNDED
         self._max_pending = max_pending
-        _check_limit("max_payload_bytes", max_payload_bytes)
+        check_limit("max_payload_bytes", max_payload_bytes)
         self._max_payload = max_payload_bytes
         # str results shorter than this cannot be over the limit: no need to measure them.
         self._max_short_str = (max_payload_bytes or sys.maxsize) // 4 - 2
@@ -281,7 +203,6 @@ class BackgroundTaskManager(Execution):
         self._finishing: dict[str, Job] = {}
         self._registry_timeout = registry_timeout
         self._backend: str = getattr(registry, "backend", type(registry).__name__)
-        self._failing: set[str] = set()  # background duties failing now (logged once)
         self._submits: set[asyncio.Future[None]] = set()  # submit() calls writing their run
         self._waiting = 0  # jobs in the lanes (admissible when a slot frees)
         self._delayed = 0  # queued jobs waiting for a delay or a retry backoff
@@ -295,12 +216,18 @@ class BackgroundTaskManager(Execution):
         self._idle = asyncio.Event()
         self._idle.set()
         self._closed = asyncio.Event()
-        self._listeners: list[Listener] = []
         self._background: set[asyncio.Task[Any]] = set()
         self._executor_tasks: set[asyncio.Task[None]] = set()
         self._stats = StatsCollector()
         self._log = get_logger(owner=self.owner)
         self._threads = ThreadRuns(max_threads, self._log)
+        self._events = Listeners(self._spawn_background, self._log)
+        self._listeners = self._events.callbacks  # the hot path tests it before emitting
+        self._heartbeat = Heartbeat(
+            registry=registry, writer=self._writer, owner=self.owner,
+            interval=heartbeat_interval, lease=self._lease, jobs=self._jobs,
+            on_conflict=self._on_conflict, notify=self._events.dispatch, log=self._log,
+        )  # fmt: skip
         # Resolved here and again at start, not per event: each transition would pay for it.
         self._debug = self._log.is_enabled_for(logging.DEBUG)
 
@@ -333,7 +260,7 @@ class BackgroundTaskManager(Execution):
         self._loop = loop
         self._state = _State.RUNNING
         self._debug = self._log.is_enabled_for(logging.DEBUG)  # logging set up since __init__
-        self._spawn_background(self._heartbeat())
+        self._spawn_background(self._heartbeat.run(lambda: self._state is _State.RUNNING))
         self._log.debug("manager_started", max_concurrency=self._max_concurrency)
         return loop
 
@@ -454,7 +381,7 @@ class BackgroundTaskManager(Execution):
             close_coro(coro)  # type: ignore[unreachable]
             raise TypeError(f"start_task() takes a runtrack.Run first, got {type(run).__name__}")
         if type(coro) is not CoroutineType:
-            _check_awaitable(coro, "start_task")
+            check_awaitable(coro, "start_task")
         try:
             if run.parameters:
                 self._check_parameters(run.parameters)
@@ -465,7 +392,7 @@ class BackgroundTaskManager(Execution):
         timeout = run.timeout
         job = Job(
             run.run_id,
-            run.name or _name_of(coro),
+            run.name or name_of(coro),
             coro,
             round(run.created_at.timestamp() * 1_000_000),
             run.group,
@@ -773,17 +700,17 @@ class BackgroundTaskManager(Execution):
         factory: Callable[[], Awaitable[Any]] | None = None
         coro: Awaitable[Any] | None = None
         if callable(fn_or_coro) and not inspect.isawaitable(fn_or_coro):
-            _check_collisions(
+            check_collisions(
                 fn_or_coro,
                 name=name, run_id=run_id, parameters=parameters, tags=tags, group=group,
                 priority=priority, timeout=timeout, retry=retry, delay=delay,
             )  # fmt: skip
-            if _is_async_callable(fn_or_coro):
+            if is_async_callable(fn_or_coro):
                 factory = functools.partial(fn_or_coro, *args, **kwargs)
             else:  # a plain function: it runs in a worker thread
                 factory = self._threads.factory(fn_or_coro, args, kwargs)
         elif inspect.isawaitable(fn_or_coro):
-            _check_awaitable(fn_or_coro, "submit")
+            check_awaitable(fn_or_coro, "submit")
             coro = fn_or_coro
             if args or kwargs or retry is not None:
                 close_coro(coro)
@@ -805,7 +732,7 @@ class BackgroundTaskManager(Execution):
         try:
             run = Run(
                 run_id=run_id or new_run_id(),
-                name=name or _name_of(fn_or_coro),
+                name=name or name_of(fn_or_coro),
                 parameters=dict(parameters or {}),
                 tags=dict(tags or {}),
                 group=group,
@@ -1094,77 +1021,16 @@ class BackgroundTaskManager(Execution):
             message = storable_text(message, MAX_PROGRESS_MESSAGE)
         self._writer.update(job.run_id, {"progress": fraction, "progress_message": message})
 
-    async def _heartbeat(self) -> None:
-        # Expired leases are looked for three times per lease, not at every beat: each
-        # look reads every RUNNING run of the registry.
-        every = self._lease.total_seconds() / 3
-        next_look = 0.0
-        while self._state is _State.RUNNING:
-            await asyncio.sleep(self._heartbeat_interval)
-            await self._beat()
-            if time.monotonic() >= next_look:
-                next_look = time.monotonic() + every
-                await self._interrupt_expired()
-
-    async def _interrupt_expired(self) -> None:
-        """Record FAILED the runs of managers that stopped heartbeating (see `_leases`)."""
-        try:
-            await interrupt_expired(
-                self.registry, owner=self.owner, lease=self._lease, log=self._log,
-                notify=self._dispatch,
-            )  # fmt: skip
-        except Exception as exc:  # the registry may be away; try again next beat
-            self._failed("lease_check", exc)
-        else:
-            self._recovered("lease_check")
-
-    async def _beat(self) -> None:
-        running = [j for j in self._jobs.values() if j.state == RUNNING]
-        if running:
-            beat = now_us()
-            for job in running:
-                self._writer.update(job.run_id, {"heartbeat_at": beat})
-            try:
-                statuses = await self._writer.status_of([j.run_id for j in running])
-            except Exception as exc:  # the registry may be away; try again next beat
-                self._failed("heartbeat", exc)
-                return
-            self._recovered("heartbeat")
-            for job in running:
-                status = statuses.get(job.run_id)
-                if status is not None and status.is_terminal:
-                    self._log.info(
-                        "run_cancelled_elsewhere", run_id=job.run_id, name=job.name,
-                        status=status.value,
-                    )  # fmt: skip
-                    self._on_conflict(job.run_id)
-
-    def _failed(self, duty: str, exc: BaseException) -> None:
-        """Log a background duty's failure once, when it starts failing (not every beat)."""
-        if duty not in self._failing:
-            self._failing.add(duty)
-            self._log.warning(
-                f"{duty}_failed", error=f"{type(exc).__name__}: {exc}",
-                detail="retried every heartbeat; logged again when it works",
-            )  # fmt: skip
-
-    def _recovered(self, duty: str) -> None:
-        if duty in self._failing:
-            self._failing.discard(duty)
-            self._log.warning(f"{duty}_recovered")
-
     def add_listener(self, callback: Listener) -> None:
         """Call ``callback(event)`` with a `RunEvent` on every status change of this manager.
 
         A callback may be sync or async; its exceptions are logged, never raised.
         """
-        if not callable(callback):
-            raise TypeError(f"add_listener() takes a callable, got {type(callback).__name__}")
-        self._listeners.append(callback)
+        self._events.add(callback)
 
     def remove_listener(self, callback: Listener) -> None:
         """Stop calling ``callback``."""
-        self._listeners.remove(callback)
+        self._events.remove(callback)
 
     def _emit(
         self,
@@ -1175,36 +1041,7 @@ class BackgroundTaskManager(Execution):
         error: BaseException | None = None,
         duration: float | None = None,
     ) -> None:
-        if not self._listeners:
-            return
-        event = RunEvent(
-            run_id=job.run_id,
-            name=job.name,
-            status=status,
-            previous=previous,
-            at=utcnow(),
-            attempt=job.attempt,
-            group=job.group,
-            error_type=None if error is None else type(error).__name__,
-            error_message=None if error is None else describe_error(error, job),
-            duration=duration,
-        )
-        self._dispatch(event)
-
-    def _dispatch(self, event: RunEvent) -> None:
-        for callback in list(self._listeners):
-            try:
-                outcome = callback(event)
-                if inspect.isawaitable(outcome):
-                    self._spawn_background(self._guard_listener(outcome))
-            except Exception as exc:
-                self._log.error("listener_failed", run_id=event.run_id, exc_info=exc)
-
-    async def _guard_listener(self, outcome: Awaitable[object]) -> None:
-        try:
-            await outcome
-        except Exception as exc:
-            self._log.error("listener_failed", exc_info=exc)
+        self._events.emit(job, status, previous, error=error, duration=duration)
 
     # -- introspection --------------------------------------------------------------------------
 
@@ -1231,7 +1068,7 @@ class BackgroundTaskManager(Execution):
         Raising it admits waiting runs at once; lowering it lets running runs finish and
         admits no more until the count is under the new limit.
         """
-        _check_limit("max_concurrency", limit)
+        check_limit("max_concurrency", limit)
         self._max_concurrency = limit
         self._limit = limit or _UNBOUNDED
         self._wake_pump()
