@@ -14,7 +14,7 @@ CHROMIUM ?= /usr/bin/chromium
 # under pyenv, each in its own venv (.venv-3.12, ...); one that is not installed is reported.
 SUPPORTED_PYTHONS ?= 3.11 3.12 3.13 3.14
 
-.PHONY: demo test lint types pytest pytest-other-pythons coverage bench docs clean
+.PHONY: demo test lint types imports pytest pytest-other-pythons coverage bench docs clean
 
 $(PY):
 	$(PYTHON) -c 'import sys; sys.exit("runtrack needs Python >= 3.11, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -52,6 +52,10 @@ lint: $(STAMP)
 types: $(STAMP)
 	$(PY) -m mypy src tests
 
+# The layers and the optional integrations, as import-linter contracts in pyproject.toml.
+imports: $(STAMP)
+	$(VENV)/bin/lint-imports
+
 pytest: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest
 
@@ -83,7 +87,7 @@ pytest-other-pythons: $(STAMP)
 	[ -z "$$missing" ] || echo "== not installed, not run:$$missing"; \
 	[ -z "$$failed" ] || { echo "== FAILED on Python$$failed"; exit 1; }
 
-test: lint types pytest pytest-other-pythons
+test: lint types imports pytest pytest-other-pythons
 
 # `coverage run` starts measuring before pytest imports its plugins (runtrack.testing among
 # them), so module-level code counts; settings in pyproject.toml ([tool.coverage.*]).
