@@ -12,19 +12,17 @@ import asyncio
 import inspect
 import json
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Mapping
 from contextvars import copy_context
 from time import time_ns
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from pydantic import JsonValue, TypeAdapter, ValidationError
 
-from runtrack._admission import DONE, FINISHING, QUEUED, RUNNING, Job, Lanes
+from runtrack._admission import DONE, FINISHING, QUEUED, RUNNING, Job
 from runtrack._clock import now_us
 from runtrack._context import _current
-from runtrack._logging import Logger
-from runtrack._models import RunEvent
-from runtrack._stats import StatsCollector
+from runtrack._state import ManagerCore
 from runtrack._status import RunStatus
 from runtrack._storable import (
     MAX_ERROR_MESSAGE,
@@ -33,7 +31,7 @@ from runtrack._storable import (
     storable_text,
     text_problem,
 )
-from runtrack._writer import DirectWriter, Writer
+from runtrack._writer import DirectWriter
 
 __all__ = ["Execution", "close_coro", "describe_error"]
 
@@ -50,44 +48,8 @@ def close_coro(coro: object) -> None:
         coro.close()
 
 
-class Execution:
+class Execution(ManagerCore):
     """The executor loop and end-of-run bookkeeping, mixed into `BackgroundTaskManager`."""
-
-    if TYPE_CHECKING:  # state and methods the manager provides
-        owner: str
-        _lanes: Lanes
-        _writer: Writer
-        _jobs: dict[str, Job]
-        _finishing: dict[str, Job]
-        _waiting: int
-        _delayed: int
-        _running: int
-        _executors: int
-        _starting: int
-        _limit: int
-        _loop: asyncio.AbstractEventLoop | None
-        _idle: asyncio.Event
-        _listeners: list[Callable[[RunEvent], object]]
-        _stats: StatsCollector
-        _log: Logger
-        _debug: bool
-        _max_payload: int | None
-        _max_short_str: int
-        _pump_scheduled: bool
-
-        def _emit(
-            self,
-            job: Job,
-            status: RunStatus,
-            previous: RunStatus | None,
-            *,
-            error: BaseException | None = None,
-            duration: float | None = None,
-        ) -> None: ...
-
-        def _release_delayed(self, job: Job) -> None: ...
-
-        def _pump(self) -> None: ...
 
     async def _executor(self) -> None:
         task = asyncio.current_task()

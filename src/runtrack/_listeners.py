@@ -23,9 +23,7 @@ Listener = Callable[[RunEvent], object]
 class Listeners:
     """A manager's listeners; a failing one is logged, never raised, never stops a run."""
 
-    def __init__(
-        self, spawn: Callable[[Coroutine[Any, Any, None]], None], log: Logger
-    ) -> None:
+    def __init__(self, spawn: Callable[[Coroutine[Any, Any, None]], None], log: Logger) -> None:
         #: The callbacks; the manager tests this list's truth before building an event.
         self.callbacks: list[Listener] = []
         self._spawn = spawn

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import enum
 import functools
 import inspect
 import logging
@@ -11,23 +10,20 @@ import math
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from contextvars import Context
 from datetime import timedelta
 from types import CoroutineType
-from typing import Any, Self, TypeVar
+from typing import Any, Self
 
 from pydantic import JsonValue, TypeAdapter, ValidationError
 
-from runtrack._admission import DONE, FINISHING, QUEUED, RUNNING, SUBMITTING, Job, Lanes
+from runtrack._admission import QUEUED, RUNNING, SUBMITTING, Job, Lanes
 from runtrack._background import BackgroundFunction, P, RunOptions, decorator
 from runtrack._batch import BatchWriter
+from runtrack._cancelling import Cancelling
 from runtrack._clock import dt_to_us, now_us
 from runtrack._exceptions import (
     DuplicateRunError,
     ManagerClosedError,
-    QueueFullError,
-    RegistryConfigError,
-    RegistryUnavailableError,
     RunNotFoundError,
     RuntrackError,
 )
@@ -36,6 +32,8 @@ from runtrack._heartbeat import Heartbeat
 from runtrack._listeners import Listener, Listeners
 from runtrack._logging import get_logger
 from runtrack._models import Retry, Run, new_run_id, utcnow
+from runtrack._queueing import FIRST_BATCH, Queueing
+from runtrack._state import State
 from runtrack._stats import ManagerStats, StatsCollector
 from runtrack._status import RunStatus
 from runtrack._storable import MAX_PROGRESS_MESSAGE, storable_text
@@ -54,10 +52,7 @@ from runtrack.registry.memory import InMemoryRunRegistry
 
 __all__ = ["BackgroundTaskManager", "Listener"]
 
-_T = TypeVar("_T")
 _UNBOUNDED = sys.maxsize
-_FIRST_BATCH = 8
-_MAX_BATCH = 4096
 _JSON: TypeAdapter[Any] = TypeAdapter(JsonValue)
 _PLAIN = frozenset({str, int, float, bool})
 _PLAIN_SMALL = frozenset({int, float, bool})
@@ -65,14 +60,7 @@ _RUNNING_STATUS = RunStatus.RUNNING
 _COMPLETED = RunStatus.COMPLETED
 
 
-class _State(enum.Enum):
-    CREATED = "created"
-    RUNNING = "running"
-    CLOSING = "closing"
-    CLOSED = "closed"
-
-
-class BackgroundTaskManager(Execution):
+class BackgroundTaskManager(Queueing, Cancelling, Execution):
     """Starts background runs, admits them under limits, and records every status change.
 
     Runs wait in a priority queue (higher ``priority`` first, FIFO within one) and are
@@ -209,9 +197,9 @@ class BackgroundTaskManager(Execution):
         self._running = 0
         self._executors = 0
         self._starting = 0  # executors created that have not taken their first job yet
-        self._ramp = _FIRST_BATCH
+        self._ramp = FIRST_BATCH
         self._pump_scheduled = False
-        self._state = _State.CREATED
+        self._state = State.CREATED
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle = asyncio.Event()
         self._idle.set()
@@ -247,9 +235,9 @@ class BackgroundTaskManager(Execution):
         await self.shutdown()
 
     def _start(self) -> asyncio.AbstractEventLoop:
-        if self._state is _State.RUNNING and self._loop is not None:
+        if self._state is State.RUNNING and self._loop is not None:
             return self._loop
-        if self._state is not _State.CREATED:
+        if self._state is not State.CREATED:
             raise ManagerClosedError(self._state.value)
         try:
             loop = asyncio.get_running_loop()
@@ -258,9 +246,9 @@ class BackgroundTaskManager(Execution):
                 "BackgroundTaskManager needs a running event loop: use it from async code"
             ) from None
         self._loop = loop
-        self._state = _State.RUNNING
+        self._state = State.RUNNING
         self._debug = self._log.is_enabled_for(logging.DEBUG)  # logging set up since __init__
-        self._spawn_background(self._heartbeat.run(lambda: self._state is _State.RUNNING))
+        self._spawn_background(self._heartbeat.run(lambda: self._state is State.RUNNING))
         self._log.debug("manager_started", max_concurrency=self._max_concurrency)
         return loop
 
@@ -283,12 +271,12 @@ class BackgroundTaskManager(Execution):
         Args:
             grace: Seconds to let queued and running runs finish; default ``shutdown_grace``.
         """
-        if self._state is _State.CLOSED:
+        if self._state is State.CLOSED:
             return
-        if self._state is _State.CLOSING:
+        if self._state is State.CLOSING:
             await self._closed.wait()
             return
-        self._state = _State.CLOSING
+        self._state = State.CLOSING
         grace = self._shutdown_grace if grace is None else grace
         try:
             await self._drain(grace)
@@ -303,7 +291,7 @@ class BackgroundTaskManager(Execution):
                 status, duration, error = job.outcome
                 self._finish_local(job, status, RunStatus.RUNNING, duration, error)
         finally:
-            self._state = _State.CLOSED
+            self._state = State.CLOSED
             self._closed.set()
             self._log.debug("manager_closed")
 
@@ -525,9 +513,9 @@ class BackgroundTaskManager(Execution):
             self._forget(job)
             close_coro(coro)
             raise DuplicateRunError(job.run_id)
-        job.state = QUEUED
         self._announce_queued(job, inserted=True)
-        if self._state is not _State.RUNNING:  # shutdown began while we wrote: it is recorded
+        if self._state is not State.RUNNING:  # shutdown began while we wrote: it is recorded
+            # Still SUBMITTING while its CANCELLED write lands: shutdown leaves it to us.
             close_coro(coro)
             job.coro = None
             try:
@@ -537,6 +525,7 @@ class BackgroundTaskManager(Execution):
             finally:
                 self._finish_local(job, RunStatus.CANCELLED, RunStatus.QUEUED, None)
             raise ManagerClosedError(self._state.value)
+        job.state = QUEUED
         self._schedule(job, loop, delay)
         return run
 
@@ -579,11 +568,6 @@ class BackgroundTaskManager(Execution):
         self._schedule(job, loop, delay, hold=hold)
         return job.run_id
 
-    def _register(self, job: Job) -> None:
-        if not self._jobs:
-            self._idle.clear()
-        self._jobs[job.run_id] = job
-
     def background(
         self,
         *,
@@ -615,70 +599,6 @@ class BackgroundTaskManager(Execution):
             tags=dict(tags or {}),
         )  # fmt: skip
         return decorator(lambda: self, options)
-
-    def _announce_queued(self, job: Job, *, inserted: bool) -> None:
-        """The QUEUED transition's event and log line (start_task inlines the same)."""
-        if inserted and self._listeners:
-            self._emit(job, RunStatus.QUEUED, None)
-        if self._debug:
-            self._log.debug(
-                "run_queued", run_id=job.run_id, name=job.name, status="queued",
-                attempt=job.attempt,
-            )  # fmt: skip
-
-    def _schedule(
-        self,
-        job: Job,
-        loop: asyncio.AbstractEventLoop,
-        delay: float | None,
-        *,
-        hold: bool = False,
-    ) -> None:
-        if hold:
-            self._delayed += 1
-            task = loop.create_task(self._admit_when_free(job, delay))
-            job.timer = task
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-        elif delay:
-            self._delayed += 1
-            job.timer = loop.call_later(delay, self._release_delayed, job)
-        else:
-            self._push(job, loop)
-
-    async def _admit_when_free(self, job: Job, delay: float | None) -> None:
-        """Admit a run with a chosen id once the registry says the id was free (or QUEUED).
-
-        An id that names a run already running or ended elsewhere is refused: the coroutine
-        is closed and the record left untouched.
-        """
-        refusal: BaseException | None = None
-        status: RunStatus | None = None
-        try:
-            status = await self._writer.existing_status(job)
-        except Exception as exc:  # the registry refused the record itself
-            refusal = exc
-        if job.state != QUEUED:
-            return  # cancelled meanwhile
-        job.timer = None
-        self._delayed -= 1
-        if refusal is None and status in (None, RunStatus.QUEUED):
-            assert self._loop is not None
-            self._schedule(job, self._loop, delay)
-            return
-        error = refusal or DuplicateRunError(job.run_id)
-        self._log.error(
-            "run_refused", run_id=job.run_id, name=job.name, error=str(error),
-            recorded_status=None if status is None else status.value,
-        )  # fmt: skip
-        job.state = DONE
-        close_coro(job.coro)
-        job.coro = None
-        waiters, job.waiters = job.waiters, None
-        for fut in waiters or ():
-            if not fut.done():
-                fut.set_result(None)
-        self._forget(job)
 
     def _job_for(
         self,
@@ -762,71 +682,6 @@ class BackgroundTaskManager(Execution):
         )
         return run, job, loop
 
-    def _admit_check(self, run_id: str) -> asyncio.AbstractEventLoop:
-        loop = self._loop
-        if loop is None or self._state is not _State.RUNNING:
-            loop = self._start()
-        if run_id in self._jobs or run_id in self._finishing:
-            raise DuplicateRunError(run_id, where="manager")
-        if self._max_pending is not None:
-            free = self._limit - self._running
-            if self._waiting + self._delayed - max(free, 0) >= self._max_pending:
-                raise QueueFullError(self._max_pending)
-        return loop
-
-    def _push(self, job: Job, loop: asyncio.AbstractEventLoop) -> None:
-        self._waiting += 1
-        self._lanes.push(job)
-        if not self._pump_scheduled and self._executors < self._limit:
-            self._pump_scheduled = True
-            loop.call_soon(self._pump)
-
-    def _release_delayed(self, job: Job) -> None:
-        job.timer = None
-        if job.state != QUEUED:
-            return
-        self._delayed -= 1
-        assert self._loop is not None
-        self._push(job, self._loop)
-
-    def _pump(self) -> None:
-        """Create executors for waiting runs, a batch per loop iteration.
-
-        An executor runs jobs back to back for as long as they finish without blocking, so a
-        flood of quick runs needs few executors. Only when runs are still waiting at the
-        next iteration (every executor is blocked inside a run) is a larger batch created,
-        doubling up to the concurrency limit: no Task per run, yet no run waits for long.
-        """
-        self._pump_scheduled = False
-        free = self._limit - self._executors
-        admissible = self._lanes.admissible() - self._starting
-        if free <= 0 or admissible <= 0:
-            self._ramp = _FIRST_BATCH
-            return
-        need = min(admissible, free, self._ramp)
-        self._ramp = min(self._ramp * 2, _MAX_BATCH)
-        loop = self._loop
-        assert loop is not None
-        self._executors += need
-        self._starting += need
-        tasks = self._executor_tasks
-        for _ in range(need):
-            # The loop keeps only weak references to tasks: hold them until they end.
-            # An empty context: each run gets its caller's variables (see _executor).
-            task = loop.create_task(self._executor(), context=Context())
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        # Look again next iteration, after the new executors had their first go.
-        self._pump_scheduled = True
-        loop.call_soon(self._pump)
-
-    def _forget(self, job: Job) -> None:
-        jobs = self._jobs
-        if jobs.get(job.run_id) is job:
-            del jobs[job.run_id]
-            if not jobs:
-                self._idle.set()
-
     # -- cancelling and waiting ---------------------------------------------------------------
 
     async def cancel_task(self, run_id: str) -> bool:
@@ -850,130 +705,6 @@ class BackgroundTaskManager(Execution):
                 return False
             return run is not None
         return await self._cancel_job(job)
-
-    async def _bounded(self, write: Awaitable[_T], what: str = "") -> _T:
-        """Await registry writes; give up after ``registry_timeout`` seconds of an outage.
-
-        A registry that is reachable but busy is waited for; one that failed the last
-        write it was sent gets ``registry_timeout`` seconds.
-
-        Raises:
-            RegistryUnavailableError: the registry is unreachable (the writes are still
-                retried in the background).
-        """
-        future = asyncio.ensure_future(write)
-        try:
-            while True:
-                done, _ = await asyncio.wait({future}, timeout=self._registry_timeout)
-                if done:
-                    return future.result()
-                error = self._writer.unreachable()
-                if isinstance(error, RegistryConfigError):
-                    raise error
-                if error is not None:
-                    detail = f"not written within registry_timeout={self._registry_timeout:g}s"
-                    raise RegistryUnavailableError(
-                        self._backend, f"{what}; {detail}" if what else detail
-                    )
-        finally:
-            if not future.done():
-                future.cancel()
-
-    async def _cancel_job(self, job: Job, *, wait_write: bool = True) -> bool:
-        if job.state in (DONE, SUBMITTING):  # a submit still writing ends itself
-            return False
-        if job.state == FINISHING:  # it ended meanwhile: its terminal write is on its way
-            if wait_write:
-                await self._bounded(self._writer.settled(job.run_id))
-            return False
-        changes = {"finished_at": now_us()}
-        stopped = "the run was stopped here; its CANCELLED record is written when it is back"
-        if job.state == QUEUED:
-            self._drop_queued(job)
-            won = True
-            if wait_write:
-                written = asyncio.ensure_future(
-                    self._writer.cas_now(job, RunStatus.CANCELLED, changes)
-                )
-                try:
-                    won = await self._bounded(asyncio.shield(written), stopped)
-                except RegistryUnavailableError:
-                    self._finish_local(job, RunStatus.CANCELLED, RunStatus.QUEUED, None)
-                    raise
-            else:
-                self._writer.cas(job, RunStatus.CANCELLED, changes)
-            status = RunStatus.CANCELLED if won else self._status_in_registry(job)
-            self._log.info(
-                "run_cancelled", run_id=job.run_id, name=job.name, status=status.value,
-                attempt=job.attempt,
-            )  # fmt: skip
-            self._finish_local(job, status, RunStatus.QUEUED, None)
-            return won
-        # Running: mark it first, so its completion is never recorded over the cancellation.
-        if job.cancel_requested:
-            await self._await_job(job, self._cancel_timeout)
-            return False
-        job.cancel_requested = True
-        if not wait_write:
-            self._writer.cas(job, RunStatus.CANCELLED, changes)
-            if job.task is not None:
-                job.task.cancel()
-            await self._await_job(job, self._cancel_timeout)
-            return True
-        written = asyncio.ensure_future(self._writer.cas_now(job, RunStatus.CANCELLED, changes))
-        if job.task is not None:
-            job.task.cancel()
-        await self._await_job(job, self._cancel_timeout)
-        return await self._bounded(asyncio.shield(written), stopped)
-
-    def _drop_queued(self, job: Job) -> None:
-        """Take a queued job out of the lanes (or its timer) without running it."""
-        if job.timer is not None:
-            job.timer.cancel()
-            job.timer = None
-            self._delayed -= 1
-        else:
-            self._waiting -= 1
-            self._lanes.discard(job)
-        job.state = DONE  # the lanes skip it from now on
-        close_coro(job.coro)
-        job.coro = None
-
-    async def _await_job(self, job: Job, timeout: float | None) -> bool:
-        if job.state == DONE:
-            return True
-        assert self._loop is not None
-        fut = self._loop.create_future()
-        if job.waiters is None:
-            job.waiters = []
-        job.waiters.append(fut)
-        try:
-            async with asyncio.timeout(timeout):
-                await fut
-        except TimeoutError:
-            if job.cancel_requested:
-                self._log.error(
-                    "run_ignores_cancellation",
-                    run_id=job.run_id,
-                    name=job.name,
-                    waited=timeout,
-                    detail="recorded CANCELLED, but its code is still running",
-                )
-            return False
-        return True
-
-    def _on_conflict(self, run_id: str) -> None:
-        """A write of ours did not apply: the run was finished or cancelled elsewhere."""
-        job = self._jobs.get(run_id)
-        if job is None or job.cancel_requested:
-            return
-        if job.state == RUNNING:
-            job.cancel_requested = True
-            if job.task is not None:
-                job.task.cancel()
-        elif job.state == QUEUED:
-            self._drop_queued(job)
-            self._finish_local(job, RunStatus.CANCELLED, RunStatus.QUEUED, None)
 
     async def wait(self, run_id: str, timeout: float | None = None) -> Run:
         """Wait for a run to finish and return its terminal record.

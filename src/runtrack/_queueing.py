@@ -1,0 +1,162 @@
+"""Admission: runs wait in lanes (or for a delay, or for their id's answer) until a slot frees.
+
+`Queueing` is the mixin of `BackgroundTaskManager` that puts jobs in the lanes, holds the
+delayed ones and those whose chosen id the registry has yet to answer for, and creates
+executors for waiting runs (`_pump`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextvars import Context
+from typing import Final
+
+from runtrack._admission import DONE, QUEUED, Job
+from runtrack._exceptions import DuplicateRunError, QueueFullError
+from runtrack._execution import close_coro
+from runtrack._state import ManagerCore, State
+from runtrack._status import RunStatus
+
+__all__ = ["FIRST_BATCH", "Queueing"]
+
+#: Executors the pump creates at first; doubled while runs still wait, up to `_MAX_BATCH`.
+FIRST_BATCH: Final = 8
+_MAX_BATCH: Final = 4096
+
+
+class Queueing(ManagerCore):
+    """Admission of waiting runs, mixed into `BackgroundTaskManager`."""
+
+    def _announce_queued(self, job: Job, *, inserted: bool) -> None:
+        """The QUEUED transition's event and log line (start_task inlines the same)."""
+        if inserted and self._listeners:
+            self._emit(job, RunStatus.QUEUED, None)
+        if self._debug:
+            self._log.debug(
+                "run_queued", run_id=job.run_id, name=job.name, status="queued",
+                attempt=job.attempt,
+            )  # fmt: skip
+
+    def _schedule(
+        self,
+        job: Job,
+        loop: asyncio.AbstractEventLoop,
+        delay: float | None,
+        *,
+        hold: bool = False,
+    ) -> None:
+        if hold:
+            self._delayed += 1
+            task = loop.create_task(self._admit_when_free(job, delay))
+            job.timer = task
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        elif delay:
+            self._delayed += 1
+            job.timer = loop.call_later(delay, self._release_delayed, job)
+        else:
+            self._push(job, loop)
+
+    async def _admit_when_free(self, job: Job, delay: float | None) -> None:
+        """Admit a run with a chosen id once the registry says the id was free (or QUEUED).
+
+        An id that names a run already running or ended elsewhere is refused: the coroutine
+        is closed and the record left untouched.
+        """
+        refusal: BaseException | None = None
+        status: RunStatus | None = None
+        try:
+            status = await self._writer.existing_status(job)
+        except Exception as exc:  # the registry refused the record itself
+            refusal = exc
+        if job.state != QUEUED:
+            return  # cancelled meanwhile
+        job.timer = None
+        self._delayed -= 1
+        if refusal is None and status in (None, RunStatus.QUEUED):
+            assert self._loop is not None
+            self._schedule(job, self._loop, delay)
+            return
+        error = refusal or DuplicateRunError(job.run_id)
+        self._log.error(
+            "run_refused", run_id=job.run_id, name=job.name, error=str(error),
+            recorded_status=None if status is None else status.value,
+        )  # fmt: skip
+        job.state = DONE
+        close_coro(job.coro)
+        job.coro = None
+        waiters, job.waiters = job.waiters, None
+        for fut in waiters or ():
+            if not fut.done():
+                fut.set_result(None)
+        self._forget(job)
+
+    def _admit_check(self, run_id: str) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is None or self._state is not State.RUNNING:
+            loop = self._start()
+        if run_id in self._jobs or run_id in self._finishing:
+            raise DuplicateRunError(run_id, where="manager")
+        if self._max_pending is not None:
+            free = self._limit - self._running
+            if self._waiting + self._delayed - max(free, 0) >= self._max_pending:
+                raise QueueFullError(self._max_pending)
+        return loop
+
+    def _push(self, job: Job, loop: asyncio.AbstractEventLoop) -> None:
+        self._waiting += 1
+        self._lanes.push(job)
+        if not self._pump_scheduled and self._executors < self._limit:
+            self._pump_scheduled = True
+            loop.call_soon(self._pump)
+
+    def _release_delayed(self, job: Job) -> None:
+        job.timer = None
+        if job.state != QUEUED:
+            return
+        self._delayed -= 1
+        assert self._loop is not None
+        self._push(job, self._loop)
+
+    def _pump(self) -> None:
+        """Create executors for waiting runs, a batch per loop iteration.
+
+        An executor runs jobs back to back for as long as they finish without blocking, so a
+        flood of quick runs needs few executors. Only when runs are still waiting at the
+        next iteration (every executor is blocked inside a run) is a larger batch created,
+        doubling up to the concurrency limit: no Task per run, yet no run waits for long.
+        """
+        self._pump_scheduled = False
+        free = self._limit - self._executors
+        admissible = self._lanes.admissible() - self._starting
+        if free <= 0 or admissible <= 0:
+            self._ramp = FIRST_BATCH
+            return
+        need = min(admissible, free, self._ramp)
+        self._ramp = min(self._ramp * 2, _MAX_BATCH)
+        loop = self._loop
+        assert loop is not None
+        self._executors += need
+        self._starting += need
+        tasks = self._executor_tasks
+        for _ in range(need):
+            # The loop keeps only weak references to tasks: hold them until they end.
+            # An empty context: each run gets its caller's variables (see _executor).
+            task = loop.create_task(self._executor(), context=Context())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        # Look again next iteration, after the new executors had their first go.
+        self._pump_scheduled = True
+        loop.call_soon(self._pump)
+
+    def _forget(self, job: Job) -> None:
+        jobs = self._jobs
+        if jobs.get(job.run_id) is job:
+            del jobs[job.run_id]
+            if not jobs:
+                self._idle.set()
+
+    def _register(self, job: Job) -> None:
+        if not self._jobs:
+            self._idle.clear()
+        self._jobs[job.run_id] = job
