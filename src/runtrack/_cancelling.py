@@ -1,4 +1,4 @@
-"""Cancellation, and callers that wait for the registry for at most ``registry_timeout``.
+"""Cancellation, shutdown's drain, and waits for the registry bounded by ``registry_timeout``.
 
 `Cancelling` is the mixin of `BackgroundTaskManager` that stops queued and running runs
 (recording the cancellation first, so it wins against a completion) and bounds every wait
@@ -8,6 +8,7 @@ for a write while the registry is unreachable.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -149,3 +150,54 @@ class Cancelling(ManagerCore):
         elif job.state == QUEUED:
             self._drop_queued(job)
             self._finish_local(job, RunStatus.CANCELLED, RunStatus.QUEUED, None)
+
+    async def _drain(self, grace: float) -> None:
+        deadline = time.monotonic() + grace
+        while self._jobs:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            now = time.monotonic()
+            self._log.info(
+                "shutdown_waiting",
+                grace_left=round(left, 3),
+                runs=[
+                    {
+                        "run_id": j.run_id,
+                        "name": j.name,
+                        "status": "running" if j.state == RUNNING else "queued",
+                        "running_for": round(now - j.started, 3) if j.state == RUNNING else None,
+                    }
+                    for j in list(self._jobs.values())[:50]
+                ],
+                active=len(self._jobs),
+            )
+            try:
+                async with asyncio.timeout(min(left, 5.0)):
+                    await self._idle.wait()
+            except TimeoutError:
+                continue
+
+    async def _cancel_all(self) -> None:
+        if not self._jobs:
+            return
+        self._log.warning("shutdown_cancelling", active=len(self._jobs))
+        jobs = list(self._jobs.values())
+        # The CANCELLED writes are flushed (for at most registry_timeout) by the writer's
+        # aclose: none is waited for here, so an unreachable registry cannot hold us.
+        await asyncio.gather(*(self._cancel_job(job, wait_write=False) for job in jobs))
+
+    async def _stop_background(self) -> None:
+        """Cancel the background tasks (heartbeat, holds, listeners) and wait for them.
+
+        Cancelled again while they last: a Redis call may swallow a cancellation (redis-py
+        #2028), and the heartbeat loop ends anyway once it sees the manager closing.
+        """
+        tasks = set(self._background)
+        for _ in range(100):  # 10 s at most: a task that never ends is left behind
+            if not tasks:
+                return
+            for task in tasks:
+                task.cancel()
+            _, tasks = await asyncio.wait(tasks, timeout=0.1)
+        self._log.error("background_tasks_left", tasks=[repr(t) for t in tasks])

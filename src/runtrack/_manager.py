@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import functools
-import inspect
 import logging
 import math
 import sys
-import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from datetime import timedelta
 from types import CoroutineType
 from typing import Any, Self
 
-from pydantic import JsonValue, TypeAdapter, ValidationError
+from pydantic import JsonValue, TypeAdapter
 
-from runtrack._admission import QUEUED, RUNNING, SUBMITTING, Job, Lanes
+from runtrack._admission import SUBMITTING, Job, Lanes
 from runtrack._background import BackgroundFunction, P, RunOptions, decorator
 from runtrack._batch import BatchWriter
 from runtrack._cancelling import Cancelling
-from runtrack._clock import dt_to_us, now_us
 from runtrack._exceptions import (
     DuplicateRunError,
     ManagerClosedError,
@@ -31,7 +27,7 @@ from runtrack._execution import Execution, close_coro
 from runtrack._heartbeat import Heartbeat
 from runtrack._listeners import Listener, Listeners
 from runtrack._logging import get_logger
-from runtrack._models import Retry, Run, new_run_id, utcnow
+from runtrack._models import Retry, Run, utcnow
 from runtrack._queueing import FIRST_BATCH, Queueing
 from runtrack._state import State
 from runtrack._stats import ManagerStats, StatsCollector
@@ -39,10 +35,8 @@ from runtrack._status import RunStatus
 from runtrack._storable import MAX_PROGRESS_MESSAGE, storable_text
 from runtrack._submission import (
     check_awaitable,
-    check_collisions,
     check_limit,
     default_owner,
-    is_async_callable,
     name_of,
 )
 from runtrack._threads import ThreadRuns
@@ -295,60 +289,9 @@ class BackgroundTaskManager(Queueing, Cancelling, Execution):
             self._closed.set()
             self._log.debug("manager_closed")
 
-    async def _stop_background(self) -> None:
-        """Cancel the background tasks (heartbeat, holds, listeners) and wait for them.
-
-        Cancelled again while they last: a Redis call may swallow a cancellation (redis-py
-        #2028), and the heartbeat loop ends anyway once it sees the manager closing.
-        """
-        tasks = set(self._background)
-        for _ in range(100):  # 10 s at most: a task that never ends is left behind
-            if not tasks:
-                return
-            for task in tasks:
-                task.cancel()
-            _, tasks = await asyncio.wait(tasks, timeout=0.1)
-        self._log.error("background_tasks_left", tasks=[repr(t) for t in tasks])
-
     async def aclose(self) -> None:
         """Alias of `shutdown` with the default grace."""
         await self.shutdown()
-
-    async def _drain(self, grace: float) -> None:
-        deadline = time.monotonic() + grace
-        while self._jobs:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            now = time.monotonic()
-            self._log.info(
-                "shutdown_waiting",
-                grace_left=round(left, 3),
-                runs=[
-                    {
-                        "run_id": j.run_id,
-                        "name": j.name,
-                        "status": "running" if j.state == RUNNING else "queued",
-                        "running_for": round(now - j.started, 3) if j.state == RUNNING else None,
-                    }
-                    for j in list(self._jobs.values())[:50]
-                ],
-                active=len(self._jobs),
-            )
-            try:
-                async with asyncio.timeout(min(left, 5.0)):
-                    await self._idle.wait()
-            except TimeoutError:
-                continue
-
-    async def _cancel_all(self) -> None:
-        if not self._jobs:
-            return
-        self._log.warning("shutdown_cancelling", active=len(self._jobs))
-        jobs = list(self._jobs.values())
-        # The CANCELLED writes are flushed (for at most registry_timeout) by the writer's
-        # aclose: none is waited for here, so an unreachable registry cannot hold us.
-        await asyncio.gather(*(self._cancel_job(job, wait_write=False) for job in jobs))
 
     # -- submitting -------------------------------------------------------------------------
 
@@ -499,36 +442,6 @@ class BackgroundTaskManager(Queueing, Cancelling, Execution):
             self._submits.discard(done)
             done.set_result(None)
 
-    async def _record_submitted(
-        self, run: Run, job: Job, loop: asyncio.AbstractEventLoop, delay: float | None
-    ) -> Run:
-        coro = job.coro
-        try:
-            inserted = await self._writer.insert_now(job)
-        except BaseException:
-            self._forget(job)
-            close_coro(coro)
-            raise
-        if not inserted:
-            self._forget(job)
-            close_coro(coro)
-            raise DuplicateRunError(job.run_id)
-        self._announce_queued(job, inserted=True)
-        if self._state is not State.RUNNING:  # shutdown began while we wrote: it is recorded
-            # Still SUBMITTING while its CANCELLED write lands: shutdown leaves it to us.
-            close_coro(coro)
-            job.coro = None
-            try:
-                await self._bounded(
-                    self._writer.cas_now(job, RunStatus.CANCELLED, {"finished_at": now_us()})
-                )
-            finally:
-                self._finish_local(job, RunStatus.CANCELLED, RunStatus.QUEUED, None)
-            raise ManagerClosedError(self._state.value)
-        job.state = QUEUED
-        self._schedule(job, loop, delay)
-        return run
-
     def start_call(
         self,
         fn: Callable[..., Any],
@@ -599,88 +512,6 @@ class BackgroundTaskManager(Queueing, Cancelling, Execution):
             tags=dict(tags or {}),
         )  # fmt: skip
         return decorator(lambda: self, options)
-
-    def _job_for(
-        self,
-        fn_or_coro: Callable[..., Any] | Awaitable[Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        *,
-        name: str | None,
-        run_id: str | None,
-        parameters: Mapping[str, Any] | None,
-        tags: Mapping[str, str] | None,
-        group: str | None,
-        priority: int,
-        timeout: float | None,
-        retry: Retry | None,
-        delay: float | None,
-    ) -> tuple[Run, Job, asyncio.AbstractEventLoop]:
-        """Validate what `submit` / `start_call` were given and build the job (not queued)."""
-        factory: Callable[[], Awaitable[Any]] | None = None
-        coro: Awaitable[Any] | None = None
-        if callable(fn_or_coro) and not inspect.isawaitable(fn_or_coro):
-            check_collisions(
-                fn_or_coro,
-                name=name, run_id=run_id, parameters=parameters, tags=tags, group=group,
-                priority=priority, timeout=timeout, retry=retry, delay=delay,
-            )  # fmt: skip
-            if is_async_callable(fn_or_coro):
-                factory = functools.partial(fn_or_coro, *args, **kwargs)
-            else:  # a plain function: it runs in a worker thread
-                factory = self._threads.factory(fn_or_coro, args, kwargs)
-        elif inspect.isawaitable(fn_or_coro):
-            check_awaitable(fn_or_coro, "submit")
-            coro = fn_or_coro
-            if args or kwargs or retry is not None:
-                close_coro(coro)
-                raise TypeError(
-                    "submit() got a coroutine together with arguments or retry=: pass the "
-                    "async function itself, as submit(fn, *args, retry=...), so it can be "
-                    "called again"
-                )
-        else:
-            raise TypeError(
-                f"submit() takes an async function or a coroutine, got {type(fn_or_coro).__name__}"
-            )
-        if retry is not None and not isinstance(retry, Retry):
-            close_coro(coro)  # type: ignore[unreachable]
-            raise TypeError(f"retry must be a runtrack.Retry, got {type(retry).__name__}")
-        if delay is not None and (isinstance(delay, bool) or not delay >= 0):
-            close_coro(coro)
-            raise ValueError(f"delay must be >= 0 seconds, got {delay!r}")
-        try:
-            run = Run(
-                run_id=run_id or new_run_id(),
-                name=name or name_of(fn_or_coro),
-                parameters=dict(parameters or {}),
-                tags=dict(tags or {}),
-                group=group,
-                priority=priority,
-                timeout=timeout,
-                max_attempts=retry.attempts if retry is not None else 1,
-                owner=self.owner,
-            )
-            self._check_parameters(run.parameters)
-            loop = self._admit_check(run.run_id)
-        except (ValidationError, RuntrackError, ValueError):
-            close_coro(coro)
-            raise
-        job = Job(
-            run.run_id,
-            run.name,
-            coro,
-            created_at=dt_to_us(run.created_at),
-            group=run.group,
-            priority=run.priority,
-            timeout=self._default_timeout if run.timeout is None else run.timeout,
-            parameters=run.parameters or None,
-            tags=run.tags or None,
-            factory=factory,
-            retry=retry,
-            max_attempts=run.max_attempts,
-        )
-        return run, job, loop
 
     # -- cancelling and waiting ---------------------------------------------------------------
 

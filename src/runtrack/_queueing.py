@@ -8,14 +8,27 @@ executors for waiting runs (`_pump`).
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
+from collections.abc import Awaitable, Callable, Mapping
 from contextvars import Context
-from typing import Final
+from typing import Any, Final
+
+from pydantic import ValidationError
 
 from runtrack._admission import DONE, QUEUED, Job
-from runtrack._exceptions import DuplicateRunError, QueueFullError
+from runtrack._clock import dt_to_us, now_us
+from runtrack._exceptions import (
+    DuplicateRunError,
+    ManagerClosedError,
+    QueueFullError,
+    RuntrackError,
+)
 from runtrack._execution import close_coro
+from runtrack._models import Retry, Run, new_run_id
 from runtrack._state import ManagerCore, State
 from runtrack._status import RunStatus
+from runtrack._submission import check_awaitable, check_collisions, is_async_callable, name_of
 
 __all__ = ["FIRST_BATCH", "Queueing"]
 
@@ -160,3 +173,115 @@ class Queueing(ManagerCore):
         if not self._jobs:
             self._idle.clear()
         self._jobs[job.run_id] = job
+
+    def _job_for(
+        self,
+        fn_or_coro: Callable[..., Any] | Awaitable[Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        name: str | None,
+        run_id: str | None,
+        parameters: Mapping[str, Any] | None,
+        tags: Mapping[str, str] | None,
+        group: str | None,
+        priority: int,
+        timeout: float | None,
+        retry: Retry | None,
+        delay: float | None,
+    ) -> tuple[Run, Job, asyncio.AbstractEventLoop]:
+        """Validate what `submit` / `start_call` were given and build the job (not queued)."""
+        factory: Callable[[], Awaitable[Any]] | None = None
+        coro: Awaitable[Any] | None = None
+        if callable(fn_or_coro) and not inspect.isawaitable(fn_or_coro):
+            check_collisions(
+                fn_or_coro,
+                name=name, run_id=run_id, parameters=parameters, tags=tags, group=group,
+                priority=priority, timeout=timeout, retry=retry, delay=delay,
+            )  # fmt: skip
+            if is_async_callable(fn_or_coro):
+                factory = functools.partial(fn_or_coro, *args, **kwargs)
+            else:  # a plain function: it runs in a worker thread
+                factory = self._threads.factory(fn_or_coro, args, kwargs)
+        elif inspect.isawaitable(fn_or_coro):
+            check_awaitable(fn_or_coro, "submit")
+            coro = fn_or_coro
+            if args or kwargs or retry is not None:
+                close_coro(coro)
+                raise TypeError(
+                    "submit() got a coroutine together with arguments or retry=: pass the "
+                    "async function itself, as submit(fn, *args, retry=...), so it can be "
+                    "called again"
+                )
+        else:
+            raise TypeError(
+                f"submit() takes an async function or a coroutine, got {type(fn_or_coro).__name__}"
+            )
+        if retry is not None and not isinstance(retry, Retry):
+            close_coro(coro)  # type: ignore[unreachable]
+            raise TypeError(f"retry must be a runtrack.Retry, got {type(retry).__name__}")
+        if delay is not None and (isinstance(delay, bool) or not delay >= 0):
+            close_coro(coro)
+            raise ValueError(f"delay must be >= 0 seconds, got {delay!r}")
+        try:
+            run = Run(
+                run_id=run_id or new_run_id(),
+                name=name or name_of(fn_or_coro),
+                parameters=dict(parameters or {}),
+                tags=dict(tags or {}),
+                group=group,
+                priority=priority,
+                timeout=timeout,
+                max_attempts=retry.attempts if retry is not None else 1,
+                owner=self.owner,
+            )
+            self._check_parameters(run.parameters)
+            loop = self._admit_check(run.run_id)
+        except (ValidationError, RuntrackError, ValueError):
+            close_coro(coro)
+            raise
+        job = Job(
+            run.run_id,
+            run.name,
+            coro,
+            created_at=dt_to_us(run.created_at),
+            group=run.group,
+            priority=run.priority,
+            timeout=self._default_timeout if run.timeout is None else run.timeout,
+            parameters=run.parameters or None,
+            tags=run.tags or None,
+            factory=factory,
+            retry=retry,
+            max_attempts=run.max_attempts,
+        )
+        return run, job, loop
+
+    async def _record_submitted(
+        self, run: Run, job: Job, loop: asyncio.AbstractEventLoop, delay: float | None
+    ) -> Run:
+        coro = job.coro
+        try:
+            inserted = await self._writer.insert_now(job)
+        except BaseException:
+            self._forget(job)
+            close_coro(coro)
+            raise
+        if not inserted:
+            self._forget(job)
+            close_coro(coro)
+            raise DuplicateRunError(job.run_id)
+        self._announce_queued(job, inserted=True)
+        if self._state is not State.RUNNING:  # shutdown began while we wrote: it is recorded
+            # Still SUBMITTING while its CANCELLED write lands: shutdown leaves it to us.
+            close_coro(coro)
+            job.coro = None
+            try:
+                await self._bounded(
+                    self._writer.cas_now(job, RunStatus.CANCELLED, {"finished_at": now_us()})
+                )
+            finally:
+                self._finish_local(job, RunStatus.CANCELLED, RunStatus.QUEUED, None)
+            raise ManagerClosedError(self._state.value)
+        job.state = QUEUED
+        self._schedule(job, loop, delay)
+        return run

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from runtrack._admission import Job, Lanes
@@ -20,9 +20,12 @@ if TYPE_CHECKING:
     from runtrack._models import RunEvent
     from runtrack._stats import StatsCollector
     from runtrack._status import RunStatus
+    from runtrack._threads import ThreadRuns
     from runtrack._writer import Writer
 
 __all__ = ["ManagerCore", "State"]
+
+_T = TypeVar("_T")
 
 
 class State(enum.Enum):
@@ -67,6 +70,14 @@ class ManagerCore:
         _cancel_timeout: float
         _registry_timeout: float
         _lease: timedelta
+        _threads: ThreadRuns
+        _default_timeout: float | None
+
+        def _check_parameters(self, parameters: Mapping[str, Any]) -> None: ...
+
+        async def _bounded(self, write: Awaitable[_T], what: str = "") -> _T: ...
+
+        async def _cancel_job(self, job: Job, *, wait_write: bool = True) -> bool: ...
 
         def _emit(
             self,
