@@ -44,9 +44,10 @@ class ThreadRuns:
     ) -> Callable[[], Awaitable[Any]]:
         """A callable that returns a new awaitable running ``fn(*args, **kwargs)`` in a thread."""
         call = functools.partial(fn, *args, **kwargs)
-        return functools.partial(self._run, call)
+        name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+        return functools.partial(self._run, call, name)
 
-    async def _run(self, call: Callable[[], Any]) -> Any:
+    async def _run(self, call: Callable[[], Any], name: str) -> Any:
         abandoned = threading.Event()
 
         def in_thread() -> Any:
@@ -54,7 +55,7 @@ class ThreadRuns:
             if abandoned.is_set():
                 self._log.warning(
                     "thread_result_discarded",
-                    function=getattr(call, "__qualname__", repr(call)),
+                    function=name,
                     result_type=type(result).__name__,
                     detail="the run was cancelled or timed out while its thread ran on; "
                     "a thread cannot be interrupted, so what it returned is discarded",
