@@ -82,7 +82,7 @@ class Execution(ManagerCore):
                 job.started = time.monotonic()
                 self._running += 1
                 if self._listeners:
-                    self._emit(job, RunStatus.RUNNING, RunStatus.QUEUED)
+                    self._events.emit(job, RunStatus.RUNNING, RunStatus.QUEUED)
                 if self._debug:
                     self._log.debug(
                         "run_started", run_id=job.run_id, name=job.name, status="running",
@@ -270,7 +270,7 @@ class Execution(ManagerCore):
         job.state = DONE
         self._stats.finished(job.name, status, duration)
         if self._listeners:
-            self._emit(job, status, previous, error=error, duration=duration)
+            self._events.emit(job, status, previous, error=error, duration=duration)
         waiters = job.waiters
         if waiters:
             job.waiters = None
@@ -315,7 +315,7 @@ class Execution(ManagerCore):
         job.attempt = next_attempt
         job.state = QUEUED
         if self._listeners:
-            self._emit(job, RunStatus.QUEUED, RunStatus.RUNNING, error=error)
+            self._events.emit(job, RunStatus.QUEUED, RunStatus.RUNNING, error=error)
         self._delayed += 1
         job.timer = self._loop.call_later(delay, self._release_delayed, job)
 

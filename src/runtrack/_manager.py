@@ -11,8 +11,6 @@ from datetime import timedelta
 from types import CoroutineType
 from typing import Any, Self
 
-from pydantic import JsonValue, TypeAdapter
-
 from runtrack._admission import SUBMITTING, Job, Lanes
 from runtrack._background import BackgroundFunction, P, RunOptions, decorator
 from runtrack._batch import BatchWriter
@@ -47,11 +45,6 @@ from runtrack.registry.memory import InMemoryRunRegistry
 __all__ = ["BackgroundTaskManager", "Listener"]
 
 _UNBOUNDED = sys.maxsize
-_JSON: TypeAdapter[Any] = TypeAdapter(JsonValue)
-_PLAIN = frozenset({str, int, float, bool})
-_PLAIN_SMALL = frozenset({int, float, bool})
-_RUNNING_STATUS = RunStatus.RUNNING
-_COMPLETED = RunStatus.COMPLETED
 
 
 class BackgroundTaskManager(Queueing, Cancelling, Execution):
@@ -167,6 +160,9 @@ class BackgroundTaskManager(Queueing, Cancelling, Execution):
             )
         else:
             self._writer = QueueWriter(registry, self.owner, self._on_conflict, self._on_finished)
+        # A chosen run id may name a run that already ended: the in-memory registry says so
+        # at once (insert raises), the others when they answer, so such runs wait for them.
+        self._hold_chosen_ids = not isinstance(self._writer, DirectWriter)
         self._max_concurrency = max_concurrency
         self._limit = max_concurrency or _UNBOUNDED
         self._max_pending = max_pending
@@ -341,7 +337,7 @@ class BackgroundTaskManager(Queueing, Cancelling, Execution):
         except DuplicateRunError:
             close_coro(coro)
             raise
-        if "run_id" in run.model_fields_set and not isinstance(self._writer, DirectWriter):
+        if self._hold_chosen_ids and "run_id" in run.model_fields_set:
             # A chosen id may name a run that already ended: it must not run again.
             self._register(job)
             self._announce_queued(job, inserted=inserted)
@@ -353,7 +349,7 @@ class BackgroundTaskManager(Queueing, Cancelling, Execution):
             self._idle.clear()
         jobs[job.run_id] = job
         if self._listeners and inserted:
-            self._emit(job, RunStatus.QUEUED, None)
+            self._events.emit(job, RunStatus.QUEUED, None)
         if self._debug:
             self._log.debug(
                 "run_queued", run_id=job.run_id, name=job.name, status="queued",
@@ -477,7 +473,7 @@ class BackgroundTaskManager(Queueing, Cancelling, Execution):
         inserted = self._writer.insert(job)
         self._register(job)
         self._announce_queued(job, inserted=inserted)
-        hold = run_id is not None and not isinstance(self._writer, DirectWriter)
+        hold = self._hold_chosen_ids and run_id is not None
         self._schedule(job, loop, delay, hold=hold)
         return job.run_id
 
@@ -593,17 +589,6 @@ class BackgroundTaskManager(Queueing, Cancelling, Execution):
     def remove_listener(self, callback: Listener) -> None:
         """Stop calling ``callback``."""
         self._events.remove(callback)
-
-    def _emit(
-        self,
-        job: Job,
-        status: RunStatus,
-        previous: RunStatus | None,
-        *,
-        error: BaseException | None = None,
-        duration: float | None = None,
-    ) -> None:
-        self._events.emit(job, status, previous, error=error, duration=duration)
 
     # -- introspection --------------------------------------------------------------------------
 

@@ -43,7 +43,7 @@ class Queueing(ManagerCore):
     def _announce_queued(self, job: Job, *, inserted: bool) -> None:
         """The QUEUED transition's event and log line (start_task inlines the same)."""
         if inserted and self._listeners:
-            self._emit(job, RunStatus.QUEUED, None)
+            self._events.emit(job, RunStatus.QUEUED, None)
         if self._debug:
             self._log.debug(
                 "run_queued", run_id=job.run_id, name=job.name, status="queued",

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from runtrack._admission import Job, Lanes
+    from runtrack._listeners import Listeners
     from runtrack._logging import Logger
     from runtrack._models import RunEvent
     from runtrack._stats import StatsCollector
@@ -58,6 +59,8 @@ class ManagerCore:
         _loop: asyncio.AbstractEventLoop | None
         _idle: asyncio.Event
         _listeners: list[Callable[[RunEvent], object]]
+        _events: Listeners
+        _hold_chosen_ids: bool
         _background: set[asyncio.Task[Any]]
         _executor_tasks: set[asyncio.Task[None]]
         _stats: StatsCollector
@@ -78,16 +81,6 @@ class ManagerCore:
         async def _bounded(self, write: Awaitable[_T], what: str = "") -> _T: ...
 
         async def _cancel_job(self, job: Job, *, wait_write: bool = True) -> bool: ...
-
-        def _emit(
-            self,
-            job: Job,
-            status: RunStatus,
-            previous: RunStatus | None,
-            *,
-            error: BaseException | None = None,
-            duration: float | None = None,
-        ) -> None: ...
 
         def _start(self) -> asyncio.AbstractEventLoop: ...
 
