@@ -365,16 +365,34 @@ class QueueWriter:
         return True
 
     def cas(self, job: Job, to: RunStatus, changes: dict[str, Any]) -> bool:
+        self._queue_cas(job, to, changes, None)
+        return True
+
+    def _queue_cas(
+        self,
+        job: Job,
+        to: RunStatus,
+        changes: dict[str, Any],
+        outcome: asyncio.Future[bool] | None,
+    ) -> None:
+        """Queue a compare-and-set; its outcome goes to ``outcome``, else a miss to on_conflict."""
         run_id = job.run_id
         values = as_datetimes(changes)
         self._inserts.pop(run_id, None)  # nobody asks once the run moves on
 
         async def op() -> None:
-            if await self._registry.transition(run_id, to, **values) is None:
+            try:
+                applied = await self._registry.transition(run_id, to, **values) is not None
+            except Exception as exc:
+                if outcome is not None:
+                    outcome.set_exception(exc)
+                raise
+            if outcome is not None:
+                outcome.set_result(applied)
+            elif not applied:
                 self._on_conflict(run_id)
 
         self._put(run_id, op, to.value)
-        return True
 
     def start(self, job: Job, started_us: int) -> bool:
         return self.cas(job, RunStatus.RUNNING, start_changes(job, self._owner, started_us))
@@ -402,21 +420,9 @@ class QueueWriter:
 
     async def cas_now(self, job: Job, to: RunStatus, changes: dict[str, Any]) -> bool:
         # Queued like every other write, so a caller that stops waiting does not undo it.
-        run_id = job.run_id
-        values = as_datetimes(changes)
-        self._inserts.pop(run_id, None)
         outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         outcome.add_done_callback(_retrieved)
-
-        async def op() -> None:
-            try:
-                applied = await self._registry.transition(run_id, to, **values) is not None
-            except Exception as exc:
-                outcome.set_exception(exc)
-                raise
-            outcome.set_result(applied)
-
-        self._put(run_id, op, to.value)
+        self._queue_cas(job, to, changes, outcome)
         return await asyncio.shield(outcome)
 
     def update(self, run_id: str, changes: dict[str, Any]) -> None:
