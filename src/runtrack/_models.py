@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import re
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Final
@@ -25,6 +24,8 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from runtrack._status import RunStatus
 from runtrack._storable import MAX_DEPTH
+from runtrack._storable import UNSTORABLE as _UNSTORABLE
+from runtrack._storable import is_storable as _storable
 
 __all__ = [
     "MAX_ID_LENGTH",
@@ -122,19 +123,8 @@ def _not_a_number(value: float) -> str:
     return f"{value!r} is not a JSON number: use null or a string for NaN and infinity"
 
 
-#: Characters no registry stores faithfully: NUL (PostgreSQL text refuses it) and
-#: surrogates, which have no UTF-8 form (a str holds them only unpaired, e.g. from
-#: ``bytes.decode(errors="surrogateescape")``).
-_UNSTORABLE: Final = re.compile("[\x00\ud800-\udfff]")
-
-#: Objects and arrays nested deeper than this are refused: MariaDB's JSON columns accept
-#: at most 31 (its documented depth limit of 32 counts the innermost values as a level).
+#: Objects and arrays nested deeper than this are refused (see `runtrack._storable`).
 MAX_JSON_DEPTH: Final = MAX_DEPTH
-
-
-def _storable(text: str) -> bool:
-    """Whether ``text`` holds neither NUL nor a surrogate (the ASCII case is one memchr)."""
-    return "\x00" not in text if text.isascii() else _UNSTORABLE.search(text) is None
 
 
 def _unstorable(text: str, what: str) -> str:

@@ -12,13 +12,16 @@ behaves the same wherever it is recorded:
 
 from __future__ import annotations
 
+import re
 from typing import Any, Final
 
 __all__ = [
     "MAX_DEPTH",
     "MAX_ERROR_MESSAGE",
     "MAX_PROGRESS_MESSAGE",
+    "UNSTORABLE",
     "ResultNotStorable",
+    "is_storable",
     "json_problem",
     "storable_text",
     "text_problem",
@@ -37,16 +40,24 @@ class ResultNotStorable(ValueError):
     """Recorded as a run's error when its result is something no registry can store."""
 
 
+#: Characters no registry stores faithfully: NUL (PostgreSQL text refuses it) and
+#: surrogates, which have no UTF-8 form (a str holds them only unpaired, e.g. from
+#: ``bytes.decode(errors="surrogateescape")``).
+UNSTORABLE: Final = re.compile("[\x00\ud800-\udfff]")
+
+
+def is_storable(text: str) -> bool:
+    """Whether ``text`` holds neither NUL nor a surrogate (the ASCII case is one memchr)."""
+    return "\x00" not in text if text.isascii() else UNSTORABLE.search(text) is None
+
+
 def text_problem(text: str) -> str | None:
     """Why ``text`` cannot be stored as it is (a NUL or a lone surrogate), or None."""
+    if is_storable(text):
+        return None
     if "\x00" in text:
         return "a NUL character (\\x00), which PostgreSQL cannot store"
-    if not text.isascii():
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            return "a lone surrogate (an unpaired \\ud800-\\udfff), which is not valid UTF-8"
-    return None
+    return "a lone surrogate (an unpaired \\ud800-\\udfff), which is not valid UTF-8"
 
 
 def json_problem(value: Any, where: str) -> str | None:
