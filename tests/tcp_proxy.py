@@ -39,6 +39,9 @@ class TcpProxy:
             writer.transport.abort()
         self._writers.clear()
 
+    def _refusing(self) -> bool:
+        return self.cut_now
+
     def restore(self) -> None:
         """Let connections through again."""
         self.cut_now = False
@@ -60,6 +63,10 @@ class TcpProxy:
             up_reader, up_writer = await asyncio.open_connection(self.target_host, self.target_port)
         except OSError:
             writer.transport.abort()
+            return
+        if self._refusing():  # cut while this connection was being made
+            writer.transport.abort()
+            up_writer.transport.abort()
             return
         self._writers.update((writer, up_writer))
         for src, dst in ((reader, up_writer), (up_reader, writer)):
