@@ -21,6 +21,7 @@ from runtrack.cli._app import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     CliState,
+    Fail,
     configure_logging,
 )
 from runtrack.cli._demo import demo_command
@@ -45,6 +46,9 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
+        except Fail as exc:
+            click.echo(f"error: {exc.message}", err=True)
+            ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(EXIT_INTERRUPTED)

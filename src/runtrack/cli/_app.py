@@ -49,16 +49,13 @@ EXIT_INTERRUPTED: Final = 130
 T = TypeVar("T")
 
 
-class Fail(click.ClickException):
-    """A one-line error on stderr with an exit code of its own."""
+class Fail(Exception):
+    """A one-line error on stderr with an exit code of its own (the group prints it)."""
 
     def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
         super().__init__(message)
+        self.message = message
         self.exit_code = exit_code
-
-    def show(self, file: object = None) -> None:
-        """Write ``error: <message>`` on stderr."""
-        click.echo(f"error: {self.format_message()}", err=True)
 
 
 def mask_url(url: str) -> str:

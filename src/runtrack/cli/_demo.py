@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import time
 from collections import Counter
 from collections.abc import MutableMapping
@@ -57,7 +58,7 @@ async def _demo(state: CliState) -> int:
         events["retries" if retry else event.status.value] += 1
 
     started = time.monotonic()
-    out = click.get_text_stream("stdout")
+    out = sys.stdout
     async with (
         state.registry() as registry,
         BackgroundTaskManager(
@@ -68,7 +69,8 @@ async def _demo(state: CliState) -> int:
         with Screen(out) as screen:
             if not screen.live:
                 click.echo(
-                    f"runtrack demo: {state.where}, max_concurrency={MAX_CONCURRENCY}, {GROUP_LIMITS}"
+                    f"runtrack demo: {state.where}, "
+                    f"max_concurrency={MAX_CONCURRENCY}, {GROUP_LIMITS}"
                 )
             watcher = asyncio.create_task(watch(registry, screen, started))
             to_cancel = await start_runs(manager)

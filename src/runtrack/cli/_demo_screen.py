@@ -202,4 +202,3 @@ async def summary(
         + (", ".join(f"{k} x{n}" for k, n in sorted(logged.items())) or "none"),
     ]
     return lines
-

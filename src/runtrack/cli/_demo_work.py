@@ -103,4 +103,3 @@ async def cancel_later(manager: BackgroundTaskManager, to_cancel: dict[str, str]
     await asyncio.sleep(3.0)
     for run_id in to_cancel.values():
         await manager.cancel_task(run_id)
-

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import click
 
@@ -33,12 +33,20 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=seconds)
 
 
-class DurationType(click.ParamType):
+if TYPE_CHECKING:  # generic in the click that type-checks; plain in older ones
+    _ParamType = click.ParamType[timedelta, Any]
+else:
+    _ParamType = click.ParamType
+
+
+class DurationType(_ParamType):
     """A click parameter type for durations; the value is a `timedelta`."""
 
     name = "duration"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> timedelta:
         """Turn the option's text into a `timedelta` (a usage error when it is not one)."""
         if isinstance(value, timedelta):
             return value

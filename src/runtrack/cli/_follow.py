@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from collections.abc import Callable
 from typing import Final
@@ -57,7 +58,9 @@ async def follow_output(
     last = since
     while True:
         run = await registry.get_run(run_id) if follow and finished is None else None
-        done = finished.is_set() if finished is not None else (run is None or run.status in TERMINAL)
+        done = (
+            finished.is_set() if finished is not None else (run is None or run.status in TERMINAL)
+        )
         while True:
             chunks = await registry.get_output(run_id, since=last, limit=_PAGE)
             for chunk in chunks:
@@ -68,10 +71,8 @@ async def follow_output(
         if not follow or done:
             return last, run
         if finished is not None:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(finished.wait(), POLL_INTERVAL)
-            except TimeoutError:
-                pass
         else:
             await asyncio.sleep(POLL_INTERVAL)
 

@@ -143,9 +143,7 @@ async def _run(
     context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
 )
 @click.option("--name", help="The run's name; default the command's name.")
-@click.option(
-    "--timeout", type=DURATION, help="Kill the command after this long (30s, 15m, 2h)."
-)
+@click.option("--timeout", type=DURATION, help="Kill the command after this long (30s, 15m, 2h).")
 @click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED, metavar="-- CMD [ARGS]...")
 @click.pass_context
 def run_command(

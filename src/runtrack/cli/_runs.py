@@ -54,7 +54,13 @@ def _parse_tags(values: tuple[str, ...]) -> dict[str, str]:
 )
 @click.option("--name", help="Only runs of this name.")
 @click.option("--group", help="Only runs of this concurrency group.")
-@click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="Only runs with this tag (repeatable).")
+@click.option(
+    "--tag",
+    "tags",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Only runs with this tag (repeatable).",
+)
 @click.option(
     "--limit", type=click.IntRange(min=1), default=50, show_default=True, help="At most this many."
 )

@@ -20,10 +20,11 @@ def build_app(registry: RunRegistry) -> Any:
     The app owns ``registry`` (closed when the app stops) and one manager over it;
     ``/`` redirects to the dashboard.
     """
-    from fastapi import FastAPI
-    from fastapi.responses import RedirectResponse
+    # Imported here: FastAPI takes a while to import, and only `serve` needs it.
+    from fastapi import FastAPI  # noqa: PLC0415
+    from fastapi.responses import RedirectResponse  # noqa: PLC0415
 
-    from runtrack.fastapi import lifespan, runs_router
+    from runtrack.fastapi import lifespan, runs_router  # noqa: PLC0415
 
     runtrack_lifespan = lifespan(registry)
 
@@ -44,7 +45,7 @@ def build_app(registry: RunRegistry) -> Any:
 
 
 def _serve(state: CliState, host: str, port: int) -> None:
-    import uvicorn
+    import uvicorn  # noqa: PLC0415 - only `serve` needs it
 
     app = build_app(state.registry())
     click.echo(

@@ -110,7 +110,7 @@ def active_owners(runs: list[Run]) -> list[dict[str, Any]]:
         {"owner": owner, "running": count, "heartbeat_at": beat}
         for owner, (count, beat) in seen.items()
     ]
-    rows.sort(key=lambda row: (-row["running"], row["owner"]))
+    rows.sort(key=lambda row: (-int(str(row["running"])), str(row["owner"])))
     return rows
 
 
