@@ -12,6 +12,7 @@ import sys
 import textwrap
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -888,6 +889,27 @@ class TestRegistryFromURL:
         with pytest.raises(TypeError, match="URL"):
             registry_from_url(url)
 
+    def test_prefix(self, tmp_path: Path) -> None:
+        from runtrack.registry.redis import RedisRunRegistry
+        from runtrack.registry.sql import SQLRunRegistry
+
+        sql = registry_from_url(f"sqlite+aiosqlite:///{tmp_path}/r.db", prefix="app_")
+        redis = registry_from_url("redis://127.0.0.1:6379/0", prefix="app:")
+        default = registry_from_url(f"sqlite+aiosqlite:///{tmp_path}/r.db")
+
+        assert isinstance(sql, SQLRunRegistry)
+        assert sql.table_prefix == "app_"
+        assert isinstance(redis, RedisRunRegistry)
+        assert redis.prefix == "app:"
+        assert isinstance(default, SQLRunRegistry)
+        assert default.table_prefix != "app_"
+
+    def test_prefix_refused(self, tmp_path: Path) -> None:
+        with pytest.raises(ValueError, match="memory:// takes no prefix"):
+            registry_from_url("memory://", prefix="x")
+        with pytest.raises(ValueError, match="table_prefix"):
+            registry_from_url(f"sqlite+aiosqlite:///{tmp_path}/r.db", prefix="no-dashes")
+
 
 def isort_key(name: str) -> tuple[int, str]:
     """The order ruff's RUF022 keeps ``__all__`` in: CONSTANTS, then Classes, then others."""
@@ -941,7 +963,8 @@ class TestPublicAPI:
         script = (
             "import sys, runtrack; "
             "print(sorted(m for m in ('fastapi', 'redis', 'sqlalchemy', 'runtrack.fastapi', "
-            "'runtrack.registry.sql', 'runtrack.registry.redis') if m in sys.modules))"
+            "'runtrack.registry.sql', 'runtrack.registry.redis', 'runtrack.cli', 'click', "
+            "'uvicorn') if m in sys.modules))"
         )
 
         proc = subprocess.run(
