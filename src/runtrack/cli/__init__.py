@@ -62,6 +62,7 @@ class _Group(click.Group):
 
 
 @click.group(
+    "runtrack",
     cls=_Group,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
