@@ -89,7 +89,7 @@ class TestFormatting:
         ],
     )
     def test_exit_code_of(self, fields: dict[str, object], code: int) -> None:
-        assert exit_code_of(Run(name="cmd", **fields)) == code  # type: ignore[arg-type]
+        assert exit_code_of(Run(name="cmd", **fields)) == code
 
     def test_active_owners(self) -> None:
         runs = [
@@ -218,13 +218,17 @@ async def test_cancel(cli_backend: Backend) -> None:
         assert record.status is RunStatus.CANCELLED
     assert too_late.code == 1
     assert "already completed" in too_late.err
-    assert (await registry.get_run(finished.run_id)).status is RunStatus.COMPLETED  # type: ignore[union-attr]
+    still = await registry.get_run(finished.run_id)
+    assert still is not None
+    assert still.status is RunStatus.COMPLETED
     assert missing.code == 4
 
 
 async def test_prune(cli_backend: Backend) -> None:
     registry = cli_backend.registry
-    old = [await seed(registry, "job", RunStatus.COMPLETED, age=timedelta(days=9)) for _ in range(3)]
+    old = [
+        await seed(registry, "job", RunStatus.COMPLETED, age=timedelta(days=9)) for _ in range(3)
+    ]
     recent = await seed(registry, "job", RunStatus.COMPLETED, age=timedelta(hours=1))
     running = await seed(registry, "job", RunStatus.RUNNING, age=timedelta(days=30))
 
@@ -305,7 +309,7 @@ async def test_unreachable_registry(url: str, tmp_path: Path) -> None:
     assert result.err.count("\n") == 1, result.err
     assert result.err.startswith("error: ")
     assert "127.0.0.1:1" in result.err
-    assert url.split("+")[0].split(":")[0] in result.err  # the backend
+    assert url.partition(":")[0].partition("+")[0] in result.err  # the backend
     assert "s3cret-pw" not in result.err
     assert "Traceback" not in result.err
 
