@@ -3,9 +3,9 @@
 The command is submitted as an ordinary run (so admission, limits, priority, timeout,
 cancellation and shutdown apply as to any run) whose code starts the process in a session
 of its own, records its output (see `runtrack._command_output`), reaps it with ``wait4``
-(its CPU time comes from the kernel; its memory is sampled with psutil) and, when the run is cancelled or
-times out, or the command exits leaving processes behind, signals its whole process group:
-SIGTERM, then SIGKILL after ``kill_grace`` seconds.
+(its CPU time comes from the kernel; its memory is sampled with psutil) and, when the run
+is cancelled or times out, or the command exits leaving processes behind, signals its
+whole process group: SIGTERM, then SIGKILL after ``kill_grace`` seconds.
 
 The process is reaped here, not by asyncio's child watcher: a pidfd (Linux) tells the loop
 when it exits, else a thread waits for it. Child watchers that reap every child
@@ -106,7 +106,7 @@ def prepare(
     if cwd is not None:
         if not isinstance(cwd, str | os.PathLike):
             raise TypeError(f"cwd must be a str or path, got {type(cwd).__name__}")
-        where = os.fspath(cwd)  # type: ignore[arg-type]
+        where = os.fspath(cwd)
         if not isinstance(where, str) or not os.path.isdir(where):
             raise ValueError(f"cwd {cwd!r} is not an existing directory")
     env_names: list[str] = []
@@ -241,10 +241,8 @@ def _group_alive(pgid: int) -> bool:
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 async def _group_gone(pgid: int, timeout: float) -> bool:
@@ -370,7 +368,9 @@ async def execute(spec: CommandSpec) -> dict[str, Any]:
             raise
     finally:
         sampler.cancel()
-        if reaper.exited.done() and not reaper.exited.cancelled():  # reaped here: Popen must not wait for it
+        if (
+            reaper.exited.done() and not reaper.exited.cancelled()
+        ):  # reaped here: Popen must not wait for it
             process.returncode = os.waitstatus_to_exitcode(reaper.exited.result()[0])
     exit_code = os.waitstatus_to_exitcode(status)
     if exit_code != 0:

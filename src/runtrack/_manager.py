@@ -659,7 +659,7 @@ class BackgroundTaskManager(Queueing, Cancelling, Execution):
         kill_grace: float = 5.0,
         shell: bool = False,
     ) -> Run:
-        """Run a program as a tracked run; returns the recorded `Run` (as `submit` does).
+        r"""Run a program as a tracked run; returns the recorded `Run` (as `submit` does).
 
         The QUEUED record is written before this returns; the command then waits for
         admission like any run (``max_concurrency``, ``group_limits``, ``priority``) and
