@@ -85,6 +85,22 @@ class TestFormatting:
             ({"status": RunStatus.FAILED, "error_type": "CommandNotExecutable"}, 126),
             ({"status": RunStatus.FAILED, "error_type": "TimeoutError"}, 124),
             ({"status": RunStatus.FAILED, "error_type": "OSError"}, 1),
+            (
+                {
+                    "status": RunStatus.FAILED,
+                    "error_type": "CommandFailed",
+                    "error_message": "the command exited with code 5: boom",
+                },
+                5,
+            ),
+            (
+                {
+                    "status": RunStatus.FAILED,
+                    "error_type": "CommandFailed",
+                    "error_message": "the command was killed by signal SIGTERM (exit code -15)",
+                },
+                143,
+            ),
             ({"status": RunStatus.CANCELLED}, 1),
         ],
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import signal
 import sys
 import time
@@ -27,6 +28,8 @@ __all__ = ["exit_code_of", "run_command"]
 
 #: Exit codes for failures that have no exit code of their own, as shells give them.
 _ERROR_EXIT: Final = {"CommandNotFound": 127, "CommandNotExecutable": 126, "TimeoutError": 124}
+#: Where a CommandFailed message says the exit code (``-N``: killed by signal N).
+_EXIT_IN_MESSAGE: Final = re.compile(r"exited with code (-?\d+)|\(exit code (-?\d+)\)")
 #: What a signal that stops `runtrack run` makes it exit with (128 + the signal).
 _SIGNAL_EXIT: Final = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: 128 + signal.SIGTERM}
 
@@ -34,12 +37,17 @@ _SIGNAL_EXIT: Final = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: 128 + si
 def exit_code_of(run: Run) -> int:
     """What ``runtrack run`` exits with for a finished command run.
 
-    The command's own exit code when it has one (128 + N when signal N killed it), 127
+    The command's own exit code (128 + N when signal N killed it), 127
     when it was not found, 126 when it could not be executed, 124 when it timed out, and
     1 for any other failure or a cancel.
     """
     result = run.result
     code = result.get("exit_code") if isinstance(result, dict) else None
+    if run.error_type == "CommandFailed" and run.error_message:
+        # A failed command run records no result: its exit code is in the message.
+        found = _EXIT_IN_MESSAGE.search(run.error_message)
+        if found:
+            code = int(found.group(1) or found.group(2))
     if isinstance(code, int) and not isinstance(code, bool):
         return 128 - code if code < 0 else code
     if run.status is RunStatus.COMPLETED:
