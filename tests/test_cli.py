@@ -25,11 +25,13 @@ from click.testing import CliRunner
 import runtrack
 from cli_helpers import COMMAND, Backend, cli_env, run_cli, seed
 from helpers import SAFETY
-from runtrack import Run, RunStatus
+from runtrack import InMemoryRunRegistry, Run, RunStatus
 from runtrack.cli import cli
 from runtrack.cli._app import mask_url
 from runtrack.cli._durations import parse_duration
+from runtrack.cli._format import detail, seconds
 from runtrack.cli._run import exit_code_of
+from runtrack.cli._runs import list_command
 from runtrack.cli._stats import active_owners
 
 # -- in-process: parsing and formatting ---------------------------------------------------------
@@ -79,6 +81,7 @@ class TestFormatting:
         ("fields", "code"),
         [
             ({"status": RunStatus.COMPLETED, "result": {"exit_code": 0}}, 0),
+            ({"status": RunStatus.COMPLETED}, 0),
             ({"status": RunStatus.FAILED, "result": {"exit_code": 3}}, 3),
             ({"status": RunStatus.FAILED, "result": {"exit_code": -9}}, 137),
             ({"status": RunStatus.FAILED, "error_type": "CommandNotFound"}, 127),
@@ -106,6 +109,65 @@ class TestFormatting:
     )
     def test_exit_code_of(self, fields: dict[str, object], code: int) -> None:
         assert exit_code_of(Run(name="cmd", **fields)) == code
+
+    @pytest.mark.parametrize(
+        ("value", "shown"),
+        [
+            (None, "-"),
+            (0.25, "250ms"),
+            (timedelta(seconds=12.34), "12.3s"),
+            (timedelta(minutes=4, seconds=5), "4m05s"),
+            (timedelta(hours=2, minutes=10), "2h10m"),
+            (timedelta(days=3, hours=4), "3d04h"),
+        ],
+    )
+    def test_seconds(self, value: timedelta | float | None, shown: str) -> None:
+        assert seconds(value) == shown
+
+    @pytest.mark.parametrize(
+        ("fields", "shown"),
+        [
+            ({"status": RunStatus.FAILED, "error_type": "ValueError"}, "ValueError"),
+            ({"status": RunStatus.FAILED}, "error"),
+            ({"status": RunStatus.COMPLETED}, "done"),
+            ({"status": RunStatus.COMPLETED, "result": {"n": "é"}}, '{"n": "é"}'),
+            ({"status": RunStatus.CANCELLED}, "cancelled before it started"),
+            ({"status": RunStatus.QUEUED, "group": "exports"}, "waiting (group exports)"),
+            ({"status": RunStatus.QUEUED}, "waiting"),
+            ({"status": RunStatus.RUNNING, "progress_message": "half"}, "half"),
+        ],
+    )
+    def test_detail(self, fields: dict[str, object], shown: str) -> None:
+        assert detail(Run(name="x", **fields)) == shown
+
+    def test_mask_url_of_a_malformed_url(self) -> None:
+        assert mask_url("postgresql+asyncpg://u:pw@[::1/db") == "<malformed URL>"
+
+    def test_subcommand_without_the_group_uses_the_default_registry(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.chdir(tmp_path)
+
+        result = CliRunner().invoke(list_command, ["--json"])
+
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output) == {"runs": [], "count": 0}
+        assert (tmp_path / "runtrack.db").exists()
+
+    def test_unexpected_error_is_one_line(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        async def broken(*args: object, **kwargs: object) -> list[Run]:
+            raise RuntimeError("first line\nsecond line")
+
+        monkeypatch.setattr(InMemoryRunRegistry, "list_runs", broken)
+
+        plain = CliRunner().invoke(cli, ["--registry", "memory://", "list"])
+        debug = CliRunner().invoke(cli, ["--registry", "memory://", "--debug", "list"])
+
+        assert plain.exit_code == 1
+        assert plain.output == "error: RuntimeError: first line\n"
+        assert debug.exit_code == 1
+        assert "Traceback" in debug.output
+        assert debug.output.endswith("error: RuntimeError: first line\n")
 
     def test_active_owners(self) -> None:
         runs = [
@@ -523,6 +585,38 @@ async def test_run_sigint_cancels_the_run(sqlite_cli: Backend) -> None:
     assert run.status is RunStatus.CANCELLED
     for pid in pids:
         assert not _alive(pid)
+
+
+async def test_run_cancelled_from_another_process(sqlite_cli: Backend) -> None:
+    script = "echo started; exec sleep 300"
+    proc = await asyncio.create_subprocess_exec(
+        *COMMAND,
+        "run",
+        "--name",
+        "long",
+        "--",
+        "sh",
+        "-c",
+        script,
+        env=sqlite_cli.env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    async with asyncio.timeout(SAFETY * 3):
+        assert await proc.stdout.readline() == b"started\n"
+    [run] = await sqlite_cli.registry.list_runs(name="long")
+
+    cancelled = await run_cli(sqlite_cli.env(), "cancel", run.run_id)
+    async with asyncio.timeout(SAFETY * 3):
+        _, err = await proc.communicate()
+
+    assert cancelled.code == 0, cancelled.err
+    assert proc.returncode == 1
+    assert f"error: run {run.run_id} was cancelled" in err.decode()
+    record = await sqlite_cli.registry.get_run(run.run_id)
+    assert record is not None
+    assert record.status is RunStatus.CANCELLED
 
 
 def _alive(pid: int) -> bool:

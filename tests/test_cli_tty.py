@@ -10,12 +10,13 @@ import asyncio
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pexpect
 import psutil
 
-from cli_helpers import COMMAND, Backend, seed
+from cli_helpers import COMMAND, Backend, backend_for, seed
 from helpers import SAFETY
 from runtrack import RunStatus
 from runtrack._models import utcnow
@@ -112,8 +113,8 @@ async def test_run_shows_a_status_line_and_ctrl_c_cancels(sqlite_cli: Backend) -
     with terminal(sqlite_cli, "run", "--name", "sleeper", "--", "sh", "-c", script) as child:
         found = await expect(child, r"pids (\d+) (\d+)")
         pids = [int(pid) for pid in found.split()[1:]]
-        # The status line on stderr (a terminal here) names the run.
-        await expect(child, r"sleeper · run [0-9a-f-]{36}")
+        # The status line on stderr (a terminal here) names the run and follows its status.
+        await expect(child, r"sleeper · run [0-9a-f-]{36} · [^·]+ · running")
         assert all(psutil.pid_exists(pid) for pid in pids)
 
         child.sendintr()
@@ -132,3 +133,22 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+async def test_run_ends_with_a_summary_line(sqlite_cli: Backend) -> None:
+    with terminal(sqlite_cli, "run", "--", "sh", "-c", "echo hello; exit 2") as child:
+        await expect(child, "hello")
+        await expect(child, r"run [0-9a-f-]{36} failed in \S+ \(exit 2\)")
+
+        assert await end(child) == 2
+
+
+async def test_demo_draws_its_table_live(tmp_path: Path) -> None:
+    async with backend_for("sqlite", tmp_path) as backend:
+        with terminal(backend, "demo") as child:
+            await expect(child, r"runtrack demo +\d+\.\ds")
+            await expect(child, "RUN +NAME +GROUP")
+            await expect(child, "waiting for admission")
+            await expect(child, "Finished 20 runs")
+
+            assert await end(child) == 0

@@ -6,6 +6,8 @@ import asyncio
 import dataclasses
 import logging
 import sys
+import threading
+import time
 import traceback
 from collections.abc import Awaitable, Callable
 from typing import Final, NoReturn, TypeVar
@@ -134,12 +136,29 @@ def run_async(state: CliState, main: Callable[[], Awaitable[T]]) -> T:
     """
 
     async def guarded() -> T:
-        return await main()
+        try:
+            return await main()
+        finally:
+            await _driver_threads_done()
 
     try:
         return asyncio.run(guarded())
     except (RegistryUnavailableError, RegistryConfigError) as exc:
         _unreachable(state, exc)
+
+
+async def _driver_threads_done(timeout: float = 1.0) -> None:
+    """Wait (bounded) for aiosqlite's worker threads to hand their last results to the loop.
+
+    When a SQLite connection fails to open, aiosqlite stops its worker thread without
+    waiting for it; if the loop closed first, that thread would print a traceback
+    ("Event loop is closed") after the one-line error.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(
+        "_connection_worker_thread" in thread.name for thread in threading.enumerate()
+    ):
+        await asyncio.sleep(0.01)
 
 
 def _unreachable(state: CliState, exc: Exception) -> NoReturn:
