@@ -155,7 +155,7 @@ async def _driver_threads_done(timeout: float = 1.0) -> None:
     ("Event loop is closed") after the one-line error.
     """
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(
+    while time.monotonic() < deadline and any(  # noqa: ASYNC110 - threads set no event
         "_connection_worker_thread" in thread.name for thread in threading.enumerate()
     ):
         await asyncio.sleep(0.01)

@@ -17,7 +17,7 @@ from rich.live import Live
 from rich.spinner import Spinner
 
 from runtrack._manager import BackgroundTaskManager
-from runtrack._models import OutputChunk, Run
+from runtrack._models import Run
 from runtrack._status import RunStatus
 from runtrack.cli._app import EXIT_FAILED, EXIT_INTERRUPTED, run_async, state_of
 from runtrack.cli._durations import DURATION
@@ -120,12 +120,8 @@ async def _run(
             finished = asyncio.Event()
             waiter = asyncio.create_task(manager.wait(run.run_id))
             waiter.add_done_callback(lambda _: finished.set())
-
-            def write(chunk: OutputChunk) -> None:
-                write_chunk(chunk)
-
             follower = asyncio.create_task(
-                follow_output(manager.registry, run.run_id, finished=finished, write=write)
+                follow_output(manager.registry, run.run_id, finished=finished, write=write_chunk)
             )
             stopper = asyncio.create_task(stop.wait())
             while not waiter.done():
