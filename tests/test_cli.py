@@ -392,6 +392,16 @@ async def test_unreachable_registry(url: str, tmp_path: Path) -> None:
     assert "Traceback" not in result.err
 
 
+async def test_serve_needs_the_registry_at_startup(tmp_path: Path) -> None:
+    url = "redis://:s3cret-pw@127.0.0.1:1/0"
+
+    result = await run_cli(cli_env(url), "serve", "--port", str(_free_port()), cwd=tmp_path)
+
+    assert result.code == 3
+    assert result.err.count("\n") == 1, result.err
+    assert "s3cret-pw" not in result.err
+
+
 async def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     url = "postgresql+asyncpg://app:s3cret-pw@127.0.0.1:1/test"
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from runtrack.cli._app import CliState, state_of
+from runtrack.cli._app import CliState, run_async, state_of
 from runtrack.registry import RunRegistry
 
 __all__ = ["build_app", "serve_command"]
@@ -47,6 +47,11 @@ def build_app(registry: RunRegistry) -> Any:
 def _serve(state: CliState, host: str, port: int) -> None:
     import uvicorn  # noqa: PLC0415 - only `serve` needs it
 
+    async def probe() -> None:
+        async with state.registry() as registry:
+            await registry.count_runs()
+
+    run_async(state, probe)  # an unreachable registry is exit 3 now, not a degraded server
     app = build_app(state.registry())
     click.echo(
         f"runtrack: serving {state.where} on http://{host}:{port}/ (dashboard at /runs/ui)",
@@ -62,5 +67,9 @@ def _serve(state: CliState, host: str, port: int) -> None:
 )
 @click.pass_context
 def serve_command(ctx: click.Context, host: str, port: int) -> None:
-    """Serve the runs API and the live dashboard (at /runs/ui) with uvicorn until Ctrl-C."""
+    """Serve the runs API and the live dashboard (at /runs/ui) with uvicorn until Ctrl-C.
+
+    The registry must answer at startup (else exit 3); once serving, an outage shows in
+    GET /health and the server keeps running.
+    """
     _serve(state_of(ctx), host, port)
