@@ -286,7 +286,13 @@ async def _sample_memory(pid: int, peak: list[int]) -> None:
     except psutil.Error:
         return
     interval = 0.1
+    try:  # at start: no descendants yet (and looking for them costs a scan of /proc)
+        peak[0] = root.memory_info().rss
+    except psutil.Error:
+        return
     while True:
+        await asyncio.sleep(interval)
+        interval = min(interval * 2, 1.0)
         try:
             total = root.memory_info().rss
             for child in root.children(recursive=True):
@@ -295,8 +301,6 @@ async def _sample_memory(pid: int, peak: list[int]) -> None:
         except psutil.Error:  # exited
             return
         peak[0] = max(peak[0], total)
-        await asyncio.sleep(interval)
-        interval = min(interval * 2, 1.0)
 
 
 def _spawn(spec: CommandSpec) -> subprocess.Popen[bytes]:
