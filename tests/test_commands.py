@@ -29,7 +29,7 @@ from runtrack import (
     RunRegistry,
     RunStatus,
 )
-from sql_registries import postgres_registry, sqlite_registry
+from sql_registries import mysql_registry, postgres_registry, sqlite_registry
 from tcp_proxy import tcp_proxy
 
 PY = sys.executable
@@ -204,6 +204,21 @@ class TestOutput:
         assert seen[0].text == "prompt> "
         assert done.status is RunStatus.COMPLETED
         assert texts(chunks) == "prompt> "
+
+    async def test_reaped_by_a_thread_without_pidfd(
+        self, manager: BackgroundTaskManager, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        def no_pidfd(pid: int, flags: int = 0) -> int:
+            raise OSError(38, "pidfd_open is not implemented")
+
+        monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+        done, chunks = await finished(
+            manager, await manager.run_command(py("import sys; print('ok'); sys.exit(4)"))
+        )
+
+        assert texts(chunks) == "ok\n"
+        assert done.error_type == "CommandFailed"
+        assert "code 4" in (done.error_message or "")
 
 
 class TestExit:
@@ -382,7 +397,7 @@ class TestProcessGroup:
         assert_group_gone(pgid)
 
     async def test_timeout_kills_the_whole_group(self, manager: BackgroundTaskManager) -> None:
-        run = await manager.run_command(TREE, shell=True, kill_grace=0.5, timeout=3)
+        run = await manager.run_command(TREE, shell=True, kill_grace=0.5, timeout=5)
         pgid = await started_tree(manager, run)
 
         done = await manager.wait(run.run_id, timeout=60)
@@ -445,6 +460,7 @@ BACKENDS: list[tuple[str, Callable[[], AbstractAsyncContextManager[RunRegistry]]
     ("memory", memory_registry),
     ("sqlite", sqlite_registry),
     ("postgresql", postgres_registry),
+    ("mariadb", mysql_registry),
     ("redis", redis_registry),
 ]
 

@@ -87,6 +87,7 @@ class CommandOutput:
         self._kept = 0  # bytes of every chunk kept: pending, in flight and written
         self._trim_from = 0  # the oldest seq the registry should keep
         self._trimmed_to = 0
+        self._last_seq = 0  # the newest seq written
         self._trims = isinstance(registry, OutputTrimming)
         self._gone = False  # the run was deleted: nothing more is written
         self._closing = False
@@ -174,9 +175,11 @@ class CommandOutput:
     def _has_work(self) -> bool:
         if self._gone:
             return False
-        return bool(self._pending or self._inflight) or (
-            self._trims and self._trim_from > self._trimmed_to
-        )
+        return bool(self._pending or self._inflight) or self._trim_due()
+
+    def _trim_due(self) -> bool:
+        # The registry keeps its newest chunk: one due to go goes once newer ones are written.
+        return self._trims and min(self._trim_from, self._last_seq) > self._trimmed_to
 
     async def run(self) -> None:
         """Write batches until `close` is called and everything kept is written.
@@ -255,7 +258,9 @@ class CommandOutput:
                     self._trim_from = chunk.seq + 1
                 else:
                     self._written.append((chunk.seq, size))
-        if self._trims and self._trim_from > self._trimmed_to:
+            if chunks:
+                self._last_seq = chunks[-1].seq
+        if self._trim_due():
             target = self._trim_from
             await self._registry.trim_output(self._run_id, keep_from_seq=target)  # type: ignore[attr-defined]
-            self._trimmed_to = target
+            self._trimmed_to = min(target, self._last_seq)
