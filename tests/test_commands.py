@@ -7,7 +7,7 @@ import os
 import stat
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -17,18 +17,22 @@ import psutil
 import pytest
 from structlog.testing import capture_logs
 
-from helpers import wait_until
+from helpers import wait_event, wait_until
 from redis_registries import redis_registry, redis_url
 from registries import memory_registry, skip_or_fail
 from runtrack import (
     BackgroundTaskManager,
     CommandFailed,
+    InMemoryRunRegistry,
     OutputChunk,
     RegistryUnavailableError,
     Run,
     RunRegistry,
     RunStatus,
 )
+from runtrack._command_output import CommandOutput
+from runtrack._logging import get_logger
+from runtrack.registry.base import OutputItem
 from sql_registries import mysql_registry, postgres_registry, sqlite_registry
 from tcp_proxy import tcp_proxy
 
@@ -548,3 +552,38 @@ async def test_a_registry_outage_loses_no_output() -> None:
     assert done.status is RunStatus.COMPLETED
     assert [c.text for c in chunks] == [f"line {i}\n" for i in range(400)]
     assert "command_output_delayed" in [entry["event"] for entry in logs]  # it did wait
+
+
+class _GatedRegistry(InMemoryRunRegistry):
+    """The memory registry, whose appends wait until the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.appending = asyncio.Event()
+
+    async def append_output(self, run_id: str, chunks: Iterable[OutputItem]) -> list[OutputChunk]:
+        self.appending.set()
+        await self.gate.wait()
+        return await super().append_output(run_id, chunks)
+
+
+async def test_output_dropped_while_its_write_was_in_flight_is_trimmed() -> None:
+    registry = _GatedRegistry()
+    run = Run(name="cmd")
+    await registry.add_run(run)
+    output = CommandOutput(registry, run.run_id, 100, get_logger())
+    writer = asyncio.create_task(output.run())
+    first, then = ("".join(c * 19 + "\n" for c in letters) for letters in ("abcde", "fghij"))
+    output.feed("stdout", first.encode())  # 100 bytes: the limit
+    await wait_event(registry.appending)
+    output.feed("stdout", then.encode())  # every in-flight chunk falls out meanwhile
+    registry.gate.set()
+    output.close()
+    await asyncio.wait_for(writer, 30)
+
+    chunks = await registry.get_output(run.run_id)
+
+    assert "".join(c.text for c in chunks) == then
+    assert [c.seq for c in chunks] == [6, 7, 8, 9, 10]
+    assert output.truncated is True
