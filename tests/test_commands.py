@@ -17,7 +17,7 @@ import psutil
 import pytest
 from structlog.testing import capture_logs
 
-from helpers import wait_event, wait_until
+from helpers import DelegatingRegistry, wait_event, wait_until
 from redis_registries import redis_registry, redis_url
 from registries import memory_registry, skip_or_fail
 from runtrack import (
@@ -25,6 +25,7 @@ from runtrack import (
     CommandFailed,
     InMemoryRunRegistry,
     OutputChunk,
+    OutputTrimming,
     RegistryUnavailableError,
     Run,
     RunRegistry,
@@ -587,3 +588,20 @@ async def test_output_dropped_while_its_write_was_in_flight_is_trimmed() -> None
     assert "".join(c.text for c in chunks) == then
     assert [c.seq for c in chunks] == [6, 7, 8, 9, 10]
     assert output.truncated is True
+
+
+async def test_a_registry_without_trimming_gets_all_output_written_and_memory_stays_bounded() -> (
+    None
+):
+    registry = DelegatingRegistry()
+    assert not isinstance(registry, OutputTrimming)
+    code = "for i in range(2000): print(f'{i:09d}')"  # 20 kB
+    async with BackgroundTaskManager(registry) as manager:
+        run = await manager.run_command(py(code), output_limit=1000)
+        done = await manager.wait(run.run_id, timeout=60)
+    chunks = await registry.get_output(run.run_id)
+
+    assert done.status is RunStatus.COMPLETED
+    assert truncated(done) is True
+    assert chunks[-1].text == "000001999\n"  # the newest output is there, however trimmed
+    assert [c.seq for c in chunks] == list(range(1, len(chunks) + 1))
