@@ -274,6 +274,17 @@ class TestExit:
         assert done.status is RunStatus.FAILED
         assert done.error_type == "CommandNotExecutable"
 
+    async def test_not_a_program(self, manager: BackgroundTaskManager, tmp_path: Path) -> None:
+        data = tmp_path / "data.bin"
+        data.write_bytes(b"\x00\x01 not an executable format\n")
+        data.chmod(stat.S_IRWXU)
+
+        done, _ = await finished(manager, await manager.run_command([str(data)]))
+
+        assert done.status is RunStatus.FAILED
+        assert done.error_type == "CommandNotExecutable"
+        assert "#!" in (done.error_message or "")
+
 
 class TestEnvironment:
     async def test_cwd(self, manager: BackgroundTaskManager, tmp_path: Path) -> None:
