@@ -7,7 +7,7 @@ import os
 import stat
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -17,19 +17,24 @@ import psutil
 import pytest
 from structlog.testing import capture_logs
 
-from helpers import wait_until
+from helpers import DelegatingRegistry, wait_event, wait_until
 from redis_registries import redis_registry, redis_url
 from registries import memory_registry, skip_or_fail
 from runtrack import (
     BackgroundTaskManager,
     CommandFailed,
+    InMemoryRunRegistry,
     OutputChunk,
+    OutputTrimming,
     RegistryUnavailableError,
     Run,
     RunRegistry,
     RunStatus,
 )
-from sql_registries import postgres_registry, sqlite_registry
+from runtrack._command_output import CommandOutput
+from runtrack._logging import get_logger
+from runtrack.registry.base import OutputItem
+from sql_registries import mysql_registry, postgres_registry, sqlite_registry
 from tcp_proxy import tcp_proxy
 
 PY = sys.executable
@@ -171,7 +176,7 @@ class TestOutput:
         assert limit - 1000 <= stored <= limit
         assert chunks[-1].text == "the end\n"
         assert [c.seq for c in chunks] == list(range(chunks[0].seq, chunks[-1].seq + 1))
-        assert chunks[0].seq > 90_000  # the start was dropped
+        assert chunks[0].seq > 1  # the start was dropped (what never got written has no seq)
         assert peak - before < 50 * 1024 * 1024
 
     async def test_small_limit_and_zero_limit(self, manager: BackgroundTaskManager) -> None:
@@ -204,6 +209,21 @@ class TestOutput:
         assert seen[0].text == "prompt> "
         assert done.status is RunStatus.COMPLETED
         assert texts(chunks) == "prompt> "
+
+    async def test_reaped_by_a_thread_without_pidfd(
+        self, manager: BackgroundTaskManager, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        def no_pidfd(pid: int, flags: int = 0) -> int:
+            raise OSError(38, "pidfd_open is not implemented")
+
+        monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+        done, chunks = await finished(
+            manager, await manager.run_command(py("import sys; print('ok'); sys.exit(4)"))
+        )
+
+        assert texts(chunks) == "ok\n"
+        assert done.error_type == "CommandFailed"
+        assert "code 4" in (done.error_message or "")
 
 
 class TestExit:
@@ -253,6 +273,17 @@ class TestExit:
 
         assert done.status is RunStatus.FAILED
         assert done.error_type == "CommandNotExecutable"
+
+    async def test_not_a_program(self, manager: BackgroundTaskManager, tmp_path: Path) -> None:
+        data = tmp_path / "data.bin"
+        data.write_bytes(b"\x00\x01 not an executable format\n")
+        data.chmod(stat.S_IRWXU)
+
+        done, _ = await finished(manager, await manager.run_command([str(data)]))
+
+        assert done.status is RunStatus.FAILED
+        assert done.error_type == "CommandNotExecutable"
+        assert "#!" in (done.error_message or "")
 
 
 class TestEnvironment:
@@ -382,7 +413,7 @@ class TestProcessGroup:
         assert_group_gone(pgid)
 
     async def test_timeout_kills_the_whole_group(self, manager: BackgroundTaskManager) -> None:
-        run = await manager.run_command(TREE, shell=True, kill_grace=0.5, timeout=3)
+        run = await manager.run_command(TREE, shell=True, kill_grace=0.5, timeout=5)
         pgid = await started_tree(manager, run)
 
         done = await manager.wait(run.run_id, timeout=60)
@@ -445,6 +476,7 @@ BACKENDS: list[tuple[str, Callable[[], AbstractAsyncContextManager[RunRegistry]]
     ("memory", memory_registry),
     ("sqlite", sqlite_registry),
     ("postgresql", postgres_registry),
+    ("mariadb", mysql_registry),
     ("redis", redis_registry),
 ]
 
@@ -532,3 +564,55 @@ async def test_a_registry_outage_loses_no_output() -> None:
     assert done.status is RunStatus.COMPLETED
     assert [c.text for c in chunks] == [f"line {i}\n" for i in range(400)]
     assert "command_output_delayed" in [entry["event"] for entry in logs]  # it did wait
+
+
+class _GatedRegistry(InMemoryRunRegistry):
+    """The memory registry, whose appends wait until the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.appending = asyncio.Event()
+
+    async def append_output(self, run_id: str, chunks: Iterable[OutputItem]) -> list[OutputChunk]:
+        self.appending.set()
+        await self.gate.wait()
+        return await super().append_output(run_id, chunks)
+
+
+async def test_output_dropped_while_its_write_was_in_flight_is_trimmed() -> None:
+    registry = _GatedRegistry()
+    run = Run(name="cmd")
+    await registry.add_run(run)
+    output = CommandOutput(registry, run.run_id, 100, get_logger())
+    writer = asyncio.create_task(output.run())
+    first, then = ("".join(c * 19 + "\n" for c in letters) for letters in ("abcde", "fghij"))
+    output.feed("stdout", first.encode())  # 100 bytes: the limit
+    await wait_event(registry.appending)
+    output.feed("stdout", then.encode())  # every in-flight chunk falls out meanwhile
+    registry.gate.set()
+    output.close()
+    await asyncio.wait_for(writer, 30)
+
+    chunks = await registry.get_output(run.run_id)
+
+    assert "".join(c.text for c in chunks) == then
+    assert [c.seq for c in chunks] == [6, 7, 8, 9, 10]
+    assert output.truncated is True
+
+
+async def test_a_registry_without_trimming_gets_all_output_written_and_memory_stays_bounded() -> (
+    None
+):
+    registry = DelegatingRegistry()
+    assert not isinstance(registry, OutputTrimming)
+    code = "for i in range(2000): print(f'{i:09d}')"  # 20 kB
+    async with BackgroundTaskManager(registry) as manager:
+        run = await manager.run_command(py(code), output_limit=1000)
+        done = await manager.wait(run.run_id, timeout=60)
+    chunks = await registry.get_output(run.run_id)
+
+    assert done.status is RunStatus.COMPLETED
+    assert truncated(done) is True
+    assert chunks[-1].text == "000001999\n"  # the newest output is there, however trimmed
+    assert [c.seq for c in chunks] == list(range(1, len(chunks) + 1))

@@ -27,8 +27,9 @@ __all__ = ["CHUNK_CHARS", "CommandOutput"]
 CHUNK_CHARS: Final = 64 * 1024
 #: Seconds between writes of the chunks produced meanwhile.
 FLUSH_INTERVAL: Final = 0.05
-#: Bytes of unwritten chunks that trigger a write before the interval ends.
-FLUSH_BYTES: Final = 256 * 1024
+#: Most chunks in one write; as many unwritten chunks trigger a write before the interval
+#: ends. (Bytes need no trigger: what is over the limit is dropped before it is written.)
+MAX_BATCH: Final = 5000
 #: Longest wait between two attempts while the registry is unreachable.
 MAX_BACKOFF: Final = 2.0
 #: Characters kept of the last stderr line, for the failure message.
@@ -80,13 +81,13 @@ class CommandOutput:
         self._chunk_chars = max(1, min(CHUNK_CHARS, limit // 4))  # a chunk fits the limit
         self._streams = {name: _Stream(name) for name in ("stdout", "stderr")}
         self._pending: deque[_Chunk] = deque()  # not handed to the registry yet
-        self._pending_bytes = 0
         self._inflight: list[_Chunk] = []  # being written
         self._inflight_dropped = 0  # how many of its first chunks fell out meanwhile
         self._written: deque[tuple[int, int]] = deque()  # (seq, bytes) kept in the registry
         self._kept = 0  # bytes of every chunk kept: pending, in flight and written
         self._trim_from = 0  # the oldest seq the registry should keep
         self._trimmed_to = 0
+        self._last_seq = 0  # the newest seq written
         self._trims = isinstance(registry, OutputTrimming)
         self._gone = False  # the run was deleted: nothing more is written
         self._closing = False
@@ -143,11 +144,10 @@ class CommandOutput:
             if not text:
                 return
         self._pending.append((stream, text, size))
-        self._pending_bytes += size
         self._kept += size
         while self._kept > self._limit:
             self._drop_oldest()
-        if self._pending_bytes >= FLUSH_BYTES:
+        if len(self._pending) >= MAX_BATCH:
             self._wake.set()
 
     def _drop_oldest(self) -> None:
@@ -160,7 +160,6 @@ class CommandOutput:
             self._inflight_dropped += 1
         else:
             size = self._pending.popleft()[2]
-            self._pending_bytes -= size
         self._kept -= size
 
     def _tick(self) -> None:
@@ -176,9 +175,11 @@ class CommandOutput:
     def _has_work(self) -> bool:
         if self._gone:
             return False
-        return bool(self._pending or self._inflight) or (
-            self._trims and self._trim_from > self._trimmed_to
-        )
+        return bool(self._pending or self._inflight) or self._trim_due()
+
+    def _trim_due(self) -> bool:
+        # The registry keeps its newest chunk: one due to go goes once newer ones are written.
+        return self._trims and min(self._trim_from, self._last_seq) > self._trimmed_to
 
     async def run(self) -> None:
         """Write batches until `close` is called and everything kept is written.
@@ -220,6 +221,8 @@ class CommandOutput:
                 delay = min(max(delay * 2, 0.1), MAX_BACKOFF)
             else:
                 delay = 0.0
+                if len(self._pending) >= MAX_BATCH:
+                    self._wake.set()  # another full batch waits: no pause before it
 
     def close(self) -> None:
         """The command's pipes are closed: `run` writes what is left, then returns."""
@@ -230,10 +233,10 @@ class CommandOutput:
 
     async def _flush(self) -> None:
         if not self._inflight and self._pending:
-            self._inflight = list(self._pending)
+            pending = self._pending
+            take = min(len(pending), MAX_BATCH)
+            self._inflight = [pending.popleft() for _ in range(take)]
             self._inflight_dropped = 0
-            self._pending.clear()
-            self._pending_bytes = 0
         batch = self._inflight
         if batch:
             try:
@@ -245,9 +248,7 @@ class CommandOutput:
                 if isinstance(exc, ValueError | TypeError | RunNotFoundError):
                     self._kept -= sum(size for _, _, size in batch[self._inflight_dropped :])
                 else:  # written later, ahead of what came meanwhile
-                    back = batch[self._inflight_dropped :]
-                    self._pending.extendleft(reversed(back))
-                    self._pending_bytes += sum(size for _, _, size in back)
+                    self._pending.extendleft(reversed(batch[self._inflight_dropped :]))
                 raise
             dropped = self._inflight_dropped
             self._inflight = []
@@ -257,7 +258,9 @@ class CommandOutput:
                     self._trim_from = chunk.seq + 1
                 else:
                     self._written.append((chunk.seq, size))
-        if self._trims and self._trim_from > self._trimmed_to:
+            if chunks:
+                self._last_seq = chunks[-1].seq
+        if self._trim_due():
             target = self._trim_from
             await self._registry.trim_output(self._run_id, keep_from_seq=target)  # type: ignore[attr-defined]
-            self._trimmed_to = target
+            self._trimmed_to = min(target, self._last_seq)

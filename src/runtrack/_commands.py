@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import functools
 import os
 import signal
@@ -286,7 +287,13 @@ async def _sample_memory(pid: int, peak: list[int]) -> None:
     except psutil.Error:
         return
     interval = 0.1
+    try:  # at start: no descendants yet (and looking for them costs a scan of /proc)
+        peak[0] = root.memory_info().rss
+    except psutil.Error:
+        return
     while True:
+        await asyncio.sleep(interval)
+        interval = min(interval * 2, 1.0)
         try:
             total = root.memory_info().rss
             for child in root.children(recursive=True):
@@ -295,8 +302,6 @@ async def _sample_memory(pid: int, peak: list[int]) -> None:
         except psutil.Error:  # exited
             return
         peak[0] = max(peak[0], total)
-        await asyncio.sleep(interval)
-        interval = min(interval * 2, 1.0)
 
 
 def _spawn(spec: CommandSpec) -> subprocess.Popen[bytes]:
@@ -311,6 +316,10 @@ def _spawn(spec: CommandSpec) -> subprocess.Popen[bytes]:
         raise CommandNotFound(spec.argv[0]) from exc
     except PermissionError as exc:
         raise CommandNotExecutable(spec.argv[0]) from exc
+    except OSError as exc:
+        if exc.errno == errno.ENOEXEC:  # not a program this system runs (no #! line, ...)
+            raise CommandNotExecutable(spec.argv[0]) from exc
+        raise
 
 
 async def execute(spec: CommandSpec) -> dict[str, Any]:
@@ -368,10 +377,12 @@ async def execute(spec: CommandSpec) -> dict[str, Any]:
             raise
     finally:
         sampler.cancel()
-        if (
-            reaper.exited.done() and not reaper.exited.cancelled()
-        ):  # reaped here: Popen must not wait for it
-            process.returncode = os.waitstatus_to_exitcode(reaper.exited.result()[0])
+        for pipe in (process.stdout, process.stderr):  # not left open if never connected
+            if pipe is not None:
+                pipe.close()
+        exited = reaper.exited
+        if exited.done() and not exited.cancelled():  # reaped here: Popen must not wait
+            process.returncode = os.waitstatus_to_exitcode(exited.result()[0])
     exit_code = os.waitstatus_to_exitcode(status)
     if exit_code != 0:
         raise CommandFailed(exit_code, output.last_stderr_line)

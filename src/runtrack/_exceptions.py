@@ -187,12 +187,12 @@ class CommandNotFound(RuntrackError):
 
 
 class CommandNotExecutable(RuntrackError):
-    """The program of a command run exists but may not be executed (permissions)."""
+    """The program of a command run exists but cannot be executed (permissions, format)."""
 
     def __init__(self, program: str) -> None:
         self._init_args = (program,)
         self.program = program
         super().__init__(
-            f"command not executable: {program!r}: make it executable (chmod +x) or run it "
-            "through its interpreter"
+            f"command not executable: {program!r}: check that it may be executed (chmod +x) "
+            "and that a script starts with a #! line, or run it through its interpreter"
         )

@@ -676,8 +676,9 @@ class BackgroundTaskManager(Queueing, Cancelling, Execution):
         output waits in memory and is written when it is back.
 
         A COMPLETED run's ``result`` is ``{"exit_code", "cpu_seconds", "max_rss_bytes",
-        "output_truncated"}``: CPU time and peak resident memory (of the largest process)
-        as the kernel counts them for the command and the descendants it waited for. A
+        "output_truncated"}``: the CPU time of the command and of the descendants it waited
+        for, from the kernel (``wait4``), and the most resident memory its process tree held
+        at once, sampled with psutil (at start, then every 0.1 s growing to 1 s). A
         nonzero exit fails the run with `CommandFailed` (the exit code, or the signal, and
         the last stderr line are in ``error_message``; ``result`` stays None), a missing
         program with `CommandNotFound`, one that may not be executed with
@@ -686,7 +687,7 @@ class BackgroundTaskManager(Queueing, Cancelling, Execution):
         Args:
             argv: The program and its arguments, e.g. ``["pg_dump", "-Fc", "db"]``; with
                 ``shell=True``, one command line (a str).
-            cwd: Directory to run in; default this process's.
+            cwd: Directory to run in; default this process's. stdin is ``/dev/null``.
             env: Variables set over the environment (a value of None removes the
                 variable). Only their names are recorded, never their values.
             inherit_env: Start from this process's environment (default) or from nothing.
@@ -718,9 +719,9 @@ class BackgroundTaskManager(Queueing, Cancelling, Execution):
             ...         run = await manager.run_command([sys.executable, "-c", "print('hi')"])
             ...         done = await manager.wait(run.run_id)
             ...         output = await manager.registry.get_output(run.run_id)
-            ...         return done.result["exit_code"], [c.text for c in output]
+            ...         return done.result["exit_code"], [c.text.strip() for c in output]
             >>> asyncio.run(main())
-            (0, ['hi\\n'])
+            (0, ['hi'])
         """
         from runtrack._commands import submit_command  # noqa: PLC0415 - kept off the import path
 
