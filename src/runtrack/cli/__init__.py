@@ -13,7 +13,13 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
-import click
+try:
+    import click
+    import rich  # noqa: F401 - checked here so that a missing extra is named at once
+except ImportError as exc:  # pragma: no cover - the dev environment has the extra
+    raise ImportError(
+        f"the runtrack command needs the cli extra: pip install 'runtrack[cli]' ({exc})"
+    ) from exc
 
 from runtrack import __version__
 from runtrack.cli._app import (

@@ -110,17 +110,19 @@ def runs_table(runs: list[Run], *, title: str | None = None) -> Table:
     """The runs as a table: id, name, status, progress, age, duration and detail."""
     now = utcnow()
     table = Table(title=title, box=None, header_style="bold", pad_edge=False)
-    table.add_column("RUN", no_wrap=True)
-    table.add_column("NAME", no_wrap=True, max_width=28)
-    table.add_column("STATUS", no_wrap=True)
-    table.add_column("PROGRESS", no_wrap=True)
-    table.add_column("AGE", justify="right", no_wrap=True)
-    table.add_column("TOOK", justify="right", no_wrap=True)
+    # The id and the status are never cut (an id is what `show` and `cancel` take); the
+    # name and the detail give way on a narrow terminal.
+    table.add_column("RUN", no_wrap=True, min_width=36)
+    table.add_column("NAME", no_wrap=True, max_width=28, overflow="ellipsis")
+    table.add_column("STATUS", no_wrap=True, min_width=9)
+    table.add_column("PROG", justify="right", no_wrap=True, min_width=4)
+    table.add_column("AGE", justify="right", no_wrap=True, min_width=6)
+    table.add_column("TOOK", justify="right", no_wrap=True, min_width=6)
     table.add_column("DETAIL", overflow="ellipsis", no_wrap=True, max_width=60)
     for run in runs:
         progress: Any = Text("")
         if run.progress is not None:
-            progress = Text(f"{run.progress:>4.0%}")
+            progress = Text(f"{run.progress:.0%}")
         table.add_row(
             run.run_id,
             run.name,
