@@ -629,6 +629,27 @@ async def test_run_cancelled_from_another_process(sqlite_cli: Backend) -> None:
     assert record.status is RunStatus.CANCELLED
 
 
+async def test_run_into_a_closed_pipe_cancels_the_run(sqlite_cli: Backend) -> None:
+    # `head` exits after two lines: runtrack stops the endless command and ends quietly.
+    command = " ".join([*COMMAND, "run", "--name", "endless", "--", "yes"]) + " | head -n 2"
+    proc = await asyncio.create_subprocess_exec(
+        "bash",
+        "-c",
+        f"set -o pipefail; {command}",
+        env=sqlite_cli.env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(SAFETY * 6):
+        out, err = await proc.communicate()
+
+    assert out == b"y\ny\n"
+    assert proc.returncode == 141, err
+    assert b"Traceback" not in err
+    [run] = await sqlite_cli.registry.list_runs(name="endless")
+    assert run.status is RunStatus.CANCELLED
+
+
 def _alive(pid: int) -> bool:
     """Whether a process exists and is not a zombie waiting for its parent."""
     try:

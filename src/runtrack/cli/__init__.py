@@ -8,6 +8,7 @@ exit codes.
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -40,6 +41,9 @@ from runtrack.cli._watch import watch_command
 
 __all__ = ["cli", "main"]
 
+#: Exit code when stdout's reader went away (128 + SIGPIPE).
+EXIT_BROKEN_PIPE = 141
+
 
 class _Group(click.Group):
     """Lists subcommands in the order they were added, and keeps errors to one line."""
@@ -55,6 +59,12 @@ class _Group(click.Group):
         except Fail as exc:
             click.echo(f"error: {exc.message}", err=True)
             ctx.exit(exc.exit_code)
+        except BrokenPipeError:
+            # Whoever read stdout went away (`runtrack output ID | head`): stop quietly, with
+            # the code a shell reports for a process that SIGPIPE ended (128 + 13).
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            ctx.exit(EXIT_BROKEN_PIPE)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(EXIT_INTERRUPTED)

@@ -125,8 +125,12 @@ async def _run(
             )
             stopper = asyncio.create_task(stop.wait())
             while not waiter.done():
-                await asyncio.wait([waiter, stopper], timeout=0.25, return_when="FIRST_COMPLETED")
-                if stop.is_set() and not waiter.done():
+                await asyncio.wait(
+                    [waiter, stopper, follower], timeout=0.25, return_when="FIRST_COMPLETED"
+                )
+                # A signal, or output that cannot be written (`runtrack run -- yes | head`:
+                # the follower ends early only by failing) stops the command.
+                if (stop.is_set() or follower.done()) and not waiter.done():
                     await manager.cancel_task(run.run_id)
                     break
                 if line is not None:
