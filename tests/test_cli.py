@@ -158,6 +158,9 @@ class TestFormatting:
         async def broken(*args: object, **kwargs: object) -> list[Run]:
             raise RuntimeError("first line\nsecond line")
 
+        async def leaky(*args: object, **kwargs: object) -> list[Run]:
+            raise RuntimeError("cannot log in to postgresql://app:s3cret-pw@db/app")
+
         monkeypatch.setattr(InMemoryRunRegistry, "list_runs", broken)
 
         plain = CliRunner().invoke(cli, ["--registry", "memory://", "list"])
@@ -168,6 +171,16 @@ class TestFormatting:
         assert debug.exit_code == 1
         assert "Traceback" in debug.output
         assert debug.output.endswith("error: RuntimeError: first line\n")
+
+        from runtrack.registry.sql import SQLRunRegistry
+
+        monkeypatch.setattr(SQLRunRegistry, "list_runs", leaky)
+        url = "postgresql+asyncpg://app:s3cret-pw@db/app"
+        masked = CliRunner().invoke(cli, ["--registry", url, "list"])
+
+        assert masked.exit_code == 1
+        assert "s3cret-pw" not in masked.output
+        assert "app:***@db" in masked.output
 
     def test_active_owners(self) -> None:
         runs = [

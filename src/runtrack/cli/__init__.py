@@ -30,6 +30,7 @@ from runtrack.cli._app import (
     CliState,
     Fail,
     configure_logging,
+    masked,
 )
 from runtrack.cli._demo import demo_command
 from runtrack.cli._follow import output_command
@@ -72,7 +73,8 @@ class _Group(click.Group):
             state = ctx.find_object(CliState)
             if state is not None and state.debug:
                 traceback.print_exception(exc)
-            message = str(exc).splitlines()[0] if str(exc) else ""
+            text = str(exc) if state is None else masked(str(exc), state.url)
+            message = text.splitlines()[0] if text else ""
             click.echo(f"error: {type(exc).__name__}: {message}".rstrip(": "), err=True)
             ctx.exit(EXIT_FAILED)
 

@@ -29,6 +29,7 @@ __all__ = [
     "CliState",
     "Fail",
     "mask_url",
+    "masked",
     "run_async",
     "state_of",
 ]
@@ -93,9 +94,9 @@ class CliState:
         try:
             return registry_from_url(self.url, prefix=self.prefix)
         except ValueError as exc:
-            raise click.BadParameter(_masked(str(exc), self.url), param_hint="--registry") from None
+            raise click.BadParameter(masked(str(exc), self.url), param_hint="--registry") from None
         except ImportError as exc:
-            raise Fail(_masked(str(exc), self.url), EXIT_UNREACHABLE) from None
+            raise Fail(masked(str(exc), self.url), EXIT_UNREACHABLE) from None
 
     @property
     def where(self) -> str:
@@ -103,7 +104,7 @@ class CliState:
         return mask_url(self.url)
 
 
-def _masked(text: str, url: str) -> str:
+def masked(text: str, url: str) -> str:
     """``text`` with the password of ``url`` blanked out wherever it appears."""
     try:
         password = urlsplit(url).password
@@ -164,5 +165,5 @@ async def _driver_threads_done(timeout: float = 1.0) -> None:
 def _unreachable(state: CliState, exc: Exception) -> NoReturn:
     if state.debug:
         traceback.print_exception(exc)
-    message = _masked(str(exc), state.url)
+    message = masked(str(exc), state.url)
     raise Fail(f"{state.where}: {message}", EXIT_UNREACHABLE) from None
