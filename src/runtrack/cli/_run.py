@@ -159,7 +159,8 @@ def run_command(
 ) -> None:
     """Run a command as a tracked run here, streaming its output, and exit with its code.
 
-    The command runs without a shell (use `sh -c '...'` for one). Its output is recorded
+    The command runs without a shell (use `sh -c '...'` for one), with its stdin
+    closed. Its output is recorded
     in the registry as it arrives and printed here (stdout to stdout, stderr to stderr);
     when stderr is a terminal a status line shows the run's id, time and progress.
     Ctrl-C cancels the run (recorded CANCELLED, the command's process group killed) and
