@@ -377,7 +377,7 @@ async def test_managers(cli_backend: Backend) -> None:
     assert "host-c:3" not in table.out
     managers = json.loads(as_json.out)["managers"]
     assert [(m["owner"], m["running"]) for m in managers] == [("host-b:2", 2), ("host-a:1", 1)]
-    assert all(m["heartbeat_at"] for m in managers)
+    assert all(m["heartbeat_at"].endswith("Z") for m in managers)
 
 
 # -- errors ------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import click
@@ -92,6 +92,13 @@ def stats_command(ctx: click.Context, as_json: bool) -> None:
     )
 
 
+def _json_time(value: object) -> str | None:
+    """A time as the runs' JSON writes it: ISO 8601 in UTC, ending in ``Z``."""
+    if not isinstance(value, datetime):
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 def active_owners(runs: list[Run]) -> list[dict[str, Any]]:
     """Per owner of ``runs``: how many of them it runs and its latest heartbeat.
 
@@ -135,8 +142,7 @@ def managers_command(ctx: click.Context, as_json: bool) -> None:
         echo_json(
             {
                 "managers": [
-                    {**row, "heartbeat_at": row["heartbeat_at"] and row["heartbeat_at"].isoformat()}
-                    for row in owners
+                    {**row, "heartbeat_at": _json_time(row["heartbeat_at"])} for row in owners
                 ]
             }
         )
