@@ -207,6 +207,7 @@ class CommandOutput:
                     "command_output_refused", run_id=self._run_id, error=str(exc),
                     detail="the registry refused a batch of the command's output; it is lost",
                 )  # fmt: skip
+                self._trimmed_to = max(self._trimmed_to, min(self._trim_from, self._last_seq))
                 delay = 0.0
             except RunNotFoundError:
                 self._gone = True  # deleted while running (cleanup): nothing to write to
