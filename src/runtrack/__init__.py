@@ -28,6 +28,7 @@ from runtrack._models import OutputChunk, Retry, Run, RunEvent
 from runtrack._stats import ManagerStats, NameStats
 from runtrack._status import TERMINAL, RunStatus
 from runtrack._sync import SyncTaskManager
+from runtrack._system import SystemStats, system_stats
 from runtrack.registry import InMemoryRunRegistry, RunRegistry, registry_from_url
 
 __all__ = [
@@ -54,12 +55,14 @@ __all__ = [
     "RunStatus",
     "RuntrackError",
     "SyncTaskManager",
+    "SystemStats",
     "background",
     "current_run",
     "get_default_manager",
     "registry_from_url",
     "report_progress",
     "set_default_manager",
+    "system_stats",
 ]
 
 __version__ = "0.1.0.dev0"
