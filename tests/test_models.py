@@ -24,6 +24,9 @@ import runtrack.registry
 from runtrack import (
     TERMINAL,
     BackgroundTaskManager,
+    CommandFailed,
+    CommandNotExecutable,
+    CommandNotFound,
     DuplicateRunError,
     InMemoryRunRegistry,
     ManagerClosedError,
@@ -769,6 +772,9 @@ def all_errors() -> list[RuntrackError]:
         NoActiveRunError(),
         RegistryUnavailableError("redis", "timed out after 5 s"),
         RegistryConfigError("mysql", "Unknown database 'app'", "create the database"),
+        CommandFailed(3, "disk full"),
+        CommandNotFound("pg_dump"),
+        CommandNotExecutable("./run.sh"),
     ]
 
 
@@ -795,6 +801,9 @@ class TestErrors:
                     ["current_run()", "BackgroundTaskManager"],
                     ["redis", "timed out after 5 s", "retry"],
                     ["mysql", "Unknown database 'app'", "create the database"],
+                    ["exited with code 3", "disk full"],
+                    ["not found", "'pg_dump'", "PATH"],
+                    ["not executable", "'./run.sh'", "chmod +x"],
                 ],
                 strict=True,
             )
@@ -808,6 +817,9 @@ class TestErrors:
             "NoActiveRunError",
             "RegistryUnavailableError",
             "RegistryConfigError",
+            "CommandFailed",
+            "CommandNotFound",
+            "CommandNotExecutable",
         ],
     )
     def test_message(self, error: RuntrackError, says: list[str]) -> None:
@@ -823,6 +835,10 @@ class TestErrors:
         assert ManagerClosedError("closing").state == "closing"
         assert RegistryUnavailableError("postgresql").backend == "postgresql"
         assert RegistryConfigError("redis", "bad", "fix").backend == "redis"
+        assert CommandFailed(-9, "x").exit_code == -9
+        assert CommandFailed(1, "last").last_stderr_line == "last"
+        assert CommandNotFound("ls").program == "ls"
+        assert CommandNotExecutable("ls").program == "ls"
 
     @pytest.mark.parametrize("error", all_errors(), ids=lambda e: type(e).__name__)
     def test_pickle(self, error: RuntrackError) -> None:
