@@ -122,7 +122,7 @@ class TestFallbackWhenRegistryIsDown:
                 return await super().get_run(run_id)
 
         # A registry that is not the in-memory fast path, and that can be taken down.
-        monkeypatch.setattr("runtrack._manager.InMemoryRunRegistry", type("NotIt", (), {}))
+        monkeypatch.setattr("runtrack._recording.InMemoryRunRegistry", type("NotIt", (), {}))
         registry = DownRegistry()
         ran = asyncio.Event()
 

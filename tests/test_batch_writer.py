@@ -49,7 +49,7 @@ def flaky(monkeypatch: pytest.MonkeyPatch) -> FlakyBatchRegistry:
     registry = FlakyBatchRegistry()
     # Make the manager treat it as a remote registry (no synchronous fast path).
     monkeypatch.setattr(
-        "runtrack._manager.InMemoryRunRegistry", type("NotThisOne", (), {}), raising=True
+        "runtrack._recording.InMemoryRunRegistry", type("NotThisOne", (), {}), raising=True
     )
     return registry
 
@@ -197,7 +197,7 @@ class TwoInFlightRegistry(InMemoryRunRegistry):
 @pytest.fixture
 def two(monkeypatch: pytest.MonkeyPatch) -> TwoInFlightRegistry:
     monkeypatch.setattr(
-        "runtrack._manager.InMemoryRunRegistry", type("NotThisOne", (), {}), raising=True
+        "runtrack._recording.InMemoryRunRegistry", type("NotThisOne", (), {}), raising=True
     )
     return TwoInFlightRegistry()
 
@@ -317,7 +317,7 @@ class TestFailedBatches:
     @pytest.fixture
     def poison(self, monkeypatch: pytest.MonkeyPatch) -> PoisonRegistry:
         monkeypatch.setattr(
-            "runtrack._manager.InMemoryRunRegistry", type("NotThisOne", (), {}), raising=True
+            "runtrack._recording.InMemoryRunRegistry", type("NotThisOne", (), {}), raising=True
         )
         return PoisonRegistry()
 

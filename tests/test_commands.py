@@ -241,6 +241,13 @@ class TestExit:
         assert done.error_message is not None
         assert "exited with code 3" in done.error_message
         assert done.error_message.endswith(": boom!")
+        result = done.result
+        assert isinstance(result, dict)
+        assert result["exit_code"] == 3
+        assert isinstance(result["cpu_seconds"], float)
+        assert isinstance(result["max_rss_bytes"], int)
+        assert result["max_rss_bytes"] > 0
+        assert result["output_truncated"] is False
 
     async def test_killed_by_a_signal(self, manager: BackgroundTaskManager) -> None:
         done, _ = await finished(
@@ -250,6 +257,8 @@ class TestExit:
         assert done.status is RunStatus.FAILED
         assert done.error_type == "CommandFailed"
         assert "SIGKILL" in (done.error_message or "")
+        assert isinstance(done.result, dict)
+        assert done.result["exit_code"] == -9
 
     def test_command_failed_message(self) -> None:
         assert str(CommandFailed(2, "")) == "the command exited with code 2 (no stderr output)"

@@ -673,6 +673,11 @@ class TestHealthAndMetrics:
         assert body["owner"] == manager.owner
         assert body["active_runs"] == 0
         assert body["registry_latency_ms"] >= 0
+        system = body["system"]
+        assert system["cpu_count"] >= 1
+        assert 0 < system["memory_available_bytes"] <= system["memory_total_bytes"]
+        assert system["process_rss_bytes"] > 0
+        assert system["load_1m"] >= 0
 
     async def test_degraded_when_the_registry_is_down(self) -> None:
         registry = BrokenRegistry(RegistryUnavailableError("test", "connection refused"))

@@ -226,7 +226,7 @@ async def test_heartbeat_reads_every_running_status_at_once(
 ) -> None:
     # Seen as a remote registry: writes through the batch writer, reads through the API.
     monkeypatch.setattr(
-        "runtrack._manager.InMemoryRunRegistry", type("NotThisOne", (), {}), raising=True
+        "runtrack._recording.InMemoryRunRegistry", type("NotThisOne", (), {}), raising=True
     )
     registry = CountingRegistry()
     gate = asyncio.Event()

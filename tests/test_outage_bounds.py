@@ -165,7 +165,7 @@ async def test_heartbeat_and_lease_failures_are_logged_once_per_outage(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Not the in-memory fast path: heartbeats read statuses from the registry.
-    monkeypatch.setattr("runtrack._manager.InMemoryRunRegistry", type("NotIt", (), {}))
+    monkeypatch.setattr("runtrack._recording.InMemoryRunRegistry", type("NotIt", (), {}))
     registry = _DownReads()
     forever = asyncio.Event()
 

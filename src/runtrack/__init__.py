@@ -31,6 +31,7 @@ from runtrack._models import OutputChunk, Retry, Run, RunEvent
 from runtrack._stats import ManagerStats, NameStats
 from runtrack._status import TERMINAL, RunStatus
 from runtrack._sync import SyncTaskManager
+from runtrack._system import SystemStats, system_stats
 from runtrack.registry import (
     InMemoryRunRegistry,
     OutputTrimming,
@@ -66,12 +67,14 @@ __all__ = [
     "RunStatus",
     "RuntrackError",
     "SyncTaskManager",
+    "SystemStats",
     "background",
     "current_run",
     "get_default_manager",
     "registry_from_url",
     "report_progress",
     "set_default_manager",
+    "system_stats",
 ]
 
 __version__ = "0.1.0.dev0"

@@ -14,6 +14,7 @@ from contextvars import Context, copy_context
 from typing import TYPE_CHECKING, Any, Final
 
 from runtrack._status import RunStatus
+from runtrack._storable import MAX_ERROR_MESSAGE, storable_text
 from runtrack.registry.memory import _Record
 
 if TYPE_CHECKING:
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 
     from runtrack._models import Retry
 
-__all__ = ["DONE", "FINISHING", "QUEUED", "RUNNING", "SUBMITTING", "Job", "Lanes"]
+__all__ = ["DONE", "FINISHING", "QUEUED", "RUNNING", "SUBMITTING", "Job", "Lanes", "describe_error"]
 
 QUEUED: Final = 0
 RUNNING: Final = 1
@@ -252,3 +253,19 @@ class Lanes:
                 for job in bucket:
                     if job.state == QUEUED:
                         yield job
+
+
+def describe_error(error: BaseException, job: Job) -> str:
+    """The error message recorded for a failed attempt, as every registry can store it."""
+    try:
+        message = str(error)
+    except Exception:  # a broken __str__ must not lose the failure
+        message = ""
+    if not message:
+        if isinstance(error, TimeoutError) and job.timeout is not None:
+            return f"the run took longer than its timeout of {job.timeout:g}s"
+        try:
+            message = repr(error)
+        except Exception:
+            message = type(error).__name__
+    return storable_text(message, MAX_ERROR_MESSAGE)

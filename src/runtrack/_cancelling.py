@@ -1,4 +1,4 @@
-"""Cancellation, shutdown's drain, and waits for the registry bounded by ``registry_timeout``.
+"""Cancellation, waiting for runs, and waits for the registry bounded by ``registry_timeout``.
 
 `Cancelling` is the mixin of `BackgroundTaskManager` that stops queued and running runs
 (recording the cancellation first, so it wins against a completion) and bounds every wait
@@ -8,14 +8,14 @@ for a write while the registry is unreachable.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable
 from typing import TypeVar
 
 from runtrack._admission import DONE, FINISHING, QUEUED, RUNNING, SUBMITTING, Job
 from runtrack._clock import now_us
-from runtrack._exceptions import RegistryConfigError, RegistryUnavailableError
+from runtrack._exceptions import RegistryConfigError, RegistryUnavailableError, RunNotFoundError
 from runtrack._execution import close_coro
+from runtrack._models import Run, utcnow
 from runtrack._state import ManagerCore
 from runtrack._status import RunStatus
 
@@ -151,53 +151,29 @@ class Cancelling(ManagerCore):
             self._drop_queued(job)
             self._finish_local(job, RunStatus.CANCELLED, RunStatus.QUEUED, None)
 
-    async def _drain(self, grace: float) -> None:
-        deadline = time.monotonic() + grace
-        while self._jobs:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            now = time.monotonic()
-            self._log.info(
-                "shutdown_waiting",
-                grace_left=round(left, 3),
-                runs=[
-                    {
-                        "run_id": j.run_id,
-                        "name": j.name,
-                        "status": "running" if j.state == RUNNING else "queued",
-                        "running_for": round(now - j.started, 3) if j.state == RUNNING else None,
-                    }
-                    for j in list(self._jobs.values())[:50]
-                ],
-                active=len(self._jobs),
-            )
-            try:
-                async with asyncio.timeout(min(left, 5.0)):
-                    await self._idle.wait()
-            except TimeoutError:
-                continue
+    async def _cancel(self, run_id: str) -> bool:
+        job = self._jobs.get(run_id)
+        if job is not None:
+            return await self._cancel_job(job)
+        await self._bounded(self._writer.settled(run_id))  # our own writes land first
+        try:
+            run = await self.registry.transition(run_id, RunStatus.CANCELLED, finished_at=utcnow())
+        except ValueError:
+            return False
+        return run is not None
 
-    async def _cancel_all(self) -> None:
-        if not self._jobs:
-            return
-        self._log.warning("shutdown_cancelling", active=len(self._jobs))
-        jobs = list(self._jobs.values())
-        # The CANCELLED writes are flushed (for at most registry_timeout) by the writer's
-        # aclose: none is waited for here, so an unreachable registry cannot hold us.
-        await asyncio.gather(*(self._cancel_job(job, wait_write=False) for job in jobs))
-
-    async def _stop_background(self) -> None:
-        """Cancel the background tasks (heartbeat, holds, listeners) and wait for them.
-
-        Cancelled again while they last: a Redis call may swallow a cancellation (redis-py
-        #2028), and the heartbeat loop ends anyway once it sees the manager closing.
-        """
-        tasks = set(self._background)
-        for _ in range(100):  # 10 s at most: a task that never ends is left behind
-            if not tasks:
-                return
-            for task in tasks:
-                task.cancel()
-            _, tasks = await asyncio.wait(tasks, timeout=0.1)
-        self._log.error("background_tasks_left", tasks=[repr(t) for t in tasks])
+    async def _wait(self, run_id: str) -> Run:
+        job = self._jobs.get(run_id)
+        if job is not None:
+            await self._await_job(job, None)
+        if job is not None or run_id in self._finishing:
+            await self._bounded(self._writer.settled(run_id), "the run has ended here")
+        delay = 0.01
+        while True:
+            run = await self.registry.get_run(run_id)
+            if run is None:
+                raise RunNotFoundError(run_id)
+            if run.status.is_terminal:
+                return run
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)

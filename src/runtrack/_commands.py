@@ -384,14 +384,15 @@ async def execute(spec: CommandSpec) -> dict[str, Any]:
         if exited.done() and not exited.cancelled():  # reaped here: Popen must not wait
             process.returncode = os.waitstatus_to_exitcode(exited.result()[0])
     exit_code = os.waitstatus_to_exitcode(status)
-    if exit_code != 0:
-        raise CommandFailed(exit_code, output.last_stderr_line)
-    return {
+    result = {
         "exit_code": exit_code,
         "cpu_seconds": 0.0 if usage is None else round(usage.ru_utime + usage.ru_stime, 6),
         "max_rss_bytes": peak[0],
         "output_truncated": output.truncated,
     }
+    if exit_code != 0:
+        raise CommandFailed(exit_code, output.last_stderr_line, result=result)
+    return result
 
 
 def _close(transports: list[asyncio.BaseTransport], output: CommandOutput) -> None:

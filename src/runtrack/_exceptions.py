@@ -156,12 +156,18 @@ class CommandFailed(RuntrackError):
     Attributes:
         exit_code: The exit code; ``-N`` when signal N killed the process.
         last_stderr_line: The last non-blank line the command wrote to stderr ('' if none).
+        result: What is recorded as the failed run's ``result``: exit code, CPU seconds,
+            max RSS and whether output was dropped, as for a command that succeeded.
     """
 
-    def __init__(self, exit_code: int, last_stderr_line: str = "") -> None:
+    def __init__(
+        self, exit_code: int, last_stderr_line: str = "", *, result: dict[str, Any] | None = None
+    ) -> None:
         self._init_args = (exit_code, last_stderr_line)
+        self._init_kwargs = {"result": result}
         self.exit_code = exit_code
         self.last_stderr_line = last_stderr_line
+        self.result = result
         if exit_code < 0:
             try:
                 how = f"was killed by signal {signal.Signals(-exit_code).name}"

@@ -19,21 +19,20 @@ from typing import Any, Final
 
 from pydantic import JsonValue, TypeAdapter, ValidationError
 
-from runtrack._admission import DONE, FINISHING, QUEUED, RUNNING, Job
+from runtrack._admission import DONE, FINISHING, QUEUED, RUNNING, Job, describe_error
 from runtrack._clock import now_us
 from runtrack._context import _current
+from runtrack._exceptions import CommandFailed
 from runtrack._state import ManagerCore
 from runtrack._status import RunStatus
 from runtrack._storable import (
-    MAX_ERROR_MESSAGE,
     ResultNotStorable,
     json_problem,
-    storable_text,
     text_problem,
 )
 from runtrack._writer import DirectWriter
 
-__all__ = ["Execution", "close_coro", "describe_error"]
+__all__ = ["Execution", "close_coro"]
 
 _JSON: TypeAdapter[Any] = TypeAdapter(JsonValue)
 # Results recorded without a JSON check (floats are checked: NaN and infinities are not JSON).
@@ -218,8 +217,10 @@ class Execution(ManagerCore):
             if error is None:
                 written = self._writer.finish(job, status, time_ns() // 1000, result, None, None)
             else:
+                # A failed command still has its exit code, CPU time and memory to record.
+                failed = error.result if isinstance(error, CommandFailed) else None
                 written = self._writer.finish(
-                    job, status, now_us(), None, type(error).__name__, describe_error(error, job)
+                    job, status, now_us(), failed, type(error).__name__, describe_error(error, job)
                 )
             if written is None:  # the writer calls _on_finished once the write is applied
                 # Its code has ended: it no longer counts as active (wait_all, shutdown),
@@ -375,22 +376,6 @@ def _payload_size(value: Any) -> int:
     return len(
         json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
     )
-
-
-def describe_error(error: BaseException, job: Job) -> str:
-    """The error message recorded for a failed attempt, as every registry can store it."""
-    try:
-        message = str(error)
-    except Exception:  # a broken __str__ must not lose the failure
-        message = ""
-    if not message:
-        if isinstance(error, TimeoutError) and job.timeout is not None:
-            return f"the run took longer than its timeout of {job.timeout:g}s"
-        try:
-            message = repr(error)
-        except Exception:
-            message = type(error).__name__
-    return storable_text(message, MAX_ERROR_MESSAGE)
 
 
 async def _raise(exc: Exception) -> Any:

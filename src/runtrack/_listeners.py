@@ -6,11 +6,10 @@ import inspect
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from runtrack._execution import describe_error
+from runtrack._admission import Job, describe_error
 from runtrack._models import RunEvent, utcnow
 
 if TYPE_CHECKING:
-    from runtrack._admission import Job
     from runtrack._logging import Logger
     from runtrack._status import RunStatus
 

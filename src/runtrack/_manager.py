@@ -4,51 +4,36 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from datetime import timedelta
-from types import CoroutineType
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Self
 
-from runtrack._admission import SUBMITTING, Job, Lanes
+from runtrack._admission import Job, Lanes
 from runtrack._background import BackgroundFunction, P, RunOptions, decorator
-from runtrack._batch import BatchWriter
 from runtrack._cancelling import Cancelling
-from runtrack._exceptions import (
-    DuplicateRunError,
-    ManagerClosedError,
-    RunNotFoundError,
-    RuntrackError,
-)
-from runtrack._execution import Execution, close_coro
+from runtrack._execution import Execution
 from runtrack._heartbeat import Heartbeat
+from runtrack._lifecycle import Lifecycle
 from runtrack._listeners import Listener, Listeners
 from runtrack._logging import get_logger
-from runtrack._models import Retry, Run, utcnow
+from runtrack._models import Retry, Run
+from runtrack._options import UNBOUNDED, Options
 from runtrack._queueing import FIRST_BATCH, Queueing
+from runtrack._recording import backend_name, writer_for
 from runtrack._state import State
 from runtrack._stats import ManagerStats, StatsCollector
-from runtrack._status import RunStatus
 from runtrack._storable import MAX_PROGRESS_MESSAGE, storable_text
-from runtrack._submission import (
-    check_awaitable,
-    check_limit,
-    default_owner,
-    name_of,
-)
+from runtrack._submission import check_limit, default_owner
 from runtrack._threads import ThreadRuns
-from runtrack._writer import DirectWriter, QueueWriter, Writer
-from runtrack.registry.base import BatchWriting, RunRegistry, is_int
+from runtrack._writer import DirectWriter, Writer
+from runtrack.registry.base import RunRegistry
 from runtrack.registry.memory import InMemoryRunRegistry
 
 __all__ = ["BackgroundTaskManager", "Listener"]
 
-_UNBOUNDED = sys.maxsize
 
-
-class BackgroundTaskManager(Queueing, Cancelling, Execution):
+class BackgroundTaskManager(Lifecycle, Queueing, Cancelling, Execution):
     """Starts background runs, admits them under limits, and records every status change.
 
     Runs wait in a priority queue (higher ``priority`` first, FIFO within one) and are
@@ -114,31 +99,13 @@ class BackgroundTaskManager(Queueing, Cancelling, Execution):
         max_payload_bytes: int | None = 1_000_000,
         max_threads: int = 40,
     ) -> None:
-        check_limit("max_concurrency", max_concurrency)
-        check_limit("max_threads", max_threads)
-        pending: object = max_pending
-        if pending is not None and (not is_int(pending) or max_pending < 0):  # type: ignore[operator]
-            raise ValueError(f"max_pending must be None or an int >= 0, got {max_pending!r}")
-        limits = dict(group_limits or {})
-        for group, limit in limits.items():
-            check_limit(f"group_limits[{group!r}]", limit)
-        for name, seconds in (
-            ("default_timeout", default_timeout),
-            ("heartbeat_interval", heartbeat_interval),
-            ("cancel_timeout", cancel_timeout),
-            ("registry_timeout", registry_timeout),
-        ):
-            if seconds is not None and not seconds > 0:
-                raise ValueError(f"{name} must be > 0 seconds, got {seconds!r}")
-        if shutdown_grace < 0:
-            raise ValueError(f"shutdown_grace must be >= 0 seconds, got {shutdown_grace!r}")
-        if lease is None:
-            lease = 6 * heartbeat_interval
-        elif isinstance(lease, bool) or not lease > heartbeat_interval or math.isinf(lease):
-            raise ValueError(
-                f"lease must be a finite number of seconds above heartbeat_interval "
-                f"({heartbeat_interval!r}), got {lease!r}"
-            )
+        options = Options.check(
+            max_concurrency=max_concurrency, max_pending=max_pending, group_limits=group_limits,
+            default_timeout=default_timeout, shutdown_grace=shutdown_grace,
+            heartbeat_interval=heartbeat_interval, lease=lease, cancel_timeout=cancel_timeout,
+            registry_timeout=registry_timeout, max_payload_bytes=max_payload_bytes,
+            max_threads=max_threads,
+        )  # fmt: skip
         if registry is None:
             registry = InMemoryRunRegistry()
         elif not isinstance(registry, RunRegistry):
@@ -147,41 +114,28 @@ class BackgroundTaskManager(Queueing, Cancelling, Execution):
             )
         self.registry: RunRegistry = registry
         self.owner: str = owner or default_owner()
-        self._writer: Writer
-        if isinstance(registry, InMemoryRunRegistry):
-            self._writer = DirectWriter(registry, self.owner)
-        elif isinstance(registry, BatchWriting):
-            self._writer = BatchWriter(
-                registry,
-                self.owner,
-                self._on_conflict,
-                self._on_finished,
-                backend=getattr(registry, "backend", type(registry).__name__),
-                submit_timeout=registry_timeout,
-            )
-        else:
-            self._writer = QueueWriter(registry, self.owner, self._on_conflict, self._on_finished)
+        self._options = options
+        self._writer: Writer = writer_for(
+            registry, self.owner, on_conflict=self._on_conflict, on_finished=self._on_finished,
+            registry_timeout=registry_timeout,
+        )  # fmt: skip
         # A chosen run id may name a run that already ended: the in-memory registry says so
         # at once (insert raises), the others when they answer, so such runs wait for them.
         self._hold_chosen_ids = not isinstance(self._writer, DirectWriter)
         self._max_concurrency = max_concurrency
-        self._limit = max_concurrency or _UNBOUNDED
+        self._limit = max_concurrency or UNBOUNDED
         self._max_pending = max_pending
-        check_limit("max_payload_bytes", max_payload_bytes)
         self._max_payload = max_payload_bytes
         # str results shorter than this cannot be over the limit: no need to measure them.
         self._max_short_str = (max_payload_bytes or sys.maxsize) // 4 - 2
         self._default_timeout = default_timeout
-        self._shutdown_grace = shutdown_grace
-        self._heartbeat_interval = heartbeat_interval
-        self._lease = timedelta(seconds=lease)
         self._cancel_timeout = cancel_timeout
-        self._lanes = Lanes(limits)
+        self._lanes = Lanes(options.group_limits)
         self._jobs: dict[str, Job] = {}
         # Runs whose code has ended but whose terminal write is still on its way.
         self._finishing: dict[str, Job] = {}
         self._registry_timeout = registry_timeout
-        self._backend: str = getattr(registry, "backend", type(registry).__name__)
+        self._backend = backend_name(registry)
         self._submits: set[asyncio.Future[None]] = set()  # submit() calls writing their run
         self._waiting = 0  # jobs in the lanes (admissible when a slot frees)
         self._delayed = 0  # queued jobs waiting for a delay or a retry backoff
@@ -204,7 +158,7 @@ class BackgroundTaskManager(Queueing, Cancelling, Execution):
         self._listeners = self._events.callbacks  # the hot path tests it before emitting
         self._heartbeat = Heartbeat(
             registry=registry, writer=self._writer, owner=self.owner,
-            interval=heartbeat_interval, lease=self._lease, jobs=self._jobs,
+            interval=heartbeat_interval, lease=options.lease, jobs=self._jobs,
             on_conflict=self._on_conflict, notify=self._events.dispatch, log=self._log,
         )  # fmt: skip
         # Resolved here and again at start, not per event: each transition would pay for it.
@@ -225,30 +179,6 @@ class BackgroundTaskManager(Queueing, Cancelling, Execution):
     async def __aexit__(self, *exc_info: object) -> None:
         await self.shutdown()
 
-    def _start(self) -> asyncio.AbstractEventLoop:
-        if self._state is State.RUNNING and self._loop is not None:
-            return self._loop
-        if self._state is not State.CREATED:
-            raise ManagerClosedError(self._state.value)
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            raise RuntrackError(
-                "BackgroundTaskManager needs a running event loop: use it from async code"
-            ) from None
-        self._loop = loop
-        self._state = State.RUNNING
-        self._debug = self._log.is_enabled_for(logging.DEBUG)  # logging set up since __init__
-        self._spawn_background(self._heartbeat.run(lambda: self._state is State.RUNNING))
-        self._log.debug("manager_started", max_concurrency=self._max_concurrency)
-        return loop
-
-    def _spawn_background(self, coro: Coroutine[Any, Any, None]) -> None:
-        assert self._loop is not None
-        task = self._loop.create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
     async def shutdown(self, grace: float | None = None) -> None:
         """Stop accepting runs, wait up to ``grace`` seconds, then cancel what is left.
 
@@ -262,29 +192,7 @@ class BackgroundTaskManager(Queueing, Cancelling, Execution):
         Args:
             grace: Seconds to let queued and running runs finish; default ``shutdown_grace``.
         """
-        if self._state is State.CLOSED:
-            return
-        if self._state is State.CLOSING:
-            await self._closed.wait()
-            return
-        self._state = State.CLOSING
-        grace = self._shutdown_grace if grace is None else grace
-        try:
-            await self._drain(grace)
-            await self._cancel_all()
-            if self._submits:  # they end themselves once their record is written (refused)
-                await asyncio.wait(self._submits, timeout=2 * self._registry_timeout)
-            await self._stop_background()
-            await self._writer.aclose(self._registry_timeout)
-            # Terminal writes given up on: the runs have ended here all the same.
-            for job in list(self._finishing.values()):
-                del self._finishing[job.run_id]
-                status, duration, error = job.outcome
-                self._finish_local(job, status, RunStatus.RUNNING, duration, error)
-        finally:
-            self._state = State.CLOSED
-            self._closed.set()
-            self._log.debug("manager_closed")
+        await self._shutdown(grace)
 
     async def aclose(self) -> None:
         """Alias of `shutdown` with the default grace."""
@@ -305,63 +213,7 @@ class BackgroundTaskManager(Queueing, Cancelling, Execution):
             QueueFullError: ``max_pending`` runs are already waiting.
             ManagerClosedError: shutdown has begun.
         """
-        if not isinstance(run, Run):
-            close_coro(coro)  # type: ignore[unreachable]
-            raise TypeError(f"start_task() takes a runtrack.Run first, got {type(run).__name__}")
-        if type(coro) is not CoroutineType:
-            check_awaitable(coro, "start_task")
-        try:
-            if run.parameters:
-                self._check_parameters(run.parameters)
-            loop = self._admit_check(run.run_id)
-        except BaseException:
-            close_coro(coro)
-            raise
-        timeout = run.timeout
-        job = Job(
-            run.run_id,
-            run.name or name_of(coro),
-            coro,
-            round(run.created_at.timestamp() * 1_000_000),
-            run.group,
-            run.priority,
-            self._default_timeout if timeout is None else timeout,
-            run.parameters or None,
-            run.tags or None,
-            None,
-            None,
-            run.attempt,
-            run.max_attempts,
-        )
-        try:
-            inserted = self._writer.insert(job)
-        except DuplicateRunError:
-            close_coro(coro)
-            raise
-        if self._hold_chosen_ids and "run_id" in run.model_fields_set:
-            # A chosen id may name a run that already ended: it must not run again.
-            self._register(job)
-            self._announce_queued(job, inserted=inserted)
-            self._schedule(job, loop, None, hold=True)
-            return job.run_id
-        # What _push() does, inlined: this is the hot path of every run.
-        jobs = self._jobs
-        if not jobs:
-            self._idle.clear()
-        jobs[job.run_id] = job
-        if self._listeners and inserted:
-            self._events.emit(job, RunStatus.QUEUED, None)
-        if self._debug:
-            self._log.debug(
-                "run_queued", run_id=job.run_id, name=job.name, status="queued",
-                attempt=job.attempt,
-            )  # fmt: skip
-        self._waiting += 1
-        self._lanes.push(job)
-        if not self._pump_scheduled and self._executors < self._limit:
-            self._pump_scheduled = True
-            loop.call_soon(self._pump)
-        return job.run_id
+        return self._start_task(run, coro)
 
     async def submit(
         self,
@@ -427,17 +279,7 @@ class BackgroundTaskManager(Queueing, Cancelling, Execution):
             fn_or_coro, args, kwargs, name=name, run_id=run_id, parameters=parameters,
             tags=tags, group=group, priority=priority, timeout=timeout, retry=retry, delay=delay,
         )  # fmt: skip
-        # Reserve the id so a concurrent submit of the same id fails here, not in the registry;
-        # shutdown waits for it (its grace) but leaves it to finish here.
-        job.state = SUBMITTING
-        self._register(job)
-        done: asyncio.Future[None] = loop.create_future()
-        self._submits.add(done)
-        try:
-            return await self._record_submitted(run, job, loop, delay)
-        finally:
-            self._submits.discard(done)
-            done.set_result(None)
+        return await self._submit_job(run, job, loop, delay)
 
     def start_call(
         self,
@@ -471,12 +313,7 @@ class BackgroundTaskManager(Queueing, Cancelling, Execution):
             fn, args, kwargs, name=name, run_id=run_id, parameters=parameters, tags=tags,
             group=group, priority=priority, timeout=timeout, retry=retry, delay=delay,
         )  # fmt: skip
-        inserted = self._writer.insert(job)
-        self._register(job)
-        self._announce_queued(job, inserted=inserted)
-        hold = self._hold_chosen_ids and run_id is not None
-        self._schedule(job, loop, delay, hold=hold)
-        return job.run_id
+        return self._start_job(job, loop, delay, chosen_id=run_id is not None)
 
     def background(
         self,
@@ -522,17 +359,7 @@ class BackgroundTaskManager(Queueing, Cancelling, Execution):
             True if the run was queued or running and is now CANCELLED; False if it is
             unknown or already finished.
         """
-        job = self._jobs.get(run_id)
-        if job is None:
-            await self._bounded(self._writer.settled(run_id))  # our own writes land first
-            try:
-                run = await self.registry.transition(
-                    run_id, RunStatus.CANCELLED, finished_at=utcnow()
-                )
-            except ValueError:
-                return False
-            return run is not None
-        return await self._cancel_job(job)
+        return await self._cancel(run_id)
 
     async def wait(self, run_id: str, timeout: float | None = None) -> Run:
         """Wait for a run to finish and return its terminal record.
@@ -546,20 +373,7 @@ class BackgroundTaskManager(Queueing, Cancelling, Execution):
                 written within ``registry_timeout`` seconds (it is still retried).
         """
         async with asyncio.timeout(timeout):
-            job = self._jobs.get(run_id)
-            if job is not None:
-                await self._await_job(job, None)
-            if job is not None or run_id in self._finishing:
-                await self._bounded(self._writer.settled(run_id), "the run has ended here")
-            delay = 0.01
-            while True:
-                run = await self.registry.get_run(run_id)
-                if run is None:
-                    raise RunNotFoundError(run_id)
-                if run.status.is_terminal:
-                    return run
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+            return await self._wait(run_id)
 
     async def wait_all(self, timeout: float | None = None) -> None:
         """Wait until nothing is queued or running in this manager; writes are flushed.
@@ -618,30 +432,12 @@ class BackgroundTaskManager(Queueing, Cancelling, Execution):
         """
         check_limit("max_concurrency", limit)
         self._max_concurrency = limit
-        self._limit = limit or _UNBOUNDED
+        self._limit = limit or UNBOUNDED
         self._wake_pump()
 
     def stats(self) -> ManagerStats:
         """A snapshot of counts, limits and per-name outcomes."""
-        counts = dict.fromkeys(RunStatus, 0)
-        counts.update(self._stats.totals())
-        queued = self._waiting + self._delayed
-        counts[RunStatus.QUEUED] = queued
-        counts[RunStatus.RUNNING] = self._running
-        return ManagerStats(
-            state=self._state.value,
-            owner=self.owner,
-            counts=counts,
-            queued=queued,
-            running=self._running,
-            max_concurrency=self._max_concurrency,
-            max_pending=self._max_pending,
-            group_limits=dict(self._lanes.group_limits),
-            running_by_group=dict(self._lanes.running_by_group),
-            by_name=self._stats.by_name(),
-        )
-
-    # -- commands -----------------------------------------------------------------------------
+        return self._snapshot()
 
     async def run_command(
         self,
@@ -675,12 +471,12 @@ class BackgroundTaskManager(Queueing, Cancelling, Execution):
         `OutputTrimming` (all shipped ones); while the registry is unreachable the newest
         output waits in memory and is written when it is back.
 
-        A COMPLETED run's ``result`` is ``{"exit_code", "cpu_seconds", "max_rss_bytes",
+        The run's ``result`` is ``{"exit_code", "cpu_seconds", "max_rss_bytes",
         "output_truncated"}``: the CPU time of the command and of the descendants it waited
         for, from the kernel (``wait4``), and the most resident memory its process tree held
         at once, sampled with psutil (at start, then every 0.1 s growing to 1 s). A
         nonzero exit fails the run with `CommandFailed` (the exit code, or the signal, and
-        the last stderr line are in ``error_message``; ``result`` stays None), a missing
+        the last stderr line are in ``error_message``; ``result`` is recorded too), a missing
         program with `CommandNotFound`, one that may not be executed with
         `CommandNotExecutable`, a timeout with ``TimeoutError``.
 

@@ -12,11 +12,12 @@ import functools
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import Context
-from typing import Any, Final
+from types import CoroutineType
+from typing import Any, Final, NoReturn
 
 from pydantic import ValidationError
 
-from runtrack._admission import DONE, QUEUED, Job
+from runtrack._admission import DONE, QUEUED, SUBMITTING, Job
 from runtrack._clock import dt_to_us, now_us
 from runtrack._exceptions import (
     DuplicateRunError,
@@ -27,6 +28,7 @@ from runtrack._exceptions import (
 from runtrack._execution import close_coro
 from runtrack._models import Retry, Run, new_run_id
 from runtrack._state import ManagerCore, State
+from runtrack._stats import ManagerStats
 from runtrack._status import RunStatus
 from runtrack._submission import check_awaitable, check_collisions, is_async_callable, name_of
 
@@ -256,32 +258,133 @@ class Queueing(ManagerCore):
         )
         return run, job, loop
 
-    async def _record_submitted(
-        self, run: Run, job: Job, loop: asyncio.AbstractEventLoop, delay: float | None
-    ) -> Run:
-        coro = job.coro
+    def _start_task(self, run: Run, coro: Awaitable[Any]) -> str:
+        if not isinstance(run, Run):
+            close_coro(coro)  # type: ignore[unreachable]
+            raise TypeError(f"start_task() takes a runtrack.Run first, got {type(run).__name__}")
+        if type(coro) is not CoroutineType:
+            check_awaitable(coro, "start_task")
         try:
-            inserted = await self._writer.insert_now(job)
+            if run.parameters:
+                self._check_parameters(run.parameters)
+            loop = self._admit_check(run.run_id)
         except BaseException:
-            self._forget(job)
             close_coro(coro)
             raise
-        if not inserted:
-            self._forget(job)
+        timeout = run.timeout
+        job = Job(
+            run.run_id,
+            run.name or name_of(coro),
+            coro,
+            round(run.created_at.timestamp() * 1_000_000),
+            run.group,
+            run.priority,
+            self._default_timeout if timeout is None else timeout,
+            run.parameters or None,
+            run.tags or None,
+            None,
+            None,
+            run.attempt,
+            run.max_attempts,
+        )
+        try:
+            inserted = self._writer.insert(job)
+        except DuplicateRunError:
             close_coro(coro)
-            raise DuplicateRunError(job.run_id)
-        self._announce_queued(job, inserted=True)
-        if self._state is not State.RUNNING:  # shutdown began while we wrote: it is recorded
-            # Still SUBMITTING while its CANCELLED write lands: shutdown leaves it to us.
-            close_coro(coro)
-            job.coro = None
+            raise
+        if self._hold_chosen_ids and "run_id" in run.model_fields_set:
+            # A chosen id may name a run that already ended: it must not run again.
+            self._register(job)
+            self._announce_queued(job, inserted=inserted)
+            self._schedule(job, loop, None, hold=True)
+            return job.run_id
+        # What _push() does, inlined: this is the hot path of every run.
+        jobs = self._jobs
+        if not jobs:
+            self._idle.clear()
+        jobs[job.run_id] = job
+        if self._listeners and inserted:
+            self._events.emit(job, RunStatus.QUEUED, None)
+        if self._debug:
+            self._log.debug(
+                "run_queued", run_id=job.run_id, name=job.name, status="queued",
+                attempt=job.attempt,
+            )  # fmt: skip
+        self._waiting += 1
+        self._lanes.push(job)
+        if not self._pump_scheduled and self._executors < self._limit:
+            self._pump_scheduled = True
+            loop.call_soon(self._pump)
+        return job.run_id
+
+    def _start_job(
+        self, job: Job, loop: asyncio.AbstractEventLoop, delay: float | None, *, chosen_id: bool
+    ) -> str:
+        inserted = self._writer.insert(job)
+        self._register(job)
+        self._announce_queued(job, inserted=inserted)
+        self._schedule(job, loop, delay, hold=self._hold_chosen_ids and chosen_id)
+        return job.run_id
+
+    async def _submit_job(
+        self, run: Run, job: Job, loop: asyncio.AbstractEventLoop, delay: float | None
+    ) -> Run:
+        # Reserve the id so a concurrent submit of the same id fails here, not in the registry;
+        # shutdown waits for it (its grace) but leaves it to finish here.
+        job.state = SUBMITTING
+        self._register(job)
+        done: asyncio.Future[None] = loop.create_future()
+        self._submits.add(done)
+        try:
+            coro = job.coro
             try:
-                await self._bounded(
-                    self._writer.cas_now(job, RunStatus.CANCELLED, {"finished_at": now_us()})
-                )
-            finally:
-                self._finish_local(job, RunStatus.CANCELLED, RunStatus.QUEUED, None)
-            raise ManagerClosedError(self._state.value)
-        job.state = QUEUED
-        self._schedule(job, loop, delay)
-        return run
+                inserted = await self._writer.insert_now(job)
+            except BaseException:
+                self._forget(job)
+                close_coro(coro)
+                raise
+            if not inserted:
+                self._forget(job)
+                close_coro(coro)
+                raise DuplicateRunError(job.run_id)
+            self._announce_queued(job, inserted=True)
+            if self._state is not State.RUNNING:  # shutdown began while we wrote: it is recorded
+                await self._cancel_submitted(job)
+            job.state = QUEUED
+            self._schedule(job, loop, delay)
+            return run
+        finally:
+            self._submits.discard(done)
+            done.set_result(None)
+
+    async def _cancel_submitted(self, job: Job) -> NoReturn:
+        """Record CANCELLED a run submitted while shutdown began, and refuse the submit."""
+        # Still SUBMITTING while its CANCELLED write lands: shutdown leaves it to us.
+        close_coro(job.coro)
+        job.coro = None
+        try:
+            await self._bounded(
+                self._writer.cas_now(job, RunStatus.CANCELLED, {"finished_at": now_us()})
+            )
+        finally:
+            self._finish_local(job, RunStatus.CANCELLED, RunStatus.QUEUED, None)
+        raise ManagerClosedError(self._state.value)
+
+    def _snapshot(self) -> ManagerStats:
+        counts = dict.fromkeys(RunStatus, 0)
+        counts.update(self._stats.totals())
+        queued = self._waiting + self._delayed
+        counts[RunStatus.QUEUED] = queued
+        counts[RunStatus.RUNNING] = self._running
+        return ManagerStats(
+            state=self._state.value,
+            owner=self.owner,
+            counts=counts,
+            queued=queued,
+            running=self._running,
+            max_concurrency=self._max_concurrency,
+            max_pending=self._max_pending,
+            group_limits=dict(self._lanes.group_limits),
+            running_by_group=dict(self._lanes.running_by_group),
+            by_name=self._stats.by_name(),
+        )

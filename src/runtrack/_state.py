@@ -1,9 +1,12 @@
 """The state a manager's parts share, and the manager's lifecycle states.
 
-`BackgroundTaskManager` is assembled from one mixin per concept: `Queueing` (admission
-and the pump), `Execution` (the executor loop and each run's end) and `Cancelling`
-(cancellation and bounded waits for writes). `ManagerCore` declares, for the type checker,
-the state and methods they share; the manager's ``__init__`` sets them.
+`BackgroundTaskManager` is a facade assembled from one mixin per concept: `Lifecycle`
+(start and shutdown), `Queueing` (admission and the pump), `Execution` (the executor loop
+and each run's end) and `Cancelling` (cancellation, waits, and waits for writes bounded by
+``registry_timeout``); its collaborators are objects of their own (`Heartbeat`,
+`Listeners`, `ThreadRuns`, the writer, the lanes, the stats). `ManagerCore` declares, for
+the type checker, the state and methods the mixins share; the manager's ``__init__`` sets
+them.
 """
 
 from __future__ import annotations
@@ -16,13 +19,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from runtrack._admission import Job, Lanes
+    from runtrack._heartbeat import Heartbeat
     from runtrack._listeners import Listeners
     from runtrack._logging import Logger
     from runtrack._models import RunEvent
+    from runtrack._options import Options
     from runtrack._stats import StatsCollector
     from runtrack._status import RunStatus
     from runtrack._threads import ThreadRuns
     from runtrack._writer import Writer
+    from runtrack.registry.base import RunRegistry
 
 __all__ = ["ManagerCore", "State"]
 
@@ -42,7 +48,13 @@ class ManagerCore:
     """The state and methods a manager's mixins share (declarations only)."""
 
     if TYPE_CHECKING:
+        registry: RunRegistry
         owner: str
+        _options: Options
+        _heartbeat: Heartbeat
+        _closed: asyncio.Event
+        _submits: set[asyncio.Future[None]]
+        _max_concurrency: int | None
         _state: State
         _lanes: Lanes
         _writer: Writer

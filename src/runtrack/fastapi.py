@@ -52,6 +52,7 @@ from runtrack._manager import BackgroundTaskManager
 from runtrack._models import OutputChunk, Run, RunEvent
 from runtrack._stats import ManagerStats
 from runtrack._status import RunStatus
+from runtrack._system import SystemStats, system_stats
 from runtrack.registry._url import registry_from_url
 from runtrack.registry.base import RunRegistry
 
@@ -308,6 +309,7 @@ class HealthReport(BaseModel):
     registry: Literal["ok", "unavailable"]
     registry_latency_ms: float | None = Field(description="How long the registry took.")
     active_runs: int = Field(description="Runs queued or running in this manager.")
+    system: SystemStats = Field(description="Load and memory of the machine the manager runs on.")
 
 
 # -- errors ------------------------------------------------------------------------------------
@@ -549,7 +551,7 @@ def runs_router(
     | ``GET /runs/{run_id}`` | one run |
     | ``GET /runs/{run_id}/output`` | its output chunks with ``seq > since`` |
     | ``POST /runs/{run_id}/cancel`` | cancels it; returns the CANCELLED run |
-    | ``GET /health`` | ``ok`` (200), or ``degraded`` (503) |
+    | ``GET /health`` | ``ok`` (200), or ``degraded`` (503); the machine's load and memory |
     | ``GET /metrics`` | ``manager.stats()`` as JSON |
     | ``GET /runs/ui`` | with ``dashboard=True``, a live dashboard of the runs |
 
@@ -726,6 +728,7 @@ def runs_router(
             registry="ok" if latency is not None else "unavailable",
             registry_latency_ms=latency,
             active_runs=manager.get_active_task_count(),
+            system=system_stats(),
         )
 
     @router.get("/metrics", responses=_errors(), summary="Metrics")
