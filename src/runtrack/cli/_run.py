@@ -43,8 +43,9 @@ def exit_code_of(run: Run) -> int:
     """
     result = run.result
     code = result.get("exit_code") if isinstance(result, dict) else None
-    if run.error_type == "CommandFailed" and run.error_message:
-        # A failed command run records no result: its exit code is in the message.
+    if code is None and run.error_type == "CommandFailed" and run.error_message:
+        # A record without a result (written before failed command runs kept theirs):
+        # the exit code is in the message.
         found = _EXIT_IN_MESSAGE.search(run.error_message)
         if found:
             code = int(found.group(1) or found.group(2))
