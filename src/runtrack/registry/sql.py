@@ -46,7 +46,6 @@ from runtrack.registry._refusals import (
     oversized,
     refused,
 )
-from runtrack.registry._sql_managers import SQLManagers
 from runtrack.registry._sql_engine import (
     SQLITE_BEGIN_OPTION,
     Failure,
@@ -58,6 +57,7 @@ from runtrack.registry._sql_engine import (
     lost_connection,
     safe_url,
 )
+from runtrack.registry._sql_managers import SQLManagers
 from runtrack.registry._sql_schema import (
     SCHEMA_VERSION,
     WRITABLE_COLUMNS,
