@@ -1,0 +1,246 @@
+"""A manager's presence in a registry that keeps managers (`ManagerPresence`).
+
+What `Heartbeat` does on such a registry, at a cost that does not grow with the runs:
+
+- at start, the manager registers its row (owner, host, pid, its own lease, limits);
+- every ``heartbeat_interval``: one write of its row's heartbeat and running count;
+- every ``poll_interval``: one indexed read of its runs recorded CANCELLED by other
+  processes since the last look, whose coroutines it stops (`poll` is also what a pushed
+  notification would call);
+- three times per lease: `ManagerPresence.interrupt_dead_managers`, which reads the
+  managers and sweeps the dead ones (their own lease decides), one statement per owner;
+- at shutdown, after the last writes, it removes its row.
+
+A manager that was paused past its lease (SIGSTOP, a VM frozen) and swept meanwhile learns
+it at its next heartbeat (the row is gone) or when a write of a run is refused (`wake`):
+it stops locally the runs whose records the survivor ended, without writing them, and
+registers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import TYPE_CHECKING, Final
+
+from runtrack._admission import QUEUED, RUNNING
+from runtrack._models import RunEvent, utcnow
+from runtrack._presence import INTERRUPTED, ManagerInfo
+
+if TYPE_CHECKING:
+    from runtrack._admission import Job
+    from runtrack._logging import Logger
+    from runtrack._writer import Writer
+    from runtrack.registry.base import ManagerPresence
+
+__all__ = ["Presence"]
+
+#: How far back each look for cancelled runs reaches before the previous one, in seconds:
+#: their ``finished_at`` comes from the clock of the process that cancelled them.
+CLOCK_SLACK: Final = 10.0
+
+
+class Presence:
+    """Registration, heartbeat, cancel polling and lease checks on a `ManagerPresence`."""
+
+    def __init__(
+        self,
+        *,
+        registry: ManagerPresence,
+        writer: Writer,
+        direct: bool,
+        owner: str,
+        interval: float,
+        poll_interval: float,
+        lease: timedelta,
+        jobs: dict[str, Job],
+        counts: Callable[[], tuple[int, int | None]],
+        on_conflict: Callable[[str], None],
+        notify: Callable[[RunEvent], None],
+        log: Logger,
+        failed: Callable[[str, BaseException], None],
+        recovered: Callable[[str], None],
+    ) -> None:
+        self._registry = registry
+        self._writer = writer
+        self._direct = direct  # the memory registry: records are read in place
+        self._owner = owner
+        self._interval = interval
+        self._poll_interval = poll_interval
+        self._lease = lease
+        self._jobs = jobs
+        self._counts = counts
+        self._on_conflict = on_conflict
+        self._notify = notify
+        self._log = log
+        self._failed = failed
+        self._recovered = recovered
+        self._started_at = utcnow()
+        self._registered = False
+        self._since = self._started_at
+        self._woken = asyncio.Event()
+
+    def wake(self) -> None:
+        """Beat and look for cancels now (a write was refused, or a push came)."""
+        self._woken.set()
+
+    async def run(self, running: Callable[[], bool]) -> None:
+        """Register, then beat, poll and look for dead managers while ``running()`` holds."""
+        await self.register()
+        look_every = self._lease.total_seconds() / 3
+        now = time.monotonic()
+        next_beat, next_poll, next_look = now + self._interval, now + self._poll_interval, now
+        while running():
+            now = time.monotonic()
+            wait = min(next_beat, next_poll, next_look) - now
+            if wait > 0:
+                try:
+                    async with asyncio.timeout(wait):
+                        await self._woken.wait()
+                except TimeoutError:
+                    pass
+            if not running():
+                return
+            now = time.monotonic()
+            if self._woken.is_set():
+                self._woken.clear()
+                next_beat = next_poll = now
+            if now >= next_beat:
+                next_beat = now + self._interval
+                await self.beat()
+            if now >= next_poll:
+                next_poll = now + self._poll_interval
+                await self.poll()
+            if now >= next_look:
+                next_look = now + look_every
+                await self.interrupt_expired()
+
+    def _info(self) -> ManagerInfo:
+        running, limit = self._counts()
+        return ManagerInfo(
+            owner=self._owner,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            started_at=self._started_at,
+            heartbeat_at=utcnow(),
+            lease_seconds=self._lease.total_seconds(),
+            max_concurrency=limit,
+            running=running,
+        )
+
+    async def register(self) -> None:
+        """Write this manager's row (again)."""
+        try:
+            await self._registry.register_manager(self._info())
+        except Exception as exc:  # the registry may be away: the next beat registers
+            self._registered = False
+            self._failed("heartbeat", exc)
+        else:
+            self._registered = True
+            self._recovered("heartbeat")
+
+    async def beat(self) -> None:
+        """One heartbeat of this manager's row; learn here if it was declared dead."""
+        if not self._registered:
+            await self.register()
+            return
+        running, _ = self._counts()
+        try:
+            alive = await self._registry.heartbeat_manager(self._owner, utcnow(), running)
+        except Exception as exc:  # the registry may be away; try again next beat
+            self._failed("heartbeat", exc)
+            return
+        self._recovered("heartbeat")
+        if not alive:
+            await self._declared_dead()
+
+    async def _declared_dead(self) -> None:
+        """Our row is gone: a survivor recorded our runs interrupted (we were paused?)."""
+        self._log.warning(
+            "manager_declared_dead",
+            active=len(self._jobs),
+            detail="this manager missed its lease (paused, or cut off from the registry) "
+            "and another one recorded its runs interrupted: those runs are stopped here, "
+            "their records are left as written, and the manager registers again",
+        )
+        await self._stop_ended(list(self._jobs), every_status=True)
+        await self.register()
+
+    async def poll(self) -> None:
+        """Stop the runs of ours that another process recorded CANCELLED since the last look."""
+        jobs = self._jobs
+        if not jobs:
+            self._since = utcnow()
+            return
+        if self._direct:
+            await self._stop_ended(list(jobs), every_status=True)
+            return
+        start = utcnow()
+        try:
+            ids = await self._registry.cancelled_runs(
+                self._owner, self._since - timedelta(seconds=CLOCK_SLACK)
+            )
+        except Exception as exc:  # the registry may be away; try again next poll
+            self._failed("cancel_poll", exc)
+            return
+        self._recovered("cancel_poll")
+        self._since = start
+        self._stop(ids)
+
+    async def _stop_ended(self, run_ids: list[str], *, every_status: bool) -> None:
+        """Stop here the runs among ``run_ids`` whose records have ended."""
+        try:
+            statuses = await self._writer.status_of(run_ids)
+        except Exception as exc:  # the registry may be away; try again next poll
+            self._failed("cancel_poll", exc)
+            return
+        self._stop([rid for rid, status in statuses.items() if status.is_terminal])
+
+    def _stop(self, run_ids: list[str]) -> None:
+        for run_id in run_ids:
+            job = self._jobs.get(run_id)
+            if job is None or job.cancel_requested or job.state not in (QUEUED, RUNNING):
+                continue
+            self._log.info("run_cancelled_elsewhere", run_id=run_id, name=job.name)
+            self._on_conflict(run_id)
+
+    async def interrupt_expired(self) -> None:
+        """Sweep the managers past their own lease; log and notify each run recorded."""
+        now = utcnow()
+        try:
+            swept = await self._registry.interrupt_dead_managers(now, self._owner)
+        except Exception as exc:  # the registry may be away; try again later
+            self._failed("lease_check", exc)
+            return
+        self._recovered("lease_check")
+        for run in swept:
+            self._log.warning(
+                "run_interrupted", run_id=run.run_id, name=run.name, run_owner=run.owner,
+                status=run.status.value,
+                detail="its manager stopped heartbeating (crashed?); recorded with "
+                "error_type RunInterrupted",
+            )  # fmt: skip
+            self._notify(
+                RunEvent(
+                    run_id=run.run_id,
+                    name=run.name,
+                    status=run.status,
+                    previous=run.previous,
+                    at=now,
+                    attempt=run.attempt,
+                    group=run.group,
+                    error_type=INTERRUPTED,
+                    error_message="its manager stopped heartbeating",
+                )
+            )
+
+    async def unregister(self) -> None:
+        """Remove this manager's row (a clean shutdown, after the last writes)."""
+        try:
+            await self._registry.unregister_manager(self._owner)
+        except Exception as exc:  # the row expires with the lease: survivors sweep nothing
+            self._log.warning("unregister_failed", error=f"{type(exc).__name__}: {exc}")
