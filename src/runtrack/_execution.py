@@ -55,9 +55,12 @@ class Execution(ManagerCore):
         lanes = self._lanes
         writer = self._writer
         direct = isinstance(writer, DirectWriter)
+        held = self._heartbeat.held
         self._starting -= 1
         try:
             while self._executors <= self._limit:
+                if held():  # paused past the lease? The heartbeat resumes admission.
+                    return
                 if len(copy_context()):
                     # The last run left context variables behind (it set some and did not
                     # reset them): the next run must not see them. A fresh executor takes

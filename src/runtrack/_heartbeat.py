@@ -51,6 +51,7 @@ class Heartbeat:
         log: Logger,
         poll_interval: float = 1.0,
         counts: Callable[[], tuple[int, int | None]] = lambda: (0, None),
+        resume: Callable[[], None] = lambda: None,
     ) -> None:
         self._registry = registry
         self._writer = writer
@@ -68,7 +69,7 @@ class Heartbeat:
                 registry=registry, writer=writer, direct=isinstance(writer, DirectWriter),
                 owner=owner, interval=interval, poll_interval=poll_interval, lease=lease,
                 jobs=jobs, counts=counts, on_conflict=on_conflict, notify=notify, log=log,
-                failed=self._failed, recovered=self._recovered,
+                failed=self._failed, recovered=self._recovered, resume=resume,
             )  # fmt: skip
 
     async def run(self, running: Callable[[], bool]) -> None:
@@ -128,6 +129,11 @@ class Heartbeat:
                     status=status.value,
                 )  # fmt: skip
                 self._on_conflict(job.run_id)
+
+    def held(self) -> bool:
+        """Whether runs must wait before starting (see `Presence.held`)."""
+        presence = self.presence
+        return presence is not None and presence.held()
 
     def wake(self) -> None:
         """A write was refused: beat now (this manager may have been declared dead)."""

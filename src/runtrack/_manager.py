@@ -163,6 +163,7 @@ class BackgroundTaskManager(Lifecycle, Queueing, Cancelling, Execution):
             interval=heartbeat_interval, lease=options.lease, jobs=self._jobs,
             on_conflict=self._on_conflict, notify=self._events.dispatch, log=self._log,
             poll_interval=poll_interval, counts=lambda: (self._running, self._max_concurrency),
+            resume=self._wake_pump,
         )  # fmt: skip
         # Resolved here and again at start, not per event: each transition would pay for it.
         self._debug = self._log.is_enabled_for(logging.DEBUG)

@@ -23,9 +23,9 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import timedelta
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from runtrack._admission import QUEUED, RUNNING
 from runtrack._models import RunEvent, utcnow
@@ -42,6 +42,27 @@ __all__ = ["Presence"]
 #: How far back each look for cancelled runs reaches before the previous one, in seconds:
 #: their ``finished_at`` comes from the clock of the process that cancelled them.
 CLOCK_SLACK: Final = 10.0
+
+
+_T = TypeVar("_T")
+_calls: set[asyncio.Future[Any]] = set()
+
+
+async def _uncut(call: Coroutine[Any, Any, _T]) -> _T:
+    """Await a registry call that a cancellation (the manager shutting down) lets finish.
+
+    A database call cut in the middle leaves its connection to the garbage collector.
+    """
+    future = asyncio.ensure_future(call)
+    _calls.add(future)
+    future.add_done_callback(_settled)
+    return await asyncio.shield(future)
+
+
+def _settled(future: asyncio.Future[Any]) -> None:
+    _calls.discard(future)
+    if not future.cancelled():
+        future.exception()  # seen: its caller may have stopped waiting
 
 
 class Presence:
@@ -64,6 +85,7 @@ class Presence:
         log: Logger,
         failed: Callable[[str, BaseException], None],
         recovered: Callable[[str], None],
+        resume: Callable[[], None] = lambda: None,
     ) -> None:
         self._registry = registry
         self._writer = writer
@@ -72,6 +94,7 @@ class Presence:
         self._interval = interval
         self._poll_interval = poll_interval
         self._lease = lease
+        self._lease_seconds = lease.total_seconds()
         self._jobs = jobs
         self._counts = counts
         self._on_conflict = on_conflict
@@ -83,10 +106,30 @@ class Presence:
         self._registered = False
         self._since = self._started_at
         self._woken = asyncio.Event()
+        self._resume = resume
+        # When the last heartbeat ended (monotonic): older than the lease means this
+        # process did not run for that long (paused?), and it may have been declared dead.
+        self._tick = time.monotonic()
+        self._holding = False
 
     def wake(self) -> None:
         """Beat and look for cancels now (a write was refused, or a push came)."""
         self._woken.set()
+
+    def held(self) -> bool:
+        """Whether runs must wait before starting: no heartbeat ended for over a lease.
+
+        The process was paused (or its loop blocked) long enough to be declared dead: the
+        next heartbeat says, and the survivor may have recorded the queued runs CANCELLED.
+        Asked before each start, so it costs no registry read; `run` resumes admission
+        once the heartbeat has ended.
+        """
+        if time.monotonic() - self._tick <= self._lease_seconds:
+            return False
+        if not self._holding:
+            self._holding = True
+            self.wake()
+        return True
 
     async def run(self, running: Callable[[], bool]) -> None:
         """Register, then beat, poll and look for dead managers while ``running()`` holds."""
@@ -112,6 +155,10 @@ class Presence:
             if now >= next_beat:
                 next_beat = now + self._interval
                 await self.beat()
+                self._tick = time.monotonic()
+                if self._holding:
+                    self._holding = False
+                    self._resume()
             if now >= next_poll:
                 next_poll = now + self._poll_interval
                 await self.poll()
@@ -135,7 +182,7 @@ class Presence:
     async def register(self) -> None:
         """Write this manager's row (again)."""
         try:
-            await self._registry.register_manager(self._info())
+            await _uncut(self._registry.register_manager(self._info()))
         except Exception as exc:  # the registry may be away: the next beat registers
             self._registered = False
             self._failed("heartbeat", exc)
@@ -150,7 +197,7 @@ class Presence:
             return
         running, _ = self._counts()
         try:
-            alive = await self._registry.heartbeat_manager(self._owner, utcnow(), running)
+            alive = await _uncut(self._registry.heartbeat_manager(self._owner, utcnow(), running))
         except Exception as exc:  # the registry may be away; try again next beat
             self._failed("heartbeat", exc)
             return
@@ -181,8 +228,10 @@ class Presence:
             return
         start = utcnow()
         try:
-            ids = await self._registry.cancelled_runs(
-                self._owner, self._since - timedelta(seconds=CLOCK_SLACK)
+            ids = await _uncut(
+                self._registry.cancelled_runs(
+                    self._owner, self._since - timedelta(seconds=CLOCK_SLACK)
+                )
             )
         except Exception as exc:  # the registry may be away; try again next poll
             self._failed("cancel_poll", exc)
@@ -194,7 +243,7 @@ class Presence:
     async def _stop_ended(self, run_ids: list[str], *, every_status: bool) -> None:
         """Stop here the runs among ``run_ids`` whose records have ended."""
         try:
-            statuses = await self._writer.status_of(run_ids)
+            statuses = await _uncut(self._writer.status_of(run_ids))
         except Exception as exc:  # the registry may be away; try again next poll
             self._failed("cancel_poll", exc)
             return
@@ -212,7 +261,7 @@ class Presence:
         """Sweep the managers past their own lease; log and notify each run recorded."""
         now = utcnow()
         try:
-            swept = await self._registry.interrupt_dead_managers(now, self._owner)
+            swept = await _uncut(self._registry.interrupt_dead_managers(now, self._owner))
         except Exception as exc:  # the registry may be away; try again later
             self._failed("lease_check", exc)
             return
