@@ -128,7 +128,7 @@ class _Lines:
                 line = await self.stream.readline()
                 assert line, f"the child ended; it said: {self.seen}"
                 try:
-                    item = json.loads(line)
+                    item: dict[str, Any] = json.loads(line)
                 except ValueError:
                     continue
                 self.seen.append(item)

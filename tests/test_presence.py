@@ -38,7 +38,7 @@ def manager(
         started_at=beat - timedelta(seconds=5),
         heartbeat_at=beat,
         lease_seconds=lease,
-        **fields,  # type: ignore[arg-type]
+        **fields,
     )
 
 

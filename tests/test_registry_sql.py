@@ -205,7 +205,7 @@ class TestSchema:
 
             def inspect(conn: sa.Connection) -> set[tuple[str, ...]]:
                 ixs = sa.inspect(conn).get_indexes(f"{prefix}runs")
-                return {tuple(ix["column_names"]) for ix in ixs}
+                return {tuple(str(c) for c in ix["column_names"]) for ix in ixs}
 
             async with second.engine.connect() as conn:
                 indexes = await conn.run_sync(inspect)

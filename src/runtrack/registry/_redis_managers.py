@@ -74,8 +74,8 @@ class RedisManagers:
         async with self._guard():
             await self._ready()
             async with self._client.pipeline(transaction=True) as pipe:
-                pipe.hset(self._keys.managers, info.owner, fixed)
-                pipe.hset(self._keys.manager_beats, info.owner, beat)
+                _ = pipe.hset(self._keys.managers, info.owner, fixed)
+                _ = pipe.hset(self._keys.manager_beats, info.owner, beat)
                 await pipe.execute()
 
     async def heartbeat_manager(self, owner: str, at: datetime, running: int) -> bool:
@@ -91,8 +91,8 @@ class RedisManagers:
         async with self._guard():
             await self._ready()
             async with self._client.pipeline(transaction=True) as pipe:
-                pipe.hdel(self._keys.managers, owner)
-                pipe.hdel(self._keys.manager_beats, owner)
+                _ = pipe.hdel(self._keys.managers, owner)
+                _ = pipe.hdel(self._keys.manager_beats, owner)
                 await pipe.execute()
 
     async def list_managers(self) -> list[ManagerInfo]:
@@ -100,8 +100,8 @@ class RedisManagers:
         async with self._guard():
             await self._ready()
             async with self._client.pipeline(transaction=True) as pipe:
-                pipe.hgetall(self._keys.managers)
-                pipe.hgetall(self._keys.manager_beats)
+                _ = pipe.hgetall(self._keys.managers)
+                _ = pipe.hgetall(self._keys.manager_beats)
                 fixed_reply, beats_reply = await pipe.execute()
         beats = {_text(k): _text(v) for k, v in beats_reply.items()}
         out: list[ManagerInfo] = []
@@ -170,7 +170,7 @@ class RedisManagers:
         async with self._guard():
             await self._ready()
             async with self._client.pipeline(transaction=False) as pipe:
-                pipe.zremrangebyscore(key, "-inf", f"({start - _KEEP_CANCELLED_US}")
-                pipe.zrangebyscore(key, start, "+inf")
+                _ = pipe.zremrangebyscore(key, "-inf", f"({start - _KEEP_CANCELLED_US}")
+                _ = pipe.zrangebyscore(key, start, "+inf")
                 _, ids = await pipe.execute()
         return [_text(run_id) for run_id in ids]
