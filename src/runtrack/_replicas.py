@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from runtrack._admission import QUEUED, RUNNING
 from runtrack._models import RunEvent, utcnow
 from runtrack._presence import INTERRUPTED, ManagerInfo
+from runtrack._status import TERMINAL
 
 if TYPE_CHECKING:
     from runtrack._admission import Job
@@ -42,6 +43,8 @@ __all__ = ["Presence"]
 #: How far back each look for cancelled runs reaches before the previous one, in seconds:
 #: their ``finished_at`` comes from the clock of the process that cancelled them.
 CLOCK_SLACK: Final = 10.0
+#: Jobs read per loop turn when the records are read in place (the memory registry).
+_SLICE: Final = 5000
 
 
 _T = TypeVar("_T")
@@ -214,7 +217,7 @@ class Presence:
             "and another one recorded its runs interrupted: those runs are stopped here, "
             "their records are left as written, and the manager registers again",
         )
-        await self._stop_ended(list(self._jobs), every_status=True)
+        await self._stop_ended(list(self._jobs))
         await self.register()
 
     async def poll(self) -> None:
@@ -224,7 +227,7 @@ class Presence:
             self._since = utcnow()
             return
         if self._direct:
-            await self._stop_ended(list(jobs), every_status=True)
+            await self._stop_ended_in_place()
             return
         start = utcnow()
         try:
@@ -240,7 +243,21 @@ class Presence:
         self._since = start
         self._stop(ids)
 
-    async def _stop_ended(self, run_ids: list[str], *, every_status: bool) -> None:
+    async def _stop_ended_in_place(self) -> None:
+        """The memory registry: read our jobs' records in place, a slice per loop turn."""
+        jobs = list(self._jobs.values())
+        for start in range(0, len(jobs), _SLICE):
+            if start:
+                await asyncio.sleep(0)  # let the loop breathe between slices
+            ended = [
+                job.run_id
+                for job in jobs[start : start + _SLICE]
+                if (rec := job.rec) is not None and rec.status in TERMINAL
+            ]
+            if ended:
+                self._stop(ended)
+
+    async def _stop_ended(self, run_ids: list[str]) -> None:
         """Stop here the runs among ``run_ids`` whose records have ended."""
         try:
             statuses = await _uncut(self._writer.status_of(run_ids))
