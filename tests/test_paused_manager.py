@@ -175,11 +175,12 @@ async def test_a_paused_manager_leaves_the_survivors_records(backend: str) -> No
             assert discarded["run_id"] == ids["short"]
             async with asyncio.timeout(SAFETY):  # registered again, and beating
                 while True:
-                    if [m for m in await registry.list_managers() if m.owner == "paused"]:
+                    managers = await registry.list_managers()
+                    if [m for m in managers if m.owner == "paused" and m.running == 0]:
                         break
                     await asyncio.sleep(0.05)
             (again,) = await registry.list_managers()
-            assert again.running == 0
+            assert again.owner == "paused"
         finally:
             child.kill()
             await child.wait()

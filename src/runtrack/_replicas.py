@@ -137,6 +137,7 @@ class Presence:
     async def run(self, running: Callable[[], bool]) -> None:
         """Register, then beat, poll and look for dead managers while ``running()`` holds."""
         await self.register()
+        self._ticked()
         look_every = self._lease.total_seconds() / 3
         now = time.monotonic()
         next_beat, next_poll, next_look = now + self._interval, now + self._poll_interval, now
@@ -158,16 +159,20 @@ class Presence:
             if now >= next_beat:
                 next_beat = now + self._interval
                 await self.beat()
-                self._tick = time.monotonic()
-                if self._holding:
-                    self._holding = False
-                    self._resume()
+                self._ticked()
             if now >= next_poll:
                 next_poll = now + self._poll_interval
                 await self.poll()
             if now >= next_look:
                 next_look = now + look_every
                 await self.interrupt_expired()
+
+    def _ticked(self) -> None:
+        """A heartbeat has ended: runs may start again (see `held`)."""
+        self._tick = time.monotonic()
+        if self._holding:
+            self._holding = False
+            self._resume()
 
     def _info(self) -> ManagerInfo:
         running, limit = self._counts()
