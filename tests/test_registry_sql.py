@@ -189,14 +189,12 @@ class TestSchema:
         prefix = registry.table_prefix
         async with registry.engine.begin() as conn:  # back to what version 1 created
             await conn.run_sync(lambda c: sa.Table(f"{prefix}managers", sa.MetaData()).drop(c))
-            await conn.run_sync(
-                lambda c: (
-                    sa.Index(f"{prefix}runs_owner").drop(c)
-                    if c.dialect.name != "mysql"
-                    else c.exec_driver_sql(f"DROP INDEX {prefix}runs_owner ON {prefix}runs")
-                )
+            on = f" ON {prefix}runs" if conn.dialect.name == "mysql" else ""
+            await conn.execute(sa.text(f"DROP INDEX {prefix}runs_owner{on}"))
+            await conn.execute(sa.text(f"DELETE FROM {prefix}schema"))
+            await conn.execute(
+                sa.text(f"INSERT INTO {prefix}schema (version, applied_at) VALUES (1, 0)")
             )
-            await conn.execute(sa.text(f"DELETE FROM {prefix}schema WHERE version > 1"))
 
         async with twin(registry) as second:
             assert await second.list_managers() == []
