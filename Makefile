@@ -43,7 +43,7 @@ $(CHROMIUM):
 	fi
 
 demo: $(STAMP)
-	$(PY) examples/demo.py
+	$(VENV)/bin/runtrack demo
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks examples docs

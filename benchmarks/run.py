@@ -23,6 +23,7 @@ import _harness
 SECTION_MODULES = (
     "core",
     "memory",
+    "commands",
     "persist_redis",
     "persist_postgres",
     "persist_sqlite",

@@ -12,6 +12,7 @@ import sys
 import textwrap
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -24,6 +25,9 @@ import runtrack.registry
 from runtrack import (
     TERMINAL,
     BackgroundTaskManager,
+    CommandFailed,
+    CommandNotExecutable,
+    CommandNotFound,
     DuplicateRunError,
     InMemoryRunRegistry,
     ManagerClosedError,
@@ -769,6 +773,9 @@ def all_errors() -> list[RuntrackError]:
         NoActiveRunError(),
         RegistryUnavailableError("redis", "timed out after 5 s"),
         RegistryConfigError("mysql", "Unknown database 'app'", "create the database"),
+        CommandFailed(3, "disk full"),
+        CommandNotFound("pg_dump"),
+        CommandNotExecutable("./run.sh"),
     ]
 
 
@@ -795,6 +802,9 @@ class TestErrors:
                     ["current_run()", "BackgroundTaskManager"],
                     ["redis", "timed out after 5 s", "retry"],
                     ["mysql", "Unknown database 'app'", "create the database"],
+                    ["exited with code 3", "disk full"],
+                    ["not found", "'pg_dump'", "PATH"],
+                    ["not executable", "'./run.sh'", "chmod +x"],
                 ],
                 strict=True,
             )
@@ -808,6 +818,9 @@ class TestErrors:
             "NoActiveRunError",
             "RegistryUnavailableError",
             "RegistryConfigError",
+            "CommandFailed",
+            "CommandNotFound",
+            "CommandNotExecutable",
         ],
     )
     def test_message(self, error: RuntrackError, says: list[str]) -> None:
@@ -823,6 +836,10 @@ class TestErrors:
         assert ManagerClosedError("closing").state == "closing"
         assert RegistryUnavailableError("postgresql").backend == "postgresql"
         assert RegistryConfigError("redis", "bad", "fix").backend == "redis"
+        assert CommandFailed(-9, "x").exit_code == -9
+        assert CommandFailed(1, "last").last_stderr_line == "last"
+        assert CommandNotFound("ls").program == "ls"
+        assert CommandNotExecutable("ls").program == "ls"
 
     @pytest.mark.parametrize("error", all_errors(), ids=lambda e: type(e).__name__)
     def test_pickle(self, error: RuntrackError) -> None:
@@ -888,6 +905,27 @@ class TestRegistryFromURL:
         with pytest.raises(TypeError, match="URL"):
             registry_from_url(url)
 
+    def test_prefix(self, tmp_path: Path) -> None:
+        from runtrack.registry.redis import RedisRunRegistry
+        from runtrack.registry.sql import SQLRunRegistry
+
+        sql = registry_from_url(f"sqlite+aiosqlite:///{tmp_path}/r.db", prefix="app_")
+        redis = registry_from_url("redis://127.0.0.1:6379/0", prefix="app:")
+        default = registry_from_url(f"sqlite+aiosqlite:///{tmp_path}/r.db")
+
+        assert isinstance(sql, SQLRunRegistry)
+        assert sql.table_prefix == "app_"
+        assert isinstance(redis, RedisRunRegistry)
+        assert redis.prefix == "app:"
+        assert isinstance(default, SQLRunRegistry)
+        assert default.table_prefix != "app_"
+
+    def test_prefix_refused(self, tmp_path: Path) -> None:
+        with pytest.raises(ValueError, match="memory:// takes no prefix"):
+            registry_from_url("memory://", prefix="x")
+        with pytest.raises(ValueError, match="table_prefix"):
+            registry_from_url(f"sqlite+aiosqlite:///{tmp_path}/r.db", prefix="no-dashes")
+
 
 def isort_key(name: str) -> tuple[int, str]:
     """The order ruff's RUF022 keeps ``__all__`` in: CONSTANTS, then Classes, then others."""
@@ -941,7 +979,8 @@ class TestPublicAPI:
         script = (
             "import sys, runtrack; "
             "print(sorted(m for m in ('fastapi', 'redis', 'sqlalchemy', 'runtrack.fastapi', "
-            "'runtrack.registry.sql', 'runtrack.registry.redis') if m in sys.modules))"
+            "'runtrack.registry.sql', 'runtrack.registry.redis', 'runtrack.cli', 'click', "
+            "'uvicorn') if m in sys.modules))"
         )
 
         proc = subprocess.run(

@@ -19,6 +19,7 @@ from runtrack import (
     TERMINAL,
     DuplicateRunError,
     OutputChunk,
+    OutputTrimming,
     Run,
     RunNotFoundError,
     RunRegistry,
@@ -881,6 +882,73 @@ class TestOutput:
 
         with pytest.raises(ValueError, match=next(iter(args))):
             await registry.get_output(run.run_id, **args)
+
+
+class TestTrimOutput:
+    """trim_output (OutputTrimming) deletes the oldest chunks; seqs are never reused."""
+
+    @staticmethod
+    def trimming(registry: RunRegistry) -> OutputTrimming:
+        assert isinstance(registry, OutputTrimming), "every shipped registry trims output"
+        return registry
+
+    async def test_deletes_older_chunks_and_seq_continues(self, registry: RunRegistry) -> None:
+        run = await add(registry)
+        await registry.append_output(run.run_id, [("stdout", str(i)) for i in range(1, 8)])
+
+        assert await self.trimming(registry).trim_output(run.run_id, keep_from_seq=5) == 4
+
+        kept = await registry.get_output(run.run_id)
+        assert [(c.seq, c.text) for c in kept] == [(5, "5"), (6, "6"), (7, "7")]
+        more = await registry.append_output(run.run_id, [("stderr", "8"), ("stdout", "9")])
+        assert [c.seq for c in more] == [8, 9]
+        assert [c.seq for c in await registry.get_output(run.run_id, since=2)] == [5, 6, 7, 8, 9]
+        assert [c.seq for c in await registry.get_output(run.run_id, since=6)] == [7, 8, 9]
+        assert [c.seq for c in await registry.get_output(run.run_id, since=4, limit=2)] == [5, 6]
+        assert [c.seq for c in await registry.get_output(run.run_id, limit=1)] == [5]
+
+    async def test_keeps_the_newest_chunk(self, registry: RunRegistry) -> None:
+        run = await add(registry)
+        await registry.append_output(run.run_id, [("stdout", "a"), ("stdout", "b")])
+
+        assert await self.trimming(registry).trim_output(run.run_id, keep_from_seq=100) == 1
+
+        assert [(c.seq, c.text) for c in await registry.get_output(run.run_id)] == [(2, "b")]
+        assert [c.seq for c in await registry.append_output(run.run_id, [("stdout", "c")])] == [3]
+
+    async def test_trimming_again_is_harmless(self, registry: RunRegistry) -> None:
+        run = await add(registry)
+        trimming = self.trimming(registry)
+        await registry.append_output(run.run_id, [("stdout", str(i)) for i in range(1, 6)])
+        await trimming.trim_output(run.run_id, keep_from_seq=3)
+
+        assert await trimming.trim_output(run.run_id, keep_from_seq=3) == 0
+        assert await trimming.trim_output(run.run_id, keep_from_seq=1) == 0
+        assert await trimming.trim_output(run.run_id, keep_from_seq=4) == 1
+        assert [c.seq for c in await registry.get_output(run.run_id)] == [4, 5]
+
+    async def test_missing_run_or_no_output(self, registry: RunRegistry) -> None:
+        run = await add(registry)
+        trimming = self.trimming(registry)
+
+        assert await trimming.trim_output("no-such-run", keep_from_seq=5) == 0
+        assert await trimming.trim_output(run.run_id, keep_from_seq=5) == 0
+        assert await registry.get_output(run.run_id) == []
+
+    @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+    async def test_bad_keep_from_seq(self, registry: RunRegistry, bad: Any) -> None:
+        run = await add(registry)
+
+        with pytest.raises(ValueError, match="keep_from_seq"):
+            await self.trimming(registry).trim_output(run.run_id, keep_from_seq=bad)
+
+    async def test_cleanup_deletes_trimmed_output(self, registry: RunRegistry) -> None:
+        run = await add(registry, status=C, finished_at=ago(days=2))
+        await registry.append_output(run.run_id, [("stdout", str(i)) for i in range(1, 4)])
+        await self.trimming(registry).trim_output(run.run_id, keep_from_seq=3)
+
+        assert await registry.cleanup_old_runs(older_than=timedelta(days=1)) == 1
+        assert await registry.get_output(run.run_id) == []
 
 
 class TestCleanup:

@@ -14,6 +14,9 @@ from runtrack._background import (
 )
 from runtrack._context import RunHandle, current_run, report_progress
 from runtrack._exceptions import (
+    CommandFailed,
+    CommandNotExecutable,
+    CommandNotFound,
     DuplicateRunError,
     ManagerClosedError,
     NoActiveRunError,
@@ -30,12 +33,20 @@ from runtrack._stats import ManagerStats, NameStats
 from runtrack._status import TERMINAL, RunStatus
 from runtrack._sync import SyncTaskManager
 from runtrack._system import SystemStats, system_stats
-from runtrack.registry import InMemoryRunRegistry, RunRegistry, registry_from_url
+from runtrack.registry import (
+    InMemoryRunRegistry,
+    OutputTrimming,
+    RunRegistry,
+    registry_from_url,
+)
 
 __all__ = [
     "TERMINAL",
     "BackgroundFunction",
     "BackgroundTaskManager",
+    "CommandFailed",
+    "CommandNotExecutable",
+    "CommandNotFound",
     "DuplicateRunError",
     "InMemoryRunRegistry",
     "Listener",
@@ -45,6 +56,7 @@ __all__ = [
     "NameStats",
     "NoActiveRunError",
     "OutputChunk",
+    "OutputTrimming",
     "QueueFullError",
     "RegistryConfigError",
     "RegistryUnavailableError",

@@ -9,8 +9,11 @@ Every error is a subclass of `RuntrackError`, so one ``except`` catches them all
     ├── ManagerClosedError         the manager is shutting down or closed
     ├── NoActiveRunError           ``current_run()`` called outside a run
     ├── RegistryUnavailableError   the registry cannot be reached
-    └── RegistryConfigError        the registry refuses the configuration (credentials,
-                                   database, path): fix it, retrying will not help
+    ├── RegistryConfigError        the registry refuses the configuration (credentials,
+    │                              database, path): fix it, retrying will not help
+    ├── CommandFailed              a command run exited with a nonzero code or a signal
+    ├── CommandNotFound            a command run's program does not exist
+    └── CommandNotExecutable       a command run's program may not be executed
 
 Bad arguments are `TypeError` or `ValueError`, and bad run data is pydantic's
 ``ValidationError``, as usual in Python. A value the registry's store refuses to hold (a
@@ -20,9 +23,13 @@ NUL character on PostgreSQL, a lone surrogate, JSON nested too deep for MariaDB,
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 __all__ = [
+    "CommandFailed",
+    "CommandNotExecutable",
+    "CommandNotFound",
     "DuplicateRunError",
     "ManagerClosedError",
     "NoActiveRunError",
@@ -138,3 +145,60 @@ class RegistryConfigError(RuntrackError):
         self.fix = fix
         said = problem.rstrip(" .")
         super().__init__(f"the {backend} registry cannot be used as configured: {said}: {fix}")
+
+
+class CommandFailed(RuntrackError):
+    """A command run by `BackgroundTaskManager.run_command` exited with a nonzero code.
+
+    Recorded as the run's failure (``error_type="CommandFailed"``); the message holds the
+    exit code (or the signal that killed the process) and the last line it wrote to stderr.
+
+    Attributes:
+        exit_code: The exit code; ``-N`` when signal N killed the process.
+        last_stderr_line: The last non-blank line the command wrote to stderr ('' if none).
+        result: What is recorded as the failed run's ``result``: exit code, CPU seconds,
+            max RSS and whether output was dropped, as for a command that succeeded.
+    """
+
+    def __init__(
+        self, exit_code: int, last_stderr_line: str = "", *, result: dict[str, Any] | None = None
+    ) -> None:
+        self._init_args = (exit_code, last_stderr_line)
+        self._init_kwargs = {"result": result}
+        self.exit_code = exit_code
+        self.last_stderr_line = last_stderr_line
+        self.result = result
+        if exit_code < 0:
+            try:
+                how = f"was killed by signal {signal.Signals(-exit_code).name}"
+            except ValueError:
+                how = f"was killed by signal {-exit_code}"
+            how += f" (exit code {exit_code})"
+        else:
+            how = f"exited with code {exit_code}"
+        tail = f": {last_stderr_line}" if last_stderr_line else " (no stderr output)"
+        super().__init__(f"the command {how}{tail}")
+
+
+class CommandNotFound(RuntrackError):
+    """The program of a command run does not exist (or is not on ``PATH``)."""
+
+    def __init__(self, program: str) -> None:
+        self._init_args = (program,)
+        self.program = program
+        super().__init__(
+            f"command not found: {program!r}: check the spelling, give its full path, or "
+            "set PATH in env="
+        )
+
+
+class CommandNotExecutable(RuntrackError):
+    """The program of a command run exists but cannot be executed (permissions, format)."""
+
+    def __init__(self, program: str) -> None:
+        self._init_args = (program,)
+        self.program = program
+        super().__init__(
+            f"command not executable: {program!r}: check that it may be executed (chmod +x) "
+            "and that a script starts with a #! line, or run it through its interpreter"
+        )

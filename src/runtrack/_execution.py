@@ -22,6 +22,7 @@ from pydantic import JsonValue, TypeAdapter, ValidationError
 from runtrack._admission import DONE, FINISHING, QUEUED, RUNNING, Job, describe_error
 from runtrack._clock import now_us
 from runtrack._context import _current
+from runtrack._exceptions import CommandFailed
 from runtrack._state import ManagerCore
 from runtrack._status import RunStatus
 from runtrack._storable import (
@@ -219,8 +220,10 @@ class Execution(ManagerCore):
             if error is None:
                 written = self._writer.finish(job, status, time_ns() // 1000, result, None, None)
             else:
+                # A failed command still has its exit code, CPU time and memory to record.
+                failed = error.result if isinstance(error, CommandFailed) else None
                 written = self._writer.finish(
-                    job, status, now_us(), None, type(error).__name__, describe_error(error, job)
+                    job, status, now_us(), failed, type(error).__name__, describe_error(error, job)
                 )
             if written is None:  # the writer calls _on_finished once the write is applied
                 # Its code has ended: it no longer counts as active (wait_all, shutdown),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Self
@@ -442,3 +443,91 @@ class BackgroundTaskManager(Lifecycle, Queueing, Cancelling, Execution):
     def stats(self) -> ManagerStats:
         """A snapshot of counts, limits and per-name outcomes."""
         return self._snapshot()
+
+    async def run_command(
+        self,
+        argv: list[str] | tuple[str, ...] | str,
+        *,
+        cwd: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str | None] | None = None,
+        inherit_env: bool = True,
+        timeout: float | None = None,
+        name: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        group: str | None = None,
+        priority: int = 0,
+        output_limit: int = 1_000_000,
+        kill_grace: float = 5.0,
+        shell: bool = False,
+    ) -> Run:
+        r"""Run a program as a tracked run; returns the recorded `Run` (as `submit` does).
+
+        The QUEUED record is written before this returns; the command then waits for
+        admission like any run (``max_concurrency``, ``group_limits``, ``priority``) and
+        `cancel_task`, ``timeout`` and `shutdown` apply to it. It runs in a process group of
+        its own: when the run is cancelled or times out, or the command exits leaving
+        processes behind, the whole group gets SIGTERM, then SIGKILL after ``kill_grace``
+        seconds (keep it below the manager's ``cancel_timeout``).
+
+        stdout and stderr are recorded while it runs as `OutputChunk` s (one per line, a
+        line longer than 64 KiB split; one sequence across both streams), decoded as UTF-8
+        with invalid bytes replaced by U+FFFD; read them with ``registry.get_output``. Only
+        the newest ``output_limit`` bytes are kept, here and in registries that implement
+        `OutputTrimming` (all shipped ones); while the registry is unreachable the newest
+        output waits in memory and is written when it is back.
+
+        The run's ``result`` is ``{"exit_code", "cpu_seconds", "max_rss_bytes",
+        "output_truncated"}``: the CPU time of the command and of the descendants it waited
+        for, from the kernel (``wait4``), and the most resident memory its process tree held
+        at once, sampled with psutil (at start, then every 0.1 s growing to 1 s). A
+        nonzero exit fails the run with `CommandFailed` (the exit code, or the signal, and
+        the last stderr line are in ``error_message``; ``result`` is recorded too), a missing
+        program with `CommandNotFound`, one that may not be executed with
+        `CommandNotExecutable`, a timeout with ``TimeoutError``.
+
+        Args:
+            argv: The program and its arguments, e.g. ``["pg_dump", "-Fc", "db"]``; with
+                ``shell=True``, one command line (a str).
+            cwd: Directory to run in; default this process's. stdin is ``/dev/null``.
+            env: Variables set over the environment (a value of None removes the
+                variable). Only their names are recorded, never their values.
+            inherit_env: Start from this process's environment (default) or from nothing.
+            timeout: Seconds before the command is stopped and the run fails.
+            name: The kind of work; default the program's file name (``"sh"`` for a shell).
+            tags: String labels to filter runs by.
+            group: Concurrency group (see ``group_limits``).
+            priority: Higher is admitted first.
+            output_limit: Most bytes of output kept (the newest); when output was dropped,
+                ``result["output_truncated"]`` is True.
+            kill_grace: Seconds between SIGTERM and SIGKILL.
+            shell: Run ``argv`` through ``/bin/sh -c``. Dangerous with untrusted input: a
+                value holding ``;``, ``$(...)`` or quotes runs commands of its own. Prefer a
+                list of arguments.
+
+        Raises:
+            TypeError: ``argv`` is a str without ``shell=True``, or not a list of str;
+                ``env`` is not a mapping of str to str or None.
+            ValueError: ``argv`` is empty, ``cwd`` is not an existing directory, or a limit
+                is negative.
+            QueueFullError: ``max_pending`` runs are already waiting.
+            ManagerClosedError: shutdown has begun.
+
+        Example:
+            >>> import asyncio, sys
+            >>> from runtrack import BackgroundTaskManager
+            >>> async def main() -> object:
+            ...     async with BackgroundTaskManager() as manager:
+            ...         run = await manager.run_command([sys.executable, "-c", "print('hi')"])
+            ...         done = await manager.wait(run.run_id)
+            ...         output = await manager.registry.get_output(run.run_id)
+            ...         return done.result["exit_code"], [c.text.strip() for c in output]
+            >>> asyncio.run(main())
+            (0, ['hi'])
+        """
+        from runtrack._commands import submit_command  # noqa: PLC0415 - kept off the import path
+
+        return await submit_command(
+            self, argv, cwd=cwd, env=env, inherit_env=inherit_env, timeout=timeout, name=name,
+            tags=tags, group=group, priority=priority, output_limit=output_limit,
+            kill_grace=kill_grace, shell=shell,
+        )  # fmt: skip

@@ -6,7 +6,13 @@ backends live in ``runtrack.registry.sql`` and ``runtrack.registry.redis`` and n
 """
 
 from runtrack.registry._url import SCHEMES, registry_from_url
-from runtrack.registry.base import RunRegistry
+from runtrack.registry.base import OutputTrimming, RunRegistry
 from runtrack.registry.memory import InMemoryRunRegistry
 
-__all__ = ["SCHEMES", "InMemoryRunRegistry", "RunRegistry", "registry_from_url"]
+__all__ = [
+    "SCHEMES",
+    "InMemoryRunRegistry",
+    "OutputTrimming",
+    "RunRegistry",
+    "registry_from_url",
+]

@@ -4,7 +4,9 @@ Every key starts with the registry's prefix (``runtrack:`` by default)::
 
     {prefix}schema                      "1": the layout version, set on first use
     {prefix}run:{run_id}                hash: one run (see ``FIELDS``)
-    {prefix}out:{run_id}                list: output chunks, seq = position + 1
+    {prefix}out:{run_id}                list: output chunks, seq = out_trimmed + position + 1
+                                        (``out_trimmed``, a field of the run's hash: how
+                                        many of its first chunks `TRIM` deleted)
     {prefix}idx:created                 zset: every run, scored by created_at (µs)
     {prefix}idx:status:{status}         zset: runs in that status, scored by created_at
     {prefix}idx:name:{n}:{name}         zset: runs of that name, scored by created_at
@@ -51,8 +53,10 @@ __all__ = [
     "INTERRUPT",
     "LIST",
     "ONE",
+    "OUTPUT",
     "SCHEMA_VERSION",
     "SWEEP_CHUNK",
+    "TRIM",
     "WRITE",
     "Keys",
 ]
@@ -398,8 +402,9 @@ return reply(flags)
 """
 )
 
-#: ARGV: prefix, ttl, token, run_id, then the encoded chunks. Returns the new length of
-#: the output list, or -1 if the run does not exist.
+#: ARGV: prefix, ttl, token, run_id, then the encoded chunks. Returns the seq of the last
+#: chunk (the length of the output list plus the chunks trimmed before it), or -1 if the
+#: run does not exist.
 APPEND: Final = (
     _PRELUDE
     + f"""
@@ -413,12 +418,40 @@ local n = redis.call('LLEN', ok)
 for i = 5, #ARGV, 1000 do
   n = redis.call('RPUSH', ok, unpack(ARGV, i, math.min(i + 999, #ARGV)))
 end
+n = n + tonumber(redis.call('HGET', rk, 'out_trimmed') or '0')
 local expires = redis.call('PEXPIRETIME', rk)
 if expires > 0 then redis.call('PEXPIREAT', ok, expires) end
 redis.call('SET', opk, n, 'PX', {OP_TTL_MS})
 return n
 """
 )
+
+#: ARGV: prefix, run_id, since, limit (0: none). Returns {trimmed, chunk, chunk, ...}: the
+#: chunks with seq > since, the first one's seq being max(since, trimmed) + 1.
+OUTPUT: Final = """
+local trimmed = tonumber(redis.call('HGET', ARGV[1] .. '{RUN}' .. ARGV[2], 'out_trimmed') or '0')
+local start = math.max(tonumber(ARGV[3]) - trimmed, 0)
+local stop = -1
+if tonumber(ARGV[4]) > 0 then stop = start + tonumber(ARGV[4]) - 1 end
+local out = redis.call('LRANGE', ARGV[1] .. '{OUT}' .. ARGV[2], start, stop)
+table.insert(out, 1, trimmed)
+return out
+""".replace("{RUN}", RUN).replace("{OUT}", OUT)
+
+#: ARGV: prefix, run_id, keep_from_seq. Deletes the chunks with seq < keep_from_seq but
+#: the newest; returns how many went. A run whose hash is gone is left alone.
+TRIM: Final = """
+local rk = ARGV[1] .. '{RUN}' .. ARGV[2]
+local ok = ARGV[1] .. '{OUT}' .. ARGV[2]
+if redis.call('EXISTS', rk) == 0 then return 0 end
+local n = redis.call('LLEN', ok)
+local trimmed = tonumber(redis.call('HGET', rk, 'out_trimmed') or '0')
+local doomed = math.min(tonumber(ARGV[3]) - 1 - trimmed, n - 1)
+if doomed <= 0 then return 0 end
+redis.call('LTRIM', ok, doomed, -1)
+redis.call('HINCRBY', rk, 'out_trimmed', doomed)
+return doomed
+""".replace("{RUN}", RUN).replace("{OUT}", OUT)
 
 #: KEYS: name/group/tag index keys that must all match. ARGV: prefix, ttl, limit, offset,
 #: then the wanted statuses (none: any). Returns {1} if it only swept (call again), else

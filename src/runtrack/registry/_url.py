@@ -29,19 +29,23 @@ _FORMS: Final = (
 )
 
 
-def registry_from_url(url: str) -> RunRegistry:
+def registry_from_url(url: str, *, prefix: str | None = None) -> RunRegistry:
     """Build the registry a URL names.
 
     Args:
         url: ``memory://``, ``sqlite+aiosqlite:///path.db``, ``postgresql+asyncpg://…``,
             ``mysql+asyncmy://…`` or ``redis://…`` (``rediss://`` for TLS).
+        prefix: The SQL registry's ``table_prefix`` or the Redis registry's key ``prefix``;
+            None for the backend's default. Registries with different prefixes share
+            nothing. ``memory://`` takes none.
 
     Returns:
         A registry that creates its schema on first use.
 
     Raises:
         ValueError: the URL is malformed or its scheme unknown, ``memory://`` is followed by
-            anything, or a Redis database is not a number.
+            anything or given a prefix, a Redis database is not a number, or the prefix is
+            not one the backend accepts.
         ImportError: the backend's extra (``runtrack[sql]``, ``runtrack[redis]``) is missing.
 
     Example:
@@ -63,6 +67,8 @@ def registry_from_url(url: str) -> RunRegistry:
     if scheme == "memory":
         if url.lower() != "memory://":
             raise ValueError(f"memory:// takes no host, path or options: use one of {_FORMS}")
+        if prefix is not None:
+            raise ValueError("memory:// takes no prefix: every in-memory registry is its own")
         return InMemoryRunRegistry()
     if scheme in {"redis", "rediss"}:
         check_redis_url(url)
@@ -74,7 +80,12 @@ def registry_from_url(url: str) -> RunRegistry:
             f"the {scheme} registry needs an extra: pip install 'runtrack[{extra}]' ({exc})"
         ) from exc
     factory = getattr(module, class_name)
-    registry: RunRegistry = factory(url)
+    if prefix is None:
+        registry: RunRegistry = factory(url)
+    elif extra == "sql":
+        registry = factory(url, table_prefix=prefix)
+    else:
+        registry = factory(url, prefix=prefix)
     return registry
 
 

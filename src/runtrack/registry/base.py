@@ -31,10 +31,12 @@ __all__ = [
     "BatchWriting",
     "ManagerPresence",
     "OutputItem",
+    "OutputTrimming",
     "RunRegistry",
     "RunWrite",
     "StatusFilter",
     "StatusReading",
+    "check_keep_from_seq",
     "is_int",
     "stored_run",
     "validate_changes",
@@ -174,6 +176,34 @@ class StatusReading(Protocol):
         """The current status of each run in ``run_ids`` that exists (missing ones left out).
 
         Raises:
+            RegistryUnavailableError: the backend could not be reached.
+        """
+        ...
+
+
+@runtime_checkable
+class OutputTrimming(Protocol):
+    """**Protocol:** a registry that can delete the oldest output chunks of a run.
+
+    `BackgroundTaskManager.run_command` uses it to keep no more than ``output_limit`` bytes
+    of a command's newest output in the registry; with a registry without it, only the
+    output the manager holds in memory is bounded. The memory, SQL and Redis registries
+    implement it.
+    """
+
+    async def trim_output(self, run_id: str, *, keep_from_seq: int) -> int:
+        """Delete the run's chunks with ``seq < keep_from_seq``, except its newest chunk.
+
+        The newest chunk is always kept, and chunks appended later continue the sequence:
+        a seq is never given twice. `RunRegistry.get_output` returns the chunks left (with
+        ``since=0``, from the oldest one kept). A run that does not exist or has no output
+        is not an error.
+
+        Returns:
+            How many chunks were deleted.
+
+        Raises:
+            ValueError: ``keep_from_seq`` is not an int >= 1.
             RegistryUnavailableError: the backend could not be reached.
         """
         ...
@@ -354,6 +384,16 @@ def validate_list_args(limit: int, offset: int) -> None:
         raise ValueError(f"limit must be an int >= 1, got {limit!r}")
     if not is_int(offset) or offset < 0:
         raise ValueError(f"offset must be an int >= 0, got {offset!r}")
+
+
+def check_keep_from_seq(keep_from_seq: int) -> None:
+    """Reject a ``keep_from_seq`` of `OutputTrimming.trim_output` that is not an int >= 1.
+
+    Raises:
+        ValueError: it is not an int >= 1.
+    """
+    if not is_int(keep_from_seq) or keep_from_seq < 1:
+        raise ValueError(f"keep_from_seq must be an int >= 1, got {keep_from_seq!r}")
 
 
 def is_int(value: object) -> bool:

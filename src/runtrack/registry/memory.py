@@ -17,6 +17,7 @@ from runtrack.registry.base import (
     OutputItem,
     RunWrite,
     StatusFilter,
+    check_keep_from_seq,
     is_int,
     stored_run,
     validate_changes,
@@ -143,6 +144,7 @@ class InMemoryRunRegistry(MemoryManagers):
     def __init__(self) -> None:
         self._runs: dict[str, _Record] = {}
         self._output: dict[str, list[OutputChunk]] = {}
+        self._trimmed: dict[str, int] = {}  # run_id -> how many of its first chunks went
         # True while runs were inserted in created_at order: list_runs can then walk
         # the dict backwards instead of sorting.
         self._in_order = True
@@ -314,8 +316,9 @@ class InMemoryRunRegistry(MemoryManagers):
             raise RunNotFoundError(run_id)
         stored = self._output.setdefault(run_id, [])
         at = us_to_dt(now_us())
+        last = self._trimmed.get(run_id, 0) + len(stored)
         new = [
-            OutputChunk(seq=len(stored) + i, stream=stream, text=text, at=at)
+            OutputChunk(seq=last + i, stream=stream, text=text, at=at)
             for i, (stream, text) in enumerate(items, start=1)
         ]
         stored.extend(new)
@@ -329,8 +332,22 @@ class InMemoryRunRegistry(MemoryManagers):
             raise ValueError(f"since must be >= 0, got {since!r}")
         if limit is not None and limit < 1:
             raise ValueError(f"limit must be >= 1 or None, got {limit!r}")
-        chunks = self._output.get(run_id, [])[since:]
+        chunks = self._output.get(run_id, [])[max(since - self._trimmed.get(run_id, 0), 0) :]
         return chunks if limit is None else chunks[:limit]
+
+    async def trim_output(self, run_id: str, *, keep_from_seq: int) -> int:
+        """Delete the chunks with ``seq < keep_from_seq`` but the newest (see `OutputTrimming`)."""
+        check_keep_from_seq(keep_from_seq)
+        stored = self._output.get(run_id)
+        if not stored:
+            return 0
+        trimmed = self._trimmed.get(run_id, 0)
+        doomed = min(keep_from_seq - 1 - trimmed, len(stored) - 1)
+        if doomed <= 0:
+            return 0
+        del stored[:doomed]
+        self._trimmed[run_id] = trimmed + doomed
+        return doomed
 
     async def cleanup_old_runs(
         self,
@@ -347,6 +364,7 @@ class InMemoryRunRegistry(MemoryManagers):
         for run_id in doomed:
             del self._runs[run_id]
             self._output.pop(run_id, None)
+            self._trimmed.pop(run_id, None)
         return len(doomed)
 
     async def aclose(self) -> None:

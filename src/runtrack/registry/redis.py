@@ -46,6 +46,7 @@ from runtrack.registry.base import (
     OutputItem,
     RunWrite,
     StatusFilter,
+    check_keep_from_seq,
     is_int,
     stored_run,
     validate_changes,
@@ -386,6 +387,8 @@ class RedisRunRegistry(RedisManagers):
         self._schema_checked = False
         self._write = self._client.register_script(layout.WRITE)
         self._append = self._client.register_script(layout.APPEND)
+        self._output = self._client.register_script(layout.OUTPUT)
+        self._trim = self._client.register_script(layout.TRIM)
         self._list = self._client.register_script(layout.LIST)
         self._count = self._client.register_script(layout.COUNT)
         self._cleanup = self._client.register_script(layout.CLEANUP)
@@ -657,15 +660,26 @@ class RedisRunRegistry(RedisManagers):
             raise ValueError(f"since must be >= 0, got {since!r}")
         if limit is not None and limit < 1:
             raise ValueError(f"limit must be >= 1 or None, got {limit!r}")
-        end = -1 if limit is None else since + limit - 1
         async with self._guard():
             await self._ready()
-            items = await self._client.lrange(self._keys.out(run_id), since, end)
+            reply = await self._output(args=[self._prefix, run_id, since, limit or 0])
+        first = max(since, int(reply[0])) + 1
         chunks = []
-        for seq, item in enumerate(items, start=since + 1):
+        for seq, item in enumerate(reply[1:], start=first):
             stamp, stream, text = json.loads(item)
             chunks.append(OutputChunk(seq=seq, stream=stream, text=text, at=us_to_dt(stamp)))
         return chunks
+
+    async def trim_output(self, run_id: str, *, keep_from_seq: int) -> int:
+        """Delete the chunks with ``seq < keep_from_seq`` but the newest (see `OutputTrimming`).
+
+        One script call: the list is trimmed and the run's hash counts the chunks gone,
+        so that seqs continue.
+        """
+        check_keep_from_seq(keep_from_seq)
+        async with self._guard():
+            await self._ready()
+            return int(await self._trim(args=[self._prefix, run_id, keep_from_seq]))
 
     async def cleanup_old_runs(
         self,

@@ -77,6 +77,7 @@ from runtrack.registry.base import (
     OutputItem,
     RunWrite,
     StatusFilter,
+    check_keep_from_seq,
     validate_changes,
     validate_cleanup_args,
     validate_list_args,
@@ -644,6 +645,32 @@ class SQLRunRegistry(SQLManagers):
             ]
 
         return await self._transact(work, write=False)
+
+    async def trim_output(self, run_id: str, *, keep_from_seq: int) -> int:
+        """Delete the chunks with ``seq < keep_from_seq`` but the newest (see `OutputTrimming`).
+
+        Raises:
+            ValueError: ``keep_from_seq`` is not an int >= 1.
+            RegistryUnavailableError: the database could not be reached.
+        """
+        check_keep_from_seq(keep_from_seq)
+        output = self._tables.output
+
+        async def work(conn: AsyncConnection) -> int:
+            # Appends take seq max + 1: the newest chunk stays, so a seq is never reused.
+            # An append landing meanwhile only adds chunks above the bound.
+            last = await conn.scalar(
+                sa.select(sa.func.max(output.c.seq)).where(output.c.run_id == run_id)
+            )
+            if last is None:
+                return 0
+            bound = min(keep_from_seq, int(last))
+            result = await conn.execute(
+                output.delete().where(output.c.run_id == run_id, output.c.seq < bound)
+            )
+            return max(int(result.rowcount), 0)
+
+        return await self._transact(work, write=True)
 
     async def cleanup_old_runs(
         self,
