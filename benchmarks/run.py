@@ -28,6 +28,7 @@ SECTION_MODULES = (
     "persist_postgres",
     "persist_sqlite",
     "persist_mariadb",
+    "leases",
 )
 
 LOGGING_NOTE = (

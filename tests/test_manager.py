@@ -36,6 +36,7 @@ from runtrack import (
     DuplicateRunError,
     InMemoryRunRegistry,
     ManagerClosedError,
+    ManagerInfo,
     NoActiveRunError,
     QueueFullError,
     Retry,
@@ -1249,27 +1250,37 @@ class TestShutdown:
 
 
 class TestHeartbeat:
-    """A running run's heartbeat_at advances every heartbeat_interval."""
+    """The manager's row in the registry: its heartbeat_at advances every heartbeat_interval."""
 
-    async def test_heartbeat_at_advances_while_a_run_executes(
+    async def test_the_managers_heartbeat_advances_while_a_run_executes(
         self, task_manager: BackgroundTaskManager, runtrack_registry: InMemoryRunRegistry
     ) -> None:
         gate = Gate()
         run = await task_manager.submit(gate.body)
         await wait_event(gate.started)
-        first = await runtrack_registry.get_run(run.run_id)
-        assert first is not None
-        assert first.heartbeat_at is not None
+        recorded = await runtrack_registry.get_run(run.run_id)
+        assert recorded is not None
+        assert recorded.heartbeat_at == recorded.started_at  # liveness is the manager's row
+
+        async def mine() -> ManagerInfo | None:
+            managers = await runtrack_registry.list_managers()
+            return next((m for m in managers if m.owner == task_manager.owner), None)
+
         # Polls the registry: there is no event for a heartbeat. The fixture beats every
         # 0.05 s; SAFETY bounds the wait.
         async with asyncio.timeout(SAFETY):
             while True:
-                current = await runtrack_registry.get_run(run.run_id)
+                first = await mine()
+                if first is not None and first.running == 1:
+                    break
+                await asyncio.sleep(0.01)
+            while True:
+                current = await mine()
                 assert current is not None
-                assert current.heartbeat_at is not None
                 if current.heartbeat_at > first.heartbeat_at:
                     break
                 await asyncio.sleep(0.01)
+        assert (current.started_at, current.max_concurrency) == (first.started_at, None)
         gate.open()
         await task_manager.wait(run.run_id, timeout=SAFETY)
 

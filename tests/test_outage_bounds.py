@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from structlog.testing import capture_logs
 from runtrack import (
     BackgroundTaskManager,
     InMemoryRunRegistry,
+    ManagerInfo,
     RegistryUnavailableError,
     Run,
     RunStatus,
@@ -160,6 +162,21 @@ class _DownReads(InMemoryRunRegistry):
             self._fail()
         return await super().list_runs(**filters)
 
+    async def heartbeat_manager(self, owner: str, at: datetime, running: int) -> bool:
+        if self.down:
+            self._fail()
+        return await super().heartbeat_manager(owner, at, running)
+
+    async def list_managers(self) -> list[ManagerInfo]:
+        if self.down:
+            self._fail()
+        return await super().list_managers()
+
+    async def cancelled_runs(self, owner: str, since: datetime) -> list[str]:
+        if self.down:
+            self._fail()
+        return await super().cancelled_runs(owner, since)
+
 
 async def test_heartbeat_and_lease_failures_are_logged_once_per_outage(
     monkeypatch: pytest.MonkeyPatch,
@@ -191,6 +208,7 @@ async def test_heartbeat_and_lease_failures_are_logged_once_per_outage(
     assert events.count("lease_check_failed") == 1
     assert events.count("heartbeat_recovered") == 1
     assert events.count("lease_check_recovered") == 1
+    assert events.count("cancel_poll_failed") <= 1
     failed = next(e for e in logs if e["event"] == "heartbeat_failed")
     assert "exc_info" not in failed  # one line, not a traceback per beat
     assert "connection refused" in failed["error"]

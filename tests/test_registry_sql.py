@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +132,7 @@ class TestSchema:
             await registry.list_runs()
 
             creates = [s for s in sent if s.lstrip().upper().startswith("CREATE TABLE")]
-            assert len(creates) == 4
+            assert len(creates) == 5
             async with registry.engine.connect() as conn:
                 table = f"{registry.table_prefix}schema"
                 rows = (await conn.execute(sa.text(f"SELECT version FROM {table}"))).all()
@@ -155,8 +156,10 @@ class TestSchema:
         async with registry.engine.connect() as conn:
             found = await conn.run_sync(inspect)
 
-        assert {f"{prefix}{t}" for t in ("runs", "tags", "output", "schema")} <= found["tables"]
+        tables = ("runs", "tags", "output", "schema", "managers")
+        assert {f"{prefix}{t}" for t in tables} <= found["tables"]
         assert {
+            ("owner", "status", "finished_at"),
             ("created_at", "run_id"),
             ("status", "created_at"),
             ("name", "created_at"),
@@ -178,6 +181,38 @@ class TestSchema:
         finally:
             await second.aclose()
             await drop_tables(first)
+
+    async def test_a_version_1_schema_gets_the_managers_table(
+        self, registry: SQLRunRegistry, twin: Callable[[SQLRunRegistry], Any]
+    ) -> None:
+        await registry.add_run(Run(run_id="kept", owner="old"))
+        prefix = registry.table_prefix
+        async with registry.engine.begin() as conn:  # back to what version 1 created
+            await conn.run_sync(lambda c: sa.Table(f"{prefix}managers", sa.MetaData()).drop(c))
+            on = f" ON {prefix}runs" if conn.dialect.name == "mysql" else ""
+            await conn.execute(sa.text(f"DROP INDEX {prefix}runs_owner{on}"))
+            await conn.execute(sa.text(f"DELETE FROM {prefix}schema"))
+            await conn.execute(
+                sa.text(f"INSERT INTO {prefix}schema (version, applied_at) VALUES (1, 0)")
+            )
+
+        async with twin(registry) as second:
+            assert await second.list_managers() == []
+            assert await second.cancelled_runs("old", datetime.now(UTC)) == []
+            run = await second.get_run("kept")
+
+            def inspect(conn: sa.Connection) -> set[tuple[str, ...]]:
+                ixs = sa.inspect(conn).get_indexes(f"{prefix}runs")
+                return {tuple(str(c) for c in ix["column_names"]) for ix in ixs}
+
+            async with second.engine.connect() as conn:
+                indexes = await conn.run_sync(inspect)
+                versions = (
+                    await conn.execute(sa.text(f"SELECT version FROM {prefix}schema"))
+                ).all()
+        assert run is not None
+        assert ("owner", "status", "finished_at") in indexes
+        assert sorted(v for (v,) in versions) == [1, SCHEMA_VERSION]
 
     async def test_existing_schema_is_reused(
         self, registry: SQLRunRegistry, twin: Callable[[SQLRunRegistry], Any]

@@ -28,6 +28,7 @@ from runtrack._exceptions import (
 )
 from runtrack._manager import BackgroundTaskManager, Listener
 from runtrack._models import OutputChunk, Retry, Run, RunEvent
+from runtrack._presence import ManagerInfo
 from runtrack._stats import ManagerStats, NameStats
 from runtrack._status import TERMINAL, RunStatus
 from runtrack._sync import SyncTaskManager
@@ -50,6 +51,7 @@ __all__ = [
     "InMemoryRunRegistry",
     "Listener",
     "ManagerClosedError",
+    "ManagerInfo",
     "ManagerStats",
     "NameStats",
     "NoActiveRunError",

@@ -56,9 +56,12 @@ class Execution(ManagerCore):
         lanes = self._lanes
         writer = self._writer
         direct = isinstance(writer, DirectWriter)
+        held = self._heartbeat.held
         self._starting -= 1
         try:
             while self._executors <= self._limit:
+                if held():  # paused past the lease? The heartbeat resumes admission.
+                    return
                 if len(copy_context()):
                     # The last run left context variables behind (it set some and did not
                     # reset them): the next run must not see them. A fresh executor takes
@@ -235,6 +238,7 @@ class Execution(ManagerCore):
                         self._idle.set()
                 return
             if not written:
+                self._discarded(job, status)
                 status = self._status_in_registry(job)
         self._ended(job, status, duration, error)
 
@@ -243,7 +247,19 @@ class Execution(ManagerCore):
         if self._finishing.pop(job.run_id, None) is not job:
             return  # given up on at shutdown, and already settled
         status, duration, error = job.outcome
+        if not applied:
+            self._discarded(job, status)
         self._ended(job, status if applied else self._status_in_registry(job), duration, error)
+
+    def _discarded(self, job: Job, status: RunStatus) -> None:
+        """Its record had already ended (cancelled elsewhere, or swept): say so, and beat now."""
+        self._log.warning(
+            "result_discarded", run_id=job.run_id, name=job.name, status=status.value,
+            detail="the run ended here, but its record had already ended (cancelled by "
+            "another process, or recorded interrupted while this manager was unreachable): "
+            "the record is kept as it is",
+        )  # fmt: skip
+        self._heartbeat.wake()
 
     def _ended(
         self, job: Job, status: RunStatus, duration: float | None, error: BaseException | None

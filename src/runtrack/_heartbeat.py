@@ -1,10 +1,12 @@
 """Heartbeats and lease checks: how a manager shows it is alive and finds dead ones.
 
-Every ``interval`` the manager's running runs get a heartbeat, and their statuses are read
-back (a run cancelled or ended by another process is stopped here). Three times per lease
-the runs of managers that stopped heartbeating are recorded interrupted (see `_leases`). A
-registry that is away is logged once when the duty starts failing and once when it works
-again, never a traceback per beat.
+On a registry that keeps managers (`ManagerPresence`: memory, SQL, Redis) the manager's
+own row carries its heartbeat, and its runs are not written per beat (see `_replicas`).
+On any other registry, every ``interval`` the manager's running runs get a heartbeat, and
+their statuses are read back (a run cancelled or ended by another process is stopped
+here); three times per lease the runs of managers that stopped heartbeating are recorded
+interrupted (see `_leases`). A registry that is away is logged once when a duty starts
+failing and once when it works again, never a traceback per beat.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from typing import TYPE_CHECKING
 from runtrack._admission import RUNNING
 from runtrack._clock import now_us
 from runtrack._leases import interrupt_expired
+from runtrack._replicas import Presence
+from runtrack._writer import DirectWriter
+from runtrack.registry.base import ManagerPresence
 
 if TYPE_CHECKING:
     from runtrack._admission import Job
@@ -44,6 +49,9 @@ class Heartbeat:
         on_conflict: Callable[[str], None],
         notify: Callable[[RunEvent], None],
         log: Logger,
+        poll_interval: float = 1.0,
+        counts: Callable[[], tuple[int, int | None]] = lambda: (0, None),
+        resume: Callable[[], None] = lambda: None,
     ) -> None:
         self._registry = registry
         self._writer = writer
@@ -55,9 +63,20 @@ class Heartbeat:
         self._notify = notify
         self._log = log
         self._failing: set[str] = set()  # duties failing now (logged once)
+        self.presence: Presence | None = None
+        if isinstance(registry, ManagerPresence):
+            self.presence = Presence(
+                registry=registry, writer=writer, direct=isinstance(writer, DirectWriter),
+                owner=owner, interval=interval, poll_interval=poll_interval, lease=lease,
+                jobs=jobs, counts=counts, on_conflict=on_conflict, notify=notify, log=log,
+                failed=self._failed, recovered=self._recovered, resume=resume,
+            )  # fmt: skip
 
     async def run(self, running: Callable[[], bool]) -> None:
         """Beat every interval while ``running()`` holds."""
+        if self.presence is not None:
+            await self.presence.run(running)
+            return
         # Expired leases are looked for three times per lease, not at every beat: each
         # look reads every RUNNING run of the registry.
         every = self._lease.total_seconds() / 3
@@ -71,6 +90,9 @@ class Heartbeat:
 
     async def interrupt_expired(self) -> None:
         """Record FAILED the runs of managers that stopped heartbeating (see `_leases`)."""
+        if self.presence is not None:
+            await self.presence.interrupt_expired()
+            return
         try:
             await interrupt_expired(
                 self._registry, owner=self._owner, lease=self._lease, log=self._log,
@@ -83,6 +105,10 @@ class Heartbeat:
 
     async def beat(self) -> None:
         """One heartbeat of the running runs, and a look at their statuses."""
+        if self.presence is not None:
+            await self.presence.beat()
+            await self.presence.poll()
+            return
         running = [j for j in self._jobs.values() if j.state == RUNNING]
         if not running:
             return
@@ -103,6 +129,21 @@ class Heartbeat:
                     status=status.value,
                 )  # fmt: skip
                 self._on_conflict(job.run_id)
+
+    def held(self) -> bool:
+        """Whether runs must wait before starting (see `Presence.held`)."""
+        presence = self.presence
+        return presence is not None and presence.held()
+
+    def wake(self) -> None:
+        """A write was refused: beat now (this manager may have been declared dead)."""
+        if self.presence is not None:
+            self.presence.wake()
+
+    async def unregister(self) -> None:
+        """Remove this manager's row from the registry, if it keeps one."""
+        if self.presence is not None:
+            await self.presence.unregister()
 
     def _failed(self, duty: str, exc: BaseException) -> None:
         """Log a duty's failure once, when it starts failing (not every beat)."""

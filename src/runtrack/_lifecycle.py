@@ -9,6 +9,7 @@ cancel what is left, stop the background tasks, flush the writer (bounded by
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Coroutine
@@ -64,6 +65,9 @@ class Lifecycle(ManagerCore):
                 await asyncio.wait(self._submits, timeout=2 * self._registry_timeout)
             await self._stop_background()
             await self._writer.aclose(self._registry_timeout)
+            with contextlib.suppress(TimeoutError):  # its row expires with its lease
+                async with asyncio.timeout(self._registry_timeout):
+                    await self._heartbeat.unregister()
             # Terminal writes given up on: the runs have ended here all the same.
             for job in list(self._finishing.values()):
                 del self._finishing[job.run_id]

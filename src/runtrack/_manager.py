@@ -49,8 +49,10 @@ class BackgroundTaskManager(Lifecycle, Queueing, Cancelling, Execution):
         default_timeout: Seconds a run may take when it sets no ``timeout``.
         shutdown_grace: Seconds `shutdown` waits for runs before cancelling them.
         owner: This manager's name in the registry (default ``host:pid:random``).
-        heartbeat_interval: Seconds between heartbeats of running runs, which also pick up
-            cancellations made by other managers sharing the registry.
+        heartbeat_interval: Seconds between heartbeats: one write of this manager's row
+            (see `ManagerInfo`), or of every running run on a registry without one.
+        poll_interval: Seconds between looks for runs of this manager that another
+            process cancelled (their coroutines are then stopped here).
         lease: Seconds without a heartbeat after which a RUNNING run of another manager
             sharing the registry counts as interrupted (its manager crashed) and is
             recorded FAILED with ``error_type="RunInterrupted"`` (the runs that manager had
@@ -93,6 +95,7 @@ class BackgroundTaskManager(Lifecycle, Queueing, Cancelling, Execution):
         shutdown_grace: float = 30.0,
         owner: str | None = None,
         heartbeat_interval: float = 10.0,
+        poll_interval: float = 1.0,
         lease: float | None = None,
         cancel_timeout: float = 5.0,
         registry_timeout: float = 10.0,
@@ -104,7 +107,7 @@ class BackgroundTaskManager(Lifecycle, Queueing, Cancelling, Execution):
             default_timeout=default_timeout, shutdown_grace=shutdown_grace,
             heartbeat_interval=heartbeat_interval, lease=lease, cancel_timeout=cancel_timeout,
             registry_timeout=registry_timeout, max_payload_bytes=max_payload_bytes,
-            max_threads=max_threads,
+            max_threads=max_threads, poll_interval=poll_interval,
         )  # fmt: skip
         if registry is None:
             registry = InMemoryRunRegistry()
@@ -160,6 +163,8 @@ class BackgroundTaskManager(Lifecycle, Queueing, Cancelling, Execution):
             registry=registry, writer=self._writer, owner=self.owner,
             interval=heartbeat_interval, lease=options.lease, jobs=self._jobs,
             on_conflict=self._on_conflict, notify=self._events.dispatch, log=self._log,
+            poll_interval=poll_interval, counts=lambda: (self._running, self._max_concurrency),
+            resume=self._wake_pump,
         )  # fmt: skip
         # Resolved here and again at start, not per event: each transition would pay for it.
         self._debug = self._log.is_enabled_for(logging.DEBUG)

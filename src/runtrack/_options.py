@@ -37,6 +37,7 @@ class Options:
     registry_timeout: float
     max_payload_bytes: int | None
     max_threads: int
+    poll_interval: float = 1.0
 
     @classmethod
     def check(
@@ -53,6 +54,7 @@ class Options:
         registry_timeout: float,
         max_payload_bytes: int | None,
         max_threads: int,
+        poll_interval: float = 1.0,
     ) -> Options:
         """Check every option; the lease defaults to six heartbeat intervals.
 
@@ -71,6 +73,7 @@ class Options:
         for name, seconds in (
             ("default_timeout", default_timeout),
             ("heartbeat_interval", heartbeat_interval),
+            ("poll_interval", poll_interval),
             ("cancel_timeout", cancel_timeout),
             ("registry_timeout", registry_timeout),
         ):
@@ -97,4 +100,5 @@ class Options:
             registry_timeout=registry_timeout,
             max_payload_bytes=max_payload_bytes,
             max_threads=max_threads,
+            poll_interval=poll_interval,
         )

@@ -142,6 +142,8 @@ class Queueing(ManagerCore):
         doubling up to the concurrency limit: no Task per run, yet no run waits for long.
         """
         self._pump_scheduled = False
+        if self._heartbeat.held():  # the heartbeat calls us again (see Presence.held)
+            return
         free = self._limit - self._executors
         admissible = self._lanes.admissible() - self._starting
         if free <= 0 or admissible <= 0:

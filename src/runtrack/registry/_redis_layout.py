@@ -16,6 +16,11 @@ Every key starts with the registry's prefix (``runtrack:`` by default)::
                                         else created_at): cleanup and expiry walk it
     {prefix}expiring                    hash: run_id -> JSON list of the run's name, group
                                         and tag index keys, for runs under finished_ttl
+    {prefix}idx:owner:{n}:{owner}       set: the QUEUED and RUNNING runs of that owner
+    {prefix}idx:ocancel:{n}:{owner}     zset: the CANCELLED runs of that owner, scored by
+                                        finished_at (entries over an hour old are trimmed)
+    {prefix}managers                    hash: owner -> JSON of a manager's fixed fields
+    {prefix}manager-beats               hash: owner -> "heartbeat_at_us:running"
     {prefix}op:{token}                  string: the outcome of one write script call, kept
                                         briefly so a call redis-py retries is not re-applied
     {prefix}tmp:*                       scratch sets of one script call, deleted before it ends
@@ -34,15 +39,18 @@ from __future__ import annotations
 import dataclasses
 from typing import Final
 
+from runtrack._presence import INTERRUPTED
 from runtrack._status import TERMINAL, RunStatus
 
 __all__ = [
     "ADD",
     "APPEND",
     "BATCH",
+    "BEAT",
     "CLEANUP",
     "CLEANUP_CHUNK",
     "COUNT",
+    "INTERRUPT",
     "LIST",
     "ONE",
     "OUTPUT",
@@ -67,6 +75,10 @@ IDX_TAG: Final = "idx:tag:"
 EXPIRING: Final = "expiring"
 OP: Final = "op:"
 TMP: Final = "tmp:"
+IDX_OWNER: Final = "idx:owner:"
+IDX_OCANCEL: Final = "idx:ocancel:"
+MANAGERS: Final = "managers"
+MANAGER_BEATS: Final = "manager-beats"
 
 #: How long the outcome of a write call is kept for a retried call to find (ms).
 OP_TTL_MS: Final = 120_000
@@ -111,6 +123,20 @@ class Keys:
     def expiring(self) -> str:
         """The index keys of runs under ``finished_ttl``."""
         return self.prefix + EXPIRING
+
+    @property
+    def managers(self) -> str:
+        """The fixed fields of every manager, by owner."""
+        return self.prefix + MANAGERS
+
+    @property
+    def manager_beats(self) -> str:
+        """The heartbeat and running count of every manager, by owner."""
+        return self.prefix + MANAGER_BEATS
+
+    def owner_cancelled(self, owner: str) -> str:
+        """The CANCELLED runs of ``owner`` by finished_at."""
+        return self.prefix + IDX_OCANCEL + _len_prefixed(owner)
 
     def run(self, run_id: str) -> str:
         """The hash of one run."""
@@ -158,6 +184,8 @@ local K_TAG = P .. '{IDX_TAG}'
 local K_EXPIRING = P .. '{EXPIRING}'
 local K_OP = P .. '{OP}'
 local K_TMP = P .. '{TMP}'
+local K_OWNER = P .. '{IDX_OWNER}'
+local K_OCANCEL = P .. '{IDX_OCANCEL}'
 local STATUSES = {{{_STATUSES}}}
 local TERMINAL = {{{_TERMINAL}}}
 
@@ -169,6 +197,20 @@ local function now_us()
 end
 
 local function lp(s) return #s .. ':' .. s end
+
+-- The owner indexes of a run whose owner or status changed: the owner's set of active
+-- runs, and its CANCELLED runs by finished_at (how an owner hears of cancels).
+local function owner_index(id, old_owner, old_status, owner, status, finished)
+  if old_owner and (old_owner ~= owner or TERMINAL[status]) then
+    redis.call('SREM', K_OWNER .. lp(old_owner), id)
+  end
+  if not owner then return end
+  if not TERMINAL[status] then
+    redis.call('SADD', K_OWNER .. lp(owner), id)
+  elseif status == 'cancelled' and old_status ~= 'cancelled' and finished then
+    redis.call('ZADD', K_OCANCEL .. lp(owner), finished, id)
+  end
+end
 
 -- The name, group and tag index keys of a run (tags: the stored JSON, or false).
 local function attr_keys(name, group, tags)
@@ -184,8 +226,12 @@ end
 -- if its index keys were recorded in K_EXPIRING.
 local function purge(id)
   local rk = K_RUN .. id
-  local f = redis.call('HMGET', rk, 'status', 'name', 'group', 'tags')
+  local f = redis.call('HMGET', rk, 'status', 'name', 'group', 'tags', 'owner')
   local keys
+  if f[5] then
+    redis.call('SREM', K_OWNER .. lp(f[5]), id)
+    redis.call('ZREM', K_OCANCEL .. lp(f[5]), id)
+  end
   if f[1] then
     keys = attr_keys(f[2], f[3], f[4])
   else
@@ -248,6 +294,9 @@ local function insert(id, fields)
   redis.call('ZADD', K_CREATED, c, id)
   redis.call('ZADD', K_STATUS .. fields.status, c, id)
   for _, k in ipairs(keys) do redis.call('ZADD', k, c, id) end
+  if fields.owner then
+    owner_index(id, false, false, fields.owner, fields.status, fields.finished_at)
+  end
   if TERMINAL[fields.status] then settle(id) end
   return true
 end
@@ -256,7 +305,8 @@ end
 -- update; set: field -> string, del: fields to clear. False if missing or no match.
 local function apply(id, to, expect, set, del)
   local rk = K_RUN .. id
-  local cur = redis.call('HMGET', rk, 'status', 'name', 'group', 'tags', 'created_at')
+  local cur = redis.call('HMGET', rk, 'status', 'name', 'group', 'tags', 'created_at', 'owner',
+    'finished_at')
   local status = cur[1]
   if not status then return false end
   if to then
@@ -291,6 +341,12 @@ local function apply(id, to, expect, set, del)
   if to then
     redis.call('ZREM', K_STATUS .. status, id)
     redis.call('ZADD', K_STATUS .. to, cur[5], id)
+  end
+  local owner = cur[6]
+  if set.owner then owner = set.owner end
+  for _, f in ipairs(del) do if f == 'owner' then owner = false end end
+  if to or owner ~= cur[6] then
+    owner_index(id, cur[6], status, owner, to or status, set.finished_at or cur[7])
   end
   if TERMINAL[to or status] then settle(id) end
   return true
@@ -507,3 +563,43 @@ end
 return {{0, deleted, skip, #ids < {CLEANUP_CHUNK} and 1 or 0}}
 """
 )
+
+#: ARGV: prefix, ttl, owner, the heartbeat (µs) the caller saw, now (µs), the error
+#: messages of a RUNNING and of a QUEUED run. If the manager's heartbeat is still the one
+#: seen, removes its row and records its RUNNING runs FAILED and its QUEUED runs
+#: CANCELLED (RunInterrupted). Returns one JSON object per run recorded.
+INTERRUPT: Final = (
+    _PRELUDE
+    + f"""
+local owner, seen, now = ARGV[3], ARGV[4], ARGV[5]
+local K_MANAGERS, K_BEATS = P .. '{MANAGERS}', P .. '{MANAGER_BEATS}'
+local beat = redis.call('HGET', K_BEATS, owner)
+if not beat or string.match(beat, '^(%d+)') ~= seen then return {{}} end
+redis.call('HDEL', K_MANAGERS, owner)
+redis.call('HDEL', K_BEATS, owner)
+local ok = K_OWNER .. lp(owner)
+local out = {{}}
+for _, id in ipairs(redis.call('SMEMBERS', ok)) do
+  local f = redis.call('HMGET', K_RUN .. id, 'status', 'owner', 'name', 'attempt', 'group')
+  if f[2] == owner and (f[1] == 'running' or f[1] == 'queued') then
+    local to, msg = 'cancelled', ARGV[7]
+    if f[1] == 'running' then to, msg = 'failed', ARGV[6] end
+    apply(id, to, {{f[1]}}, {{finished_at = now, error_type = '{INTERRUPTED}',
+      error_message = msg}}, {{}})
+    out[#out + 1] = cjson.encode({{id = id, name = f[3], previous = f[1], status = to,
+      attempt = tonumber(f[4]), group = f[5]}})
+  else
+    redis.call('SREM', ok, id)
+  end
+end
+return out
+"""
+)
+
+#: ARGV: prefix, owner, "heartbeat_at_us:running". Returns 1, or 0 if the row is gone.
+BEAT: Final = f"""
+local K_MANAGERS = ARGV[1] .. '{MANAGERS}'
+if redis.call('HEXISTS', K_MANAGERS, ARGV[2]) == 0 then return 0 end
+redis.call('HSET', ARGV[1] .. '{MANAGER_BEATS}', ARGV[2], ARGV[3])
+return 1
+"""

@@ -16,6 +16,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from runtrack._clock import dt_to_us, us_to_dt
 from runtrack._models import MAX_ID_LENGTH, Run
 from runtrack._status import RunStatus
+from runtrack.registry._sql_managers import add_manager_tables
 from runtrack.registry.base import MUTABLE_FIELDS, TIME_FIELDS, stored_run
 
 __all__ = [
@@ -34,8 +35,9 @@ __all__ = [
     "status_values",
 ]
 
-#: The version of the table layout this module creates and reads.
-SCHEMA_VERSION: Final = 1
+#: The version of the table layout this module creates and reads (2: the managers table
+#: and the runs' index by owner, added to a version 1 schema on first use).
+SCHEMA_VERSION: Final = 2
 
 #: Rows per IN (...) list: well under every driver's bound-parameter limit.
 _CHUNK: Final = 500
@@ -52,6 +54,9 @@ _Ident = sa.String(MAX_ID_LENGTH)
 
 class Tables:
     """The registry's tables, named with its prefix."""
+
+    managers: sa.Table
+    runs_owner: sa.Index
 
     def __init__(self, prefix: str) -> None:
         self.metadata = sa.MetaData()
@@ -122,6 +127,7 @@ class Tables:
             sa.Column("applied_at", sa.BigInteger, nullable=False),
             **options,
         )
+        add_manager_tables(self, prefix)
         runs = self.runs
         # write_batch sends each kind of row with one statement:
         # - PostgreSQL: the whole batch as one JSON parameter, unpacked by the server into

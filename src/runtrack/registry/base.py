@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Final, Protocol, Self, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,6 +21,7 @@ from runtrack._models import (
     Tags,
     UTCDatetime,
 )
+from runtrack._presence import InterruptedRun, ManagerInfo
 from runtrack._status import TERMINAL, RunStatus, normalize_statuses
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "RUN_FIELDS",
     "TIME_FIELDS",
     "BatchWriting",
+    "ManagerPresence",
     "OutputItem",
     "OutputTrimming",
     "RunRegistry",
@@ -457,3 +459,74 @@ def validate_output(chunks: Iterable[object]) -> list[tuple[str, str]]:
             raise ValueError(f"stream name must be 1 to 64 characters, got {chunk[0]!r}")
         items.append((chunk[0], chunk[1]))
     return items
+
+
+@runtime_checkable
+class ManagerPresence(Protocol):
+    """**Protocol:** a registry where managers keep a row of their own (see `ManagerInfo`).
+
+    With it, liveness costs one heartbeat write per manager per interval whatever the
+    number of runs, and finding dead managers costs O(managers): their runs are found by
+    owner and status (an index) and recorded in one compare-and-set per dead owner.
+    Registries without it get the per-run heartbeat and the scan of RUNNING runs.
+    """
+
+    async def register_manager(self, info: ManagerInfo) -> None:
+        """Insert or replace the row of ``info.owner``."""
+        ...
+
+    async def heartbeat_manager(self, owner: str, at: datetime, running: int) -> bool:
+        """Set the manager's ``heartbeat_at`` and ``running``.
+
+        Returns:
+            False if its row is gone: it was declared dead (its runs were recorded
+            interrupted) or unregistered. The manager must then stop its runs whose records
+            ended, and register again.
+        """
+        ...
+
+    async def unregister_manager(self, owner: str) -> None:
+        """Remove the manager's row (a clean shutdown). Safe if it is absent."""
+        ...
+
+    async def list_managers(self) -> list[ManagerInfo]:
+        """Every registered manager, by ``owner``; dead ones stay until a survivor sweeps them."""
+        ...
+
+    async def interrupt_dead_managers(self, now: datetime, by: str) -> list[InterruptedRun]:
+        """Sweep the managers whose heartbeat is older than their own lease at ``now``.
+
+        For each (but ``by`` itself), atomically and only if its heartbeat did not move
+        meanwhile: remove its row, record its RUNNING runs FAILED and its QUEUED runs
+        CANCELLED (``error_type="RunInterrupted"``). When several survivors race, each run
+        is recorded by exactly one.
+
+        Returns:
+            The runs this call recorded.
+        """
+        ...
+
+    async def cancelled_runs(self, owner: str, since: datetime) -> list[str]:
+        """Ids of the runs of ``owner`` recorded CANCELLED with ``finished_at >= since``.
+
+        How a manager learns of cancellations made by other processes: an indexed query
+        by owner and status, not a read of every run it executes.
+        """
+        ...
+
+
+async def sweep_dead_managers(
+    registry: Any,
+    now: datetime,
+    by: str,
+) -> list[InterruptedRun]:
+    """`ManagerPresence.interrupt_dead_managers` from two backend primitives.
+
+    ``registry.list_managers()`` finds the expired rows; ``registry._interrupt_owner(info,
+    now, by)`` sweeps one of them, compare-and-set on the heartbeat that was read.
+    """
+    swept: list[InterruptedRun] = []
+    for info in await registry.list_managers():
+        if info.owner != by and info.expired(now):
+            swept.extend(await registry._interrupt_owner(info, now, by))
+    return swept

@@ -11,6 +11,7 @@ from runtrack._clock import dt_to_us, now_us, us_to_dt
 from runtrack._exceptions import DuplicateRunError, RunNotFoundError
 from runtrack._models import OutputChunk, Run
 from runtrack._status import TERMINAL, RunStatus, check_transition, normalize_statuses
+from runtrack.registry._memory_managers import MemoryManagers
 from runtrack.registry.base import (
     TIME_FIELDS,
     OutputItem,
@@ -122,7 +123,7 @@ def _set_fields(rec: _Record, changes: Mapping[str, Any]) -> None:
             setattr(rec, field, value)
 
 
-class InMemoryRunRegistry:
+class InMemoryRunRegistry(MemoryManagers):
     """A `RunRegistry` in this process's memory: fast, and gone when the process ends.
 
     Managers in the same process (and event loop) may share one. Runs are kept until

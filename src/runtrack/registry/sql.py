@@ -7,6 +7,7 @@ registry's ``table_prefix``::
     {prefix}tags     (run_id, key, value): one row per tag, indexed for list_runs(tags=...)
     {prefix}output   (run_id, seq, stream, text, at): output chunks, seq from 1 per run
     {prefix}schema   the schema version (SCHEMA_VERSION)
+    {prefix}managers one row per manager sharing the registry (see ``_sql_managers``)
 
 They are created on first use, and creating them from two processes at once is safe.
 """
@@ -56,6 +57,7 @@ from runtrack.registry._sql_engine import (
     lost_connection,
     safe_url,
 )
+from runtrack.registry._sql_managers import SQLManagers
 from runtrack.registry._sql_schema import (
     SCHEMA_VERSION,
     WRITABLE_COLUMNS,
@@ -107,7 +109,7 @@ def _new_row(write: RunWrite, record: Mapping[str, Any] | None) -> dict[str, Any
     return row
 
 
-class SQLRunRegistry:
+class SQLRunRegistry(SQLManagers):
     """A `RunRegistry` in a SQL database: SQLite, PostgreSQL or MariaDB/MySQL.
 
     Every replica of a service that points at the same database (and ``table_prefix``)
@@ -892,6 +894,8 @@ class SQLRunRegistry:
                 async with self._write_engine.begin() as conn:
                     t.use_collation(conn.dialect)
                     await conn.run_sync(t.metadata.create_all, checkfirst=True)
+                    # A version 1 schema: its runs table lacks the index by owner.
+                    await conn.run_sync(t.runs_owner.create, checkfirst=True)
                 break
             except sa.exc.DBAPIError as exc:
                 # Another process created a table between our check and our CREATE: the
@@ -903,7 +907,7 @@ class SQLRunRegistry:
         try:
             async with self._write_engine.begin() as conn:
                 stored = await conn.scalar(sa.select(sa.func.max(t.schema.c.version)))
-                if stored is None:
+                if stored is None or stored < SCHEMA_VERSION:
                     await conn.execute(
                         t.schema.insert().values(version=SCHEMA_VERSION, applied_at=now_us())
                     )

@@ -1,0 +1,176 @@
+"""`ManagerPresence` for `RedisRunRegistry`: two hashes of managers and an index by owner.
+
+``{prefix}managers`` holds each manager's fixed fields (JSON), ``{prefix}manager-beats``
+its heartbeat and running count, written by one small script per heartbeat. The write
+scripts keep ``{prefix}idx:owner:...`` (a manager's QUEUED and RUNNING runs) and
+``{prefix}idx:ocancel:...`` (its CANCELLED runs by finished_at), so sweeping a dead owner
+is one script over its own runs and hearing of cancels one range read.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from runtrack._clock import dt_to_us, us_to_dt
+from runtrack._presence import InterruptedRun, ManagerInfo, interrupted_changes
+from runtrack._status import RunStatus
+from runtrack.registry import _redis_layout as layout
+from runtrack.registry.base import sweep_dead_managers
+
+if TYPE_CHECKING:
+    import redis.asyncio
+    from redis.commands.core import AsyncScript
+
+__all__ = ["RedisManagers"]
+
+#: CANCELLED entries of an owner older than this (µs) are trimmed when it reads them.
+_KEEP_CANCELLED_US = 3600 * 1_000_000
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class RedisManagers:
+    """The managers of a Redis registry (mixed into `RedisRunRegistry`)."""
+
+    if TYPE_CHECKING:
+        _client: redis.asyncio.Redis
+        _keys: layout.Keys
+        _prefix: str
+
+        def _guard(self) -> AbstractAsyncContextManager[None]: ...
+
+        async def _ready(self) -> None: ...
+
+        def _args(self, *rest: str | int) -> list[str | int]: ...
+
+    _beat_script: AsyncScript | None = None
+    _interrupt_script: AsyncScript | None = None
+
+    def _scripts(self) -> tuple[AsyncScript, AsyncScript]:
+        if self._beat_script is None or self._interrupt_script is None:
+            self._beat_script = self._client.register_script(layout.BEAT)
+            self._interrupt_script = self._client.register_script(layout.INTERRUPT)
+        return self._beat_script, self._interrupt_script
+
+    async def register_manager(self, info: ManagerInfo) -> None:
+        """Insert or replace the row of ``info.owner`` (see `ManagerPresence`)."""
+        if not isinstance(info, ManagerInfo):
+            raise TypeError(f"register_manager() takes a ManagerInfo, got {type(info).__name__}")
+        fixed = json.dumps(
+            {
+                "host": info.host,
+                "pid": info.pid,
+                "started_at": dt_to_us(info.started_at),
+                "lease_us": round(info.lease_seconds * 1_000_000),
+                "max_concurrency": info.max_concurrency,
+            }
+        )
+        beat = f"{dt_to_us(info.heartbeat_at)}:{info.running}"
+        async with self._guard():
+            await self._ready()
+            async with self._client.pipeline(transaction=True) as pipe:
+                _ = pipe.hset(self._keys.managers, info.owner, fixed)
+                _ = pipe.hset(self._keys.manager_beats, info.owner, beat)
+                await pipe.execute()
+
+    async def heartbeat_manager(self, owner: str, at: datetime, running: int) -> bool:
+        """Refresh the manager's heartbeat; False if its row is gone (see `ManagerPresence`)."""
+        beat, _ = self._scripts()
+        async with self._guard():
+            await self._ready()
+            done = await beat(args=[self._prefix, owner, f"{dt_to_us(at)}:{int(running)}"])
+        return bool(int(done))
+
+    async def unregister_manager(self, owner: str) -> None:
+        """Remove the manager's row (see `ManagerPresence`)."""
+        async with self._guard():
+            await self._ready()
+            async with self._client.pipeline(transaction=True) as pipe:
+                _ = pipe.hdel(self._keys.managers, owner)
+                _ = pipe.hdel(self._keys.manager_beats, owner)
+                await pipe.execute()
+
+    async def list_managers(self) -> list[ManagerInfo]:
+        """Every registered manager, by owner (see `ManagerPresence`)."""
+        async with self._guard():
+            await self._ready()
+            async with self._client.pipeline(transaction=True) as pipe:
+                _ = pipe.hgetall(self._keys.managers)
+                _ = pipe.hgetall(self._keys.manager_beats)
+                fixed_reply, beats_reply = await pipe.execute()
+        beats = {_text(k): _text(v) for k, v in beats_reply.items()}
+        out: list[ManagerInfo] = []
+        for key, value in fixed_reply.items():
+            owner = _text(key)
+            beat = beats.get(owner)
+            if beat is None:
+                continue
+            heartbeat, _, running = beat.partition(":")
+            fields = json.loads(value)
+            out.append(
+                ManagerInfo(
+                    owner=owner,
+                    host=fields["host"],
+                    pid=fields["pid"],
+                    started_at=us_to_dt(fields["started_at"]),
+                    heartbeat_at=us_to_dt(int(heartbeat)),
+                    lease_seconds=fields["lease_us"] / 1_000_000,
+                    max_concurrency=fields["max_concurrency"],
+                    running=int(running or 0),
+                )
+            )
+        out.sort(key=lambda info: info.owner)
+        return out
+
+    async def interrupt_dead_managers(self, now: datetime, by: str) -> list[InterruptedRun]:
+        """Sweep managers past their own lease (see `ManagerPresence`)."""
+        return await sweep_dead_managers(self, now, by)
+
+    async def _interrupt_owner(
+        self, info: ManagerInfo, now: datetime, by: str
+    ) -> list[InterruptedRun]:
+        _, interrupt = self._scripts()
+        messages = interrupted_changes(info.owner, info.heartbeat_at, by)
+        args = self._args(
+            info.owner,
+            dt_to_us(info.heartbeat_at),
+            dt_to_us(now),
+            messages[RunStatus.FAILED.value],
+            messages[RunStatus.CANCELLED.value],
+        )
+        async with self._guard():
+            await self._ready()
+            reply = await interrupt(args=args)
+        swept = []
+        for item in reply:
+            run = json.loads(item)
+            group = run.get("group")
+            swept.append(
+                InterruptedRun(
+                    run["id"],
+                    run["name"],
+                    info.owner,
+                    RunStatus(run["previous"]),
+                    RunStatus(run["status"]),
+                    int(run["attempt"]),
+                    group if isinstance(group, str) else None,
+                )
+            )
+        return swept
+
+    async def cancelled_runs(self, owner: str, since: datetime) -> list[str]:
+        """Runs of ``owner`` recorded CANCELLED since ``since`` (see `ManagerPresence`)."""
+        key = self._keys.owner_cancelled(owner)
+        start = dt_to_us(since)
+        async with self._guard():
+            await self._ready()
+            async with self._client.pipeline(transaction=False) as pipe:
+                _ = pipe.zremrangebyscore(key, "-inf", f"({start - _KEEP_CANCELLED_US}")
+                _ = pipe.zrangebyscore(key, start, "+inf")
+                _, ids = await pipe.execute()
+        return [_text(run_id) for run_id in ids]
