@@ -463,27 +463,14 @@ class BackgroundTaskManager(Lifecycle, Queueing, Cancelling, Execution):
         r"""Run a program as a tracked run; returns the recorded `Run` (as `submit` does).
 
         The QUEUED record is written before this returns; the command then waits for
-        admission like any run (``max_concurrency``, ``group_limits``, ``priority``) and
-        `cancel_task`, ``timeout`` and `shutdown` apply to it. It runs in a process group of
-        its own: when the run is cancelled or times out, or the command exits leaving
-        processes behind, the whole group gets SIGTERM, then SIGKILL after ``kill_grace``
-        seconds (keep it below the manager's ``cancel_timeout``).
-
-        stdout and stderr are recorded while it runs as `OutputChunk` s (one per line, a
-        line longer than 64 KiB split; one sequence across both streams), decoded as UTF-8
-        with invalid bytes replaced by U+FFFD; read them with ``registry.get_output``. Only
-        the newest ``output_limit`` bytes are kept, here and in registries that implement
-        `OutputTrimming` (all shipped ones); while the registry is unreachable the newest
-        output waits in memory and is written when it is back.
-
-        The run's ``result`` is ``{"exit_code", "cpu_seconds", "max_rss_bytes",
-        "output_truncated"}``: the CPU time of the command and of the descendants it waited
-        for, from the kernel (``wait4``), and the most resident memory its process tree held
-        at once, sampled with psutil (at start, then every 0.1 s growing to 1 s). A
-        nonzero exit fails the run with `CommandFailed` (the exit code, or the signal, and
-        the last stderr line are in ``error_message``; ``result`` is recorded too), a missing
-        program with `CommandNotFound`, one that may not be executed with
-        `CommandNotExecutable`, a timeout with ``TimeoutError``.
+        admission like any run, and `cancel_task`, ``timeout`` and `shutdown` stop its whole
+        process group (SIGTERM, then SIGKILL after ``kill_grace`` seconds). stdout and stderr
+        are recorded while it runs as `OutputChunk` s (one sequence across both streams,
+        UTF-8 with invalid bytes replaced), the newest ``output_limit`` bytes kept. The
+        ``result`` is ``{"exit_code", "cpu_seconds", "max_rss_bytes", "output_truncated"}``;
+        a nonzero exit fails the run with `CommandFailed` (its ``result`` recorded too), a
+        missing program with `CommandNotFound`, one that may not be executed with
+        `CommandNotExecutable`. The docs page "Running commands" has the details.
 
         Args:
             argv: The program and its arguments, e.g. ``["pg_dump", "-Fc", "db"]``; with
