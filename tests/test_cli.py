@@ -24,15 +24,27 @@ from click.testing import CliRunner
 
 import runtrack
 from cli_helpers import COMMAND, Backend, cli_env, run_cli, seed
-from helpers import SAFETY
-from runtrack import InMemoryRunRegistry, Run, RunStatus
+from helpers import SAFETY, DelegatingRegistry
+from runtrack import BackgroundTaskManager, InMemoryRunRegistry, ManagerInfo, Run, RunStatus
+from runtrack._models import utcnow
 from runtrack.cli import cli
 from runtrack.cli._app import mask_url
 from runtrack.cli._durations import parse_duration
 from runtrack.cli._format import detail, seconds
 from runtrack.cli._run import exit_code_of
 from runtrack.cli._runs import list_command
-from runtrack.cli._stats import active_owners
+from runtrack.cli._stats import active_owners, find_managers
+from runtrack.registry.base import ManagerPresence
+
+
+async def register_silent(registry: object, owner: str, *, silent_for: float, lease: float) -> None:
+    """Register ``owner`` as a manager last heard of ``silent_for`` seconds ago."""
+    assert isinstance(registry, ManagerPresence)
+    beat = utcnow() - timedelta(seconds=silent_for)
+    await registry.register_manager(
+        ManagerInfo(owner=owner, started_at=beat, heartbeat_at=beat, lease_seconds=lease)
+    )
+
 
 # -- in-process: parsing and formatting ---------------------------------------------------------
 
@@ -365,19 +377,66 @@ async def test_stats(cli_backend: Backend) -> None:
 
 async def test_managers(cli_backend: Backend) -> None:
     registry = cli_backend.registry
+    gate = asyncio.Event()
+    async with BackgroundTaskManager(
+        registry, owner="here", max_concurrency=5, heartbeat_interval=0.2, lease=120
+    ) as manager:
+        manager.start_task(Run(name="wait"), gate.wait())
+        manager.start_task(Run(name="wait"), gate.wait())
+        assert isinstance(registry, ManagerPresence)
+        # The running count comes with a heartbeat, which sets no event: read the registry
+        # until it shows (bounded by SAFETY).
+        async with asyncio.timeout(SAFETY):
+            while [m.running for m in await registry.list_managers() if m.owner == "here"] != [2]:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+
+        table = await run_cli(cli_backend.env(), "managers")
+        as_json = await run_cli(cli_backend.env(), "managers", "--json")
+        gate.set()
+    # a manager that stopped heartbeating, with no survivor left to sweep it
+    await register_silent(registry, "gone", silent_for=3600, lease=30)
+    after = await run_cli(cli_backend.env(), "managers")
+    after_json = await run_cli(cli_backend.env(), "managers", "--json")
+
+    assert table.code == 0, table.err
+    lines = table.out.splitlines()
+    assert lines[0].split()[:4] == ["OWNER", "HOST", "PID", "STARTED"]
+    (here_line,) = [line for line in lines if line.startswith("here ")]
+    assert f" {socket.gethostname()} " in here_line
+    assert f" {os.getpid()} " in here_line
+    assert " 2 / 5 " in here_line
+    assert "late" not in here_line
+    (here,) = json.loads(as_json.out)["managers"]
+    assert here["owner"] == "here"
+    assert here["host"] == socket.gethostname()
+    assert here["pid"] == os.getpid()
+    assert (here["running"], here["max_concurrency"], here["late"]) == (2, 5, False)
+    assert here["heartbeat_at"].endswith("Z")
+    assert here["started_at"].endswith("Z")
+    assert here["lease_seconds"] > 0
+    # a clean shutdown removes the manager's row; a late one is flagged
+    (gone,) = json.loads(after_json.out)["managers"]
+    assert (gone["owner"], gone["late"], gone["max_concurrency"]) == ("gone", True, None)
+    assert gone["lease_seconds"] == 30
+    (gone_line,) = [line for line in after.out.splitlines() if line.startswith("gone ")]
+    assert "1h00m ago late" in gone_line
+    assert " 0 / ∞ " in gone_line
+    assert "here" not in after.out
+
+
+async def test_managers_from_runs_without_presence() -> None:
+    """A registry that keeps no managers: they are found from the RUNNING runs' owners."""
+    registry = DelegatingRegistry()
+    assert not isinstance(registry, ManagerPresence)
     for owner in ("host-a:1", "host-b:2", "host-b:2"):
         await seed(registry, "job", RunStatus.RUNNING, owner=owner)
     await seed(registry, "job", RunStatus.COMPLETED, owner="host-c:3")
 
-    table = await run_cli(cli_backend.env(), "managers")
-    as_json = await run_cli(cli_backend.env(), "managers", "--json")
+    registered, runs = await find_managers(registry)
 
-    assert table.code == 0, table.err
-    assert "host-a:1" in table.out
-    assert "host-c:3" not in table.out
-    managers = json.loads(as_json.out)["managers"]
-    assert [(m["owner"], m["running"]) for m in managers] == [("host-b:2", 2), ("host-a:1", 1)]
-    assert all(m["heartbeat_at"].endswith("Z") for m in managers)
+    assert registered is None
+    rows = active_owners(runs)
+    assert [(m["owner"], m["running"]) for m in rows] == [("host-b:2", 2), ("host-a:1", 1)]
 
 
 # -- errors ------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import socket
 from collections.abc import AsyncIterator
@@ -24,7 +25,14 @@ from typing import Any, Final
 import pytest
 import uvicorn
 from fastapi import FastAPI
-from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright, expect
+from playwright.async_api import (
+    Browser,
+    ConsoleMessage,
+    Page,
+    Route,
+    async_playwright,
+    expect,
+)
 
 import runtrack
 from helpers import SAFETY, wait_event
@@ -231,6 +239,60 @@ class TestDashboard:
         assert run is not None
         assert run.status is RunStatus.CANCELLED
         assert run.progress == 0.75
+
+    async def test_managers_view(self, server: Server, page: Page) -> None:
+        me = server.manager
+        await page.goto(f"{server.url}{PREFIX}/runs/ui")
+
+        view = page.get_by_role("region", name="Managers")
+        await expect(view).to_be_visible()
+        row = view.locator(f'tbody tr[data-owner="{me.owner}"]')
+        await expect(row).to_be_visible()
+        cells = row.locator("th, td")
+        await expect(cells.nth(0)).to_have_text(me.owner)
+        await expect(cells.nth(1)).to_have_text(socket.gethostname())
+        await expect(cells.nth(2)).to_have_text(str(os.getpid()))
+        await expect(cells.nth(3).locator("time")).to_have_count(1)
+        await expect(cells.nth(4).locator("time")).to_have_count(1)
+        await expect(cells.nth(5)).to_have_text("0 / \N{INFINITY}")
+        await expect(row).to_have_attribute("data-late", "false")
+        await expect(view.locator("#managers-error")).to_be_hidden()
+
+        # A manager that stopped heartbeating is shown late. It is added to the real answer
+        # in flight: registered in the registry, the app's own lease check could sweep it
+        # at any moment.
+        beat = (datetime.now(UTC) - timedelta(hours=1)).isoformat().replace("+00:00", "Z")
+        late = {
+            "owner": "<b>gone</b>", "host": "elsewhere", "pid": 7, "started_at": beat,
+            "heartbeat_at": beat, "lease_seconds": 60.0, "max_concurrency": 4, "running": 1,
+        }  # fmt: skip
+
+        async def add_late(route: Route) -> None:
+            response = await route.fetch()
+            await route.fulfill(response=response, json=[*await response.json(), late])
+
+        await page.route(f"**{PREFIX}/managers", add_late)
+        await page.get_by_role("button", name="Refresh").click()
+        gone = view.locator('tbody tr[data-owner="<b>gone</b>"]')
+        await expect(gone).to_have_attribute("data-late", "true")
+        await expect(gone.locator("th")).to_have_text("<b>gone</b>")
+        await expect(gone.locator(".badge")).to_have_text("late")
+        await expect(gone.locator("td").nth(4)).to_have_text("1 / 4")
+        await expect(view.locator("b")).to_have_count(0)
+        await expect(row).to_have_attribute("data-late", "false")
+
+        # A registry without managers (501) says so instead of an empty list.
+        await page.unroute(f"**{PREFIX}/managers")
+        await page.route(
+            f"**{PREFIX}/managers",
+            lambda route: route.fulfill(
+                status=501, json={"error": "keeps no managers", "code": "managers_unsupported"}
+            ),
+        )
+        await page.get_by_role("button", name="Refresh").click()
+        await expect(view.locator("#managers-error")).to_have_text(
+            "The registry does not keep managers."
+        )
 
     async def test_status_filter_pages_and_escaping(self, server: Server, page: Page) -> None:
         evil = '<img src=x onerror="document.title=1">'

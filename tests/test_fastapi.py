@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
+import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import datetime
@@ -723,6 +725,43 @@ class TestHealthAndMetrics:
         assert body["by_name"]["measured"]["success_rate"] == 1.0
 
 
+class TestManagers:
+    """GET /managers lists the managers registered in the registry."""
+
+    async def test_lists_the_app_manager(
+        self, client: httpx.AsyncClient, manager: BackgroundTaskManager
+    ) -> None:
+        response = await client.get("/managers")
+
+        assert response.status_code == 200, response.text
+        (me,) = response.json()
+        assert me["owner"] == manager.owner
+        assert (me["host"], me["pid"]) == (socket.gethostname(), os.getpid())
+        assert TIME_FORMAT.fullmatch(me["started_at"])
+        assert TIME_FORMAT.fullmatch(me["heartbeat_at"])
+        assert me["max_concurrency"] == manager.stats().max_concurrency
+        assert me["lease_seconds"] > 0
+        assert runtrack.ManagerInfo.model_validate(me).owner == manager.owner
+
+    async def test_lists_other_managers(self) -> None:
+        registry = InMemoryRunRegistry()
+        async with (
+            BackgroundTaskManager(registry, owner="worker-1", max_concurrency=3),
+            serve(make_app(registry, owner="web")) as client,
+        ):
+            managers = (await client.get("/managers")).json()
+        assert [(m["owner"], m["max_concurrency"]) for m in managers] == [
+            ("web", None),
+            ("worker-1", 3),
+        ]
+
+    async def test_a_registry_without_presence_is_501(self) -> None:
+        async with serve(make_app(DelegatingRegistry())) as client:
+            response = await client.get("/managers")
+        message = assert_error(response, 501, "managers_unsupported")
+        assert "keeps no managers" in message
+
+
 class BrokenRegistry(DelegatingRegistry):
     """A registry whose reads raise ``error`` (or hang, when it is None)."""
 
@@ -968,6 +1007,7 @@ ROUTES = [
     ("POST", "/runs/r1/cancel"),
     ("GET", "/health"),
     ("GET", "/metrics"),
+    ("GET", "/managers"),
 ]
 
 
@@ -1038,6 +1078,9 @@ class TestPrefixAndOpenAPI:
         assert schema("/health", "get", "200") == "HealthReport"
         assert schema("/health", "get", "503") == "HealthReport"
         assert schema("/metrics", "get", "200") == "ManagerStats"
+        managers = paths["/managers"]["get"]["responses"]["200"]["content"]["application/json"]
+        assert managers["schema"]["items"]["$ref"].endswith("/ManagerInfo")
+        assert schema("/managers", "get", "501") == "ErrorResponse"
         assert schema("/runs/{run_id}", "get", "404") == "ErrorResponse"
         assert schema("/runs/{run_id}/cancel", "post", "409") == "ErrorResponse"
         assert schema("/runs", "get", "503") == "ErrorResponse"

@@ -44,6 +44,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
+from runtrack._api_managers import add_managers_route
 from runtrack._background import get_default_manager, set_default_manager
 from runtrack._dashboard import add_dashboard_routes
 from runtrack._exceptions import RegistryUnavailableError, RuntrackError
@@ -276,8 +277,8 @@ class ErrorResponse(BaseModel):
     error: str = Field(description="What went wrong, for people.")
     code: str = Field(
         description="For programs: run_not_found, not_found (a dashboard file), "
-        "run_finished, invalid_filter, invalid_request, registry_unavailable or "
-        "internal_error.",
+        "run_finished, invalid_filter, invalid_request, registry_unavailable, "
+        "managers_unsupported or internal_error.",
         examples=["run_not_found"],
     )
 
@@ -393,6 +394,7 @@ def _errors(*codes: int, inline: bool = False) -> dict[int | str, dict[str, Any]
     descriptions = {
         404: "No run with this id.",
         409: "The run has already finished.",
+        501: "The registry keeps no managers (managers_unsupported).",
         422: "A filter or parameter is invalid (invalid_filter for query parameters).",
         500: "An unexpected error (its message is hidden unless expose_errors=True).",
         503: "The run registry cannot be reached.",
@@ -553,6 +555,7 @@ def runs_router(
     | ``POST /runs/{run_id}/cancel`` | cancels it; returns the CANCELLED run |
     | ``GET /health`` | ``ok`` (200), or ``degraded`` (503); the machine's load and memory |
     | ``GET /metrics`` | ``manager.stats()`` as JSON |
+    | ``GET /managers`` | the managers sharing the registry (`ManagerInfo` list) |
     | ``GET /runs/ui`` | with ``dashboard=True``, a live dashboard of the runs |
 
     ``GET /runs`` takes ``status`` (repeatable, e.g. ``?status=queued&status=running``),
@@ -560,7 +563,8 @@ def runs_router(
     100) and ``offset``. Errors are ``{"error": message, "code": code}``: 404 ``run_not_found``, 409
     ``run_finished``, 422 ``invalid_filter``, 503 ``registry_unavailable``, 500
     ``internal_error`` (the exception is logged, its message hidden unless
-    ``expose_errors``). The app needs `lifespan`.
+    ``expose_errors``), 501 ``managers_unsupported`` (``GET /managers`` on a registry
+    without `ManagerPresence`). The app needs `lifespan`.
 
     Args:
         dependencies: Run before every endpoint, e.g. ``[Depends(check_api_key)]``.
@@ -736,4 +740,5 @@ def runs_router(
         """Counts by status, limits and per-name outcomes of this manager."""
         return manager.stats()
 
+    add_managers_route(router, Depends(get_task_manager), _errors(501, 503))
     return router

@@ -1,4 +1,4 @@
-"""``runtrack stats`` and ``runtrack managers``: counts, the machine, who runs what."""
+"""``runtrack stats`` and ``runtrack managers``: counts, the machine, the managers."""
 
 from __future__ import annotations
 
@@ -7,15 +7,18 @@ from typing import Any, Final
 
 import click
 from rich.table import Table
+from rich.text import Text
 
-from runtrack._models import Run
+from runtrack._models import Run, utcnow
+from runtrack._presence import ManagerInfo
 from runtrack._status import RunStatus
 from runtrack._system import system_stats
 from runtrack.cli._app import run_async, state_of
-from runtrack.cli._format import age, console, echo_json, status_text
+from runtrack.cli._format import age, console, echo_json, seconds, status_text
 from runtrack.registry import RunRegistry
+from runtrack.registry.base import ManagerPresence
 
-__all__ = ["active_owners", "managers_command", "stats_command"]
+__all__ = ["active_owners", "find_managers", "manager_rows", "managers_command", "stats_command"]
 
 #: Per-name counts cover the names among this many newest runs.
 NAMES_FROM: Final = 1000
@@ -121,32 +124,59 @@ def active_owners(runs: list[Run]) -> list[dict[str, Any]]:
     return rows
 
 
-@click.command("managers")
-@click.option("--json", "as_json", is_flag=True, help="Print the managers as JSON.")
-@click.pass_context
-def managers_command(ctx: click.Context, as_json: bool) -> None:
-    """The managers sharing the registry, as seen from their running runs.
+def _limit(limit: int | None) -> str:
+    return "∞" if limit is None else str(limit)
 
-    Until managers record their presence in the registry, a manager is known by the
-    ``owner`` of the runs it is running: one running nothing is not listed. Shows how
-    many runs each runs and when it last wrote a heartbeat.
+
+async def find_managers(registry: RunRegistry) -> tuple[list[ManagerInfo] | None, list[Run]]:
+    """The registered managers, or (None and) the RUNNING runs without `ManagerPresence`."""
+    if isinstance(registry, ManagerPresence):
+        return await registry.list_managers(), []
+    return None, await registry.list_runs(status=RunStatus.RUNNING, limit=ACTIVE_LIMIT)
+
+
+def manager_rows(managers: list[ManagerInfo], now: datetime) -> list[dict[str, Any]]:
+    """The ``--json`` entries of registered managers: their fields, and whether ``late``.
+
+    A manager is late when its heartbeat is older than its own lease: the next lease check
+    of any other manager declares it dead.
     """
-    state = state_of(ctx)
+    return [
+        {**info.model_dump(mode="json"), "late": info.expired(now)}
+        for info in sorted(managers, key=lambda info: info.owner)
+    ]
 
-    async def main() -> list[Run]:
-        async with state.registry() as registry:
-            return await registry.list_runs(status=RunStatus.RUNNING, limit=ACTIVE_LIMIT)
 
-    owners = active_owners(run_async(state, main))
-    if as_json:
-        echo_json(
-            {
-                "managers": [
-                    {**row, "heartbeat_at": _json_time(row["heartbeat_at"])} for row in owners
-                ]
-            }
-        )
+def _print_registered(managers: list[ManagerInfo], now: datetime) -> None:
+    if not managers:
+        click.echo("no manager is registered", err=True)
         return
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    table.add_column("OWNER", no_wrap=True)
+    table.add_column("HOST", no_wrap=True)
+    table.add_column("PID", justify="right")
+    table.add_column("STARTED", justify="right")
+    table.add_column("LAST HEARTBEAT", justify="right")
+    table.add_column("RUNNING / LIMIT", justify="right")
+    table.add_column("LEASE", justify="right")
+    for info in sorted(managers, key=lambda info: info.owner):
+        beat = Text(f"{age(info.heartbeat_at, now)} ago")
+        if info.expired(now):
+            beat.append(" late", style="red")
+        table.add_row(
+            Text(info.owner),
+            Text(info.host or "-"),
+            str(info.pid or "-"),
+            f"{age(info.started_at, now)} ago",
+            beat,
+            f"{info.running} / {_limit(info.max_concurrency)}",
+            seconds(info.lease_seconds),
+        )
+    console().print(table)
+
+
+def _print_derived(runs: list[Run]) -> None:
+    owners = active_owners(runs)
     if not owners:
         click.echo("no manager is running a run", err=True)
         return
@@ -155,5 +185,43 @@ def managers_command(ctx: click.Context, as_json: bool) -> None:
     table.add_column(status_text(RunStatus.RUNNING).plain.upper(), justify="right")
     table.add_column("LAST HEARTBEAT", justify="right")
     for row in owners:
-        table.add_row(row["owner"], str(row["running"]), f"{age(row['heartbeat_at'])} ago")
+        table.add_row(Text(row["owner"]), str(row["running"]), f"{age(row['heartbeat_at'])} ago")
     console().print(table)
+
+
+@click.command("managers")
+@click.option("--json", "as_json", is_flag=True, help="Print the managers as JSON.")
+@click.pass_context
+def managers_command(ctx: click.Context, as_json: bool) -> None:
+    """The managers sharing the registry: where they run, their heartbeat and load.
+
+    Every manager registers itself in the registry and refreshes its heartbeat once per
+    ``heartbeat_interval``. Shows each one's owner, host, pid, when it started, its last
+    heartbeat, how many runs it runs out of its limit (∞: unbounded) and its lease. A
+    manager whose heartbeat is older than its lease is shown ``late``: the next lease check
+    of another manager declares it dead and records its runs interrupted.
+
+    With a registry that does not keep managers, they are known only by the ``owner`` of
+    their RUNNING runs (one running nothing is not listed).
+    """
+    state = state_of(ctx)
+
+    async def main() -> tuple[list[ManagerInfo] | None, list[Run]]:
+        async with state.registry() as registry:
+            return await find_managers(registry)
+
+    registered, runs = run_async(state, main)
+    now = utcnow()
+    if as_json:
+        if registered is None:
+            managers = [
+                {**row, "heartbeat_at": _json_time(row["heartbeat_at"])}
+                for row in active_owners(runs)
+            ]
+        else:
+            managers = manager_rows(registered, now)
+        echo_json({"managers": managers})
+    elif registered is None:
+        _print_derived(runs)
+    else:
+        _print_registered(registered, now)

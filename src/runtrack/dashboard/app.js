@@ -1,17 +1,21 @@
-// runtrack dashboard: lists runs, follows them live, shows one run and cancels it.
+// runtrack dashboard: lists runs, follows them live, shows one run and cancels it; lists
+// the managers sharing the registry.
 //
 // Plain browser JavaScript, no build step. Every piece of run data reaches the page through
 // textContent or attributes, never through innerHTML. The API lives next to the page: the
-// page is <prefix>/runs/ui, so the runs endpoints are <prefix>/runs..., whatever the prefix.
+// page is <prefix>/runs/ui, so the runs endpoints are <prefix>/runs... and the managers
+// <prefix>/managers, whatever the prefix.
 "use strict";
 
 (() => {
   const POLL_MS = 1000; // progress is not in the event stream: poll while something runs
   const FALLBACK_POLL_MS = 3000; // how often to reload while the event stream is down
   const RELOAD_DEBOUNCE_MS = 150;
+  const MANAGERS_POLL_MS = 5000; // managers change at their heartbeats (10 s by default)
   const ACTIVE = new Set(["queued", "running"]);
 
   const RUNS = location.pathname.replace(/\/+$/, "").replace(/\/ui$/, "");
+  const MANAGERS = RUNS.replace(/\/runs$/, "") + "/managers";
 
   const $ = (id) => document.getElementById(id);
   const els = {
@@ -36,6 +40,9 @@
     output: $("detail-output"),
     cancel: $("cancel-run"),
     close: $("close-detail"),
+    managersBody: $("managers-body"),
+    managersEmpty: $("managers-empty"),
+    managersError: $("managers-error"),
   };
 
   const state = {
@@ -67,8 +74,8 @@
     }
   }
 
-  async function api(path, options = {}) {
-    const response = await fetch(RUNS + path, {
+  async function api(path, options = {}, base = RUNS) {
+    const response = await fetch(base + path, {
       credentials: "same-origin",
       headers: { Accept: "application/json" },
       ...options,
@@ -317,6 +324,57 @@
     }
   }
 
+  // -- the managers ----------------------------------------------------------------------
+
+  function managerRow(manager, now) {
+    const beat = parseTime(manager.heartbeat_at);
+    const late = beat !== null && (now - beat) / 1000 > manager.lease_seconds;
+    const limit = manager.max_concurrency === null ? "∞" : String(manager.max_concurrency);
+    const heartbeat = el("td", { className: "time" }, timeElement(manager.heartbeat_at));
+    if (late) {
+      heartbeat.append(
+        " ",
+        el("span", {
+          className: "badge badge-failed",
+          title: "No heartbeat within its lease: another manager will declare it dead",
+          text: "late",
+        }),
+      );
+    }
+    return el(
+      "tr",
+      { "data-owner": manager.owner, "data-late": late ? "true" : "false" },
+      el("th", { scope: "row", className: "mono", text: manager.owner }),
+      el("td", { text: manager.host || "—" }),
+      el("td", { className: "num", text: manager.pid || "—" }),
+      el("td", { className: "time" }, timeElement(manager.started_at)),
+      heartbeat,
+      el("td", { className: "num", text: `${manager.running} / ${limit}` }),
+      el("td", { className: "num", text: formatDuration(manager.lease_seconds) }),
+    );
+  }
+
+  let managersLoading = false;
+  async function loadManagers() {
+    if (managersLoading) return;
+    managersLoading = true;
+    try {
+      const managers = await api("", {}, MANAGERS);
+      const now = new Date();
+      els.managersBody.replaceChildren(...managers.map((m) => managerRow(m, now)));
+      els.managersEmpty.hidden = managers.length > 0;
+      showAlert(els.managersError, "");
+    } catch (error) {
+      const text =
+        error instanceof ApiError && error.status === 501
+          ? "The registry does not keep managers."
+          : `Could not load managers: ${describeError(error)}`;
+      showAlert(els.managersError, text);
+    } finally {
+      managersLoading = false;
+    }
+  }
+
   // -- live updates ----------------------------------------------------------------------
 
   function setLive(live, text) {
@@ -371,11 +429,16 @@
   }
 
   let lastFallback = 0;
+  let lastManagers = Date.now();
   function poll() {
     const now = Date.now();
     if (state.live || now - lastFallback >= FALLBACK_POLL_MS) {
       if (!state.live) lastFallback = now;
       if (!document.hidden) tick();
+    }
+    if (now - lastManagers >= MANAGERS_POLL_MS && !document.hidden) {
+      lastManagers = now;
+      loadManagers();
     }
     setTimeout(poll, POLL_MS);
   }
@@ -554,6 +617,7 @@
   });
   els.refresh.addEventListener("click", () => {
     loadList();
+    loadManagers();
     if (state.selected) refreshDetail();
   });
   els.prev.addEventListener("click", () => {
@@ -577,6 +641,7 @@
 
   const hash = new URLSearchParams(location.hash.slice(1));
   loadList();
+  loadManagers();
   connect();
   if (hash.get("run")) selectRun(hash.get("run"), { focus: false });
   setTimeout(poll, POLL_MS);
