@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
 from runtrack._models import RunEvent, utcnow
+from runtrack._presence import INTERRUPTED, interrupted_event
 from runtrack._status import RunStatus
 
 if TYPE_CHECKING:
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
 __all__ = ["INTERRUPTED", "expired_runs", "interrupt", "interrupt_expired", "last_sign_of_life"]
 
 #: The ``error_type`` of a run whose manager stopped heartbeating.
-INTERRUPTED: Final = "RunInterrupted"
 _PAGE: Final = 500
 
 
@@ -125,16 +125,14 @@ async def interrupt_expired(
             "error_type RunInterrupted",
         )
         notify(
-            RunEvent(
-                run_id=run.run_id,
-                name=run.name,
-                status=recorded.status,
-                previous=run.status,
+            interrupted_event(
+                run.run_id,
+                run.name,
+                recorded.status,
+                run.status,
                 at=now,
                 attempt=run.attempt,
                 group=run.group,
-                error_type=INTERRUPTED,
-                error_message="its manager stopped heartbeating",
             )
         )
     return done

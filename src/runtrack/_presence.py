@@ -16,7 +16,7 @@ from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from runtrack._models import UTCDatetime
+from runtrack._models import RunEvent, UTCDatetime
 from runtrack._status import RunStatus
 
 __all__ = ["INTERRUPTED", "InterruptedRun", "ManagerInfo", "interrupted_message"]
@@ -89,3 +89,27 @@ def interrupted_changes(owner: str, last_seen: datetime, by: str) -> dict[str, A
         RunStatus.FAILED.value: interrupted_message(owner, last_seen, by, started=True),
         RunStatus.CANCELLED.value: interrupted_message(owner, last_seen, by, started=False),
     }
+
+
+def interrupted_event(
+    run_id: str,
+    name: str,
+    status: RunStatus,
+    previous: RunStatus,
+    *,
+    at: datetime,
+    attempt: int,
+    group: str | None,
+) -> RunEvent:
+    """The event of a run recorded interrupted because its manager stopped heartbeating."""
+    return RunEvent(
+        run_id=run_id,
+        name=name,
+        status=status,
+        previous=previous,
+        at=at,
+        attempt=attempt,
+        group=group,
+        error_type=INTERRUPTED,
+        error_message="its manager stopped heartbeating",
+    )

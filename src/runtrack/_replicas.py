@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from runtrack._admission import QUEUED, RUNNING
 from runtrack._models import RunEvent, utcnow
-from runtrack._presence import INTERRUPTED, ManagerInfo
+from runtrack._presence import ManagerInfo, interrupted_event
 from runtrack._status import TERMINAL
 
 if TYPE_CHECKING:
@@ -290,22 +290,23 @@ class Presence:
         self._recovered("lease_check")
         for run in swept:
             self._log.warning(
-                "run_interrupted", run_id=run.run_id, name=run.name, run_owner=run.owner,
+                "run_interrupted",
+                run_id=run.run_id,
+                name=run.name,
+                run_owner=run.owner,
                 status=run.status.value,
                 detail="its manager stopped heartbeating (crashed?); recorded with "
                 "error_type RunInterrupted",
-            )  # fmt: skip
+            )
             self._notify(
-                RunEvent(
-                    run_id=run.run_id,
-                    name=run.name,
-                    status=run.status,
-                    previous=run.previous,
+                interrupted_event(
+                    run.run_id,
+                    run.name,
+                    run.status,
+                    run.previous,
                     at=now,
                     attempt=run.attempt,
                     group=run.group,
-                    error_type=INTERRUPTED,
-                    error_message="its manager stopped heartbeating",
                 )
             )
 
