@@ -5,8 +5,9 @@ What `Heartbeat` does on such a registry, at a cost that does not grow with the 
 - at start, the manager registers its row (owner, host, pid, its own lease, limits);
 - every ``heartbeat_interval``: one write of its row's heartbeat and running count;
 - every ``poll_interval``: one indexed read of its runs recorded CANCELLED by other
-  processes since the last look, whose coroutines it stops (`poll` is also what a pushed
-  notification would call);
+  processes since the last look, whose coroutines it stops; on a registry that pushes
+  (`Notifying`: PostgreSQL, Redis) such a cancel also stops the run at once, as soon as it
+  is notified (see `_notifications`), and the poll makes up a lost notification;
 - three times per lease: `ManagerPresence.interrupt_dead_managers`, which reads the
   managers and sweeps the dead ones (their own lease decides), one statement per owner;
 - at shutdown, after the last writes, it removes its row.
@@ -29,8 +30,10 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from runtrack._admission import QUEUED, RUNNING
 from runtrack._models import RunEvent, utcnow
+from runtrack._notifications import Notifications
 from runtrack._presence import ManagerInfo, interrupted_event
 from runtrack._status import TERMINAL
+from runtrack.registry.base import Notifying
 
 if TYPE_CHECKING:
     from runtrack._admission import Job
@@ -114,6 +117,17 @@ class Presence:
         # process did not run for that long (paused?), and it may have been declared dead.
         self._tick = time.monotonic()
         self._holding = False
+        #: Called with a task name when another process announces new work (durable tasks).
+        self.on_new_work: Callable[[str], None] = lambda _task: None
+        self._notifications: Notifications | None = None
+        if isinstance(registry, Notifying):
+            self._notifications = Notifications(
+                registry, owner, on_cancel=self._stop,
+                on_new_work=self._new_work, log=log,
+            )  # fmt: skip
+
+    def _new_work(self, task: str) -> None:
+        self.on_new_work(task)  # looked up now: the durable tasks set it after __init__
 
     def wake(self) -> None:
         """Beat and look for cancels now (a write was refused, or a push came)."""
@@ -135,8 +149,10 @@ class Presence:
         return True
 
     async def run(self, running: Callable[[], bool]) -> None:
-        """Register, then beat, poll and look for dead managers while ``running()`` holds."""
+        """Register, listen, then beat, poll and look for dead managers while ``running()``."""
         await self.register()
+        if self._notifications is not None:
+            await _uncut(self._notifications.start())
         self._ticked()
         look_every = self._lease.total_seconds() / 3
         now = time.monotonic()
@@ -311,7 +327,9 @@ class Presence:
             )
 
     async def unregister(self) -> None:
-        """Remove this manager's row (a clean shutdown, after the last writes)."""
+        """Stop listening, then remove this manager's row (a clean shutdown)."""
+        if self._notifications is not None:
+            await _uncut(self._notifications.aclose())
         try:
             await self._registry.unregister_manager(self._owner)
         except Exception as exc:  # the row expires with the lease: survivors sweep nothing

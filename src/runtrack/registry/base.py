@@ -23,6 +23,7 @@ from runtrack._models import (
 )
 from runtrack._presence import InterruptedRun, ManagerInfo
 from runtrack._status import TERMINAL, RunStatus, normalize_statuses
+from runtrack.registry._notifying import NotificationListener, Notifying
 
 __all__ = [
     "MUTABLE_FIELDS",
@@ -30,6 +31,8 @@ __all__ = [
     "TIME_FIELDS",
     "BatchWriting",
     "ManagerPresence",
+    "NotificationListener",
+    "Notifying",
     "OutputItem",
     "OutputTrimming",
     "RunRegistry",

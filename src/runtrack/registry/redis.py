@@ -30,6 +30,7 @@ from runtrack._exceptions import (
 from runtrack._models import OutputChunk, Run
 from runtrack._status import TERMINAL, RunStatus, check_transition, normalize_statuses
 from runtrack.registry import _redis_layout as layout
+from runtrack.registry._notify_redis import RedisNotifying
 from runtrack.registry._redis_managers import RedisManagers
 from runtrack.registry._refusals import (
     Candidates,
@@ -325,7 +326,7 @@ def _ttl_us(finished_ttl: timedelta | float | None) -> int:
     return max(1, round(seconds * 1_000_000))
 
 
-class RedisRunRegistry(RedisManagers):
+class RedisRunRegistry(RedisManagers, RedisNotifying):
     """A `RunRegistry` in Redis: every process using the same Redis and prefix sees the same runs.
 
     Each run is a hash, indexed by sorted sets (creation time, status, name, group, tags,
@@ -572,7 +573,12 @@ class RedisRunRegistry(RedisManagers):
         reply = await self._run_write(
             layout.ONE, [spec], lambda: candidates_of_changes(run_id, valid)
         )
-        return _decode_run(reply) if reply else None
+        if not reply:
+            return None
+        run = _decode_run(reply)
+        if target is RunStatus.CANCELLED:
+            await self._notify_cancelled(run)
+        return run
 
     async def update_run(self, run_id: str, /, **changes: Any) -> Run:
         """Set non-status fields and return the updated run (see `RunRegistry`)."""
@@ -711,8 +717,10 @@ class RedisRunRegistry(RedisManagers):
     async def aclose(self) -> None:
         """Close the connections of a client this registry created. Safe to call twice.
 
-        A client passed to the constructor is left open for its owner to close.
+        A client passed to the constructor is left open for its owner to close. Listeners
+        still open (see `listen`) are closed first, whoever owns the client.
         """
+        await self._close_listeners()
         if self._owns_client:
             await self._client.aclose()
 

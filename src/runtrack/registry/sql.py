@@ -37,6 +37,7 @@ from runtrack._exceptions import (
 from runtrack._logging import get_logger
 from runtrack._models import OutputChunk, Run
 from runtrack._status import TERMINAL, RunStatus, check_transition, normalize_statuses
+from runtrack.registry._notify_pg import SQLNotifying
 from runtrack.registry._refusals import (
     Candidates,
     candidates_of_changes,
@@ -109,7 +110,7 @@ def _new_row(write: RunWrite, record: Mapping[str, Any] | None) -> dict[str, Any
     return row
 
 
-class SQLRunRegistry(SQLManagers):
+class SQLRunRegistry(SQLManagers, SQLNotifying):
     """A `RunRegistry` in a SQL database: SQLite, PostgreSQL or MariaDB/MySQL.
 
     Every replica of a service that points at the same database (and ``table_prefix``)
@@ -474,7 +475,10 @@ class SQLRunRegistry(SQLManagers):
                 return None
             if "tags" in columns:
                 await self._replace_tags(conn, {run_id: columns["tags"]})
-            return await self._select_run(conn, run_id)
+            run = await self._select_run(conn, run_id)
+            if run is not None and target is RunStatus.CANCELLED:
+                await self._notify_cancelled(conn, run)
+            return run
 
         return await self._transact(
             work, write=True, values=lambda: candidates_of_changes(run_id, columns)
@@ -752,7 +756,11 @@ class SQLRunRegistry(SQLManagers):
             self._schema_ready = False
 
     async def aclose(self) -> None:
-        """Close the database connections if the registry built its engine. Safe twice."""
+        """Close the database connections if the registry built its engine. Safe twice.
+
+        Listeners still open (see `listen`) are closed first, whoever owns the engine.
+        """
+        await self._close_listeners()
         if self._owns_engine:
             await self._engine.dispose()
 
