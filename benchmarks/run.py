@@ -29,6 +29,7 @@ SECTION_MODULES = (
     "persist_sqlite",
     "persist_mariadb",
     "leases",
+    "cancel",
 )
 
 LOGGING_NOTE = (
