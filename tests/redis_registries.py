@@ -2,6 +2,10 @@
 
 The URL comes from ``RUNTRACK_TEST_REDIS_URL`` (default ``redis://127.0.0.1:6379/0``).
 Each registry gets a prefix of its own, and every key under it is deleted afterwards.
+
+``redis-cluster`` runs on the throwaway Redis Cluster of ``redis_cluster.py``: its factory
+needs the session fixture ``redis_cluster_url`` (`FACTORY_FIXTURES` says so, and the
+``registry`` fixture of ``conftest.py`` requests it).
 """
 
 from __future__ import annotations
@@ -12,10 +16,19 @@ from contextlib import asynccontextmanager
 from typing import Any, Final
 from uuid import uuid4
 
+from redis_cluster import cluster_url
 from registries import REDIS_URL_ENV, RegistryFactory, skip_or_fail
 from runtrack import RunRegistry
 
-__all__ = ["REDIS_REGISTRIES", "redis_prefix", "redis_registry", "redis_url"]
+__all__ = [
+    "FACTORY_FIXTURES",
+    "REDIS_REGISTRIES",
+    "cluster_prefix",
+    "redis_cluster_registry",
+    "redis_prefix",
+    "redis_registry",
+    "redis_url",
+]
 
 DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6379/0"
 
@@ -68,7 +81,55 @@ async def redis_registry(**options: Any) -> AsyncIterator[RunRegistry]:
             await registry.aclose()
 
 
+@asynccontextmanager
+async def cluster_prefix() -> AsyncIterator[str]:
+    """A fresh hash-tagged prefix on the session cluster; its keys are deleted on exit.
+
+    All keys under the prefix are in one slot, so the clean-up asks that slot's node.
+    """
+    from redis.asyncio.cluster import RedisCluster
+
+    url = cluster_url().replace("+cluster", "", 1)
+    client = RedisCluster.from_url(url)
+    try:
+        prefix = f"{{rt-test:{uuid4().hex}}}:"
+        try:
+            yield prefix
+        finally:
+            await client.initialize()
+            slot = client.keyslot(prefix)
+            node = client.get_node_from_key(prefix)
+            while True:
+                keys = await client.execute_command(
+                    "CLUSTER GETKEYSINSLOT", slot, 1000, target_nodes=node
+                )
+                names = [key.decode() if isinstance(key, bytes) else str(key) for key in keys]
+                mine = [name for name in names if name.startswith(prefix)]
+                if not mine:
+                    break
+                await client.delete(*mine)
+    finally:
+        await client.aclose()
+
+
+@asynccontextmanager
+async def redis_cluster_registry(**options: Any) -> AsyncIterator[RunRegistry]:
+    """A `RedisRunRegistry` on the session Redis Cluster, on a fresh prefix, wiped on exit."""
+    from runtrack.registry.redis import RedisRunRegistry
+
+    async with cluster_prefix() as prefix:
+        registry = RedisRunRegistry(cluster_url(), prefix=prefix, **options)
+        try:
+            yield registry
+        finally:
+            await registry.aclose()
+
+
 #: ``(test id, factory)`` pairs appended to `registries.REGISTRIES`.
 REDIS_REGISTRIES: Final[list[tuple[str, RegistryFactory]]] = [
     ("redis", redis_registry),
+    ("redis-cluster", redis_cluster_registry),
 ]
+
+#: Test id -> the session fixture its factory needs started first.
+FACTORY_FIXTURES: Final[dict[str, str]] = {"redis-cluster": "redis_cluster_url"}
