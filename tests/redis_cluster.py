@@ -31,20 +31,22 @@ MASTERS: Final = 3
 #: How long the cluster may take to start and agree (a busy 2-core machine is slow).
 _START_TIMEOUT: Final = 60.0
 
-_url: str | None = None
+#: The running session cluster's URL, under "url".
+_session: dict[str, str] = {}
 
 
 def set_cluster_url(url: str | None) -> None:
     """Record the running session cluster's URL (None once it stopped)."""
-    global _url
-    _url = url
+    _session.pop("url", None)
+    if url is not None:
+        _session["url"] = url
 
 
 def cluster_url() -> str:
     """The session cluster's URL; the caller must have requested ``redis_cluster_url``."""
-    if _url is None:
+    if "url" not in _session:
         raise RuntimeError("no Redis Cluster is running: request the redis_cluster_url fixture")
-    return _url
+    return _session["url"]
 
 
 def _free_ports(count: int) -> list[int]:
@@ -107,9 +109,9 @@ def _wait(cluster: RedisCluster, ready: str, *args: str) -> None:
     """Wait until every node answers ``args`` with text containing ``ready``."""
     deadline = time.monotonic() + _START_TIMEOUT
     while True:
-        for process in cluster.processes:
+        for port, process in zip(cluster.ports, cluster.processes, strict=True):
             if process.poll() is not None:
-                log = (cluster.directory / f"{cluster.ports[0]}" / "log").read_text(errors="replace")
+                log = (cluster.directory / str(port) / "log").read_text(errors="replace")
                 raise RuntimeError(f"a redis-server of the test cluster exited: {log[-2000:]}")
         answers = [_cli(port, *args) for port in cluster.ports]
         if all(ready in answer for answer in answers):

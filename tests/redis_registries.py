@@ -96,7 +96,7 @@ async def cluster_prefix() -> AsyncIterator[str]:
         try:
             yield prefix
         finally:
-            await client.initialize()
+            _ = await client.initialize()
             slot = client.keyslot(prefix)
             node = client.get_node_from_key(prefix)
             while True:
