@@ -23,6 +23,7 @@ from runtrack import RunRegistry
 __all__ = [
     "FACTORY_FIXTURES",
     "REDIS_REGISTRIES",
+    "cluster_client",
     "cluster_prefix",
     "redis_cluster_registry",
     "redis_prefix",
@@ -81,48 +82,61 @@ async def redis_registry(**options: Any) -> AsyncIterator[RunRegistry]:
             await registry.aclose()
 
 
-@asynccontextmanager
-async def cluster_prefix() -> AsyncIterator[str]:
-    """A fresh hash-tagged prefix on the session cluster; its keys are deleted on exit.
-
-    All keys under the prefix are in one slot, so the clean-up asks that slot's node.
-    """
+def cluster_client() -> Any:
+    """A new ``RedisCluster`` client of the session cluster (see `redis_cluster`)."""
     from redis.asyncio.cluster import RedisCluster
 
-    url = cluster_url().replace("+cluster", "", 1)
-    client = RedisCluster.from_url(url)
+    return RedisCluster.from_url(cluster_url().replace("+cluster", "", 1))
+
+
+async def _wipe_slot(client: Any, prefix: str) -> None:
+    """Delete every key under a hash-tagged prefix: they are all in its slot."""
+    _ = await client.initialize()
+    slot = client.keyslot(prefix)
+    node = client.get_node_from_key(prefix)
+    while True:
+        keys = await client.execute_command("CLUSTER GETKEYSINSLOT", slot, 1000, target_nodes=node)
+        names = [key.decode() if isinstance(key, bytes) else str(key) for key in keys]
+        mine = [name for name in names if name.startswith(prefix)]
+        if not mine:
+            return
+        await client.delete(*mine)
+
+
+@asynccontextmanager
+async def cluster_prefix() -> AsyncIterator[str]:
+    """A fresh hash-tagged prefix on the session cluster; its keys are deleted on exit."""
+    client = cluster_client()
     try:
         prefix = f"{{rt-test:{uuid4().hex}}}:"
         try:
             yield prefix
         finally:
-            _ = await client.initialize()
-            slot = client.keyslot(prefix)
-            node = client.get_node_from_key(prefix)
-            while True:
-                keys = await client.execute_command(
-                    "CLUSTER GETKEYSINSLOT", slot, 1000, target_nodes=node
-                )
-                names = [key.decode() if isinstance(key, bytes) else str(key) for key in keys]
-                mine = [name for name in names if name.startswith(prefix)]
-                if not mine:
-                    break
-                await client.delete(*mine)
+            await _wipe_slot(client, prefix)
     finally:
         await client.aclose()
 
 
 @asynccontextmanager
 async def redis_cluster_registry(**options: Any) -> AsyncIterator[RunRegistry]:
-    """A `RedisRunRegistry` on the session Redis Cluster, on a fresh prefix, wiped on exit."""
+    """A `RedisRunRegistry` on the session Redis Cluster, on a fresh prefix, wiped on exit.
+
+    The registry is given a ``RedisCluster`` client of the test's, which also wipes the
+    prefix: a cluster client's first command costs a few hundred ms (redis-py reads the
+    server's command table), paid once per test this way.
+    """
     from runtrack.registry.redis import RedisRunRegistry
 
-    async with cluster_prefix() as prefix:
-        registry = RedisRunRegistry(cluster_url(), prefix=prefix, **options)
-        try:
-            yield registry
-        finally:
-            await registry.aclose()
+    client = cluster_client()
+    prefix = f"{{rt-test:{uuid4().hex}}}:"
+    try:
+        async with RedisRunRegistry(client, prefix=prefix, **options) as registry:
+            try:
+                yield registry
+            finally:
+                await _wipe_slot(client, prefix)
+    finally:
+        await client.aclose()
 
 
 #: ``(test id, factory)`` pairs appended to `registries.REGISTRIES`.
