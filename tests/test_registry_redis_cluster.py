@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
-from typing import Any
 
 import pytest
 
@@ -259,7 +258,7 @@ async def _eventually(check: Callable[[], Awaitable[bool]]) -> None:
         await asyncio.sleep(0.01)
 
 
-async def _status(registry: RedisRunRegistry, run_id: str) -> Any:
+async def _status(registry: RedisRunRegistry, run_id: str) -> RunStatus | None:
     run = await registry.get_run(run_id)
     return None if run is None else run.status
 
