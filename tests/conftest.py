@@ -10,7 +10,7 @@ import pytest_asyncio
 
 from cli_helpers import Backend, backend_for
 from redis_cluster import set_cluster_url, start_cluster
-from redis_registries import FACTORY_FIXTURES, REDIS_REGISTRIES
+from redis_registries import REDIS_REGISTRIES, start_needed_fixtures
 from registries import REGISTRIES, RegistryFactory
 from runtrack import RunRegistry
 from sql_registries import SQL_REGISTRIES
@@ -41,8 +41,7 @@ async def registry(request: pytest.FixtureRequest) -> AsyncIterator[RunRegistry]
     """A fresh, empty registry of each backend in ``tests/registries.py``, closed after."""
     pair: tuple[str, RegistryFactory] = request.param
     backend, factory = pair
-    if backend in FACTORY_FIXTURES:
-        request.getfixturevalue(FACTORY_FIXTURES[backend])
+    start_needed_fixtures(request, backend)
     async with factory() as registry:
         yield registry
 

@@ -16,6 +16,8 @@ from contextlib import asynccontextmanager
 from typing import Any, Final
 from uuid import uuid4
 
+import pytest
+
 from redis_cluster import cluster_url
 from registries import REDIS_URL_ENV, RegistryFactory, skip_or_fail
 from runtrack import RunRegistry
@@ -29,6 +31,7 @@ __all__ = [
     "redis_prefix",
     "redis_registry",
     "redis_url",
+    "start_needed_fixtures",
 ]
 
 DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6379/0"
@@ -147,3 +150,9 @@ REDIS_REGISTRIES: Final[list[tuple[str, RegistryFactory]]] = [
 
 #: Test id -> the session fixture its factory needs started first.
 FACTORY_FIXTURES: Final[dict[str, str]] = {"redis-cluster": "redis_cluster_url"}
+
+
+def start_needed_fixtures(request: pytest.FixtureRequest, backend: str) -> None:
+    """Start the session fixture the factory of ``backend`` needs (see `FACTORY_FIXTURES`)."""
+    if backend in FACTORY_FIXTURES:
+        request.getfixturevalue(FACTORY_FIXTURES[backend])
