@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
 from cli_helpers import Backend, backend_for
-from redis_registries import REDIS_REGISTRIES
+from redis_cluster import set_cluster_url, start_cluster
+from redis_registries import REDIS_REGISTRIES, start_needed_fixtures
 from registries import REGISTRIES, RegistryFactory
 from runtrack import RunRegistry
 from sql_registries import SQL_REGISTRIES
@@ -17,13 +18,30 @@ from sql_registries import SQL_REGISTRIES
 ALL_REGISTRIES = [*REGISTRIES, *SQL_REGISTRIES, *REDIS_REGISTRIES]
 
 
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> Iterator[str]:
+    """The ``redis+cluster://`` URL of a 3-master Redis Cluster started for the session.
+
+    Skipped (failed on CI) without redis-server / redis-cli; stopped and deleted after.
+    """
+    cluster = start_cluster()
+    set_cluster_url(cluster.url)
+    try:
+        yield cluster.url
+    finally:
+        set_cluster_url(None)
+        cluster.stop()
+
+
 @pytest_asyncio.fixture(
-    params=[factory for _, factory in ALL_REGISTRIES],
+    params=list(ALL_REGISTRIES),
     ids=[backend for backend, _ in ALL_REGISTRIES],
 )
 async def registry(request: pytest.FixtureRequest) -> AsyncIterator[RunRegistry]:
     """A fresh, empty registry of each backend in ``tests/registries.py``, closed after."""
-    factory: RegistryFactory = request.param
+    pair: tuple[str, RegistryFactory] = request.param
+    backend, factory = pair
+    start_needed_fixtures(request, backend)
     async with factory() as registry:
         yield registry
 

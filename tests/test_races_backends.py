@@ -20,7 +20,7 @@ import pytest_asyncio
 
 import test_manager_races as races
 from helpers import ManagerFactory, manager_factory
-from redis_registries import redis_registry
+from redis_registries import redis_cluster_registry, redis_registry, start_needed_fixtures
 from registries import RegistryFactory
 from runtrack import RunRegistry
 from sql_registries import postgres_registry, sqlite_registry
@@ -29,13 +29,16 @@ BACKENDS: list[tuple[str, RegistryFactory]] = [
     ("sqlite", sqlite_registry),
     ("postgresql", postgres_registry),
     ("redis", redis_registry),
+    ("redis-cluster", redis_cluster_registry),
 ]
 
 
-@pytest_asyncio.fixture(params=[f for _, f in BACKENDS], ids=[b for b, _ in BACKENDS])
+@pytest_asyncio.fixture(params=BACKENDS, ids=[b for b, _ in BACKENDS])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[RunRegistry]:
     """A fresh registry on each backend: managers write to it and the test reads it."""
-    factory: RegistryFactory = request.param
+    pair: tuple[str, RegistryFactory] = request.param
+    backend, factory = pair
+    start_needed_fixtures(request, backend)
     async with factory() as registry:
         yield registry
 

@@ -30,8 +30,14 @@ are stored verbatim (any character, ``:`` and ``=`` included), and the length pr
 every index key name one exact (kind, value) pair, so no value can reach another index.
 
 Scripts build key names from the prefix given in ``ARGV[1]`` (the run and index keys of a
-write depend on the stored run), so the registry needs a standalone Redis (or Sentinel),
-not a Cluster.
+write depend on the stored run, so they cannot all be declared beforehand). Every script
+call still declares at least one key: the keys it touches when they are known beforehand
+(``BEAT``, the managers scripts), else ``{prefix}schema`` as ``KEYS[1]``, the slot anchor.
+On a Redis Cluster the prefix carries a hash tag (`cluster_prefix`: ``{runtrack}:`` for
+the default), so every key of a registry hashes to one slot: the declared key routes the
+call to the node holding that slot, and every key the script builds is served there. One
+registry therefore lives on one node of the cluster; several registries (prefixes) spread
+over the nodes.
 """
 
 from __future__ import annotations
@@ -52,13 +58,17 @@ __all__ = [
     "COUNT",
     "INTERRUPT",
     "LIST",
+    "MANAGERS_READ",
     "ONE",
     "OUTPUT",
+    "REGISTER",
     "SCHEMA_VERSION",
     "SWEEP_CHUNK",
     "TRIM",
     "WRITE",
     "Keys",
+    "cluster_prefix",
+    "hash_tag",
 ]
 
 SCHEMA_VERSION: Final = "1"
@@ -92,6 +102,47 @@ SWEEP_CHUNK: Final = 500
 ADD: Final = "add"
 ONE: Final = "one"
 BATCH: Final = "batch"
+
+
+def hash_tag(prefix: str) -> str | None:
+    """The hash tag every key starting with ``prefix`` is hashed by, or None.
+
+    Redis Cluster hashes the text between the first ``{`` and the first ``}`` after it,
+    when that text is not empty; the tag counts only if both braces are in the prefix.
+    """
+    start = prefix.find("{")
+    if start < 0:
+        return None
+    end = prefix.find("}", start + 1)
+    if end <= start + 1:
+        return None
+    return prefix[start + 1 : end]
+
+
+def cluster_prefix(prefix: str) -> str:
+    """``prefix`` as used on a Redis Cluster: with a hash tag, so one registry is one slot.
+
+    A prefix with a hash tag is kept; one without braces is wrapped: ``runtrack:`` becomes
+    ``{runtrack}:``, ``app`` becomes ``{app}``.
+
+    Raises:
+        ValueError: the prefix is empty, only colons, or has a ``{`` but no hash tag of
+            its own (its keys would spread over slots).
+    """
+    if hash_tag(prefix) is not None:
+        return prefix
+    if "{" in prefix:
+        raise ValueError(
+            f"prefix {prefix!r} has a '{{' but no hash tag: on a Redis Cluster give a prefix "
+            "with a complete, non-empty hash tag ('{myapp}:') or no braces at all"
+        )
+    stem = prefix.rstrip(":")
+    if not stem:
+        raise ValueError(
+            f"prefix {prefix!r} cannot be hash-tagged: on a Redis Cluster give a prefix "
+            "with some text ('myapp:' or '{myapp}:')"
+        )
+    return "{" + stem + "}" + prefix[len(stem) :]
 
 
 def _len_prefixed(text: str) -> str:
@@ -353,7 +404,7 @@ local function apply(id, to, expect, set, del)
 end
 """
 
-#: ARGV: prefix, ttl, token, mode, then a JSON array of writes, each
+#: KEYS: the schema key. ARGV: prefix, ttl, token, mode, then a JSON array of writes, each
 #: {"id", "ins": {field: str}, "to", "exp": [status], "set": {field: str}, "del": [field]}.
 #: add: insert only, returns 1 or 0. one: returns the run's hash after the write, or nil.
 #: batch: each write in order, returns 1 or 0 per write: an insert applies if the id is
@@ -402,7 +453,8 @@ return reply(flags)
 """
 )
 
-#: ARGV: prefix, ttl, token, run_id, then the encoded chunks. Returns the seq of the last
+#: KEYS: the schema key. ARGV: prefix, ttl, token, run_id, then the encoded chunks.
+#: Returns the seq of the last
 #: chunk (the length of the output list plus the chunks trimmed before it), or -1 if the
 #: run does not exist.
 APPEND: Final = (
@@ -426,7 +478,8 @@ return n
 """
 )
 
-#: ARGV: prefix, run_id, since, limit (0: none). Returns {trimmed, chunk, chunk, ...}: the
+#: KEYS: the schema key. ARGV: prefix, run_id, since, limit (0: none).
+#: Returns {trimmed, chunk, chunk, ...}: the
 #: chunks with seq > since, the first one's seq being max(since, trimmed) + 1.
 OUTPUT: Final = """
 local trimmed = tonumber(redis.call('HGET', ARGV[1] .. '{RUN}' .. ARGV[2], 'out_trimmed') or '0')
@@ -438,7 +491,8 @@ table.insert(out, 1, trimmed)
 return out
 """.replace("{RUN}", RUN).replace("{OUT}", OUT)
 
-#: ARGV: prefix, run_id, keep_from_seq. Deletes the chunks with seq < keep_from_seq but
+#: KEYS: the schema key. ARGV: prefix, run_id, keep_from_seq.
+#: Deletes the chunks with seq < keep_from_seq but
 #: the newest; returns how many went. A run whose hash is gone is left alone.
 TRIM: Final = """
 local rk = ARGV[1] .. '{RUN}' .. ARGV[2]
@@ -453,7 +507,8 @@ redis.call('HINCRBY', rk, 'out_trimmed', doomed)
 return doomed
 """.replace("{RUN}", RUN).replace("{OUT}", OUT)
 
-#: KEYS: name/group/tag index keys that must all match. ARGV: prefix, ttl, limit, offset,
+#: KEYS: the schema key, then name/group/tag index keys that must all match. ARGV: prefix,
+#: ttl, limit, offset,
 #: then the wanted statuses (none: any). Returns {1} if it only swept (call again), else
 #: {0, hash, hash, ...} newest first.
 LIST: Final = (
@@ -462,8 +517,9 @@ LIST: Final = (
 if sweep() then return {1} end
 local limit, offset = tonumber(ARGV[3]), tonumber(ARGV[4])
 local tmp_status, tmp = K_TMP .. 'status', K_TMP .. 'list'
+local filters = {unpack(KEYS, 2)}
 local sets = {}
-for _, k in ipairs(KEYS) do sets[#sets + 1] = k end
+for _, k in ipairs(filters) do sets[#sets + 1] = k end
 local nstatus = #ARGV - 4
 if nstatus == 1 then
   sets[#sets + 1] = K_STATUS .. ARGV[5]
@@ -498,7 +554,7 @@ while #out - 1 < limit do
     if #h == 0 then
       purge(id)
       redis.call('ZREM', src, id)
-      for _, k in ipairs(KEYS) do redis.call('ZREM', k, id) end
+      for _, k in ipairs(filters) do redis.call('ZREM', k, id) end
     else
       kept = kept + 1
       out[#out + 1] = h
@@ -511,7 +567,8 @@ return out
 """
 )
 
-#: KEYS: the name index key, or none. ARGV: prefix, ttl. Returns {1} if it only swept,
+#: KEYS: the schema key, then the name index key, or nothing more. ARGV: prefix, ttl.
+#: Returns {1} if it only swept,
 #: else {0, count per status in RunStatus order}.
 COUNT: Final = (
     _PRELUDE
@@ -519,8 +576,8 @@ COUNT: Final = (
 if sweep() then return {1} end
 local out = {0}
 for _, s in ipairs(STATUSES) do
-  if KEYS[1] then
-    out[#out + 1] = redis.call('ZINTERCARD', 2, KEYS[1], K_STATUS .. s)
+  if KEYS[2] then
+    out[#out + 1] = redis.call('ZINTERCARD', 2, KEYS[2], K_STATUS .. s)
   else
     out[#out + 1] = redis.call('ZCARD', K_STATUS .. s)
   end
@@ -529,6 +586,7 @@ return out
 """
 )
 
+#: KEYS: the schema key.
 #: ARGV: prefix, ttl, cutoff (µs), keep, skip, then the terminal statuses to clean.
 #: Walks K_FINISHED oldest first from rank ``skip`` (runs of other statuses are skipped
 #: and counted in it) and deletes runs older than cutoff, sparing the newest ``keep``.
@@ -564,6 +622,7 @@ return {{0, deleted, skip, #ids < {CLEANUP_CHUNK} and 1 or 0}}
 """
 )
 
+#: KEYS: the schema key.
 #: ARGV: prefix, ttl, owner, the heartbeat (µs) the caller saw, now (µs), the error
 #: messages of a RUNNING and of a QUEUED run. If the manager's heartbeat is still the one
 #: seen, removes its row and records its RUNNING runs FAILED and its QUEUED runs
@@ -596,10 +655,29 @@ return out
 """
 )
 
-#: ARGV: prefix, owner, "heartbeat_at_us:running". Returns 1, or 0 if the row is gone.
-BEAT: Final = f"""
-local K_MANAGERS = ARGV[1] .. '{MANAGERS}'
-if redis.call('HEXISTS', K_MANAGERS, ARGV[2]) == 0 then return 0 end
-redis.call('HSET', ARGV[1] .. '{MANAGER_BEATS}', ARGV[2], ARGV[3])
+#: KEYS: managers, manager-beats. ARGV: owner, "heartbeat_at_us:running". Returns 1, or
+#: 0 if the row is gone.
+BEAT: Final = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 return 1
+"""
+
+#: KEYS: managers, manager-beats. ARGV: owner, then its fixed fields (JSON) and
+#: "heartbeat_at_us:running" to register it, or nothing more to unregister it.
+REGISTER: Final = """
+if ARGV[2] then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+else
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[2], ARGV[1])
+end
+return 1
+"""
+
+#: KEYS: managers, manager-beats. Returns {fields of every manager, beats of every manager}
+#: as two flat lists, read at one instant.
+MANAGERS_READ: Final = """
+return {redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2])}
 """

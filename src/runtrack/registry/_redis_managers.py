@@ -1,7 +1,8 @@
 """`ManagerPresence` for `RedisRunRegistry`: two hashes of managers and an index by owner.
 
 ``{prefix}managers`` holds each manager's fixed fields (JSON), ``{prefix}manager-beats``
-its heartbeat and running count, written by one small script per heartbeat. The write
+its heartbeat and running count, written by one small script per heartbeat (the scripts
+declare both keys, so they run on a Redis Cluster, and MULTI is not needed). The write
 scripts keep ``{prefix}idx:owner:...`` (a manager's QUEUED and RUNNING runs) and
 ``{prefix}idx:ocancel:...`` (its CANCELLED runs by finished_at), so sweeping a dead owner
 is one script over its own runs and hearing of cancels one range read.
@@ -18,11 +19,14 @@ from runtrack._clock import dt_to_us, us_to_dt
 from runtrack._presence import InterruptedRun, ManagerInfo, interrupted_changes
 from runtrack._status import RunStatus
 from runtrack.registry import _redis_layout as layout
+from runtrack.registry._redis_client import pairs as _pairs
+from runtrack.registry._redis_client import text as _text
 from runtrack.registry.base import sweep_dead_managers
 
 if TYPE_CHECKING:
-    import redis.asyncio
     from redis.commands.core import AsyncScript
+
+    from runtrack.registry._redis_client import Client
 
 __all__ = ["RedisManagers"]
 
@@ -30,17 +34,14 @@ __all__ = ["RedisManagers"]
 _KEEP_CANCELLED_US = 3600 * 1_000_000
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 class RedisManagers:
     """The managers of a Redis registry (mixed into `RedisRunRegistry`)."""
 
     if TYPE_CHECKING:
-        _client: redis.asyncio.Redis
+        _client: Client
         _keys: layout.Keys
         _prefix: str
+        _anchor: list[str]
 
         def _guard(self) -> AbstractAsyncContextManager[None]: ...
 
@@ -48,14 +49,19 @@ class RedisManagers:
 
         def _args(self, *rest: str | int) -> list[str | int]: ...
 
-    _beat_script: AsyncScript | None = None
-    _interrupt_script: AsyncScript | None = None
+    _manager_scripts: dict[str, AsyncScript] | None = None
 
-    def _scripts(self) -> tuple[AsyncScript, AsyncScript]:
-        if self._beat_script is None or self._interrupt_script is None:
-            self._beat_script = self._client.register_script(layout.BEAT)
-            self._interrupt_script = self._client.register_script(layout.INTERRUPT)
-        return self._beat_script, self._interrupt_script
+    def _script(self, source: str) -> AsyncScript:
+        if self._manager_scripts is None:
+            self._manager_scripts = {
+                text: self._client.register_script(text)
+                for text in (layout.BEAT, layout.INTERRUPT, layout.REGISTER, layout.MANAGERS_READ)
+            }
+        return self._manager_scripts[source]
+
+    @property
+    def _manager_keys(self) -> list[str]:
+        return [self._keys.managers, self._keys.manager_beats]
 
     async def register_manager(self, info: ManagerInfo) -> None:
         """Insert or replace the row of ``info.owner`` (see `ManagerPresence`)."""
@@ -71,42 +77,36 @@ class RedisManagers:
             }
         )
         beat = f"{dt_to_us(info.heartbeat_at)}:{info.running}"
+        register = self._script(layout.REGISTER)
         async with self._guard():
             await self._ready()
-            async with self._client.pipeline(transaction=True) as pipe:
-                _ = pipe.hset(self._keys.managers, info.owner, fixed)
-                _ = pipe.hset(self._keys.manager_beats, info.owner, beat)
-                await pipe.execute()
+            await register(keys=self._manager_keys, args=[info.owner, fixed, beat])
 
     async def heartbeat_manager(self, owner: str, at: datetime, running: int) -> bool:
         """Refresh the manager's heartbeat; False if its row is gone (see `ManagerPresence`)."""
-        beat, _ = self._scripts()
+        beat = self._script(layout.BEAT)
         async with self._guard():
             await self._ready()
-            done = await beat(args=[self._prefix, owner, f"{dt_to_us(at)}:{int(running)}"])
+            args = [owner, f"{dt_to_us(at)}:{int(running)}"]
+            done = await beat(keys=self._manager_keys, args=args)
         return bool(int(done))
 
     async def unregister_manager(self, owner: str) -> None:
         """Remove the manager's row (see `ManagerPresence`)."""
+        unregister = self._script(layout.REGISTER)
         async with self._guard():
             await self._ready()
-            async with self._client.pipeline(transaction=True) as pipe:
-                _ = pipe.hdel(self._keys.managers, owner)
-                _ = pipe.hdel(self._keys.manager_beats, owner)
-                await pipe.execute()
+            await unregister(keys=self._manager_keys, args=[owner])
 
     async def list_managers(self) -> list[ManagerInfo]:
         """Every registered manager, by owner (see `ManagerPresence`)."""
+        read = self._script(layout.MANAGERS_READ)
         async with self._guard():
             await self._ready()
-            async with self._client.pipeline(transaction=True) as pipe:
-                _ = pipe.hgetall(self._keys.managers)
-                _ = pipe.hgetall(self._keys.manager_beats)
-                fixed_reply, beats_reply = await pipe.execute()
-        beats = {_text(k): _text(v) for k, v in beats_reply.items()}
+            fixed_reply, beats_reply = await read(keys=self._manager_keys)
+        beats = _pairs(beats_reply)
         out: list[ManagerInfo] = []
-        for key, value in fixed_reply.items():
-            owner = _text(key)
+        for owner, value in _pairs(fixed_reply).items():
             beat = beats.get(owner)
             if beat is None:
                 continue
@@ -134,7 +134,7 @@ class RedisManagers:
     async def _interrupt_owner(
         self, info: ManagerInfo, now: datetime, by: str
     ) -> list[InterruptedRun]:
-        _, interrupt = self._scripts()
+        interrupt = self._script(layout.INTERRUPT)
         messages = interrupted_changes(info.owner, info.heartbeat_at, by)
         args = self._args(
             info.owner,
@@ -145,7 +145,7 @@ class RedisManagers:
         )
         async with self._guard():
             await self._ready()
-            reply = await interrupt(args=args)
+            reply = await interrupt(keys=self._anchor, args=args)
         swept = []
         for item in reply:
             run = json.loads(item)

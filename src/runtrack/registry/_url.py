@@ -11,7 +11,7 @@ from runtrack.registry.memory import InMemoryRunRegistry
 if TYPE_CHECKING:
     from runtrack.registry.base import RunRegistry
 
-__all__ = ["SCHEMES", "check_redis_url", "registry_from_url"]
+__all__ = ["CLUSTER_SCHEMES", "SCHEMES", "check_redis_url", "registry_from_url"]
 
 #: URL scheme -> (module, class, extra that provides it).
 SCHEMES: Final[dict[str, tuple[str, str, str | None]]] = {
@@ -21,11 +21,15 @@ SCHEMES: Final[dict[str, tuple[str, str, str | None]]] = {
     "mysql+asyncmy": ("runtrack.registry.sql", "SQLRunRegistry", "sql"),
     "redis": ("runtrack.registry.redis", "RedisRunRegistry", "redis"),
     "rediss": ("runtrack.registry.redis", "RedisRunRegistry", "redis"),
+    "redis+cluster": ("runtrack.registry.redis", "RedisRunRegistry", "redis"),
+    "rediss+cluster": ("runtrack.registry.redis", "RedisRunRegistry", "redis"),
 }
+#: Schemes of a Redis Cluster: the host and port of any one node.
+CLUSTER_SCHEMES: Final = frozenset({"redis+cluster", "rediss+cluster"})
 
 _FORMS: Final = (
     "memory://, sqlite+aiosqlite:///path.db, postgresql+asyncpg://user@host/db, "
-    "mysql+asyncmy://user@host/db, redis://host:6379/0"
+    "mysql+asyncmy://user@host/db, redis://host:6379/0, redis+cluster://host:7000"
 )
 
 
@@ -34,7 +38,9 @@ def registry_from_url(url: str, *, prefix: str | None = None) -> RunRegistry:
 
     Args:
         url: ``memory://``, ``sqlite+aiosqlite:///path.db``, ``postgresql+asyncpg://…``,
-            ``mysql+asyncmy://…`` or ``redis://…`` (``rediss://`` for TLS).
+            ``mysql+asyncmy://…``, ``redis://…`` (``rediss://`` for TLS) or
+            ``redis+cluster://host:port`` for a Redis Cluster (any one node;
+            ``rediss+cluster://`` for TLS).
         prefix: The SQL registry's ``table_prefix`` or the Redis registry's key ``prefix``;
             None for the backend's default. Registries with different prefixes share
             nothing. ``memory://`` takes none.
@@ -45,7 +51,8 @@ def registry_from_url(url: str, *, prefix: str | None = None) -> RunRegistry:
     Raises:
         ValueError: the URL is malformed or its scheme unknown, ``memory://`` is followed by
             anything or given a prefix, a Redis database is not a number, or the prefix is
-            not one the backend accepts.
+            not one the backend accepts (on a Redis Cluster: a prefix with a ``{`` but no
+            complete hash tag).
         ImportError: the backend's extra (``runtrack[sql]``, ``runtrack[redis]``) is missing.
 
     Example:
@@ -70,7 +77,7 @@ def registry_from_url(url: str, *, prefix: str | None = None) -> RunRegistry:
         if prefix is not None:
             raise ValueError("memory:// takes no prefix: every in-memory registry is its own")
         return InMemoryRunRegistry()
-    if scheme in {"redis", "rediss"}:
+    if scheme in {"redis", "rediss", *CLUSTER_SCHEMES}:
         check_redis_url(url)
     module_name, class_name, extra = SCHEMES[scheme]
     try:
@@ -93,7 +100,8 @@ def check_redis_url(url: str) -> None:
     """Refuse a Redis URL whose database is not a number (redis-py would use 0 quietly).
 
     Raises:
-        ValueError: the database, in the path or in ``?db=``, is not a number.
+        ValueError: the database, in the path or in ``?db=``, is not a number, or is not 0
+            on a cluster (``redis+cluster://``: a Redis Cluster has database 0 only).
     """
     parts = urlsplit(url)
     dbs = [value for key, value in parse_qsl(parts.query, keep_blank_values=True) if key == "db"]
@@ -107,3 +115,13 @@ def check_redis_url(url: str) -> None:
                 f"the database of a Redis URL is a number (redis://host:6379/0), got {db!r}: "
                 f"use one of {_FORMS}"
             )
+    if parts.scheme.lower() in CLUSTER_SCHEMES and any(int(db) != 0 for db in dbs):
+        raise ValueError(
+            f"a Redis Cluster has database 0 only, got {', '.join(dbs)}: drop the database "
+            "from the URL (redis+cluster://host:7000)"
+        )
+    if parts.scheme.lower() in CLUSTER_SCHEMES and not parts.hostname:
+        raise ValueError(
+            "a Redis Cluster URL names one node of the cluster (redis+cluster://host:7000), "
+            f"got no host: use one of {_FORMS}"
+        )

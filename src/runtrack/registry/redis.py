@@ -1,7 +1,8 @@
 """`RedisRunRegistry`: runs in Redis, shared by every process that uses the same prefix.
 
 Needs the ``redis`` extra (``pip install 'runtrack[redis]'``). The key layout and the Lua
-scripts are described in ``runtrack.registry._redis_layout`` and ``docs/backends/redis.md``.
+scripts are described in ``runtrack.registry._redis_layout`` and ``docs/backends/redis.md``;
+the client (standalone Redis or Redis Cluster) is built in ``_redis_client``.
 """
 
 from __future__ import annotations
@@ -13,12 +14,10 @@ import os
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final, Self, cast
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio
 import redis.exceptions
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.asyncio.cluster import RedisCluster
 
 from runtrack._clock import dt_to_us, now_us, us_to_dt
 from runtrack._exceptions import (
@@ -31,6 +30,15 @@ from runtrack._models import OutputChunk, Run
 from runtrack._status import TERMINAL, RunStatus, check_transition, normalize_statuses
 from runtrack.registry import _redis_layout as layout
 from runtrack.registry._notify_redis import RedisNotifying
+from runtrack.registry._redis_client import (
+    Client,
+    client_from_url,
+    client_password,
+    describe_client,
+    is_cluster,
+)
+from runtrack.registry._redis_client import pairs as _pairs
+from runtrack.registry._redis_client import text as _text
 from runtrack.registry._redis_managers import RedisManagers
 from runtrack.registry._refusals import (
     Candidates,
@@ -40,7 +48,6 @@ from runtrack.registry._refusals import (
     candidates_of_writes,
     refused,
 )
-from runtrack.registry._url import check_redis_url
 from runtrack.registry.base import (
     MUTABLE_FIELDS,
     TIME_FIELDS,
@@ -79,12 +86,6 @@ _OPTIONAL_FIELDS: Final = (
     "owner",
     "heartbeat_at",
 )
-#: Retries of a command whose connection failed (a client built from a URL): a pooled
-#: connection the server closed while idle is replaced without the caller noticing. Safe
-#: for writes, since a script call re-sent after its reply was lost is not applied twice.
-_RETRIES: Final = 3
-_BACKOFF_BASE: Final = 0.01
-_BACKOFF_CAP: Final = 0.5
 
 
 # -- encoding: a run's fields as hash strings; None (and {} for parameters/tags) is absent --
@@ -176,18 +177,6 @@ def _write_spec(
     return spec
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _pairs(reply: Any) -> dict[str, str]:
-    """A hash reply (a flat list from RESP2 and scripts, a dict from RESP3) as str -> str."""
-    if isinstance(reply, dict):
-        return {_text(k): _text(v) for k, v in reply.items()}
-    items = [_text(v) for v in reply]
-    return dict(zip(items[::2], items[1::2], strict=True))
-
-
 def _decode_run(reply: Any) -> Run:
     data: dict[str, Any] = {}
     for field, text in _pairs(reply).items():
@@ -251,8 +240,11 @@ _OUTAGE_ERRORS: Final = (
     redis.exceptions.ReadOnlyError,
     redis.exceptions.OutOfMemoryError,
     redis.exceptions.TryAgainError,
-    redis.exceptions.ClusterDownError,
+    redis.exceptions.ClusterError,  # ClusterDownError, MasterDownError, retries exhausted
+    redis.exceptions.SlotNotCoveredError,
 )
+#: How redis-py says that no node of a cluster could be reached (a RedisClusterException).
+_CLUSTER_UNREACHABLE: Final = "Redis Cluster cannot be connected"
 #: Replies of a server that cannot take commands for now (the ResponseError's text).
 _BUSY_REPLIES: Final = ("BUSY ", "MISCONF ")
 _AUTH_FIX: Final = "check the user name and password in the URL (redis://user:password@host:6379/0)"
@@ -280,37 +272,6 @@ def _config_problem(exc: BaseException) -> tuple[str, str] | None:
     return None
 
 
-def _safe_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        user = parts.username or ""
-        host = netloc.rpartition("@")[2]
-        netloc = f"{user}:***@{host}"
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, "***" if k.lower() == "password" else v) for k, v in pairs])
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def _describe_client(client: redis.asyncio.Redis) -> str:
-    """Where a client connects, as a URL without its password."""
-    kwargs = client.connection_pool.connection_kwargs
-    db = kwargs.get("db", 0)
-    if "path" in kwargs:
-        return f"unix://{kwargs['path']}?db={db}"
-    auth = ""
-    if kwargs.get("password") is not None:
-        auth = f"{kwargs.get('username') or ''}:***@"
-    elif kwargs.get("username"):
-        auth = f"{kwargs['username']}@"
-    host = kwargs.get("host", "localhost")
-    port = kwargs.get("port", 6379)
-    return f"redis://{auth}{host}:{port}/{db}"
-
-
 def _ttl_us(finished_ttl: timedelta | float | None) -> int:
     value: object = finished_ttl  # callers may not be type-checked
     if value is None:
@@ -334,19 +295,29 @@ class RedisRunRegistry(RedisManagers, RedisNotifying):
     (the whole batch for `write_batch`), so it is atomic on the server: a cut connection
     never leaves half a run, and two processes racing on a transition cannot both win.
 
+    On a Redis Cluster (a ``redis+cluster://`` URL or a ``RedisCluster`` client) every key
+    of the registry carries the prefix's hash tag, so all of them live in one slot, on one
+    node: every script then runs where all its keys are. Scale out with several registries
+    (prefixes), which spread over the nodes.
+
     Args:
-        url_or_client: A ``redis://`` / ``rediss://`` / ``unix://`` URL, or a
-            ``redis.asyncio.Redis`` client. A client you pass stays yours: `aclose`
-            leaves it open.
+        url_or_client: A ``redis://`` / ``rediss://`` / ``unix://`` URL, a
+            ``redis+cluster://host:port`` / ``rediss+cluster://`` URL (any node of a Redis
+            Cluster), or a ``redis.asyncio.Redis`` or ``redis.asyncio.cluster.RedisCluster``
+            client. A client you pass stays yours: `aclose` leaves it open.
         prefix: Start of every key, so that several registries can share one database.
+            On a cluster, a prefix without a hash tag is wrapped in one (``runtrack:``
+            becomes ``{runtrack}:``, see `prefix`); on a standalone Redis it is used as
+            given.
         finished_ttl: When set (a `timedelta` or seconds), a finished run and its output
             expire that long after it finished (after ``finished_at``, else ``created_at``).
             Give every registry sharing a prefix the same value.
 
     Raises:
         TypeError: ``url_or_client`` or ``finished_ttl`` has the wrong type.
-        ValueError: ``finished_ttl`` is not positive, or the URL is malformed (a database
-            that is not a number, say).
+        ValueError: ``finished_ttl`` is not positive, the URL is malformed (a database
+            that is not a number, say), or on a cluster the prefix has a ``{`` but no
+            complete hash tag.
 
     Example:
         >>> from runtrack.registry.redis import RedisRunRegistry
@@ -356,7 +327,7 @@ class RedisRunRegistry(RedisManagers, RedisNotifying):
 
     def __init__(
         self,
-        url_or_client: str | redis.asyncio.Redis,
+        url_or_client: str | redis.asyncio.Redis | RedisCluster,
         *,
         prefix: str = "runtrack:",
         finished_ttl: timedelta | float | None = None,
@@ -364,27 +335,28 @@ class RedisRunRegistry(RedisManagers, RedisNotifying):
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be a str, got {prefix!r}")
         self._ttl_us = _ttl_us(finished_ttl)
+        if is_cluster(url_or_client):
+            # Checked before a client is built, so a refused prefix leaves nothing open.
+            prefix = layout.cluster_prefix(prefix)
         if isinstance(url_or_client, str):
-            check_redis_url(url_or_client)
-            self._where = _safe_url(url_or_client)
-            retry = Retry(ExponentialWithJitterBackoff(_BACKOFF_CAP, _BACKOFF_BASE), _RETRIES)
-            # Named explicitly: redis-py 6 retries these by default, 5.x only when told.
-            retry_on = [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError]
-            self._client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
-                url_or_client, retry=retry, retry_on_error=retry_on
-            )
+            self._client: Client
+            self._client, self._where = client_from_url(url_or_client)
             self._owns_client = True
-        elif isinstance(url_or_client, redis.asyncio.Redis):
-            self._where = _describe_client(url_or_client)
+        elif isinstance(url_or_client, redis.asyncio.Redis | RedisCluster):
+            self._where = describe_client(url_or_client)
             self._client = url_or_client
             self._owns_client = False
         else:
             raise TypeError(
-                "RedisRunRegistry() takes a redis:// URL or a redis.asyncio.Redis client, "
+                "RedisRunRegistry() takes a redis:// or redis+cluster:// URL, or a "
+                "redis.asyncio.Redis or redis.asyncio.cluster.RedisCluster client, "
                 f"got {type(url_or_client).__name__}"
             )
         self._prefix = prefix
         self._keys = layout.Keys(prefix)
+        # Declared by every script call that cannot declare the keys it touches: on a
+        # cluster it routes the call to the node of the prefix's slot.
+        self._anchor = [self._keys.schema]
         self._schema_checked = False
         self._write = self._client.register_script(layout.WRITE)
         self._append = self._client.register_script(layout.APPEND)
@@ -412,8 +384,17 @@ class RedisRunRegistry(RedisManagers, RedisNotifying):
 
     @property
     def prefix(self) -> str:
-        """The start of every key this registry uses."""
+        """The start of every key this registry uses.
+
+        On a cluster, the prefix given with its hash tag added when it had none
+        (``{runtrack}:`` for the default ``runtrack:``).
+        """
         return self._prefix
+
+    @property
+    def cluster(self) -> bool:
+        """Whether this registry talks to a Redis Cluster."""
+        return is_cluster(self._client)
 
     @property
     def finished_ttl(self) -> timedelta | None:
@@ -439,24 +420,32 @@ class RedisRunRegistry(RedisManagers, RedisNotifying):
             if isinstance(exc, UnicodeEncodeError):  # a lone surrogate: not valid UTF-8
                 candidates = None if values is None else values()
                 raise refused(_BACKEND, candidates, detail=str(exc)) from exc
-            if isinstance(exc, _OUTAGE_ERRORS) or (
-                isinstance(exc, redis.exceptions.ResponseError)
-                and str(exc).startswith(_BUSY_REPLIES)
+            if (
+                isinstance(exc, _OUTAGE_ERRORS)
+                or (
+                    isinstance(exc, redis.exceptions.ResponseError)
+                    and str(exc).startswith(_BUSY_REPLIES)
+                )
+                or (
+                    isinstance(exc, redis.exceptions.RedisClusterException)
+                    and str(exc).startswith(_CLUSTER_UNREACHABLE)
+                )
             ):
                 raise self._unavailable(exc) from exc
             if _is_transport_reset(exc):
                 # redis-py still thinks the reset connections are healthy: drop the idle
                 # ones so the next call connects afresh.
-                with contextlib.suppress(Exception):
-                    await self._client.connection_pool.disconnect(inuse_connections=False)
+                if isinstance(self._client, redis.asyncio.Redis):
+                    with contextlib.suppress(Exception):
+                        await self._client.connection_pool.disconnect(inuse_connections=False)
                 raise self._unavailable(exc) from exc
             raise
 
     def _unavailable(self, exc: BaseException) -> RegistryUnavailableError:
         detail = f"{self._where}: {type(exc).__name__}: {exc}"
-        password = self._client.connection_pool.connection_kwargs.get("password")
+        password = client_password(self._client)
         if password:
-            detail = detail.replace(str(password), "***")
+            detail = detail.replace(password, "***")
         return RegistryUnavailableError(_BACKEND, detail)
 
     async def _ready(self) -> None:
@@ -485,7 +474,9 @@ class RedisRunRegistry(RedisManagers, RedisNotifying):
     ) -> Any:
         async with self._guard(values):
             await self._ready()
-            return await self._write(args=self._args(self._token(), mode, _json(specs)))
+            return await self._write(
+                keys=self._anchor, args=self._args(self._token(), mode, _json(specs))
+            )
 
     # -- RunRegistry ----------------------------------------------------------------------
 
@@ -623,7 +614,7 @@ class RedisRunRegistry(RedisManagers, RedisNotifying):
     async def _swept(self, script: AsyncScript, keys: list[str], args: list[str | int]) -> Any:
         """Call a read script until it has no expired runs left to sweep first."""
         while True:
-            reply = await script(keys=keys, args=args)
+            reply = await script(keys=[*self._anchor, *keys], args=args)
             if int(reply[0]) == 0:
                 return reply
 
@@ -648,7 +639,8 @@ class RedisRunRegistry(RedisManagers, RedisNotifying):
         encoded = [_json([stamp, stream, text]) for stream, text in items]
         async with self._guard(lambda: candidates_of_output(run_id, items)):
             await self._ready()
-            length = int(await self._append(args=self._args(self._token(), run_id, *encoded)))
+            args = self._args(self._token(), run_id, *encoded)
+            length = int(await self._append(keys=self._anchor, args=args))
         if length < 0:
             raise RunNotFoundError(run_id)
         at = us_to_dt(stamp)
@@ -668,7 +660,8 @@ class RedisRunRegistry(RedisManagers, RedisNotifying):
             raise ValueError(f"limit must be >= 1 or None, got {limit!r}")
         async with self._guard():
             await self._ready()
-            reply = await self._output(args=[self._prefix, run_id, since, limit or 0])
+            args: list[str | int] = [self._prefix, run_id, since, limit or 0]
+            reply = await self._output(keys=self._anchor, args=args)
         first = max(since, int(reply[0])) + 1
         chunks = []
         for seq, item in enumerate(reply[1:], start=first):
@@ -685,7 +678,8 @@ class RedisRunRegistry(RedisManagers, RedisNotifying):
         check_keep_from_seq(keep_from_seq)
         async with self._guard():
             await self._ready()
-            return int(await self._trim(args=[self._prefix, run_id, keep_from_seq]))
+            args: list[str | int] = [self._prefix, run_id, keep_from_seq]
+            return int(await self._trim(keys=self._anchor, args=args))
 
     async def cleanup_old_runs(
         self,
