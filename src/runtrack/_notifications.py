@@ -39,7 +39,13 @@ class Notifications:
         self._on_new_work = on_new_work
         self._log = log
         self._listener: NotificationListener | None = None
+        self._starting: asyncio.Future[None] | None = None
         self._closed = False
+
+    def start_soon(self) -> None:
+        """Begin listening in the background: a registry slow to answer holds no heartbeat."""
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self.start())
 
     async def start(self) -> None:
         """Listen (the registry retries a lost connection itself); log a refusal once."""
@@ -62,6 +68,11 @@ class Notifications:
     async def aclose(self) -> None:
         """Stop listening. Safe to call twice."""
         self._closed = True
+        starting = self._starting
+        if starting is not None and not starting.done():
+            # It closes what it opens once it sees us closed, if we stop waiting first.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(starting)
         listener, self._listener = self._listener, None
         if listener is not None:
             with contextlib.suppress(Exception):

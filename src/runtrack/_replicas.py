@@ -152,7 +152,7 @@ class Presence:
         """Register, listen, then beat, poll and look for dead managers while ``running()``."""
         await self.register()
         if self._notifications is not None:
-            await _uncut(self._notifications.start())
+            self._notifications.start_soon()
         self._ticked()
         look_every = self._lease.total_seconds() / 3
         now = time.monotonic()

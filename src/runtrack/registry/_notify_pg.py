@@ -8,7 +8,8 @@ Channels, from the table prefix (so registries with other prefixes hear nothing)
 A name longer than a PostgreSQL identifier (63 bytes) is cut and ends with a digest of the
 whole (see `short_channel`). The cancel is sent by ``pg_notify`` in the transaction of the
 compare-and-set that recorded it, so it is delivered only if that commits. The listener
-holds one connection of the engine's pool, on which it ``LISTEN``s.
+holds one asyncpg connection of its own, opened with the engine's URL (not taken from its
+pool, so a listener never starves or disturbs the registry's queries), and ``LISTEN``s.
 """
 
 from __future__ import annotations
@@ -40,32 +41,43 @@ __all__ = ["SQLNotifying"]
 #: query every `_PING_EVERY` checks (a connection the network dropped silently).
 _CHECK_EVERY: Final = 0.5
 _PING_EVERY: Final = 20
+#: Seconds to open (or close) the listening connection.
+_CONNECT_TIMEOUT: Final = 10.0
+#: `create_connect_args` keys that SQLAlchemy's asyncpg adapter takes, not asyncpg.
+_ADAPTER_ONLY: Final = (
+    "async_fallback",
+    "async_creator_fn",
+    "prepared_statement_cache_size",
+    "prepared_statement_name_func",
+)
 
 
 class _PgSession:
-    """One pooled connection that LISTENs on a manager's channels."""
+    """One connection of its own (outside the engine's pool) that LISTENs."""
 
-    def __init__(self, conn: AsyncConnection, driver: Any) -> None:
-        self._conn = conn
+    def __init__(self, driver: Any) -> None:
         self._driver = driver
-        self._callbacks: dict[str, Callable[[Any, int, str, str], None]] = {}
         self._gone = asyncio.Event()
 
     @classmethod
     async def open(
         cls, engine: AsyncEngine, handlers: dict[str, Callable[[str], None]]
     ) -> _PgSession:
-        conn = await engine.connect()
+        import asyncpg  # type: ignore[import-untyped]  # noqa: PLC0415 - only PostgreSQL needs it
+
+        # The engine's own arguments for asyncpg, less those SQLAlchemy's adapter keeps.
+        cargs, cparams = engine.dialect.create_connect_args(engine.url)
+        for key in _ADAPTER_ONLY:
+            cparams.pop(key, None)
+        cparams.setdefault("timeout", _CONNECT_TIMEOUT)
+        driver = await asyncpg.connect(*cargs, **cparams)
+        session = cls(driver)
         try:
-            raw = await conn.get_raw_connection()
-            driver: Any = raw.driver_connection
-            session = cls(conn, driver)
             driver.add_termination_listener(session._terminated)
             for channel, handler in handlers.items():
-                session._callbacks[channel] = callback = _callback(handler)
-                await driver.add_listener(channel, callback)
+                await driver.add_listener(channel, _callback(handler))
         except BaseException:
-            await asyncio.shield(_discard(conn))
+            driver.terminate()
             raise
         return session
 
@@ -84,25 +96,13 @@ class _PgSession:
                 await self._driver.fetchval("SELECT 1", timeout=10)
 
     async def aclose(self) -> None:
-        driver, conn = self._driver, self._conn
+        driver = self._driver
         if driver.is_closed():
-            await _discard(conn)
             return
         try:
-            driver.remove_termination_listener(self._terminated)
-            for channel, callback in self._callbacks.items():
-                # UNLISTEN (asyncpg sends it) before the connection goes back to the pool.
-                await driver.remove_listener(channel, callback)
-            await conn.close()
-        except Exception:  # a connection cut meanwhile: not given back to the pool
-            await _discard(conn)
-
-
-async def _discard(conn: AsyncConnection) -> None:
-    with contextlib.suppress(Exception):
-        await conn.invalidate()
-    with contextlib.suppress(Exception):
-        await conn.close()
+            await driver.close(timeout=_CONNECT_TIMEOUT)
+        except Exception:  # cut meanwhile, or the server is slow to answer
+            driver.terminate()
 
 
 def _callback(handler: Callable[[str], None]) -> Callable[[Any, int, str, str], None]:
