@@ -18,6 +18,7 @@ from redis_registries import cluster_client, redis_cluster_registry
 from runtrack import (
     BackgroundTaskManager,
     ManagerInfo,
+    RegistryConfigError,
     RegistryUnavailableError,
     Run,
     RunStatus,
@@ -26,6 +27,7 @@ from runtrack import (
 from runtrack._models import utcnow
 
 redis_cluster = pytest.importorskip("redis.asyncio.cluster")
+redis_asyncio = pytest.importorskip("redis.asyncio")
 
 from runtrack.registry._redis_layout import cluster_prefix, hash_tag  # noqa: E402
 from runtrack.registry.redis import RedisRunRegistry  # noqa: E402
@@ -143,6 +145,44 @@ async def test_a_client_passed_in_stays_open(redis_cluster_url: str) -> None:
             assert await registry.get_run("none") is None
         assert await client.ping()
         await client.delete("{open}:schema")
+    finally:
+        await client.aclose()
+
+
+async def test_a_plain_client_on_a_cluster_node_is_told_what_to_use(
+    redis_cluster_url: str,
+) -> None:
+    """Only the node holding the prefix's slot answers a non-cluster client; the others
+    reply MOVED, which is a configuration error naming the cluster URL form."""
+    ports = await _node_ports()
+    served, refused = 0, []
+    for port in ports:
+        client = redis_asyncio.Redis(host="127.0.0.1", port=port)
+        registry = RedisRunRegistry(client, prefix="{plain}:")
+        try:
+            await registry.get_run("x")
+            served += 1
+        except RegistryConfigError as exc:
+            refused.append(exc)
+        finally:
+            await client.aclose()
+    assert served == 1
+    assert len(refused) == 2
+    for error in refused:
+        assert "Redis Cluster" in error.problem
+        assert "redis+cluster://" in error.fix
+    client = cluster_client()
+    try:
+        await client.delete("{plain}:schema")
+    finally:
+        await client.aclose()
+
+
+async def _node_ports() -> list[int]:
+    client = cluster_client()
+    try:
+        _ = await client.initialize()
+        return sorted({int(node.port) for node in client.get_primaries()})
     finally:
         await client.aclose()
 

@@ -265,6 +265,10 @@ def _config_problem(exc: BaseException) -> tuple[str, str] | None:
         return text, _AUTH_FIX
     if isinstance(exc, redis.exceptions.AuthorizationError | redis.exceptions.NoPermissionError):
         return text, _PERMISSION_FIX
+    if isinstance(exc, redis.exceptions.AskError | redis.exceptions.ClusterCrossSlotError):
+        return "the server is a node of a Redis Cluster", (
+            "use a redis+cluster://host:port URL or a redis.asyncio.cluster.RedisCluster client"
+        )
     if isinstance(exc, redis.exceptions.ResponseError) and "DB index is out of range" in text:
         return text, (
             "use a database number below the server's 'databases' setting (16 by default)"
