@@ -80,7 +80,7 @@ class Execution(ManagerCore):
                     coro = self._make_coro(job)
                 job.coro = None
                 job.state = RUNNING
-                job.task = task
+                job.aio_task = task
                 job.started = time.monotonic()
                 self._running += 1
                 if self._listeners:
@@ -179,7 +179,7 @@ class Execution(ManagerCore):
         del jobs[job.run_id]
         if not jobs:
             self._idle.set()
-        job.task = job.rec = job.factory = job.retry = None
+        job.aio_task = job.rec = job.factory = job.retry = None
 
     def _not_started(self, job: Job) -> None:
         """The QUEUED → RUNNING write did not apply: it was cancelled or finished elsewhere."""
@@ -202,7 +202,7 @@ class Execution(ManagerCore):
         self._running -= 1
         if job.group is not None:
             self._lanes.release(job)
-        job.task = None
+        job.aio_task = None
         duration = time.monotonic() - job.started
         if job.cancel_requested:
             status = RunStatus.CANCELLED  # cancel_task (or another manager) already wrote it
@@ -299,7 +299,7 @@ class Execution(ManagerCore):
             del jobs[job.run_id]
             if not jobs:
                 self._idle.set()
-        job.coro = job.factory = job.retry = job.task = job.timer = job.rec = None
+        job.coro = job.factory = job.retry = job.aio_task = job.timer = job.rec = None
 
     def _status_in_registry(self, job: Job) -> RunStatus:
         """The terminal status another writer gave a run our write could not change."""
@@ -313,7 +313,7 @@ class Execution(ManagerCore):
         assert self._loop is not None
         self._running -= 1
         self._lanes.release(job)
-        job.task = None
+        job.aio_task = None
         delay = job.retry.delay(job.attempt)
         next_attempt = job.attempt + 1
         changes = {

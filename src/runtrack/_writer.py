@@ -54,6 +54,11 @@ def job_to_run(job: Job, owner: str) -> Run:
         attempt=job.attempt,
         max_attempts=job.max_attempts,
         owner=owner,
+        task=job.task,
+        args=job.args,
+        idempotency_key=job.idempotency_key,
+        requeued_from=job.requeued_from,
+        requeue_on_interrupt=job.requeue_on_interrupt,
     )
 
 

@@ -12,6 +12,8 @@ Every key starts with the registry's prefix (``runtrack:`` by default)::
     {prefix}idx:name:{n}:{name}         zset: runs of that name, scored by created_at
     {prefix}idx:group:{n}:{group}       zset: runs of that group, scored by created_at
     {prefix}idx:tag:{n}:{key}={value}   zset: runs with that tag, scored by created_at
+    {prefix}idx:task:{n}:{task}         zset: durable runs of that task, scored by created_at
+    {prefix}idx:dead                    zset: runs with dead=true, scored by created_at
     {prefix}idx:finished                zset: terminal runs, scored by age (finished_at,
                                         else created_at): cleanup and expiry walk it
     {prefix}expiring                    hash: run_id -> JSON list of the run's name, group
@@ -72,6 +74,8 @@ IDX_STATUS: Final = "idx:status:"
 IDX_NAME: Final = "idx:name:"
 IDX_GROUP: Final = "idx:group:"
 IDX_TAG: Final = "idx:tag:"
+IDX_TASK: Final = "idx:task:"
+IDX_DEAD: Final = "idx:dead"
 EXPIRING: Final = "expiring"
 OP: Final = "op:"
 TMP: Final = "tmp:"
@@ -158,6 +162,15 @@ class Keys:
         """The index of runs in ``group``."""
         return self.prefix + IDX_GROUP + _len_prefixed(group)
 
+    @property
+    def dead(self) -> str:
+        """The index of runs with ``dead`` set."""
+        return self.prefix + IDX_DEAD
+
+    def task(self, task: str) -> str:
+        """The index of the durable runs of ``task``."""
+        return self.prefix + IDX_TASK + _len_prefixed(task)
+
     def tag(self, key: str, value: str) -> str:
         """The index of runs tagged ``key=value``."""
         return self.prefix + IDX_TAG + _len_prefixed(key) + "=" + value
@@ -181,6 +194,8 @@ local K_STATUS = P .. '{IDX_STATUS}'
 local K_NAME = P .. '{IDX_NAME}'
 local K_GROUP = P .. '{IDX_GROUP}'
 local K_TAG = P .. '{IDX_TAG}'
+local K_TASK = P .. '{IDX_TASK}'
+local K_DEAD = P .. '{IDX_DEAD}'
 local K_EXPIRING = P .. '{EXPIRING}'
 local K_OP = P .. '{OP}'
 local K_TMP = P .. '{TMP}'
@@ -212,10 +227,11 @@ local function owner_index(id, old_owner, old_status, owner, status, finished)
   end
 end
 
--- The name, group and tag index keys of a run (tags: the stored JSON, or false).
-local function attr_keys(name, group, tags)
+-- The name, group, tag and task index keys of a run (tags: the stored JSON, or false).
+local function attr_keys(name, group, tags, task)
   local keys = {{K_NAME .. lp(name)}}
   if group then keys[#keys + 1] = K_GROUP .. lp(group) end
+  if task then keys[#keys + 1] = K_TASK .. lp(task) end
   if tags then
     for k, v in pairs(cjson.decode(tags)) do keys[#keys + 1] = K_TAG .. lp(k) .. '=' .. v end
   end
@@ -226,14 +242,14 @@ end
 -- if its index keys were recorded in K_EXPIRING.
 local function purge(id)
   local rk = K_RUN .. id
-  local f = redis.call('HMGET', rk, 'status', 'name', 'group', 'tags', 'owner')
+  local f = redis.call('HMGET', rk, 'status', 'name', 'group', 'tags', 'owner', 'task')
   local keys
   if f[5] then
     redis.call('SREM', K_OWNER .. lp(f[5]), id)
     redis.call('ZREM', K_OCANCEL .. lp(f[5]), id)
   end
   if f[1] then
-    keys = attr_keys(f[2], f[3], f[4])
+    keys = attr_keys(f[2], f[3], f[4], f[6])
   else
     local meta = redis.call('HGET', K_EXPIRING, id)
     keys = meta and cjson.decode(meta) or {{}}
@@ -242,6 +258,7 @@ local function purge(id)
   for _, s in ipairs(STATUSES) do redis.call('ZREM', K_STATUS .. s, id) end
   redis.call('ZREM', K_CREATED, id)
   redis.call('ZREM', K_FINISHED, id)
+  redis.call('ZREM', K_DEAD, id)
   redis.call('HDEL', K_EXPIRING, id)
   redis.call('DEL', rk, K_OUT .. id)
 end
@@ -259,13 +276,14 @@ end
 -- Bookkeeping of a terminal run: its age in K_FINISHED and, under finished_ttl, its expiry.
 local function settle(id)
   local rk = K_RUN .. id
-  local f = redis.call('HMGET', rk, 'finished_at', 'created_at', 'name', 'group', 'tags')
+  local f = redis.call('HMGET', rk, 'finished_at', 'created_at', 'name', 'group', 'tags',
+    'task')
   local age = f[1] or f[2]
   if TTL <= 0 then
     redis.call('ZADD', K_FINISHED, age, id)
     return
   end
-  local meta = cjson.encode(attr_keys(f[3], f[4], f[5]))
+  local meta = cjson.encode(attr_keys(f[3], f[4], f[5], f[6]))
   local deadline = math.ceil((tonumber(age) + TTL) / 1000)
   if deadline * 1000 <= now_us() then
     purge(id)
@@ -281,7 +299,7 @@ end
 local function insert(id, fields)
   local rk = K_RUN .. id
   if redis.call('EXISTS', rk) == 1 then return false end
-  local keys = attr_keys(fields.name, fields.group, fields.tags)
+  local keys = attr_keys(fields.name, fields.group, fields.tags, fields.task)
   -- leftovers of an expired run with this id would otherwise unindex the new one
   if redis.call('ZSCORE', K_FINISHED, id) then purge(id) end
   local args = {{}}
@@ -294,6 +312,7 @@ local function insert(id, fields)
   redis.call('ZADD', K_CREATED, c, id)
   redis.call('ZADD', K_STATUS .. fields.status, c, id)
   for _, k in ipairs(keys) do redis.call('ZADD', k, c, id) end
+  if fields.dead == '1' then redis.call('ZADD', K_DEAD, c, id) end
   if fields.owner then
     owner_index(id, false, false, fields.owner, fields.status, fields.finished_at)
   end
@@ -306,7 +325,7 @@ end
 local function apply(id, to, expect, set, del)
   local rk = K_RUN .. id
   local cur = redis.call('HMGET', rk, 'status', 'name', 'group', 'tags', 'created_at', 'owner',
-    'finished_at')
+    'finished_at', 'task')
   local status = cur[1]
   if not status then return false end
   if to then
@@ -320,8 +339,8 @@ local function apply(id, to, expect, set, del)
   for _, f in ipairs(del) do if f == 'tags' then retag = true end end
   local old_keys, new_keys
   if retag then
-    old_keys = attr_keys(cur[2], cur[3], cur[4])
-    new_keys = attr_keys(cur[2], cur[3], set.tags or false)
+    old_keys = attr_keys(cur[2], cur[3], cur[4], cur[8])
+    new_keys = attr_keys(cur[2], cur[3], set.tags or false, cur[8])
   end
   local args = {{}}
   for f, v in pairs(set) do
@@ -341,6 +360,11 @@ local function apply(id, to, expect, set, del)
   if to then
     redis.call('ZREM', K_STATUS .. status, id)
     redis.call('ZADD', K_STATUS .. to, cur[5], id)
+  end
+  if set.dead == '1' then
+    redis.call('ZADD', K_DEAD, cur[5], id)
+  elseif set.dead then
+    redis.call('ZREM', K_DEAD, id)
   end
   local owner = cur[6]
   if set.owner then owner = set.owner end
@@ -453,8 +477,9 @@ redis.call('HINCRBY', rk, 'out_trimmed', doomed)
 return doomed
 """.replace("{RUN}", RUN).replace("{OUT}", OUT)
 
-#: KEYS: name/group/tag index keys that must all match. ARGV: prefix, ttl, limit, offset,
-#: then the wanted statuses (none: any). Returns {1} if it only swept (call again), else
+#: KEYS: name/group/tag/task index keys that must all match. ARGV: prefix, ttl, limit,
+#: offset, an index key whose runs are left out ('' for none), then the wanted statuses
+#: (none: any). Returns {1} if it only swept (call again), else
 #: {0, hash, hash, ...} newest first.
 LIST: Final = (
     _PRELUDE
@@ -464,12 +489,12 @@ local limit, offset = tonumber(ARGV[3]), tonumber(ARGV[4])
 local tmp_status, tmp = K_TMP .. 'status', K_TMP .. 'list'
 local sets = {}
 for _, k in ipairs(KEYS) do sets[#sets + 1] = k end
-local nstatus = #ARGV - 4
+local nstatus = #ARGV - 5
 if nstatus == 1 then
-  sets[#sets + 1] = K_STATUS .. ARGV[5]
+  sets[#sets + 1] = K_STATUS .. ARGV[6]
 elseif nstatus > 1 then
   local args = {tmp_status, nstatus}
-  for i = 5, #ARGV do args[#args + 1] = K_STATUS .. ARGV[i] end
+  for i = 6, #ARGV do args[#args + 1] = K_STATUS .. ARGV[i] end
   redis.call('ZUNIONSTORE', unpack(args))
   sets[#sets + 1] = tmp_status
 end
@@ -482,6 +507,10 @@ elseif #sets > 1 then
   args[#args + 1] = 'AGGREGATE'
   args[#args + 1] = 'MAX'
   redis.call('ZINTERSTORE', unpack(args))
+  src = tmp
+end
+if ARGV[5] ~= '' then
+  redis.call('ZDIFFSTORE', tmp, 2, src, ARGV[5])
   src = tmp
 end
 
