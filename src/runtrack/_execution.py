@@ -20,6 +20,7 @@ from typing import Any, Final
 from pydantic import JsonValue, TypeAdapter, ValidationError
 
 from runtrack._admission import DONE, FINISHING, QUEUED, RUNNING, Job, describe_error
+from runtrack._claims import ClaimLoop
 from runtrack._clock import now_us
 from runtrack._context import _current
 from runtrack._exceptions import CommandFailed
@@ -49,6 +50,8 @@ def close_coro(coro: object) -> None:
 
 class Execution(ManagerCore):
     """The executor loop and end-of-run bookkeeping, mixed into `BackgroundTaskManager`."""
+
+    _claims: ClaimLoop
 
     async def _executor(self) -> None:
         task = asyncio.current_task()
@@ -180,6 +183,8 @@ class Execution(ManagerCore):
         if not jobs:
             self._idle.set()
         job.aio_task = job.rec = job.factory = job.retry = None
+        if self._claims.active:  # a slot freed: it may take a durable run
+            self._claims.freed()
 
     def _not_started(self, job: Job) -> None:
         """The QUEUED → RUNNING write did not apply: it was cancelled or finished elsewhere."""
@@ -236,6 +241,8 @@ class Execution(ManagerCore):
                     del jobs[job.run_id]
                     if not jobs:
                         self._idle.set()
+                if self._claims.active:
+                    self._claims.freed()
                 return
             if not written:
                 self._discarded(job, status)
@@ -300,6 +307,8 @@ class Execution(ManagerCore):
             if not jobs:
                 self._idle.set()
         job.coro = job.factory = job.retry = job.aio_task = job.timer = job.rec = None
+        if self._claims.active:
+            self._claims.freed()
 
     def _status_in_registry(self, job: Job) -> RunStatus:
         """The terminal status another writer gave a run our write could not change."""

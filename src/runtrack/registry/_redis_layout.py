@@ -14,6 +14,9 @@ Every key starts with the registry's prefix (``runtrack:`` by default)::
     {prefix}idx:tag:{n}:{key}={value}   zset: runs with that tag, scored by created_at
     {prefix}idx:task:{n}:{task}         zset: durable runs of that task, scored by created_at
     {prefix}idx:dead                    zset: runs with dead=true, scored by created_at
+    {prefix}idx:claim:{n}:{task}        zset: the unclaimed QUEUED runs of a durable task,
+                                        scored by -priority, members "{created_at:020}:{id}"
+                                        (oldest first within a priority): what claims pop
     {prefix}idx:finished                zset: terminal runs, scored by age (finished_at,
                                         else created_at): cleanup and expiry walk it
     {prefix}expiring                    hash: run_id -> JSON list of the run's name, group
@@ -56,6 +59,7 @@ __all__ = [
     "LIST",
     "ONE",
     "OUTPUT",
+    "PRELUDE",
     "SCHEMA_VERSION",
     "SWEEP_CHUNK",
     "TRIM",
@@ -76,6 +80,7 @@ IDX_GROUP: Final = "idx:group:"
 IDX_TAG: Final = "idx:tag:"
 IDX_TASK: Final = "idx:task:"
 IDX_DEAD: Final = "idx:dead"
+IDX_CLAIM: Final = "idx:claim:"
 EXPIRING: Final = "expiring"
 OP: Final = "op:"
 TMP: Final = "tmp:"
@@ -167,6 +172,10 @@ class Keys:
         """The index of runs with ``dead`` set."""
         return self.prefix + IDX_DEAD
 
+    def claim(self, task: str) -> str:
+        """The unclaimed QUEUED runs of the durable task ``task``."""
+        return self.prefix + IDX_CLAIM + _len_prefixed(task)
+
     def task(self, task: str) -> str:
         """The index of the durable runs of ``task``."""
         return self.prefix + IDX_TASK + _len_prefixed(task)
@@ -196,6 +205,7 @@ local K_GROUP = P .. '{IDX_GROUP}'
 local K_TAG = P .. '{IDX_TAG}'
 local K_TASK = P .. '{IDX_TASK}'
 local K_DEAD = P .. '{IDX_DEAD}'
+local K_CLAIM = P .. '{IDX_CLAIM}'
 local K_EXPIRING = P .. '{EXPIRING}'
 local K_OP = P .. '{OP}'
 local K_TMP = P .. '{TMP}'
@@ -227,6 +237,21 @@ local function owner_index(id, old_owner, old_status, owner, status, finished)
   end
 end
 
+-- A durable run's entry in its task's claim queue: there while QUEUED and unclaimed.
+local function claim_member(created, id)
+  return string.format('%020.0f', tonumber(created)) .. ':' .. id
+end
+
+local function claimable(id, task, status, owner, created, priority)
+  if not task then return end
+  local k, m = K_CLAIM .. lp(task), claim_member(created, id)
+  if status == 'queued' and not owner then
+    redis.call('ZADD', k, -tonumber(priority), m)
+  else
+    redis.call('ZREM', k, m)
+  end
+end
+
 -- The name, group, tag and task index keys of a run (tags: the stored JSON, or false).
 local function attr_keys(name, group, tags, task)
   local keys = {{K_NAME .. lp(name)}}
@@ -242,7 +267,8 @@ end
 -- if its index keys were recorded in K_EXPIRING.
 local function purge(id)
   local rk = K_RUN .. id
-  local f = redis.call('HMGET', rk, 'status', 'name', 'group', 'tags', 'owner', 'task')
+  local f = redis.call('HMGET', rk, 'status', 'name', 'group', 'tags', 'owner', 'task',
+    'created_at')
   local keys
   if f[5] then
     redis.call('SREM', K_OWNER .. lp(f[5]), id)
@@ -250,6 +276,7 @@ local function purge(id)
   end
   if f[1] then
     keys = attr_keys(f[2], f[3], f[4], f[6])
+    if f[6] then redis.call('ZREM', K_CLAIM .. lp(f[6]), claim_member(f[7], id)) end
   else
     local meta = redis.call('HGET', K_EXPIRING, id)
     keys = meta and cjson.decode(meta) or {{}}
@@ -313,6 +340,7 @@ local function insert(id, fields)
   redis.call('ZADD', K_STATUS .. fields.status, c, id)
   for _, k in ipairs(keys) do redis.call('ZADD', k, c, id) end
   if fields.dead == '1' then redis.call('ZADD', K_DEAD, c, id) end
+  claimable(id, fields.task, fields.status, fields.owner, c, fields.priority)
   if fields.owner then
     owner_index(id, false, false, fields.owner, fields.status, fields.finished_at)
   end
@@ -325,7 +353,7 @@ end
 local function apply(id, to, expect, set, del)
   local rk = K_RUN .. id
   local cur = redis.call('HMGET', rk, 'status', 'name', 'group', 'tags', 'created_at', 'owner',
-    'finished_at', 'task')
+    'finished_at', 'task', 'priority')
   local status = cur[1]
   if not status then return false end
   if to then
@@ -372,10 +400,14 @@ local function apply(id, to, expect, set, del)
   if to or owner ~= cur[6] then
     owner_index(id, cur[6], status, owner, to or status, set.finished_at or cur[7])
   end
+  claimable(id, cur[8], to or status, owner, cur[5], set.priority or cur[9])
   if TERMINAL[to or status] then settle(id) end
   return true
 end
 """
+
+#: The helpers every write script starts with (ARGV[1] the prefix, ARGV[2] finished_ttl).
+PRELUDE: Final = _PRELUDE
 
 #: ARGV: prefix, ttl, token, mode, then a JSON array of writes, each
 #: {"id", "ins": {field: str}, "to", "exp": [status], "set": {field: str}, "del": [field]}.
@@ -596,7 +628,9 @@ return {{0, deleted, skip, #ids < {CLEANUP_CHUNK} and 1 or 0}}
 #: ARGV: prefix, ttl, owner, the heartbeat (µs) the caller saw, now (µs), the error
 #: messages of a RUNNING and of a QUEUED run. If the manager's heartbeat is still the one
 #: seen, removes its row and records its RUNNING runs FAILED and its QUEUED runs
-#: CANCELLED (RunInterrupted). Returns one JSON object per run recorded.
+#: CANCELLED (RunInterrupted), except durable runs: QUEUED ones are unclaimed (another
+#: manager may claim them), RUNNING ones with requeue_on_interrupt go back to QUEUED,
+#: unclaimed, attempt + 1. Returns one JSON object per run whose status changed.
 INTERRUPT: Final = (
     _PRELUDE
     + f"""
@@ -609,8 +643,17 @@ redis.call('HDEL', K_BEATS, owner)
 local ok = K_OWNER .. lp(owner)
 local out = {{}}
 for _, id in ipairs(redis.call('SMEMBERS', ok)) do
-  local f = redis.call('HMGET', K_RUN .. id, 'status', 'owner', 'name', 'attempt', 'group')
-  if f[2] == owner and (f[1] == 'running' or f[1] == 'queued') then
+  local f = redis.call('HMGET', K_RUN .. id, 'status', 'owner', 'name', 'attempt', 'group',
+    'task', 'requeue_on_interrupt')
+  if f[2] == owner and f[1] == 'queued' and f[6] then
+    apply(id, false, nil, {{}}, {{'owner'}})
+  elseif f[2] == owner and f[1] == 'running' and f[6] and f[7] == '1' then
+    local attempt = tonumber(f[4]) + 1
+    apply(id, 'queued', {{'running'}}, {{attempt = num(attempt), error_type = '{INTERRUPTED}',
+      error_message = ARGV[6]}}, {{'owner', 'started_at', 'heartbeat_at'}})
+    out[#out + 1] = cjson.encode({{id = id, name = f[3], previous = 'running', status = 'queued',
+      attempt = attempt, group = f[5]}})
+  elseif f[2] == owner and (f[1] == 'running' or f[1] == 'queued') then
     local to, msg = 'cancelled', ARGV[7]
     if f[1] == 'running' then to, msg = 'failed', ARGV[6] end
     apply(id, to, {{f[1]}}, {{finished_at = now, error_type = '{INTERRUPTED}',

@@ -11,6 +11,7 @@ from runtrack._clock import dt_to_us, now_us, us_to_dt
 from runtrack._exceptions import DuplicateRunError, RunNotFoundError
 from runtrack._models import OutputChunk, Run
 from runtrack._status import TERMINAL, RunStatus, check_transition, normalize_statuses
+from runtrack.registry._memory_claims import MemoryClaims
 from runtrack.registry._memory_managers import MemoryManagers
 from runtrack.registry.base import (
     TIME_FIELDS,
@@ -138,7 +139,7 @@ def _set_fields(rec: _Record, changes: Mapping[str, Any]) -> None:
             setattr(rec, field, value)
 
 
-class InMemoryRunRegistry(MemoryManagers):
+class InMemoryRunRegistry(MemoryManagers, MemoryClaims):
     """A `RunRegistry` in this process's memory: fast, and gone when the process ends.
 
     Managers in the same process (and event loop) may share one. Runs are kept until
@@ -164,6 +165,8 @@ class InMemoryRunRegistry(MemoryManagers):
         # the dict backwards instead of sorting.
         self._in_order = True
         self._last_created = 0
+
+    _record_of = staticmethod(_rec_from_run)
 
     def __repr__(self) -> str:
         return f"<InMemoryRunRegistry runs={len(self._runs)}>"

@@ -30,6 +30,7 @@ from runtrack._exceptions import (
 from runtrack._models import OutputChunk, Run
 from runtrack._status import TERMINAL, RunStatus, check_transition, normalize_statuses
 from runtrack.registry import _redis_layout as layout
+from runtrack.registry._redis_claims import RedisClaims
 from runtrack.registry._redis_managers import RedisManagers
 from runtrack.registry._refusals import (
     Candidates,
@@ -339,7 +340,7 @@ def _ttl_us(finished_ttl: timedelta | float | None) -> int:
     return max(1, round(seconds * 1_000_000))
 
 
-class RedisRunRegistry(RedisManagers):
+class RedisRunRegistry(RedisManagers, RedisClaims):
     """A `RunRegistry` in Redis: every process using the same Redis and prefix sees the same runs.
 
     Each run is a hash, indexed by sorted sets (creation time, status, name, group, tags,

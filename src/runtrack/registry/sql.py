@@ -46,6 +46,7 @@ from runtrack.registry._refusals import (
     oversized,
     refused,
 )
+from runtrack.registry._sql_claims import SQLClaims
 from runtrack.registry._sql_engine import (
     SQLITE_BEGIN_OPTION,
     Failure,
@@ -110,7 +111,7 @@ def _new_row(write: RunWrite, record: Mapping[str, Any] | None) -> dict[str, Any
     return row
 
 
-class SQLRunRegistry(SQLManagers):
+class SQLRunRegistry(SQLManagers, SQLClaims):
     """A `RunRegistry` in a SQL database: SQLite, PostgreSQL or MariaDB/MySQL.
 
     Every replica of a service that points at the same database (and ``table_prefix``)
