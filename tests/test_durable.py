@@ -15,7 +15,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
 
 import runtrack
 from runtrack import (
@@ -322,15 +321,21 @@ class TestManagers:
             async def takes(value: object) -> None:
                 return None
 
-            with pytest.raises(ValidationError, match="args"):
+            with pytest.raises(TypeError, match="must be JSON"):
                 await takes.submit(object())
-            with pytest.raises(ValidationError, match="args"):
+            with pytest.raises(TypeError, match="keys are str"):
+                await takes.submit({1: "a"})
+            with pytest.raises(ValueError, match="must be JSON"):
                 await takes.submit(float("nan"))
+            with pytest.raises(ValueError, match="NUL"):
+                await takes.submit(value="a\x00b")
+            run = await takes.submit((1, 2))
+            assert run.args == {"args": [[1, 2]], "kwargs": {}}
             with pytest.raises(ValueError, match="max_payload_bytes"):
                 await BackgroundTaskManager.task(manager, name="big")(takes.func).submit(
                     "x" * 2_000_000
                 )
-        assert await registry.list_runs() == []
+        assert [r.args for r in await registry.list_runs()] == [{"args": [[1, 2]], "kwargs": {}}]
 
     async def test_option_parameter_collision(self, registry: RunRegistry) -> None:
         async with manager_for(registry) as manager:

@@ -1,7 +1,8 @@
 """The claim loop: a manager takes durable runs from its registry and runs them.
 
-While the manager has free slots (``max_concurrency`` minus its active runs; a batch of
-`BATCH` claimed runs waiting when unbounded) and durable tasks registered, `ClaimLoop`
+While the manager has free slots (``max_concurrency`` minus its active runs; when
+unbounded, a batch of claimed runs waiting: `BATCH`, doubled up to `MAX_BATCH` while
+there is a backlog) and durable tasks registered, `ClaimLoop`
 claims a batch of unclaimed QUEUED runs of those tasks (`TaskClaiming.claim_runs`, one
 statement or script) and hands each to the normal execution path: the lanes, the
 executors, the writer's group-committed status writes, retries, timeouts, cancellation.
@@ -31,10 +32,12 @@ from runtrack.registry._claiming import TaskClaiming
 if TYPE_CHECKING:
     from runtrack._state import ManagerCore
 
-__all__ = ["BATCH", "ClaimLoop", "TaskSpec"]
+__all__ = ["BATCH", "MAX_BATCH", "ClaimLoop", "TaskSpec"]
 
-#: Most runs claimed at once, and how many claimed runs may wait when unbounded.
+#: Runs claimed at once at first, and how many claimed runs may wait when unbounded;
+#: doubled while claims come back full (a backlog), up to `MAX_BATCH`.
 BATCH: Final = 100
+MAX_BATCH: Final = 1000
 #: Seconds between claims while the registry fails (doubling up to poll_interval).
 _RETRY_FIRST: Final = 0.05
 
@@ -89,6 +92,7 @@ class ClaimLoop:
         self._claimed: set[Job] = set()  # claimed jobs, until they start or are given back
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._batch = BATCH
         #: Whether the loop has task names to claim: a run that ends then wakes it.
         self.active = False
 
@@ -143,8 +147,8 @@ class ClaimLoop:
             else:
                 self._claimed.discard(job)
         if manager._max_concurrency is None:
-            return BATCH - waiting
-        return min(manager._limit - len(manager._jobs), BATCH)
+            return self._batch - waiting
+        return min(manager._limit - len(manager._jobs), self._batch)
 
     async def _run(self) -> None:
         manager = self._manager
@@ -168,7 +172,9 @@ class ClaimLoop:
                     retry = _RETRY_FIRST
                     for run in claimed:
                         self._adopt(run, specs)
-                    if len(claimed) == free:
+                    full = len(claimed) == free
+                    self._batch = min(self._batch * 2, MAX_BATCH) if full else BATCH
+                    if full:
                         await asyncio.sleep(0)  # let the claimed runs start, then claim more
                         continue
             try:

@@ -38,6 +38,7 @@ __all__ = [
     "Seconds",
     "Tags",
     "UTCDatetime",
+    "args_problem",
     "json_time",
     "new_run_id",
     "utcnow",
@@ -210,6 +211,11 @@ def _parameters_problem(parameters: dict[str, Any], what: str = "parameters") ->
                 )
         level = deeper
     return None
+
+
+def args_problem(args: dict[str, Any]) -> str | None:
+    """Why a registry could not store a durable run's ``args`` (plain JSON), or None."""
+    return _parameters_problem(args, "args")
 
 
 def _where_unstorable(parameters: dict[str, Any], what: str = "parameters") -> str:

@@ -149,7 +149,7 @@ class SQLClaims:
                 result = await conn.execute(statement.values(owner=owner).returning(*runs.c))
                 rows = [dict(row) for row in result.mappings()]
             rows.sort(key=lambda row: (-row["priority"], row["created_at"], row["run_id"]))
-            return [run_from_row(row) for row in rows]
+            return [run_from_row(row, trusted=True) for row in rows]
 
         return await self._transact(work, write=True)
 
