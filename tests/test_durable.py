@@ -458,3 +458,43 @@ class TestManagers:
         finally:
             runtrack.set_default_manager(None)
         assert (done.status, done.result) == (C, 42)
+
+
+class TestOneRoundTrip:
+    """submit_many records any number of runs with one statement or one script call."""
+
+    async def test_submit_many_is_one_round_trip(self, registry: RunRegistry) -> None:
+        sent: list[str] = []
+        if hasattr(registry, "engine"):
+            import sqlalchemy as sa  # noqa: PLC0415 - only for the SQL backends
+
+            def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+                sent.append(statement.split()[0].upper())
+
+            sa.event.listen(registry.engine.sync_engine, "before_cursor_execute", record)
+        elif hasattr(registry, "_client"):
+            client = registry._client
+            execute = client.execute_command
+
+            async def counted(*args: Any, **options: Any) -> Any:
+                sent.append(str(args[0]).upper())
+                return await execute(*args, **options)
+
+            client.execute_command = counted  # type: ignore[method-assign]
+        else:
+            pytest.skip("the memory registry makes no round trip")
+        manager = manager_for(registry)
+        work = sender(manager, "bulk")
+        async with manager:
+            await work.submit_many([([0], {})])  # the schema, the script: loaded once
+            sent.clear()
+            runs = await work.submit_many([([i], {"k": str(i)}) for i in range(1, 1001)])
+            kinds = list(sent)
+
+        # BEGIN/COMMIT are not statements on the wire for the SQL drivers' cursors.
+        assert [k for k in kinds if k not in ("BEGIN", "COMMIT", "SAVEPOINT")] in (
+            ["INSERT"],
+            ["EVALSHA"],
+        ), kinds
+        assert len(await registry.list_runs(task="bulk", limit=2000)) == 1001
+        assert runs[-1].args == {"args": [1000], "kwargs": {"k": "1000"}}
