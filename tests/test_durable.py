@@ -466,10 +466,10 @@ class TestOneRoundTrip:
     async def test_submit_many_is_one_round_trip(self, registry: RunRegistry) -> None:
         sent: list[str] = []
         if hasattr(registry, "engine"):
-            import sqlalchemy as sa  # noqa: PLC0415 - only for the SQL backends
+            import sqlalchemy as sa
 
             def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-                sent.append(statement.split()[0].upper())
+                sent.append(statement.split(maxsplit=1)[0].upper())
 
             sa.event.listen(registry.engine.sync_engine, "before_cursor_execute", record)
         elif hasattr(registry, "_client"):
@@ -480,7 +480,7 @@ class TestOneRoundTrip:
                 sent.append(str(args[0]).upper())
                 return await execute(*args, **options)
 
-            client.execute_command = counted  # type: ignore[method-assign]
+            client.execute_command = counted
         else:
             pytest.skip("the memory registry makes no round trip")
         manager = manager_for(registry)

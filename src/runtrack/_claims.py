@@ -93,6 +93,7 @@ class ClaimLoop:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._batch = BATCH
+        self._backlog = True
         #: Whether the loop has task names to claim: a run that ends then wakes it.
         self.active = False
 
@@ -124,8 +125,14 @@ class ClaimLoop:
         self._woken.set()
 
     def freed(self) -> None:
-        """A local run ended: its slot may take a claimed run."""
-        self._woken.set()
+        """A local run ended: its slot may take a claimed run, if work is waiting.
+
+        Only while the last claim found a backlog (it came back full, or there was no
+        room to claim): otherwise new work comes with `wake` or the next poll, and a busy
+        manager does not query the registry after every run.
+        """
+        if self._backlog:
+            self._woken.set()
 
     # -- the loop -----------------------------------------------------------------------
 
@@ -160,6 +167,7 @@ class ClaimLoop:
             self.active = bool(specs)
             free = self._free()
             wait = self._poll_interval
+            self._backlog = free <= 0
             if specs and free > 0 and isinstance(registry, TaskClaiming):
                 try:
                     claimed = await _uncut(registry.claim_runs(manager.owner, list(specs), free))
@@ -173,6 +181,7 @@ class ClaimLoop:
                     for run in claimed:
                         self._adopt(run, specs)
                     full = len(claimed) == free
+                    self._backlog = full
                     self._batch = min(self._batch * 2, MAX_BATCH) if full else BATCH
                     if full:
                         await asyncio.sleep(0)  # let the claimed runs start, then claim more
@@ -235,10 +244,9 @@ class ClaimLoop:
             # Its registry call is shielded: wait for it rather than cut it.
             await asyncio.wait({task}, timeout=timeout)
         manager = self._manager
+        # Claimed ones not started yet, and retries waiting for their backoff.
         unstarted = [
-            job
-            for job in self._claimed
-            if job.state == QUEUED and manager._jobs.get(job.run_id) is job
+            job for job in manager._jobs.values() if job.task is not None and job.state == QUEUED
         ]
         self._claimed.clear()
         if not unstarted:
