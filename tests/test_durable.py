@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -498,3 +498,28 @@ class TestOneRoundTrip:
         ), kinds
         assert len(await registry.list_runs(task="bulk", limit=2000)) == 1001
         assert runs[-1].args == {"args": [1000], "kwargs": {"k": "1000"}}
+
+
+class TestWaking:
+    """submit wakes this manager's claim loop and calls the announce hook."""
+
+    async def test_announce_and_wake(self) -> None:
+        announced: list[list[str]] = []
+        manager = BackgroundTaskManager(poll_interval=3600)  # no polling: only wakes
+
+        @manager.task(name="woken")
+        async def woken() -> str:
+            return "ran"
+
+        async def announce(tasks: Collection[str]) -> None:
+            announced.append(sorted(tasks))
+
+        manager._claims.announce = announce
+        async with manager:
+            run = await woken.submit()
+            done = await asyncio.wait_for(manager.wait(run.run_id), 60)
+            many = await woken.submit_many([((), {}), ((), {})])
+            await asyncio.wait_for(manager.wait(many[1].run_id), 60)
+
+        assert (done.status, done.result) == (C, "ran")
+        assert announced == [["woken"], ["woken"]]
