@@ -14,7 +14,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from runtrack._clock import dt_to_us, us_to_dt
-from runtrack._models import MAX_ID_LENGTH, Run
+from runtrack._models import MAX_ID_LENGTH, Run, trusted_run
 from runtrack._status import RunStatus
 from runtrack.registry._sql_managers import add_manager_tables
 from runtrack.registry.base import MUTABLE_FIELDS, TIME_FIELDS, stored_run
@@ -321,7 +321,7 @@ def run_from_row(row: Mapping[Any, Any], *, trusted: bool = False) -> Run:
         data["status"] = RunStatus(data["status"])
         data["dead"] = bool(data["dead"])
         data["requeue_on_interrupt"] = bool(data["requeue_on_interrupt"])
-        return Run.model_construct(**data)
+        return trusted_run(data)
     return Run.model_validate(data)
 
 

@@ -27,7 +27,7 @@ from runtrack._exceptions import (
     RegistryUnavailableError,
     RunNotFoundError,
 )
-from runtrack._models import OutputChunk, Run
+from runtrack._models import OutputChunk, Run, trusted_run
 from runtrack._status import TERMINAL, RunStatus, check_transition, normalize_statuses
 from runtrack.registry import _redis_layout as layout
 from runtrack.registry._redis_claims import RedisClaims
@@ -222,7 +222,7 @@ def _decode_run(reply: Any, *, trusted: bool = False) -> Run:
             data[field] = text
     if trusted:
         data["status"] = RunStatus(data["status"])
-        return Run.model_construct(**data)
+        return trusted_run(data)
     return Run.model_validate(data)
 
 
