@@ -523,3 +523,20 @@ class TestWaking:
 
         assert (done.status, done.result) == (C, "ran")
         assert announced == [["woken"], ["woken"]]
+
+    async def test_wake_from_another_thread(self) -> None:
+        registry = runtrack.InMemoryRunRegistry()
+        manager = BackgroundTaskManager(registry, poll_interval=3600)
+
+        @manager.task(name="threaded")
+        async def threaded() -> int:
+            return 1
+
+        async with manager:
+            first = await threaded.submit()
+            await asyncio.wait_for(manager.wait(first.run_id), 60)  # the loop is idle now
+            await registry.add_runs([Run(run_id="quiet", task="threaded")])  # no wake
+            await asyncio.to_thread(manager._claims.wake)
+            done = await asyncio.wait_for(manager.wait("quiet"), 60)
+
+        assert done.status is C

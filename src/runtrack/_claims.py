@@ -121,7 +121,19 @@ class ClaimLoop:
     # -- waking -------------------------------------------------------------------------
 
     def wake(self) -> None:
-        """Claim now (new work was announced, or submitted in this process)."""
+        """Claim now (new work was announced, or submitted in this process).
+
+        Safe to call from any thread (a notification listener's, say).
+        """
+        loop = self._manager._loop
+        if loop is not None and not loop.is_closed():
+            try:
+                current = asyncio.get_running_loop()
+            except RuntimeError:
+                current = None
+            if current is not loop:
+                loop.call_soon_threadsafe(self._woken.set)
+                return
         self._woken.set()
 
     def freed(self) -> None:
