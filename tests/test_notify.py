@@ -24,6 +24,8 @@ from helpers import SAFETY, wait_until
 from redis_registries import redis_prefix, redis_url
 from registries import memory_registry
 from runtrack import BackgroundTaskManager, Run, RunRegistry, RunStatus
+from runtrack._claims import TaskSpec
+from runtrack._tasks import TaskFunction
 from runtrack.registry.base import Notifying
 from sql_registries import mysql_registry, postgres_url, sql_registry, sqlite_registry
 from tcp_proxy import tcp_proxy
@@ -330,3 +332,53 @@ async def test_without_push_a_cancel_reaches_the_owner_by_polling(backend: str) 
             assert await other.cancel_task(run.run_id) is True
             async with asyncio.timeout(SAFETY):
                 await cancelled.wait()
+
+
+def _second_registry(kind: str, url: str, prefix: str) -> RunRegistry:
+    """Another registry object on the same tables / keys: its own connections and listener."""
+    if kind == "sql":
+        from runtrack.registry.sql import SQLRunRegistry
+
+        return SQLRunRegistry(url, table_prefix=prefix)
+    from runtrack.registry.redis import RedisRunRegistry
+
+    return RedisRunRegistry(url, prefix=prefix)
+
+
+@pytest.mark.parametrize("backend", sorted(PUSHING))
+async def test_durable_work_is_announced_to_idle_managers(backend: str) -> None:
+    """A submit on one registry object wakes an idle manager on another: no poll could.
+
+    The worker polls once an hour, so only the announcement (NOTIFY / PUBLISH) sent by the
+    submitting manager, which does not run the task itself, can make it claim the run.
+    """
+    async with PUSHING[backend]() as (registry, (kind, url, prefix)):
+        done = asyncio.Event()
+
+        async def work(n: int) -> int:
+            done.set()
+            return n * 2
+
+        async with (
+            _second_registry(kind, url, prefix) as other,
+            BackgroundTaskManager(other, owner="worker", poll_interval=3600) as worker,
+            BackgroundTaskManager(registry, owner="web", poll_interval=3600) as web,
+        ):
+            worker.task(name="double")(work)
+            presence = worker._heartbeat.presence
+            assert presence is not None
+            assert presence._notifications is not None
+            notifications = presence._notifications
+            await wait_until(lambda: notifications._listener is not None)
+            # Let the worker's first claim (at start, with nothing queued) pass.
+            await wait_until(lambda: worker._claims.active)
+            submitter: TaskFunction[[int], Any] = TaskFunction(
+                TaskSpec("double", work), lambda: web
+            )  # not run by web
+            run = await submitter.submit(21)
+            async with asyncio.timeout(SAFETY):
+                await done.wait()
+            finished = await worker.wait(run.run_id, timeout=SAFETY)
+        assert finished.status is RunStatus.COMPLETED
+        assert finished.result == 42
+        assert finished.owner == "worker"

@@ -16,6 +16,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from runtrack._admission import RUNNING
+from runtrack._announcing import Announcer
 from runtrack._claims import ClaimLoop
 from runtrack._exceptions import ManagerClosedError, RuntrackError
 from runtrack._state import ManagerCore, State
@@ -28,6 +29,7 @@ class Lifecycle(ManagerCore):
     """Starting and shutting down, mixed into `BackgroundTaskManager`."""
 
     _claims: ClaimLoop
+    _announcer: Announcer | None
 
     def _start(self) -> asyncio.AbstractEventLoop:
         if self._state is State.RUNNING and self._loop is not None:
@@ -65,6 +67,8 @@ class Lifecycle(ManagerCore):
         try:
             # Durable runs claimed but not started go back to the registry for others.
             await self._claims.stop(self._registry_timeout)
+            if self._announcer is not None:
+                await self._announcer.aclose(self._registry_timeout)
             await self._drain(grace)
             await self._cancel_all()
             if self._submits:  # they end themselves once their record is written (refused)

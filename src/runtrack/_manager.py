@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Self
 
 from runtrack._admission import Job, Lanes
+from runtrack._announcing import Announcer
 from runtrack._background import (
     BackgroundFunction,
     P,
@@ -35,6 +36,7 @@ from runtrack._submission import check_limit, default_owner
 from runtrack._tasks import R, TaskFunction, default_tasks, task_decorator
 from runtrack._threads import ThreadRuns
 from runtrack._writer import DirectWriter, Writer
+from runtrack.registry._notifying import Notifying
 from runtrack.registry.base import RunRegistry
 from runtrack.registry.memory import InMemoryRunRegistry
 
@@ -178,6 +180,14 @@ class BackgroundTaskManager(Lifecycle, Queueing, Cancelling, Execution):
             self, poll_interval=poll_interval,
             extra=lambda: default_tasks() if default_manager_or_none() is self else {},
         )  # fmt: skip
+        # Durable work is announced to the other managers, and their announcements wake ours.
+        self._announcer: Announcer | None = None
+        if isinstance(registry, Notifying):
+            self._announcer = self._claims.announce = Announcer(
+                registry.announce_new_work, self._log
+            )
+        if (presence := self._heartbeat.presence) is not None:
+            presence.on_new_work = lambda _task: self._claims.wake()
         # Resolved here and again at start, not per event: each transition would pay for it.
         self._debug = self._log.is_enabled_for(logging.DEBUG)
 

@@ -16,14 +16,13 @@ import contextlib
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any, Final
 
-import redis.asyncio
-
 from runtrack._status import RunStatus
 from runtrack.registry._notifying import ListenerKeeper, NotificationListener, check_task_names
 from runtrack.registry._redis_layout import _len_prefixed
 
 if TYPE_CHECKING:
     from runtrack._models import Run
+    from runtrack.registry._redis_client import Client
 
 __all__ = ["CHAN_CANCEL", "CHAN_WORK", "RedisNotifying"]
 
@@ -42,7 +41,7 @@ class _RedisSession:
 
     @classmethod
     async def open(
-        cls, client: redis.asyncio.Redis, handlers: dict[str, Callable[[str], None]]
+        cls, client: Client, handlers: dict[str, Callable[[str], None]]
     ) -> _RedisSession:
         pubsub: Any = client.pubsub(ignore_subscribe_messages=True)
         try:
@@ -83,7 +82,7 @@ class _RedisSession:
 class RedisNotifying(ListenerKeeper):
     """`Notifying` for the Redis registry (mixed into `RedisRunRegistry`)."""
 
-    _client: redis.asyncio.Redis
+    _client: Client
     _prefix: str
 
     if TYPE_CHECKING:
@@ -91,7 +90,7 @@ class RedisNotifying(ListenerKeeper):
         def _guard(self) -> contextlib.AbstractAsyncContextManager[None]: ...
 
     #: Where listeners connect; None: the registry's own client (tests route it elsewhere).
-    _listen_client: redis.asyncio.Redis | None = None
+    _listen_client: Client | None = None
 
     def _cancel_channel(self, owner: str) -> str:
         return self._prefix + CHAN_CANCEL + _len_prefixed(owner)
