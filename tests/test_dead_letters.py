@@ -1,0 +1,132 @@
+"""Dead letters: ``dead=True``, ``list_runs(dead=...)`` and ``manager.requeue``."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from runtrack import BackgroundTaskManager, Run, RunNotFoundError, RunRegistry, RunStatus
+from runtrack._models import utcnow
+
+
+def durable(**fields: Any) -> Run:
+    """A finished run of the durable task ``charge``, as a manager would have recorded it."""
+    now = utcnow()
+    values: dict[str, Any] = {
+        "name": "charge",
+        "task": "charge",
+        "args": {"args": [42], "kwargs": {"currency": "EUR"}},
+        "status": RunStatus.FAILED,
+        "created_at": now - timedelta(seconds=2),
+        "started_at": now - timedelta(seconds=1),
+        "finished_at": now,
+        "error_type": "ValueError",
+        "error_message": "card declined",
+        "attempt": 3,
+        "max_attempts": 3,
+        "dead": True,
+        "parameters": {"invoice": 7},
+        "tags": {"tenant": "acme"},
+        "group": "billing",
+        "priority": 5,
+        "timeout": 30.0,
+        "owner": "gone:1:abc",
+    }
+    values.update(fields)
+    return Run(**values)
+
+
+class TestListDead:
+    """``list_runs(dead=...)`` on every backend."""
+
+    async def test_dead_filters_both_ways(self, registry: RunRegistry) -> None:
+        dead = durable()
+        failed = durable(dead=False, attempt=1)
+        local = Run(name="local")
+        for run in (dead, failed, local):
+            await registry.add_run(run)
+        assert [r.run_id for r in await registry.list_runs(dead=True)] == [dead.run_id]
+        alive = {r.run_id for r in await registry.list_runs(dead=False)}
+        assert alive == {failed.run_id, local.run_id}
+        assert await registry.list_runs(dead=True, status=RunStatus.COMPLETED) == []
+        assert [r.run_id for r in await registry.list_runs(dead=True, name="charge")] == [
+            dead.run_id
+        ]
+        assert (await registry.get_run(dead.run_id)).dead  # type: ignore[union-attr]
+
+    async def test_the_final_failure_write_sets_dead(self, registry: RunRegistry) -> None:
+        run = durable(status=RunStatus.RUNNING, dead=False, finished_at=None)
+        await registry.add_run(run)
+        assert await registry.list_runs(dead=True) == []
+        failed = await registry.transition(
+            run.run_id, RunStatus.FAILED, finished_at=utcnow(), dead=True
+        )
+        assert failed is not None
+        assert failed.dead
+        assert [r.run_id for r in await registry.list_runs(dead=True)] == [run.run_id]
+        # deleting it drops it from the dead letters too
+        assert await registry.cleanup_old_runs(older_than=timedelta(0)) == 1
+        assert await registry.list_runs(dead=True) == []
+
+
+class TestRequeue:
+    """``manager.requeue``: a new unclaimed QUEUED run of the same task and arguments."""
+
+    async def test_the_new_run_copies_the_old_one(self, registry: RunRegistry) -> None:
+        old = durable(requeue_on_interrupt=True)
+        await registry.add_run(old)
+        async with BackgroundTaskManager(registry) as manager:
+            new = await manager.requeue(old.run_id)
+        assert new.run_id != old.run_id
+        stored = await registry.get_run(new.run_id)
+        assert stored == new
+        assert new.status is RunStatus.QUEUED
+        assert new.requeued_from == old.run_id
+        assert new.owner is None  # any manager that registered the task may claim it
+        assert new.attempt == 1
+        assert new.dead is False
+        assert (new.error_type, new.started_at, new.finished_at) == (None, None, None)
+        same = ("name", "task", "args", "parameters", "tags", "group", "priority", "timeout")
+        for field in (*same, "max_attempts", "requeue_on_interrupt"):
+            assert getattr(new, field) == getattr(old, field), field
+        # the dead letter stays one
+        assert [r.run_id for r in await registry.list_runs(dead=True)] == [old.run_id]
+
+    async def test_a_completed_durable_run_can_be_requeued_too(
+        self, registry: RunRegistry
+    ) -> None:
+        old = durable(status=RunStatus.COMPLETED, dead=False, error_type=None)
+        await registry.add_run(old)
+        async with BackgroundTaskManager(registry) as manager:
+            new = await manager.requeue(old.run_id)
+        assert new.requeued_from == old.run_id
+
+    async def test_unknown_id(self) -> None:
+        async with BackgroundTaskManager() as manager:
+            with pytest.raises(RunNotFoundError):
+                await manager.requeue("nope")
+
+    async def test_a_local_run_is_refused(self) -> None:
+        async with BackgroundTaskManager() as manager:
+            run = Run(name="local", status=RunStatus.FAILED, finished_at=utcnow())
+            await manager.registry.add_run(run)
+            with pytest.raises(ValueError, match="not a run of a durable task"):
+                await manager.requeue(run.run_id)
+
+    async def test_an_active_run_is_refused(self) -> None:
+        async with BackgroundTaskManager() as manager:
+            run = durable(status=RunStatus.QUEUED, finished_at=None, dead=False, owner=None)
+            await manager.registry.add_run(run)
+            with pytest.raises(ValueError, match="only finished runs can be requeued"):
+                await manager.requeue(run.run_id)
+            assert len(await manager.registry.list_runs()) == 1
+
+    @pytest.mark.parametrize("delay", [-1, float("nan"), True])
+    async def test_a_bad_delay(self, delay: Any) -> None:
+        async with BackgroundTaskManager() as manager:
+            run = durable()
+            await manager.registry.add_run(run)
+            with pytest.raises(ValueError, match="delay"):
+                await manager.requeue(run.run_id, delay=delay)
