@@ -94,9 +94,7 @@ class TestRequeue:
         # the dead letter stays one
         assert [r.run_id for r in await registry.list_runs(dead=True)] == [old.run_id]
 
-    async def test_a_completed_durable_run_can_be_requeued_too(
-        self, registry: RunRegistry
-    ) -> None:
+    async def test_a_completed_durable_run_can_be_requeued_too(self, registry: RunRegistry) -> None:
         old = durable(status=RunStatus.COMPLETED, dead=False, error_type=None)
         await registry.add_run(old)
         async with BackgroundTaskManager(registry) as manager:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import inspect
 import json
 import os
 import subprocess
@@ -112,7 +113,7 @@ class TestSubmit:
             coro = charge(7)
             third = await manager.submit(coro, idempotency_key="invoice-1")
             assert third.run_id == first.run_id
-            assert coro.cr_frame is None  # closed, never started
+            assert inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED  # never started
             release.set()
             done = await manager.wait(first.run_id, timeout=SAFETY)
             assert done.status is RunStatus.COMPLETED
@@ -152,7 +153,7 @@ class TestSubmit:
             coro = work()
             with pytest.raises(error, match="idempotency_key"):
                 await manager.submit(coro, idempotency_key=key)
-            assert coro.cr_frame is None
+            assert inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED
             assert manager.get_active_task_count() == 0
             assert await manager.registry.list_runs() == []
 
@@ -241,9 +242,7 @@ _MAKERS: Final = {
 
 
 @pytest.mark.parametrize("backend", ["postgresql", "mariadb", "redis", "sqlite"])
-async def test_two_processes_submitting_one_key_make_one_run(
-    backend: str, tmp_path: Path
-) -> None:
+async def test_two_processes_submitting_one_key_make_one_run(backend: str, tmp_path: Path) -> None:
     factories = {"postgresql": _postgres, "mariadb": _mariadb, "redis": _redis}
     factory = factories.get(backend) or _sqlite(tmp_path)
     kind = "redis" if backend == "redis" else "sql"
@@ -255,12 +254,12 @@ async def test_two_processes_submitting_one_key_make_one_run(
     script = imports + _CHILD.format(make=_MAKERS[kind])
     async with factory() as (url, prefix, registry):
         start_at = time.time() + 3
+        argv = [sys.executable, "-c", script, url, prefix, "order-7", str(start_at), str(SUBMITS)]
+        env = {**os.environ, "PYTHONWARNINGS": "error::RuntimeWarning"}
         children = [
             await asyncio.create_subprocess_exec(
-                sys.executable, "-c", script, url, prefix, "order-7", str(start_at), str(SUBMITS),
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                env={**os.environ, "PYTHONWARNINGS": "error::RuntimeWarning"},
-            )  # fmt: skip
+                *argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+            )
             for _ in range(2)
         ]
         outputs = [await asyncio.wait_for(c.communicate(), SAFETY * 6) for c in children]

@@ -22,8 +22,10 @@ NOT_FINISHED: Final = "run_not_finished"
 NOT_DURABLE: Final = "run_not_durable"
 
 
-def _error(status_code: int, code: str, message: str) -> Any:
-    return JSONResponse({"error": message, "code": code}, status_code=status_code)
+def _error(status_code: int, code: str, message: str) -> Run:
+    """The error body, as a route declared to return a `Run` returns it (sent as it is)."""
+    body = {"error": message, "code": code}
+    return JSONResponse(body, status_code=status_code)  # type: ignore[return-value]
 
 
 def add_requeue_route(

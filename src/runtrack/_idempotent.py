@@ -9,12 +9,13 @@ holds the key, that run is returned and the coroutine given is closed, never sta
 from __future__ import annotations
 
 import asyncio
+import weakref
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from runtrack._admission import Job
-from runtrack._execution import close_coro
 from runtrack._exceptions import ManagerClosedError
+from runtrack._execution import close_coro
 from runtrack._models import Run, utcnow
 from runtrack._state import State
 from runtrack._status import RunStatus
@@ -25,6 +26,12 @@ if TYPE_CHECKING:
     from runtrack._manager import BackgroundTaskManager
 
 __all__ = ["add_once", "submit_once"]
+
+#: Most ``add_run_once`` calls one process has in flight per registry: a burst of keyed
+#: submits then waits its turn instead of asking the registry's pool for a connection
+#: each (Redis refuses the call past its pool size).
+MAX_IN_FLIGHT: Final = 16
+_slots: weakref.WeakKeyDictionary[RunRegistry, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 
 
 async def add_once(registry: RunRegistry, run: Run, ttl: timedelta) -> tuple[Run, bool]:
@@ -38,7 +45,11 @@ async def add_once(registry: RunRegistry, run: Run, ttl: timedelta) -> tuple[Run
             f"idempotency_key needs a registry that implements IdempotentAdding (the memory, "
             f"SQL and Redis ones do); {type(registry).__name__} does not"
         )
-    return await registry.add_run_once(run, ttl=ttl)
+    slots = _slots.get(registry)
+    if slots is None:
+        slots = _slots[registry] = asyncio.Semaphore(MAX_IN_FLIGHT)
+    async with slots:
+        return await registry.add_run_once(run, ttl=ttl)
 
 
 async def submit_once(

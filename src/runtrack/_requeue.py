@@ -104,4 +104,6 @@ async def record_later(registry: RunRegistry, run: Run, delay: float, log: Logge
     try:
         await registry.add_run(run)
     except Exception as exc:
-        log.error("requeue_failed", run_id=run.run_id, requeued_from=run.requeued_from, exc_info=exc)
+        log.error(
+            "requeue_failed", run_id=run.run_id, requeued_from=run.requeued_from, exc_info=exc
+        )

@@ -562,8 +562,9 @@ def runs_router(
 
     ``GET /runs`` takes ``status`` (repeatable, e.g. ``?status=queued&status=running``),
     ``name``, ``group``, ``tag`` (repeatable ``key:value``), ``dead`` (``true``: only dead
-    letters), ``limit`` (1 to 1000, default 100) and ``offset``. Errors are ``{"error": message, "code": code}``: 404 ``run_not_found``, 409
-    ``run_finished`` (``run_not_finished`` for a requeue), 422 ``invalid_filter`` (or
+    letters), ``limit`` (1 to 1000, default 100) and ``offset``. Errors are
+    ``{"error": message, "code": code}``: 404 ``run_not_found``, 409 ``run_finished``
+    (``run_not_finished`` for a requeue), 422 ``invalid_filter`` (or
     ``run_not_durable`` for a requeue), 503 ``registry_unavailable``, 500
     ``internal_error`` (the exception is logged, its message hidden unless
     ``expose_errors``), 501 ``managers_unsupported`` (``GET /managers`` on a registry

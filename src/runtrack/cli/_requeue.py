@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import click
 
 from runtrack._models import Run
-import asyncio
-
 from runtrack._requeue import check_requeueable, requeued
 from runtrack.cli._app import EXIT_FAILED, Fail, run_async, state_of
 from runtrack.cli._durations import DURATION

@@ -11,6 +11,7 @@ from runtrack._clock import dt_to_us, now_us, us_to_dt
 from runtrack._exceptions import DuplicateRunError, RunNotFoundError
 from runtrack._models import OutputChunk, Run
 from runtrack._status import TERMINAL, RunStatus, check_transition, normalize_statuses
+from runtrack.registry._idempotency import check_idempotency_ttl, key_holds, ttl_us
 from runtrack.registry._memory_managers import MemoryManagers
 from runtrack.registry.base import (
     TIME_FIELDS,
@@ -164,6 +165,7 @@ class InMemoryRunRegistry(MemoryManagers):
         # the dict backwards instead of sorting.
         self._in_order = True
         self._last_created = 0
+        self._keys: dict[str, str] = {}  # idempotency key -> the id of the run holding it
 
     def __repr__(self) -> str:
         return f"<InMemoryRunRegistry runs={len(self._runs)}>"
@@ -212,6 +214,31 @@ class InMemoryRunRegistry(MemoryManagers):
             raise TypeError(f"add_run() takes a runtrack.Run, got {type(run).__name__}")
         if not self._insert(_rec_from_run(run)):
             raise DuplicateRunError(run.run_id)
+
+    async def add_run_once(self, run: Run, *, ttl: timedelta) -> tuple[Run, bool]:
+        """Insert ``run`` unless its idempotency key is held (see `IdempotentAdding`)."""
+        if not isinstance(run, Run):
+            raise TypeError(f"add_run_once() takes a runtrack.Run, got {type(run).__name__}")
+        key = run.idempotency_key
+        if key is None:
+            raise ValueError("add_run_once() needs a run with an idempotency_key")
+        window = ttl_us(check_idempotency_ttl(ttl))
+        holder = self._runs.get(self._keys.get(key, ""))
+        if holder is not None and key_holds(
+            holder.status, holder.finished_at, holder.created_at, now_us(), window
+        ):
+            return holder.to_run(), False
+        await self.add_run(run)
+        self._keys[key] = run.run_id
+        return run, True
+
+    async def queue_depth(self) -> dict[int, int]:
+        """QUEUED runs by priority (see `QueueDepthReading`)."""
+        depth: dict[int, int] = {}
+        for rec in self._runs.values():
+            if rec.status is RunStatus.QUEUED:
+                depth[rec.priority] = depth.get(rec.priority, 0) + 1
+        return dict(sorted(depth.items()))
 
     async def write_batch(self, writes: Sequence[RunWrite]) -> list[bool]:
         """Apply writes in order, each atomically (see `BatchWriting`)."""
@@ -383,7 +410,9 @@ class InMemoryRunRegistry(MemoryManagers):
         candidates.sort(key=lambda r: r.age_us, reverse=True)
         doomed = [r.run_id for r in candidates[keep:] if r.age_us < cutoff]
         for run_id in doomed:
-            del self._runs[run_id]
+            rec = self._runs.pop(run_id)
+            if rec.idempotency_key is not None and self._keys.get(rec.idempotency_key) == run_id:
+                del self._keys[rec.idempotency_key]
             self._output.pop(run_id, None)
             self._trimmed.pop(run_id, None)
         return len(doomed)

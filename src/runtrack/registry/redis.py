@@ -30,6 +30,7 @@ from runtrack._exceptions import (
 from runtrack._models import OutputChunk, Run
 from runtrack._status import TERMINAL, RunStatus, check_transition, normalize_statuses
 from runtrack.registry import _redis_layout as layout
+from runtrack.registry._redis_idempotency import RedisIdempotency
 from runtrack.registry._redis_managers import RedisManagers
 from runtrack.registry._refusals import (
     Candidates,
@@ -339,7 +340,7 @@ def _ttl_us(finished_ttl: timedelta | float | None) -> int:
     return max(1, round(seconds * 1_000_000))
 
 
-class RedisRunRegistry(RedisManagers):
+class RedisRunRegistry(RedisManagers, RedisIdempotency):
     """A `RunRegistry` in Redis: every process using the same Redis and prefix sees the same runs.
 
     Each run is a hash, indexed by sorted sets (creation time, status, name, group, tags,
@@ -405,6 +406,7 @@ class RedisRunRegistry(RedisManagers):
         self._trim = self._client.register_script(layout.TRIM)
         self._list = self._client.register_script(layout.LIST)
         self._count = self._client.register_script(layout.COUNT)
+        self._depth = self._client.register_script(layout.DEPTH)
         self._cleanup = self._client.register_script(layout.CLEANUP)
 
     def __repr__(self) -> str:
@@ -641,6 +643,15 @@ class RedisRunRegistry(RedisManagers):
             reply = await script(keys=keys, args=args)
             if int(reply[0]) == 0:
                 return reply
+
+    async def queue_depth(self) -> dict[int, int]:
+        """QUEUED runs by priority, from a hash of counts (see `QueueDepthReading`)."""
+        async with self._guard():
+            await self._ready()
+            reply = await self._depth(args=self._args())
+        counts = _pairs(reply)
+        counts.pop("built", None)
+        return dict(sorted((int(p), int(n)) for p, n in counts.items() if int(n) > 0))
 
     async def count_runs(self, *, name: str | None = None) -> dict[RunStatus, int]:
         """How many runs are in each status (see `RunRegistry`)."""
