@@ -7,7 +7,15 @@ from typing import Any
 
 import pytest
 
-from runtrack import BackgroundTaskManager, Run, RunNotFoundError, RunRegistry, RunStatus
+from helpers import SAFETY
+from runtrack import (
+    BackgroundTaskManager,
+    Retry,
+    Run,
+    RunNotFoundError,
+    RunRegistry,
+    RunStatus,
+)
 from runtrack._models import utcnow
 
 
@@ -69,6 +77,55 @@ class TestListDead:
         # deleting it drops it from the dead letters too
         assert await registry.cleanup_old_runs(older_than=timedelta(0)) == 1
         assert await registry.list_runs(dead=True) == []
+
+
+async def start_durable(
+    manager: BackgroundTaskManager, fn: Any, *, retry: Retry | None = None
+) -> str:
+    """Start ``fn`` as a run of the durable task ``charge``, as a claiming manager does.
+
+    Through the manager's internals: what matters here is how the end of a run whose job
+    names a task is recorded, whichever way it was claimed.
+    """
+    run, job, loop = manager._job_for(
+        fn, (), {}, name="charge", run_id=None, parameters=None, tags=None, group=None,
+        priority=0, timeout=None, retry=retry, delay=None,
+    )  # fmt: skip
+    job.task = "charge"
+    job.args = {"args": [], "kwargs": {}}
+    run = run.model_copy(update={"task": "charge", "args": job.args})
+    return (await manager._submit_job(run, job, loop, None)).run_id
+
+
+class TestFinalFailure:
+    """The end of a durable run's last attempt is recorded with ``dead=True``."""
+
+    async def test_retries_exhausted(self, registry: RunRegistry) -> None:
+        attempts: list[int] = []
+
+        async def declined() -> None:
+            attempts.append(1)
+            raise ValueError("card declined")
+
+        async def fine() -> str:
+            return "ok"
+
+        async with BackgroundTaskManager(registry) as manager:
+            dead_id = await start_durable(manager, declined, retry=Retry(attempts=2, backoff=0))
+            once_id = await start_durable(manager, declined)
+            fine_id = await start_durable(manager, fine)
+            local = await manager.submit(declined, name="local")
+            await manager.wait_all(timeout=SAFETY)
+        assert len(attempts) == 4
+        dead = await registry.get_run(dead_id)
+        assert dead is not None
+        assert (dead.status, dead.attempt, dead.dead) == (RunStatus.FAILED, 2, True)
+        assert dead.error_type == "ValueError"
+        assert (await registry.get_run(once_id)).dead  # type: ignore[union-attr]
+        assert not (await registry.get_run(fine_id)).dead  # type: ignore[union-attr]
+        assert not (await registry.get_run(local.run_id)).dead  # type: ignore[union-attr]
+        found = {r.run_id for r in await registry.list_runs(dead=True)}
+        assert found == {dead_id, once_id}
 
 
 class TestRequeue:
