@@ -20,6 +20,7 @@ __all__ = [
     "IdempotentAdding",
     "check_idempotency_key",
     "check_idempotency_ttl",
+    "check_once_args",
     "key_holds",
     "ttl_us",
 ]
@@ -85,6 +86,23 @@ def check_idempotency_ttl(ttl: object) -> timedelta:
     if ttl <= timedelta(0):
         raise ValueError(f"idempotency_ttl must be > 0, got {ttl!r}")
     return ttl
+
+
+def check_once_args(run: object, ttl: object) -> tuple[str, int]:
+    """Check the arguments of `IdempotentAdding.add_run_once`.
+
+    Returns:
+        The run's idempotency key, and ``ttl`` in µs.
+
+    Raises:
+        TypeError: ``run`` is not a `Run`, or ``ttl`` not a `timedelta`.
+        ValueError: the run has no idempotency key, or ``ttl`` is not > 0.
+    """
+    if not isinstance(run, Run):
+        raise TypeError(f"add_run_once() takes a runtrack.Run, got {type(run).__name__}")
+    if run.idempotency_key is None:
+        raise ValueError("add_run_once() needs a run with an idempotency_key")
+    return run.idempotency_key, ttl_us(check_idempotency_ttl(ttl))
 
 
 def ttl_us(ttl: timedelta) -> int:

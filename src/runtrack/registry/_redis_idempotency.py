@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from runtrack._exceptions import DuplicateRunError
 from runtrack._models import Run
 from runtrack.registry import _redis_layout as layout
-from runtrack.registry._idempotency import check_idempotency_ttl, ttl_us
+from runtrack.registry._idempotency import check_once_args
 from runtrack.registry._refusals import Candidates, candidates_of_run
 from runtrack.registry.base import stored_run
 
@@ -48,12 +48,7 @@ class RedisIdempotency:
         """Insert ``run`` unless its idempotency key is held (see `IdempotentAdding`)."""
         from runtrack.registry.redis import _decode_run, _encode_run, _json  # noqa: PLC0415
 
-        if not isinstance(run, Run):
-            raise TypeError(f"add_run_once() takes a runtrack.Run, got {type(run).__name__}")
-        key = run.idempotency_key
-        if key is None:
-            raise ValueError("add_run_once() needs a run with an idempotency_key")
-        window = ttl_us(check_idempotency_ttl(ttl))
+        key, window = check_once_args(run, ttl)
         if self._once_script is None:
             self._once_script = self._client.register_script(layout.ONCE)
         fields = _json(_encode_run(stored_run(run)))

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from runtrack._clock import dt_to_us, now_us
 from runtrack._exceptions import DuplicateRunError
 from runtrack._models import MAX_ID_LENGTH, Run
-from runtrack.registry._idempotency import check_idempotency_ttl, key_holds, ttl_us
+from runtrack.registry._idempotency import check_once_args, key_holds
 from runtrack.registry._refusals import candidates_of_run
 
 if TYPE_CHECKING:
@@ -79,12 +79,7 @@ class SQLIdempotency:
         """Insert ``run`` unless its idempotency key is held (see `IdempotentAdding`)."""
         from runtrack.registry._sql_schema import row_from_run, run_from_row  # noqa: PLC0415 - a cycle
 
-        if not isinstance(run, Run):
-            raise TypeError(f"add_run_once() takes a runtrack.Run, got {type(run).__name__}")
-        key = run.idempotency_key
-        if key is None:
-            raise ValueError("add_run_once() needs a run with an idempotency_key")
-        window = ttl_us(check_idempotency_ttl(ttl))
+        key, window = check_once_args(run, ttl)
         t = self._tables
         keys = t.idempotency
         row = row_from_run(run)

@@ -11,7 +11,7 @@ from runtrack._clock import dt_to_us, now_us, us_to_dt
 from runtrack._exceptions import DuplicateRunError, RunNotFoundError
 from runtrack._models import OutputChunk, Run
 from runtrack._status import TERMINAL, RunStatus, check_transition, normalize_statuses
-from runtrack.registry._idempotency import check_idempotency_ttl, key_holds, ttl_us
+from runtrack.registry._idempotency import check_once_args, key_holds
 from runtrack.registry._memory_managers import MemoryManagers
 from runtrack.registry.base import (
     TIME_FIELDS,
@@ -217,12 +217,7 @@ class InMemoryRunRegistry(MemoryManagers):
 
     async def add_run_once(self, run: Run, *, ttl: timedelta) -> tuple[Run, bool]:
         """Insert ``run`` unless its idempotency key is held (see `IdempotentAdding`)."""
-        if not isinstance(run, Run):
-            raise TypeError(f"add_run_once() takes a runtrack.Run, got {type(run).__name__}")
-        key = run.idempotency_key
-        if key is None:
-            raise ValueError("add_run_once() needs a run with an idempotency_key")
-        window = ttl_us(check_idempotency_ttl(ttl))
+        key, window = check_once_args(run, ttl)
         holder = self._runs.get(self._keys.get(key, ""))
         if holder is not None and key_holds(
             holder.status, holder.finished_at, holder.created_at, now_us(), window
