@@ -6,10 +6,12 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+import structlog
 
-from helpers import SAFETY
+from helpers import SAFETY, wait_until
 from runtrack import (
     BackgroundTaskManager,
+    InMemoryRunRegistry,
     Retry,
     Run,
     RunNotFoundError,
@@ -177,6 +179,27 @@ class TestRequeue:
             with pytest.raises(ValueError, match="only finished runs can be requeued"):
                 await manager.requeue(run.run_id)
             assert len(await manager.registry.list_runs()) == 1
+
+    async def test_a_delay_records_the_run_later(self) -> None:
+        registry = InMemoryRunRegistry()
+        old = durable()
+        await registry.add_run(old)
+        async with BackgroundTaskManager(registry) as manager:
+            new = await manager.requeue(old.run_id, delay=0.2)
+            assert await registry.get_run(new.run_id) is None  # not yet
+            await wait_until(lambda: new.run_id in registry._runs)
+        assert await registry.get_run(new.run_id) == new
+
+    async def test_a_shutdown_before_the_delay_drops_the_requeue(self) -> None:
+        registry = InMemoryRunRegistry()
+        old = durable()
+        await registry.add_run(old)
+        with structlog.testing.capture_logs() as logs:
+            async with BackgroundTaskManager(registry) as manager:
+                new = await manager.requeue(old.run_id, delay=3600)
+        assert await registry.get_run(new.run_id) is None
+        (dropped,) = [e for e in logs if e["event"] == "requeue_dropped"]
+        assert dropped["requeued_from"] == old.run_id
 
     @pytest.mark.parametrize("delay", [-1, float("nan"), True])
     async def test_a_bad_delay(self, delay: Any) -> None:

@@ -503,6 +503,7 @@ class BackgroundTaskManager(Lifecycle, Queueing, Cancelling, Execution):
             return new
         self._start()
         self._spawn_background(record_later(self.registry, new, delay, self._log))
+        await asyncio.sleep(0)  # it starts waiting: a shutdown from now on logs the drop
         return new
 
     async def run_command(
