@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
-from typing import Any, Self
+from typing import Any, Final, Self
 
 from runtrack._clock import dt_to_us, now_us, us_to_dt
 from runtrack._exceptions import DuplicateRunError, RunNotFoundError
@@ -28,6 +30,9 @@ from runtrack.registry.base import (
 )
 
 __all__ = ["InMemoryRunRegistry"]
+
+#: Records `InMemoryRunRegistry.queue_depth` reads between two yields to the event loop.
+_DEPTH_SLICE: Final = 20_000
 
 
 class _Record:
@@ -228,11 +233,20 @@ class InMemoryRunRegistry(MemoryManagers):
         return run, True
 
     async def queue_depth(self) -> dict[int, int]:
-        """QUEUED runs by priority (see `QueueDepthReading`)."""
-        depth: dict[int, int] = {}
-        for rec in self._runs.values():
-            if rec.status is RunStatus.QUEUED:
-                depth[rec.priority] = depth.get(rec.priority, 0) + 1
+        """QUEUED runs by priority (see `QueueDepthReading`).
+
+        A walk of every record, in slices between which the event loop runs others: the
+        figure of a registry that changes meanwhile is approximate.
+        """
+        records = list(self._runs.values())
+        depth: Counter[int] = Counter()
+        queued = RunStatus.QUEUED
+        for start in range(0, len(records), _DEPTH_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            depth.update(
+                r.priority for r in records[start : start + _DEPTH_SLICE] if r.status is queued
+            )
         return dict(sorted(depth.items()))
 
     async def write_batch(self, writes: Sequence[RunWrite]) -> list[bool]:
