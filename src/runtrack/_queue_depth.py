@@ -9,14 +9,18 @@ recent figure without waiting for the registry.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
+from typing import Final
 
 from runtrack._logging import Logger
-from runtrack._replicas import _uncut
 from runtrack.registry._depth import queue_depth_of
 from runtrack.registry.base import RunRegistry
 
 __all__ = ["QueueDepth"]
+
+#: Seconds a shutdown waits for a read of the queue depth that is under way.
+_FINISH_TIMEOUT: Final = 5.0
 
 
 class QueueDepth:
@@ -31,8 +35,23 @@ class QueueDepth:
         """The last figure read, None before the first read."""
 
     async def read(self) -> dict[int, int]:
-        """Read the figure now (and keep it as `latest`)."""
-        depth = await _uncut(queue_depth_of(self._registry))
+        """Read the figure now (and keep it as `latest`).
+
+        A cancellation (the manager shutting down) waits for the registry call to end
+        before it goes through: a call cut in the middle, or left running while the
+        registry closes, would leave its connection to the garbage collector.
+        """
+        call = asyncio.ensure_future(queue_depth_of(self._registry))
+        try:
+            depth = await asyncio.shield(call)
+        except asyncio.CancelledError:
+            deadline = asyncio.get_running_loop().time() + _FINISH_TIMEOUT
+            while not call.done() and asyncio.get_running_loop().time() < deadline:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([call], timeout=_FINISH_TIMEOUT)
+            if call.done() and not call.cancelled():
+                call.exception()  # seen: nobody waits for it any more
+            raise
         self.latest = depth
         return dict(depth)
 
