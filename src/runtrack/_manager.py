@@ -174,7 +174,7 @@ class BackgroundTaskManager(Lifecycle, Queueing, Cancelling, Execution):
             poll_interval=poll_interval, counts=lambda: (self._running, self._max_concurrency),
             resume=self._wake_pump,
         )  # fmt: skip
-        self._depth = QueueDepth(registry, heartbeat_interval, self._log)
+        self._depth = QueueDepth(registry, heartbeat_interval, self._log, registry_timeout)
         # Resolved here and again at start, not per event: each transition would pay for it.
         self._debug = self._log.is_enabled_for(logging.DEBUG)
 

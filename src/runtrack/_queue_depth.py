@@ -19,16 +19,20 @@ from runtrack.registry.base import RunRegistry
 
 __all__ = ["QueueDepth"]
 
-#: Seconds a shutdown waits for a read of the queue depth that is under way.
+#: Most seconds a shutdown waits for a read of the queue depth that is under way (and no
+#: more than the manager's ``registry_timeout``).
 _FINISH_TIMEOUT: Final = 5.0
 
 
 class QueueDepth:
     """The latest queue depth read from one registry."""
 
-    def __init__(self, registry: RunRegistry, interval: float, log: Logger) -> None:
+    def __init__(
+        self, registry: RunRegistry, interval: float, log: Logger, finish_timeout: float = 5.0
+    ) -> None:
         self._registry = registry
         self._interval = interval
+        self._finish_timeout = min(finish_timeout, _FINISH_TIMEOUT)
         self._log = log
         self._failing = False
         self.latest: dict[int, int] | None = None
@@ -45,10 +49,11 @@ class QueueDepth:
         try:
             depth = await asyncio.shield(call)
         except asyncio.CancelledError:
-            deadline = asyncio.get_running_loop().time() + _FINISH_TIMEOUT
-            while not call.done() and asyncio.get_running_loop().time() < deadline:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self._finish_timeout
+            while not call.done() and loop.time() < deadline:
                 with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait([call], timeout=_FINISH_TIMEOUT)
+                    await asyncio.wait([call], timeout=deadline - loop.time())
             if call.done() and not call.cancelled():
                 call.exception()  # seen: nobody waits for it any more
             raise
@@ -56,8 +61,15 @@ class QueueDepth:
         return dict(depth)
 
     async def run(self, running: Callable[[], bool]) -> None:
-        """Read the figure at once, then every interval while ``running()`` holds."""
-        while running():
+        """Read the figure every interval while ``running()`` holds.
+
+        The first read waits one interval too: a manager's start (its registration, its
+        first submits) is not slowed by it.
+        """
+        while True:
+            await asyncio.sleep(self._interval)
+            if not running():
+                return
             try:
                 await self.read()
             except Exception as exc:  # the registry may be away; try again next time
@@ -66,4 +78,3 @@ class QueueDepth:
                     self._log.warning("queue_depth_failed", error=repr(exc))
             else:
                 self._failing = False
-            await asyncio.sleep(self._interval)
