@@ -327,6 +327,41 @@ async def test_cancel(cli_backend: Backend) -> None:
     assert missing.code == 4
 
 
+async def test_dead_letters_list_and_requeue(cli_backend: Backend) -> None:
+    registry = cli_backend.registry
+    args = {"args": [7], "kwargs": {"currency": "EUR"}}
+    dead = await seed(registry, "charge", RunStatus.FAILED, task="charge", args=args, priority=2)
+    dead = await registry.update_run(dead.run_id, dead=True)
+    other = await seed(registry, "charge", RunStatus.FAILED)
+    active = await seed(registry, "charge", RunStatus.RUNNING, task="charge", args=args)
+
+    listed = await run_cli(cli_backend.env(), "list", "--dead", "--json")
+    requeued = await run_cli(cli_backend.env(), "requeue", dead.run_id, "--json")
+    plain = await run_cli(cli_backend.env(), "requeue", dead.run_id)
+    local = await run_cli(cli_backend.env(), "requeue", other.run_id)
+    running = await run_cli(cli_backend.env(), "requeue", active.run_id)
+    missing = await run_cli(cli_backend.env(), "requeue", "no-such-run")
+    bad_delay = await run_cli(cli_backend.env(), "requeue", dead.run_id, "--delay", "soon")
+
+    assert listed.code == 0, listed.err
+    assert [run["run_id"] for run in json.loads(listed.out)["runs"]] == [dead.run_id]
+    assert requeued.code == 0, requeued.err
+    new = Run.model_validate(json.loads(requeued.out))
+    assert (new.status, new.task, new.args, new.priority) == (RunStatus.QUEUED, "charge", args, 2)
+    assert new.requeued_from == dead.run_id
+    assert await registry.get_run(new.run_id) == new
+    assert plain.code == 0, plain.err
+    assert plain.out.startswith(f"requeued {dead.run_id} as ")
+    assert local.code == 1
+    assert "not a run of a durable task" in local.err
+    assert running.code == 1
+    assert "only finished runs can be requeued" in running.err
+    assert missing.code == 4
+    assert bad_delay.code == 2
+    # two requeues, no more: the refused ones recorded nothing
+    assert len(await registry.list_runs(status=RunStatus.QUEUED)) == 2
+
+
 async def test_prune(cli_backend: Backend) -> None:
     registry = cli_backend.registry
     old = [

@@ -351,3 +351,35 @@ class TestDashboard:
         # ... and then shows what the run became.
         await expect(detail.locator("#detail-heading .badge")).to_have_text("cancelled")
         await expect(detail.get_by_role("button", name="Cancel run")).to_be_hidden()
+
+    async def test_requeue_a_dead_letter(self, server: Server, page: Page) -> None:
+        now = datetime.now(UTC)
+        dead = runtrack.Run(
+            name="charge", task="charge", args={"args": [7], "kwargs": {}},
+            status=RunStatus.FAILED, created_at=now - timedelta(seconds=2),
+            started_at=now - timedelta(seconds=1), finished_at=now, dead=True,
+            error_type="ValueError", error_message="card declined",
+        )  # fmt: skip
+        local = runtrack.Run(name="local", status=RunStatus.FAILED, finished_at=now)
+        await server.registry.add_run(dead)
+        await server.registry.add_run(local)
+        detail = page.locator("#detail")
+        requeue = detail.get_by_role("button", name="Requeue")
+
+        # A local run cannot be requeued: no button.
+        await page.goto(f"{server.url}{PREFIX}/runs/ui#run={local.run_id}")
+        await expect(detail.locator("#detail-heading .badge")).to_have_text("failed")
+        await expect(requeue).to_be_hidden()
+
+        await page.goto(f"{server.url}{PREFIX}/runs/ui#run={dead.run_id}")
+        await page.reload()  # a new hash alone does not load the page again
+        await expect(detail.get_by_text("yes: its retries ran out")).to_be_visible()
+        await requeue.click()
+        # The view moves to the new run, which names the dead letter it came from.
+        await expect(detail.locator("#detail-heading .badge")).to_have_text("queued")
+        await expect(detail.get_by_text(dead.run_id)).to_be_visible()
+        await expect(requeue).to_be_hidden()
+        (new,) = await server.registry.list_runs(status=RunStatus.QUEUED)
+        assert new.requeued_from == dead.run_id
+        assert new.args == dead.args
+        await expect(page).to_have_url(re.compile(rf"#run={new.run_id}$"))

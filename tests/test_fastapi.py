@@ -40,6 +40,7 @@ from runtrack import (
     RunStatus,
     RuntrackError,
 )
+from runtrack._models import utcnow
 from runtrack.fastapi import get_task_manager, lifespan, runs_router
 from runtrack.registry.sql import SQLRunRegistry
 
@@ -723,6 +724,78 @@ class TestHealthAndMetrics:
         assert body["counts"]["completed"] == 1
         assert set(body["counts"]) == {s.value for s in RunStatus}
         assert body["by_name"]["measured"]["success_rate"] == 1.0
+        assert body["queue_depth"] == {}
+
+    async def test_metrics_read_the_queue_depth_afresh(
+        self, client: httpx.AsyncClient, manager: BackgroundTaskManager
+    ) -> None:
+        # queued by another manager sharing the registry: this one never saw it
+        await manager.registry.add_run(Run(name="elsewhere", priority=4))
+        await manager.registry.add_run(Run(name="elsewhere", priority=4))
+        body = (await client.get("/metrics")).json()
+        assert body["queue_depth"] == {"4": 2}
+        assert manager.stats().queue_depth == {4: 2}
+
+
+def dead_letter(**fields: object) -> Run:
+    values: dict[str, object] = {
+        "name": "charge",
+        "task": "charge",
+        "args": {"args": [1], "kwargs": {}},
+        "status": RunStatus.FAILED,
+        "finished_at": utcnow(),
+        "dead": True,
+        "priority": 3,
+    }
+    values.update(fields)
+    return Run.model_validate(values)
+
+
+class TestDeadLetters:
+    """GET /runs?dead=true and POST /runs/{id}/requeue."""
+
+    async def test_list_dead(
+        self, client: httpx.AsyncClient, manager: BackgroundTaskManager
+    ) -> None:
+        dead = dead_letter()
+        await manager.registry.add_run(dead)
+        await manager.registry.add_run(Run(name="other"))
+        body = (await client.get("/runs?dead=true")).json()
+        assert [r["run_id"] for r in body["runs"]] == [dead.run_id]
+        assert body["runs"][0]["dead"] is True
+        alive = (await client.get("/runs?dead=false")).json()
+        assert [r["name"] for r in alive["runs"]] == ["other"]
+        assert_error(await client.get("/runs?dead=maybe"), 422, "invalid_filter")
+
+    async def test_requeue(self, client: httpx.AsyncClient, manager: BackgroundTaskManager) -> None:
+        dead = dead_letter()
+        await manager.registry.add_run(dead)
+        response = await client.post(f"/runs/{dead.run_id}/requeue")
+        assert response.status_code == 200, response.text
+        new = Run.model_validate(response.json())
+        assert new.requeued_from == dead.run_id
+        assert (new.status, new.task, new.args, new.priority, new.owner) == (
+            RunStatus.QUEUED, "charge", dead.args, 3, None,
+        )  # fmt: skip
+        assert await manager.registry.get_run(new.run_id) == new
+
+    async def test_requeue_refusals(
+        self, client: httpx.AsyncClient, manager: BackgroundTaskManager
+    ) -> None:
+        assert_error(await client.post("/runs/nope/requeue"), 404, "run_not_found")
+        active = dead_letter(status=RunStatus.QUEUED, finished_at=None, dead=False)
+        local = Run(name="local", status=RunStatus.FAILED, finished_at=utcnow())
+        for run in (active, local):
+            await manager.registry.add_run(run)
+        message = assert_error(
+            await client.post(f"/runs/{active.run_id}/requeue"), 409, "run_not_finished"
+        )
+        assert "queued" in message
+        assert_error(await client.post(f"/runs/{local.run_id}/requeue"), 422, "run_not_durable")
+        assert_error(
+            await client.post(f"/runs/{active.run_id}/requeue?delay=-1"), 422, "invalid_filter"
+        )
+        assert len(await manager.registry.list_runs()) == 2
 
 
 class TestManagers:
@@ -1005,6 +1078,7 @@ ROUTES = [
     ("GET", "/runs/r1"),
     ("GET", "/runs/r1/output"),
     ("POST", "/runs/r1/cancel"),
+    ("POST", "/runs/r1/requeue"),
     ("GET", "/health"),
     ("GET", "/metrics"),
     ("GET", "/managers"),

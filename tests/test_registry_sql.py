@@ -132,7 +132,7 @@ class TestSchema:
             await registry.list_runs()
 
             creates = [s for s in sent if s.lstrip().upper().startswith("CREATE TABLE")]
-            assert len(creates) == 5
+            assert len(creates) == 6
             async with registry.engine.connect() as conn:
                 table = f"{registry.table_prefix}schema"
                 rows = (await conn.execute(sa.text(f"SELECT version FROM {table}"))).all()
@@ -156,7 +156,7 @@ class TestSchema:
         async with registry.engine.connect() as conn:
             found = await conn.run_sync(inspect)
 
-        tables = ("runs", "tags", "output", "schema", "managers")
+        tables = ("runs", "tags", "output", "schema", "managers", "idempotency")
         assert {f"{prefix}{t}" for t in tables} <= found["tables"]
         assert {
             ("owner", "status", "finished_at"),

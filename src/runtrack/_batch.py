@@ -245,17 +245,20 @@ class BatchWriter:
         result: Any,
         error_type: str | None,
         error_message: str | None,
+        dead: bool = False,
     ) -> bool | None:
         job.status = status
         job.finished_at = finished_us
         job.result = result
         job.error_type = error_type
         job.error_message = error_message
+        if dead:
+            job.dead = True
         entry = self._entry(job.run_id, job)
         entry.cas(
             status,
             PREDECESSORS[status],
-            finish_changes(finished_us, result, error_type, error_message),
+            finish_changes(finished_us, result, error_type, error_message, dead=dead),
         )
         entry.finishing = True
         return None

@@ -227,9 +227,11 @@ class Execution(ManagerCore):
             else:
                 # A failed command still has its exit code, CPU time and memory to record.
                 failed = error.result if isinstance(error, CommandFailed) else None
+                # A durable run's last attempt failed: a dead letter, in the same write.
                 written = self._writer.finish(
-                    job, status, now_us(), failed, type(error).__name__, describe_error(error, job)
-                )
+                    job, status, now_us(), failed, type(error).__name__,
+                    describe_error(error, job), dead=job.task is not None,
+                )  # fmt: skip
             if written is None:  # the writer calls _on_finished once the write is applied
                 # Its code has ended: it no longer counts as active (wait_all, shutdown),
                 # only its terminal write is on its way.

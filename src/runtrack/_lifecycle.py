@@ -47,6 +47,7 @@ class Lifecycle(ManagerCore):
         self._debug = self._log.is_enabled_for(logging.DEBUG)  # logging set up since __init__
         self._spawn_background(self._heartbeat.run(lambda: self._state is State.RUNNING))
         self._claims.start()
+        self._spawn_background(self._depth.run(lambda: self._state is State.RUNNING))
         self._log.debug("manager_started", max_concurrency=self._max_concurrency)
         return loop
 

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import timedelta
 from typing import Any, Self
 
 from runtrack._admission import Job, Lanes
@@ -22,13 +23,16 @@ from runtrack._cancelling import Cancelling
 from runtrack._claims import ClaimLoop
 from runtrack._execution import Execution
 from runtrack._heartbeat import Heartbeat
+from runtrack._idempotent import submit_once
 from runtrack._lifecycle import Lifecycle
 from runtrack._listeners import Listener, Listeners
 from runtrack._logging import get_logger
 from runtrack._models import Retry, Run
 from runtrack._options import UNBOUNDED, Options
+from runtrack._queue_depth import QueueDepth
 from runtrack._queueing import FIRST_BATCH, Queueing
 from runtrack._recording import backend_name, writer_for
+from runtrack._requeue import record_later, requeued
 from runtrack._state import State
 from runtrack._stats import ManagerStats, StatsCollector
 from runtrack._storable import MAX_PROGRESS_MESSAGE, storable_text
@@ -36,6 +40,7 @@ from runtrack._submission import check_limit, default_owner
 from runtrack._tasks import R, TaskFunction, default_tasks, task_decorator
 from runtrack._threads import ThreadRuns
 from runtrack._writer import DirectWriter, Writer
+from runtrack.registry._idempotency import DEFAULT_IDEMPOTENCY_TTL
 from runtrack.registry._notifying import Notifying
 from runtrack.registry.base import RunRegistry
 from runtrack.registry.memory import InMemoryRunRegistry
@@ -80,6 +85,8 @@ class BackgroundTaskManager(Lifecycle, Queueing, Cancelling, Execution):
         max_payload_bytes: Largest JSON size of a run's parameters (larger ones are a
             `ValueError` at submission) and of its result (a larger one is recorded as
             None, with a warning); None for no limit.
+        idempotency_ttl: How long a finished run keeps its ``idempotency_key``: a
+            `submit` with that key meanwhile returns it instead of starting another run.
 
     Example:
         >>> import asyncio
@@ -111,13 +118,14 @@ class BackgroundTaskManager(Lifecycle, Queueing, Cancelling, Execution):
         registry_timeout: float = 10.0,
         max_payload_bytes: int | None = 1_000_000,
         max_threads: int = 40,
+        idempotency_ttl: timedelta = DEFAULT_IDEMPOTENCY_TTL,
     ) -> None:
         options = Options.check(
             max_concurrency=max_concurrency, max_pending=max_pending, group_limits=group_limits,
             default_timeout=default_timeout, shutdown_grace=shutdown_grace,
             heartbeat_interval=heartbeat_interval, lease=lease, cancel_timeout=cancel_timeout,
             registry_timeout=registry_timeout, max_payload_bytes=max_payload_bytes,
-            max_threads=max_threads, poll_interval=poll_interval,
+            max_threads=max_threads, poll_interval=poll_interval, idempotency_ttl=idempotency_ttl,
         )  # fmt: skip
         if registry is None:
             registry = InMemoryRunRegistry()
@@ -188,6 +196,7 @@ class BackgroundTaskManager(Lifecycle, Queueing, Cancelling, Execution):
             )
         if (presence := self._heartbeat.presence) is not None:
             presence.on_new_work = lambda _task: self._claims.wake()
+        self._depth = QueueDepth(registry, heartbeat_interval, self._log, registry_timeout)
         # Resolved here and again at start, not per event: each transition would pay for it.
         self._debug = self._log.is_enabled_for(logging.DEBUG)
 
@@ -255,6 +264,7 @@ class BackgroundTaskManager(Lifecycle, Queueing, Cancelling, Execution):
         timeout: float | None = None,
         retry: Retry | None = None,
         delay: float | None = None,
+        idempotency_key: str | None = None,
         **kwargs: Any,
     ) -> Run:
         """Record a run QUEUED, then start it; returns the recorded `Run`.
@@ -274,6 +284,9 @@ class BackgroundTaskManager(Lifecycle, Queueing, Cancelling, Execution):
             timeout: Seconds before the run fails with ``TimeoutError``.
             retry: Re-run failures (needs an async function, not a coroutine).
             delay: Seconds to wait before the run may be admitted.
+            idempotency_key: While a run with this key is queued or running, or finished
+                less than ``idempotency_ttl`` ago (in any manager sharing the registry),
+                return that run instead, and start nothing (a coroutine given is closed).
             *args: Positional arguments for ``fn_or_coro``.
             **kwargs: Keyword arguments for ``fn_or_coro``. A keyword that is both a run
                 option above and a parameter of ``fn_or_coro`` is a `TypeError`: bind the
@@ -282,7 +295,9 @@ class BackgroundTaskManager(Lifecycle, Queueing, Cancelling, Execution):
 
         Raises:
             TypeError: not an async function or awaitable; arguments or retry with a
-                coroutine; a run option that is also a parameter of the function.
+                coroutine; a run option that is also a parameter of the function; an
+                ``idempotency_key`` that is not a str.
+            ValueError: an ``idempotency_key`` that is empty or over 255 characters.
             pydantic.ValidationError: non-JSON parameters, bad tags, bad timeout, ...
             DuplicateRunError: the id exists in the registry or is active here.
             QueueFullError: ``max_pending`` runs are already waiting.
@@ -305,7 +320,10 @@ class BackgroundTaskManager(Lifecycle, Queueing, Cancelling, Execution):
         run, job, loop = self._job_for(
             fn_or_coro, args, kwargs, name=name, run_id=run_id, parameters=parameters,
             tags=tags, group=group, priority=priority, timeout=timeout, retry=retry, delay=delay,
+            idempotency_key=idempotency_key,
         )  # fmt: skip
+        if idempotency_key is not None:
+            return await submit_once(self, run, job, loop, delay, idempotency_key)
         return await self._submit_job(run, job, loop, delay)
 
     def start_call(
@@ -509,8 +527,52 @@ class BackgroundTaskManager(Lifecycle, Queueing, Cancelling, Execution):
         self._wake_pump()
 
     def stats(self) -> ManagerStats:
-        """A snapshot of counts, limits and per-name outcomes."""
+        """A snapshot of counts, limits and per-name outcomes.
+
+        Its ``queue_depth`` is the figure last read by `queue_depth`, which the manager
+        also does once per ``heartbeat_interval``.
+        """
         return self._snapshot()
+
+    async def queue_depth(self) -> dict[int, int]:
+        """QUEUED runs in the registry (of every manager sharing it) by priority.
+
+        One grouped query on SQL, one hash read on Redis.
+
+        Raises:
+            RegistryUnavailableError: the registry could not be reached.
+        """
+        return await self._depth.read()
+
+    async def requeue(self, run_id: str, delay: float | None = None) -> Run:
+        """Queue a new run of a finished durable run's task, with the same arguments.
+
+        The new run (``requeued_from=run_id``, same parameters, tags, group, priority,
+        timeout and retries) has no owner: any manager that registered the task claims
+        it. Meant for dead letters (``list_runs(dead=True)``), once their cause is fixed.
+
+        Args:
+            run_id: A finished run of a ``@manager.task`` function.
+            delay: Seconds before the new run is recorded (and so may start): this
+                manager records it then, unless it shuts down first (then nothing is
+                recorded and ``requeue_dropped`` is logged).
+
+        Returns:
+            The new run: as recorded, or as it will be after ``delay``.
+
+        Raises:
+            RunNotFoundError: no such run.
+            ValueError: the run is still queued or running, or not a run of a durable
+                task (a local run's code lives only in its manager: submit it again).
+        """
+        new = await requeued(self.registry, run_id, delay)
+        if not delay:
+            await self.registry.add_run(new)
+            return new
+        self._start()
+        self._spawn_background(record_later(self.registry, new, delay, self._log))
+        await asyncio.sleep(0)  # it starts waiting: a shutdown from now on logs the drop
+        return new
 
     async def run_command(
         self,

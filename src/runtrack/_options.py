@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import Final
 
 from runtrack._submission import check_limit
+from runtrack.registry._idempotency import DEFAULT_IDEMPOTENCY_TTL, check_idempotency_ttl
 from runtrack.registry.base import is_int
 
 __all__ = ["UNBOUNDED", "Options"]
@@ -38,6 +39,7 @@ class Options:
     max_payload_bytes: int | None
     max_threads: int
     poll_interval: float = 1.0
+    idempotency_ttl: timedelta = DEFAULT_IDEMPOTENCY_TTL
 
     @classmethod
     def check(
@@ -55,6 +57,7 @@ class Options:
         max_payload_bytes: int | None,
         max_threads: int,
         poll_interval: float = 1.0,
+        idempotency_ttl: timedelta = DEFAULT_IDEMPOTENCY_TTL,
     ) -> Options:
         """Check every option; the lease defaults to six heartbeat intervals.
 
@@ -64,6 +67,7 @@ class Options:
         check_limit("max_concurrency", max_concurrency)
         check_limit("max_threads", max_threads)
         check_limit("max_payload_bytes", max_payload_bytes)
+        check_idempotency_ttl(idempotency_ttl)
         pending: object = max_pending
         if pending is not None and (not is_int(pending) or max_pending < 0):  # type: ignore[operator]
             raise ValueError(f"max_pending must be None or an int >= 0, got {max_pending!r}")
@@ -101,4 +105,5 @@ class Options:
             max_payload_bytes=max_payload_bytes,
             max_threads=max_threads,
             poll_interval=poll_interval,
+            idempotency_ttl=idempotency_ttl,
         )

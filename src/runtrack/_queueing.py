@@ -193,6 +193,7 @@ class Queueing(ManagerCore):
         timeout: float | None,
         retry: Retry | None,
         delay: float | None,
+        idempotency_key: object = None,
     ) -> tuple[Run, Job, asyncio.AbstractEventLoop]:
         """Validate what `submit` / `start_call` were given and build the job (not queued)."""
         factory: Callable[[], Awaitable[Any]] | None = None
@@ -202,6 +203,7 @@ class Queueing(ManagerCore):
                 fn_or_coro,
                 name=name, run_id=run_id, parameters=parameters, tags=tags, group=group,
                 priority=priority, timeout=timeout, retry=retry, delay=delay,
+                idempotency_key=idempotency_key,
             )  # fmt: skip
             if is_async_callable(fn_or_coro):
                 factory = functools.partial(fn_or_coro, *args, **kwargs)
@@ -389,4 +391,5 @@ class Queueing(ManagerCore):
             group_limits=dict(self._lanes.group_limits),
             running_by_group=dict(self._lanes.running_by_group),
             by_name=self._stats.by_name(),
+            queue_depth=self._depth.latest,
         )

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from runtrack._logging import Logger
     from runtrack._models import RunEvent
     from runtrack._options import Options
+    from runtrack._queue_depth import QueueDepth
     from runtrack._stats import StatsCollector
     from runtrack._status import RunStatus
     from runtrack._threads import ThreadRuns
@@ -52,6 +53,7 @@ class ManagerCore:
         owner: str
         _options: Options
         _heartbeat: Heartbeat
+        _depth: QueueDepth
         _closed: asyncio.Event
         _submits: set[asyncio.Future[None]]
         _max_concurrency: int | None

@@ -51,6 +51,10 @@ class ManagerStats(BaseModel):
     group_limits: dict[str, int]
     running_by_group: dict[str, int]
     by_name: dict[str, NameStats]
+    queue_depth: dict[int, int] | None = None
+    """QUEUED runs in the registry (every manager's) by priority, as last read: by
+    `BackgroundTaskManager.queue_depth` or once per ``heartbeat_interval`` in the
+    background; None before the first read."""
 
 
 class _NameCounter:

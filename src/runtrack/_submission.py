@@ -67,7 +67,7 @@ def check_awaitable(coro: object, caller: str) -> None:
 #: What each run option of `submit` / `start_call` is when not given.
 _OPTION_DEFAULTS: dict[str, object] = {
     "name": None, "run_id": None, "parameters": None, "tags": None, "group": None,
-    "priority": 0, "timeout": None, "retry": None, "delay": None,
+    "priority": 0, "timeout": None, "retry": None, "delay": None, "idempotency_key": None,
 }  # fmt: skip
 
 

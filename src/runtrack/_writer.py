@@ -89,8 +89,11 @@ class Writer(Protocol):
         result: Any,
         error_type: str | None,
         error_message: str | None,
+        dead: bool = False,
     ) -> bool | None:
         """RUNNING → a terminal status: whether it applied, or None if the answer comes later.
+
+        ``dead`` records a durable run's final failure as a dead letter, in the same write.
 
         A writer that answers later calls the manager's ``on_finished(job, applied)``.
         """
@@ -194,6 +197,7 @@ class DirectWriter:
         result: Any,
         error_type: str | None,
         error_message: str | None,
+        dead: bool = False,
     ) -> bool:
         rec = job.rec
         if rec is None or rec.status is not RunStatus.RUNNING:
@@ -203,6 +207,8 @@ class DirectWriter:
         rec.result = result
         rec.error_type = error_type
         rec.error_message = error_message
+        if dead:
+            rec.dead = True
         return True
 
     def cas(self, job: Job, to: RunStatus, changes: dict[str, Any]) -> bool:
@@ -262,15 +268,23 @@ def start_changes(job: Job, owner: str, started_us: int) -> dict[str, Any]:
 
 
 def finish_changes(
-    finished_us: int, result: Any, error_type: str | None, error_message: str | None
+    finished_us: int,
+    result: Any,
+    error_type: str | None,
+    error_message: str | None,
+    *,
+    dead: bool = False,
 ) -> dict[str, Any]:
-    """The fields a RUNNING → terminal write sets."""
-    return {
+    """The fields a RUNNING → terminal write sets (``dead``: a durable run's final failure)."""
+    changes = {
         "finished_at": finished_us,
         "result": result,
         "error_type": error_type,
         "error_message": error_message,
     }
+    if dead:
+        changes["dead"] = True
+    return changes
 
 
 async def statuses_of(registry: RunRegistry, run_ids: list[str]) -> dict[str, RunStatus]:
@@ -421,8 +435,11 @@ class QueueWriter:
         result: Any,
         error_type: str | None,
         error_message: str | None,
+        dead: bool = False,
     ) -> bool | None:
-        changes = as_datetimes(finish_changes(finished_us, result, error_type, error_message))
+        changes = as_datetimes(
+            finish_changes(finished_us, result, error_type, error_message, dead=dead)
+        )
 
         async def op() -> None:
             applied = False

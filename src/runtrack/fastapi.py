@@ -45,6 +45,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
 from runtrack._api_managers import add_managers_route
+from runtrack._api_requeue import add_requeue_route
 from runtrack._background import get_default_manager, set_default_manager
 from runtrack._dashboard import add_dashboard_routes
 from runtrack._exceptions import RegistryUnavailableError, RuntrackError
@@ -553,15 +554,18 @@ def runs_router(
     | ``GET /runs/{run_id}`` | one run |
     | ``GET /runs/{run_id}/output`` | its output chunks with ``seq > since`` |
     | ``POST /runs/{run_id}/cancel`` | cancels it; returns the CANCELLED run |
+    | ``POST /runs/{run_id}/requeue`` | a new QUEUED run of a finished durable run |
     | ``GET /health`` | ``ok`` (200), or ``degraded`` (503); the machine's load and memory |
     | ``GET /metrics`` | ``manager.stats()`` as JSON |
     | ``GET /managers`` | the managers sharing the registry (`ManagerInfo` list) |
     | ``GET /runs/ui`` | with ``dashboard=True``, a live dashboard of the runs |
 
     ``GET /runs`` takes ``status`` (repeatable, e.g. ``?status=queued&status=running``),
-    ``name``, ``group``, ``tag`` (repeatable ``key:value``), ``limit`` (1 to 1000, default
-    100) and ``offset``. Errors are ``{"error": message, "code": code}``: 404 ``run_not_found``, 409
-    ``run_finished``, 422 ``invalid_filter``, 503 ``registry_unavailable``, 500
+    ``name``, ``group``, ``tag`` (repeatable ``key:value``), ``dead`` (``true``: only dead
+    letters), ``limit`` (1 to 1000, default 100) and ``offset``. Errors are
+    ``{"error": message, "code": code}``: 404 ``run_not_found``, 409 ``run_finished``
+    (``run_not_finished`` for a requeue), 422 ``invalid_filter`` (or
+    ``run_not_durable`` for a requeue), 503 ``registry_unavailable``, 500
     ``internal_error`` (the exception is logged, its message hidden unless
     ``expose_errors``), 501 ``managers_unsupported`` (``GET /managers`` on a registry
     without `ManagerPresence`). The app needs `lifespan`.
@@ -652,6 +656,10 @@ def runs_router(
             list[str] | None,
             Query(description="Only runs with this tag, as key:value (repeatable)."),
         ] = None,
+        dead: Annotated[
+            bool | None,
+            Query(description="Only dead letters (true) or only the other runs (false)."),
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=1000, description="Page size.")] = 100,
         offset: Annotated[int, Query(ge=0, description="Runs to skip.")] = 0,
     ) -> RunList:
@@ -659,7 +667,7 @@ def runs_router(
         tag_filter = _parse_tags(tag)
         # One more than asked tells whether a next page exists.
         runs = await manager.registry.list_runs(
-            status=status or None, name=name, group=group, tags=tag_filter,
+            status=status or None, name=name, group=group, tags=tag_filter, dead=dead,
             limit=limit + 1, offset=offset,
         )  # fmt: skip
         more = len(runs) > limit
@@ -737,8 +745,15 @@ def runs_router(
 
     @router.get("/metrics", responses=_errors(), summary="Metrics")
     async def metrics(manager: TaskManager) -> ManagerStats:
-        """Counts by status, limits and per-name outcomes of this manager."""
+        """Counts by status, limits and per-name outcomes of this manager.
+
+        ``queue_depth`` is read from the registry for the answer (QUEUED runs of every
+        manager, by priority); if it cannot be, the figure last read is given.
+        """
+        with contextlib.suppress(RuntrackError):
+            await manager.queue_depth()
         return manager.stats()
 
     add_managers_route(router, Depends(get_task_manager), _errors(501, 503))
+    add_requeue_route(router, Depends(get_task_manager), _errors(404, 409, 503))
     return router

@@ -34,6 +34,7 @@ from runtrack.cli._app import (
 )
 from runtrack.cli._demo import demo_command
 from runtrack.cli._follow import output_command
+from runtrack.cli._requeue import requeue_command
 from runtrack.cli._run import run_command
 from runtrack.cli._runs import cancel_command, list_command, prune_command, show_command
 from runtrack.cli._serve import serve_command
@@ -126,6 +127,7 @@ for _command in (
     show_command,
     output_command,
     cancel_command,
+    requeue_command,
     prune_command,
     stats_command,
     watch_command,

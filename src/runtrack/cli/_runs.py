@@ -61,6 +61,7 @@ def _parse_tags(values: tuple[str, ...]) -> dict[str, str]:
     metavar="KEY=VALUE",
     help="Only runs with this tag (repeatable).",
 )
+@click.option("--dead", is_flag=True, help="Only dead letters: durable runs that failed for good.")
 @click.option(
     "--limit", type=click.IntRange(min=1), default=50, show_default=True, help="At most this many."
 )
@@ -72,6 +73,7 @@ def list_command(
     name: str | None,
     group: str | None,
     tags: tuple[str, ...],
+    dead: bool,
     limit: int,
     as_json: bool,
 ) -> None:
@@ -87,6 +89,7 @@ def list_command(
                 group=group,
                 tags=wanted or None,
                 limit=limit,
+                dead=True if dead else None,
             )
 
     runs = run_async(state, main)

@@ -1,4 +1,4 @@
-// runtrack dashboard: lists runs, follows them live, shows one run and cancels it; lists
+// runtrack dashboard: lists runs, follows them live, shows one run, cancels or requeues it; lists
 // the managers sharing the registry.
 //
 // Plain browser JavaScript, no build step. Every piece of run data reaches the page through
@@ -39,6 +39,7 @@
     runErrorText: $("detail-run-error-text"),
     output: $("detail-output"),
     cancel: $("cancel-run"),
+    requeue: $("requeue-run"),
     close: $("close-detail"),
     managersBody: $("managers-body"),
     managersEmpty: $("managers-empty"),
@@ -480,6 +481,13 @@
       ...field("Priority", run.priority),
       ...field("Timeout", run.timeout === null ? null : `${run.timeout} s`),
       ...field("Owner", run.owner),
+      ...(run.task
+        ? [
+            ...field("Task", run.task),
+            ...field("Dead letter", run.dead ? "yes: its retries ran out" : "no"),
+            ...field("Requeued from", run.requeued_from),
+          ]
+        : []),
       ...field("Created", timeElement(run.created_at)),
       ...field("Started", timeElement(run.started_at)),
       ...field("Finished", timeElement(run.finished_at)),
@@ -500,6 +508,10 @@
     const active = ACTIVE.has(run.status);
     els.cancel.hidden = !active;
     els.cancel.disabled = !active;
+    // A finished run of a durable task can run again, on any manager that has the task.
+    const requeueable = !active && Boolean(run.task);
+    els.requeue.hidden = !requeueable;
+    els.requeue.disabled = !requeueable;
     const row = state.rows.get(run.run_id);
     if (row && matchesFilter(run)) fillRow(row, run);
   }
@@ -561,6 +573,7 @@
       els.detailHeading.textContent = "Run";
       els.runError.hidden = true;
       els.cancel.hidden = true;
+      els.requeue.hidden = true;
     }
     showAlert(els.detailError, "");
     for (const [id, row] of state.rows) {
@@ -603,6 +616,23 @@
     }
   }
 
+  async function requeueSelected() {
+    const runId = state.selected;
+    if (!runId) return;
+    els.requeue.disabled = true;
+    showAlert(els.detailError, "");
+    try {
+      const run = await api(`${runPath(runId)}/requeue`, { method: "POST" });
+      loadList();
+      selectRun(run.run_id);
+    } catch (error) {
+      if (runId === state.selected) {
+        showAlert(els.detailError, `Could not requeue: ${describeError(error)}`);
+        refreshDetail();
+      }
+    }
+  }
+
   // -- wiring ----------------------------------------------------------------------------
 
   els.statusFilter.addEventListener("change", () => {
@@ -630,6 +660,7 @@
     loadList();
   });
   els.cancel.addEventListener("click", cancelSelected);
+  els.requeue.addEventListener("click", requeueSelected);
   els.close.addEventListener("click", closeDetail);
   document.addEventListener("keydown", (event) => {
     if (event.key === "Escape" && state.selected) closeDetail();

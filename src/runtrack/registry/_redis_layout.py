@@ -26,6 +26,11 @@ Every key starts with the registry's prefix (``runtrack:`` by default)::
                                         finished_at (entries over an hour old are trimmed)
     {prefix}managers                    hash: owner -> JSON of a manager's fixed fields
     {prefix}manager-beats               hash: owner -> "heartbeat_at_us:running"
+    {prefix}queued-depth                hash: priority -> how many runs are QUEUED with it,
+                                        and ``built`` once counted from idx:status:queued
+                                        (a layout without it is counted on first read)
+    {prefix}idem:{n}:{key}              string: the id of the run holding that idempotency
+                                        key (see `ONCE`)
     {prefix}op:{token}                  string: the outcome of one write script call, kept
                                         briefly so a call redis-py retries is not re-applied
     {prefix}tmp:*                       scratch sets of one script call, deleted before it ends
@@ -61,9 +66,11 @@ __all__ = [
     "CLEANUP",
     "CLEANUP_CHUNK",
     "COUNT",
+    "DEPTH",
     "INTERRUPT",
     "LIST",
     "MANAGERS_READ",
+    "ONCE",
     "ONE",
     "OUTPUT",
     "PRELUDE",
@@ -98,6 +105,8 @@ IDX_OWNER: Final = "idx:owner:"
 IDX_OCANCEL: Final = "idx:ocancel:"
 MANAGERS: Final = "managers"
 MANAGER_BEATS: Final = "manager-beats"
+IDEMPOTENCY: Final = "idem:"
+QUEUED_DEPTH: Final = "queued-depth"
 
 #: How long the outcome of a write call is kept for a retried call to find (ms).
 OP_TTL_MS: Final = 120_000
@@ -198,6 +207,15 @@ class Keys:
         """The CANCELLED runs of ``owner`` by finished_at."""
         return self.prefix + IDX_OCANCEL + _len_prefixed(owner)
 
+    @property
+    def queued_depth(self) -> str:
+        """The counts of QUEUED runs by priority."""
+        return self.prefix + QUEUED_DEPTH
+
+    def idempotency(self, key: str) -> str:
+        """The id of the run holding the idempotency key ``key``."""
+        return self.prefix + IDEMPOTENCY + _len_prefixed(key)
+
     def run(self, run_id: str) -> str:
         """The hash of one run."""
         return self.prefix + RUN + run_id
@@ -262,6 +280,8 @@ local K_OP = P .. '{OP}'
 local K_TMP = P .. '{TMP}'
 local K_OWNER = P .. '{IDX_OWNER}'
 local K_OCANCEL = P .. '{IDX_OCANCEL}'
+local K_IDEM = P .. '{IDEMPOTENCY}'
+local K_DEPTH = P .. '{QUEUED_DEPTH}'
 local STATUSES = {{{_STATUSES}}}
 local TERMINAL = {{{_TERMINAL}}}
 
@@ -273,6 +293,11 @@ local function now_us()
 end
 
 local function lp(s) return #s .. ':' .. s end
+
+-- One more (n = 1) or one fewer (n = -1) QUEUED run of a priority.
+local function depth(priority, n)
+  if redis.call('HINCRBY', K_DEPTH, priority, n) <= 0 then redis.call('HDEL', K_DEPTH, priority) end
+end
 
 -- The owner indexes of a run whose owner or status changed: the owner's set of active
 -- runs, and its CANCELLED runs by finished_at (how an owner hears of cancels).
@@ -319,8 +344,12 @@ end
 local function purge(id)
   local rk = K_RUN .. id
   local f = redis.call('HMGET', rk, 'status', 'name', 'group', 'tags', 'owner', 'task',
-    'created_at')
+    'created_at', 'idempotency_key', 'priority')
   local keys
+  if f[1] == 'queued' then depth(f[9], -1) end
+  if f[8] and redis.call('GET', K_IDEM .. lp(f[8])) == id then
+    redis.call('DEL', K_IDEM .. lp(f[8]))
+  end
   if f[5] then
     redis.call('SREM', K_OWNER .. lp(f[5]), id)
     redis.call('ZREM', K_OCANCEL .. lp(f[5]), id)
@@ -389,6 +418,7 @@ local function insert(id, fields)
   local c = fields.created_at
   redis.call('ZADD', K_CREATED, c, id)
   redis.call('ZADD', K_STATUS .. fields.status, c, id)
+  if fields.status == 'queued' then depth(fields.priority, 1) end
   for _, k in ipairs(keys) do redis.call('ZADD', k, c, id) end
   if fields.dead == '1' then redis.call('ZADD', K_DEAD, c, id) end
   claimable(id, fields.task, fields.status, fields.owner, c, fields.priority)
@@ -444,6 +474,11 @@ local function apply(id, to, expect, set, del)
     redis.call('ZADD', K_DEAD, cur[5], id)
   elseif set.dead then
     redis.call('ZREM', K_DEAD, id)
+  end
+  local now_status, priority = to or status, set.priority or cur[9]
+  if status ~= now_status or priority ~= cur[9] then
+    if status == 'queued' then depth(cur[9], -1) end
+    if now_status == 'queued' then depth(priority, 1) end
   end
   local owner = cur[6]
   if set.owner then owner = set.owner end
@@ -679,6 +714,44 @@ for _, id in ipairs(ids) do
   end
 end
 return {{0, deleted, skip, #ids < {CLEANUP_CHUNK} and 1 or 0}}
+"""
+)
+
+#: ARGV: prefix, ttl, the key's ttl (µs), the idempotency key, run_id, the run's fields
+#: as JSON. Inserts the run and makes it the key's holder, unless the key's holder exists
+#: and is not finished, or finished less than the key's ttl ago. Returns {1} (inserted),
+#: {2} (the run id exists), or {0, the holder's hash}.
+ONCE: Final = (
+    _PRELUDE
+    + """
+local kk = K_IDEM .. lp(ARGV[4])
+local holder = redis.call('GET', kk)
+if holder then
+  local f = redis.call('HMGET', K_RUN .. holder, 'status', 'finished_at', 'created_at')
+  if f[1] and (not TERMINAL[f[1]] or tonumber(f[2] or f[3]) > now_us() - tonumber(ARGV[3])) then
+    return {0, redis.call('HGETALL', K_RUN .. holder)}
+  end
+end
+if not insert(ARGV[5], cjson.decode(ARGV[6])) then return {2} end
+redis.call('SET', kk, ARGV[5])
+return {1}
+"""
+)
+
+#: ARGV: prefix, ttl. Returns the flat list priority, count, ... of the QUEUED runs,
+#: counting them from the status index once if the counts were never built.
+DEPTH: Final = (
+    _PRELUDE
+    + """
+if redis.call('HEXISTS', K_DEPTH, 'built') == 0 then
+  redis.call('DEL', K_DEPTH)
+  for _, id in ipairs(redis.call('ZRANGE', K_STATUS .. 'queued', 0, -1)) do
+    local priority = redis.call('HGET', K_RUN .. id, 'priority')
+    if priority then redis.call('HINCRBY', K_DEPTH, priority, 1) end
+  end
+  redis.call('HSET', K_DEPTH, 'built', 1)
+end
+return redis.call('HGETALL', K_DEPTH)
 """
 )
 

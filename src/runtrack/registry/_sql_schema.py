@@ -16,6 +16,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from runtrack._clock import dt_to_us, us_to_dt
 from runtrack._models import MAX_ID_LENGTH, Run, trusted_run
 from runtrack._status import RunStatus
+from runtrack.registry._sql_idempotency import add_idempotency_table
 from runtrack.registry._sql_managers import add_manager_tables
 from runtrack.registry.base import MUTABLE_FIELDS, TIME_FIELDS, stored_run
 
@@ -82,6 +83,8 @@ class Tables:
     #: Indexes added by version 3 (created on an older schema by `upgrade`).
     runs_claim: sa.Index
     runs_dead: sa.Index
+    #: The idempotency keys (see `_sql_idempotency`).
+    idempotency: sa.Table
 
     def __init__(self, prefix: str) -> None:
         self.metadata = sa.MetaData()
@@ -161,6 +164,7 @@ class Tables:
             **options,
         )
         add_manager_tables(self, prefix)
+        add_idempotency_table(self, prefix)
         runs = self.runs
         # Claiming walks the QUEUED runs of a task, highest priority first, then oldest.
         self.runs_claim = sa.Index(

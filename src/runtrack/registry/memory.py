@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
-from typing import Any, Self
+from typing import Any, Final, Self
 
 from runtrack._clock import dt_to_us, now_us, us_to_dt
 from runtrack._exceptions import DuplicateRunError, RunNotFoundError
 from runtrack._models import OutputChunk, Run
 from runtrack._status import TERMINAL, RunStatus, check_transition, normalize_statuses
+from runtrack.registry._idempotency import check_once_args, key_holds
 from runtrack.registry._memory_claims import MemoryClaims
 from runtrack.registry._memory_managers import MemoryManagers
 from runtrack.registry.base import (
@@ -28,6 +31,9 @@ from runtrack.registry.base import (
 )
 
 __all__ = ["InMemoryRunRegistry"]
+
+#: Records `InMemoryRunRegistry.queue_depth` reads between two yields to the event loop.
+_DEPTH_SLICE: Final = 20_000
 
 
 class _Record:
@@ -165,6 +171,7 @@ class InMemoryRunRegistry(MemoryManagers, MemoryClaims):
         # the dict backwards instead of sorting.
         self._in_order = True
         self._last_created = 0
+        self._keys: dict[str, str] = {}  # idempotency key -> the id of the run holding it
 
     _record_of = staticmethod(_rec_from_run)
 
@@ -215,6 +222,35 @@ class InMemoryRunRegistry(MemoryManagers, MemoryClaims):
             raise TypeError(f"add_run() takes a runtrack.Run, got {type(run).__name__}")
         if not self._insert(_rec_from_run(run)):
             raise DuplicateRunError(run.run_id)
+
+    async def add_run_once(self, run: Run, *, ttl: timedelta) -> tuple[Run, bool]:
+        """Insert ``run`` unless its idempotency key is held (see `IdempotentAdding`)."""
+        key, window = check_once_args(run, ttl)
+        holder = self._runs.get(self._keys.get(key, ""))
+        if holder is not None and key_holds(
+            holder.status, holder.finished_at, holder.created_at, now_us(), window
+        ):
+            return holder.to_run(), False
+        await self.add_run(run)
+        self._keys[key] = run.run_id
+        return run, True
+
+    async def queue_depth(self) -> dict[int, int]:
+        """QUEUED runs by priority (see `QueueDepthReading`).
+
+        A walk of every record, in slices between which the event loop runs others: the
+        figure of a registry that changes meanwhile is approximate.
+        """
+        records = list(self._runs.values())
+        depth: Counter[int] = Counter()
+        queued = RunStatus.QUEUED
+        for start in range(0, len(records), _DEPTH_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            depth.update(
+                r.priority for r in records[start : start + _DEPTH_SLICE] if r.status is queued
+            )
+        return dict(sorted(depth.items()))
 
     async def write_batch(self, writes: Sequence[RunWrite]) -> list[bool]:
         """Apply writes in order, each atomically (see `BatchWriting`)."""
@@ -386,7 +422,9 @@ class InMemoryRunRegistry(MemoryManagers, MemoryClaims):
         candidates.sort(key=lambda r: r.age_us, reverse=True)
         doomed = [r.run_id for r in candidates[keep:] if r.age_us < cutoff]
         for run_id in doomed:
-            del self._runs[run_id]
+            rec = self._runs.pop(run_id)
+            if rec.idempotency_key is not None and self._keys.get(rec.idempotency_key) == run_id:
+                del self._keys[rec.idempotency_key]
             self._output.pop(run_id, None)
             self._trimmed.pop(run_id, None)
         return len(doomed)

@@ -40,6 +40,7 @@ from runtrack.registry._redis_client import (
 )
 from runtrack.registry._redis_client import pairs as _pairs
 from runtrack.registry._redis_client import text as _text
+from runtrack.registry._redis_idempotency import RedisIdempotency
 from runtrack.registry._redis_managers import RedisManagers
 from runtrack.registry._refusals import (
     Candidates,
@@ -314,7 +315,7 @@ def _ttl_us(finished_ttl: timedelta | float | None) -> int:
     return max(1, round(seconds * 1_000_000))
 
 
-class RedisRunRegistry(RedisManagers, RedisNotifying, RedisClaims):
+class RedisRunRegistry(RedisManagers, RedisNotifying, RedisClaims, RedisIdempotency):
     """A `RunRegistry` in Redis: every process using the same Redis and prefix sees the same runs.
 
     Each run is a hash, indexed by sorted sets (creation time, status, name, group, tags,
@@ -391,6 +392,7 @@ class RedisRunRegistry(RedisManagers, RedisNotifying, RedisClaims):
         self._trim = self._client.register_script(layout.TRIM)
         self._list = self._client.register_script(layout.LIST)
         self._count = self._client.register_script(layout.COUNT)
+        self._depth = self._client.register_script(layout.DEPTH)
         self._cleanup = self._client.register_script(layout.CLEANUP)
 
     def __repr__(self) -> str:
@@ -651,6 +653,15 @@ class RedisRunRegistry(RedisManagers, RedisNotifying, RedisClaims):
             reply = await script(keys=[*self._anchor, *keys], args=args)
             if int(reply[0]) == 0:
                 return reply
+
+    async def queue_depth(self) -> dict[int, int]:
+        """QUEUED runs by priority, from a hash of counts (see `QueueDepthReading`)."""
+        async with self._guard():
+            await self._ready()
+            reply = await self._depth(keys=self._anchor, args=self._args())
+        counts = _pairs(reply)
+        counts.pop("built", None)
+        return dict(sorted((int(p), int(n)) for p, n in counts.items() if int(n) > 0))
 
     async def count_runs(self, *, name: str | None = None) -> dict[RunStatus, int]:
         """How many runs are in each status (see `RunRegistry`)."""

@@ -59,6 +59,7 @@ from runtrack.registry._sql_engine import (
     lost_connection,
     safe_url,
 )
+from runtrack.registry._sql_idempotency import SQLIdempotency
 from runtrack.registry._sql_managers import SQLManagers
 from runtrack.registry._sql_schema import (
     SCHEMA_VERSION,
@@ -112,7 +113,7 @@ def _new_row(write: RunWrite, record: Mapping[str, Any] | None) -> dict[str, Any
     return row
 
 
-class SQLRunRegistry(SQLManagers, SQLNotifying, SQLClaims):
+class SQLRunRegistry(SQLManagers, SQLNotifying, SQLClaims, SQLIdempotency):
     """A `RunRegistry` in a SQL database: SQLite, PostgreSQL or MariaDB/MySQL.
 
     Every replica of a service that points at the same database (and ``table_prefix``)
@@ -584,6 +585,21 @@ class SQLRunRegistry(SQLManagers, SQLNotifying, SQLClaims):
             for status, count in await conn.execute(query):
                 counts[RunStatus(status)] = int(count)
             return counts
+
+        return await self._transact(work, write=False)
+
+    async def queue_depth(self) -> dict[int, int]:
+        """QUEUED runs by priority, in one grouped query (see `QueueDepthReading`)."""
+        runs = self._tables.runs
+        query = (
+            sa.select(runs.c.priority, sa.func.count())
+            .where(runs.c.status == RunStatus.QUEUED.value)
+            .group_by(runs.c.priority)
+            .order_by(runs.c.priority)
+        )
+
+        async def work(conn: AsyncConnection) -> dict[int, int]:
+            return {int(p): int(n) for p, n in await conn.execute(query)}
 
         return await self._transact(work, write=False)
 

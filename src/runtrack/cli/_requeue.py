@@ -1,0 +1,59 @@
+"""``runtrack requeue``: run a finished durable run again."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import click
+
+from runtrack._models import Run
+from runtrack._requeue import check_requeueable, requeued
+from runtrack.cli._app import EXIT_FAILED, Fail, run_async, state_of
+from runtrack.cli._durations import DURATION
+from runtrack.cli._format import echo_json
+from runtrack.cli._runs import find_run
+
+__all__ = ["requeue_command"]
+
+
+@click.command("requeue")
+@click.argument("run_id")
+@click.option(
+    "--delay",
+    type=DURATION,
+    default=None,
+    help="Record the new run only after this long (30s, 15m, 2h); the command waits.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the new run as JSON.")
+@click.pass_context
+def requeue_command(
+    ctx: click.Context, run_id: str, delay: timedelta | None, as_json: bool
+) -> None:
+    """Queue a new run of a finished durable run's task, with the same arguments.
+
+    Any manager that registered the task runs it (the new run's requeued_from names
+    RUN_ID). Exits 4 if there is no such run, 1 if it is not finished or not a run of a
+    durable task.
+    """
+    state = state_of(ctx)
+
+    async def main() -> Run:
+        async with state.registry() as registry:
+            run = await find_run(registry, run_id)
+            try:
+                check_requeueable(run)
+            except ValueError as exc:
+                raise Fail(str(exc), EXIT_FAILED) from exc
+            new = await requeued(registry, run.run_id)
+            if delay is not None:
+                # No "not before" time in the registry: this process keeps the delay.
+                await asyncio.sleep(delay.total_seconds())
+            await registry.add_run(new)
+            return new
+
+    new = run_async(state, main)
+    if as_json:
+        echo_json(new.model_dump(mode="json"))
+    else:
+        click.echo(f"requeued {run_id} as {new.run_id}")
