@@ -7,6 +7,7 @@ the client (standalone Redis or Redis Cluster) is built in ``_redis_client``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import math
@@ -386,6 +387,7 @@ class RedisRunRegistry(RedisManagers, RedisNotifying, RedisClaims, RedisIdempote
         # cluster it routes the call to the node of the prefix's slot.
         self._anchor = [self._keys.schema]
         self._schema_checked = False
+        self._first_use = asyncio.Lock()
         self._write = self._client.register_script(layout.WRITE)
         self._append = self._client.register_script(layout.APPEND)
         self._output = self._client.register_script(layout.OUTPUT)
@@ -481,6 +483,13 @@ class RedisRunRegistry(RedisManagers, RedisNotifying, RedisClaims, RedisIdempote
         """Record the schema version on first use; refuse a prefix holding another one."""
         if self._schema_checked:
             return
+        # One first call at a time: a burst of them on a cold cluster client would open
+        # connections to one node concurrently, which redis-py's cluster client mishandles.
+        async with self._first_use:
+            if not self._schema_checked:
+                await self._check_schema()
+
+    async def _check_schema(self) -> None:
         found = await self._client.set(self._keys.schema, layout.SCHEMA_VERSION, nx=True, get=True)
         version = None if found is None else _text(cast("bytes | str", found))
         if version is not None and version != layout.SCHEMA_VERSION:
