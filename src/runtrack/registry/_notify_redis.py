@@ -16,6 +16,8 @@ import contextlib
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any, Final
 
+from redis.asyncio.cluster import RedisCluster
+
 from runtrack._status import RunStatus
 from runtrack.registry._notifying import ListenerKeeper, NotificationListener, check_task_names
 from runtrack.registry._redis_layout import _len_prefixed
@@ -121,6 +123,11 @@ class RedisNotifying(ListenerKeeper):
         if not names:
             return
         channel = self._work_channel()
+        if isinstance(self._client, RedisCluster):  # a cluster pipelines no PUBLISH
+            async with self._guard():
+                for name in names:
+                    await self._client.publish(channel, name)
+            return
         async with self._guard(), self._client.pipeline(transaction=False) as pipe:
             for name in names:
                 pipe.publish(channel, name)  # type: ignore[unused-awaitable]
