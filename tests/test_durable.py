@@ -469,7 +469,8 @@ class TestOneRoundTrip:
             import sqlalchemy as sa
 
             def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-                sent.append(statement.split(maxsplit=1)[0].upper())
+                if "managers" not in statement:  # not the presence loop's
+                    sent.append(statement.split(maxsplit=1)[0].upper())
 
             sa.event.listen(registry.engine.sync_engine, "before_cursor_execute", record)
         elif hasattr(registry, "_client"):
@@ -477,7 +478,8 @@ class TestOneRoundTrip:
             execute = client.execute_command
 
             async def counted(*args: Any, **options: Any) -> Any:
-                sent.append(str(args[0]).upper())
+                if any("bulk" in str(arg) for arg in args):  # not the presence loop's
+                    sent.append(str(args[0]).upper())
                 return await execute(*args, **options)
 
             client.execute_command = counted
