@@ -29,6 +29,7 @@ SECTION_MODULES = (
     "persist_sqlite",
     "persist_mariadb",
     "leases",
+    "durable",
 )
 
 LOGGING_NOTE = (
