@@ -70,10 +70,14 @@ def in_process_logging(setup: str) -> Iterator[None]:
 
 
 async def spawn_workers(
-    kit: Kit, tag: str, count: int, concurrency: int, logging: str
-) -> list[asyncio.subprocess.Process]:
-    """``count`` worker processes of ``kit``, each having said ``ready``."""
-    procs = []
+    procs: list[asyncio.subprocess.Process],
+    kit: Kit,
+    tag: str,
+    count: int,
+    concurrency: int,
+    logging: str,
+) -> None:
+    """Start ``count`` worker processes of ``kit`` into ``procs``; return once all are ready."""
     for _ in range(count):
         procs.append(
             await asyncio.create_subprocess_exec(
@@ -93,7 +97,6 @@ async def spawn_workers(
         line = await asyncio.wait_for(proc.stdout.readline(), 120)
         if line.strip() != b"ready":
             raise RuntimeError(f"a {kit.name} worker failed to start (said {line!r})")
-    return procs
 
 
 async def stop_workers(procs: list[asyncio.subprocess.Process]) -> None:
@@ -134,9 +137,15 @@ async def throughput(
         if mode == IN_PROCESS:
             ready = asyncio.Event()
             local = asyncio.create_task(kit.worker(tag, concurrency, ready, stop))
-            await asyncio.wait_for(ready.wait(), 120)
+            started = asyncio.create_task(ready.wait())
+            await asyncio.wait([local, started], timeout=120, return_when=asyncio.FIRST_COMPLETED)
+            started.cancel()
+            if local.done():
+                local.result()  # the worker failed: raise its error
+            if not ready.is_set():
+                raise RuntimeError(f"the {kit.name} worker did not start in 120 s")
         else:
-            procs = await spawn_workers(kit, tag, 2, concurrency, logging)
+            await spawn_workers(procs, kit, tag, 2, concurrency, logging)
         async with kit.client(tag) as client, asyncio.timeout(time_limit(n)):
             start = perf_counter()
             await client.enqueue(n)
@@ -156,9 +165,10 @@ async def throughput(
         stop.set()
         if local is not None:
             await asyncio.gather(local, return_exceptions=True)
-        if procs:
+        try:
             await stop_workers(procs)
-        await kit.teardown(tag)
+        finally:
+            await kit.teardown(tag)
 
 
 def measure(
@@ -189,7 +199,7 @@ async def latency(kit: Kit, tags: Tags, samples: int, concurrency: int) -> list[
     procs: list[asyncio.subprocess.Process] = []
     out: list[float] = []
     try:
-        procs = await spawn_workers(kit, tag, 1, concurrency, PRODUCTION)
+        await spawn_workers(procs, kit, tag, 1, concurrency, PRODUCTION)
         stdout = procs[0].stdout
         assert stdout is not None
         async with kit.client(tag) as client:
@@ -205,9 +215,10 @@ async def latency(kit: Kit, tags: Tags, samples: int, concurrency: int) -> list[
                     out.append((int(started) - returned) / 1e6)
         return out
     finally:
-        if procs:
+        try:
             await stop_workers(procs)
-        await kit.teardown(tag)
+        finally:
+            await kit.teardown(tag)
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -440,8 +451,8 @@ def notes(args: argparse.Namespace) -> list[str]:
         "Logging: stdlib logging at INFO (a service's logging.basicConfig(level=INFO)) into "
         "the null device, in this process and in every worker process; runtrack also with "
         "nothing configured (its default, silent).",
-        f"Latency: one idle worker process; {args.durable_latency_samples} stamp jobs one at "
-        f"a time ({LATENCY_WARMUP} uncounted first), {LATENCY_GAP * 1000:.0f} ms apart; from "
+        f"Latency: one idle worker process; {args.durable_latency_samples} stamp jobs counted, "
+        f"one at a time after {LATENCY_WARMUP} uncounted, {LATENCY_GAP * 1000:.0f} ms apart; from "
         "the enqueue call's return (runtrack: fn.submit) to the job's first line in the "
         "worker, both read from CLOCK_MONOTONIC.",
         "Versions: " + versions("pgqueuer", "saq", "arq", "redis", "asyncpg"),
