@@ -199,9 +199,18 @@ class DelegatingRegistry:
         tags: Mapping[str, str] | None = None,
         limit: int = 100,
         offset: int = 0,
+        task: str | None = None,
+        dead: bool | None = None,
     ) -> list[Run]:
         return await self.inner.list_runs(
-            status=status, name=name, group=group, tags=tags, limit=limit, offset=offset
+            status=status,
+            name=name,
+            group=group,
+            tags=tags,
+            limit=limit,
+            offset=offset,
+            task=task,
+            dead=dead,
         )
 
     async def count_runs(self, *, name: str | None = None) -> dict[RunStatus, int]:

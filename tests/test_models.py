@@ -988,3 +988,47 @@ class TestPublicAPI:
         )
 
         assert proc.stdout.strip() == "[]"
+
+
+class TestDurableFields:
+    """The durable-task fields of `Run` take JSON only, of the right shape."""
+
+    def test_args_shape(self) -> None:
+        run = Run(task="t", args={"args": [1], "kwargs": {"a": None}})
+        assert run.args == {"args": [1], "kwargs": {"a": None}}
+        with pytest.raises(ValidationError, match="only the keys"):
+            Run(task="t", args={"args": [], "other": 1})
+        with pytest.raises(ValidationError, match="list"):
+            Run(task="t", args={"args": {"a": 1}})
+        with pytest.raises(ValidationError, match="object"):
+            Run(task="t", args={"kwargs": [1]})
+
+    @pytest.mark.parametrize(
+        ("args", "match"),
+        [
+            ({"args": [float("nan")]}, "JSON number"),
+            ({"args": ["a\x00b"]}, "NUL"),
+            ({"args": [object()]}, "args"),
+            ({"kwargs": {"k": "\ud800"}}, "surrogate"),
+        ],
+        ids=["nan", "nul", "object", "surrogate"],
+    )
+    def test_args_json_only(self, args: dict[str, Any], match: str) -> None:
+        with pytest.raises(ValidationError, match=match):
+            Run(task="t", args=args)
+
+    def test_args_depth_bounded(self) -> None:
+        deep: Any = []
+        for _ in range(40):
+            deep = [deep]
+        with pytest.raises(ValidationError, match="args nest"):
+            Run(task="t", args={"args": deep})
+
+    @pytest.mark.parametrize("field", ["task", "idempotency_key", "requeued_from"])
+    def test_ident_fields(self, field: str) -> None:
+        with pytest.raises(ValidationError, match=field):
+            Run(**{field: "x" * 256})
+        with pytest.raises(ValidationError, match="NUL"):
+            Run(**{field: "a\x00"})
+        with pytest.raises(ValidationError):
+            Run(**{field: ""})

@@ -44,7 +44,19 @@ ILLEGAL = sorted(set(itertools.product(RunStatus, RunStatus)) - LEGAL)
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 
 #: Fields that neither ``transition`` nor ``update_run`` may set.
-IMMUTABLE = ["status", "created_at", "name", "parameters", "group", "bogus"]
+IMMUTABLE = [
+    "status",
+    "created_at",
+    "name",
+    "parameters",
+    "group",
+    "task",
+    "args",
+    "idempotency_key",
+    "requeued_from",
+    "requeue_on_interrupt",
+    "bogus",
+]
 
 
 def pair_id(pair: tuple[RunStatus, RunStatus]) -> str:
@@ -730,6 +742,88 @@ class TestListRuns:
 
         assert run.run_id == "run-3"
         assert run.error_message == "stopped"
+
+
+class TestDurableFields:
+    """The fields of durable runs round-trip, filter, and ``dead`` can change."""
+
+    async def test_round_trip(self, registry: RunRegistry) -> None:
+        run = await add(
+            registry,
+            run_id="durable-1",
+            name="send",
+            task="mail.send",
+            args={"args": [1, "ü", [2.5, None]], "kwargs": {"to": "a@b", "n": {"deep": True}}},
+            idempotency_key="key-✓",
+            dead=True,
+            requeued_from="durable-0",
+            requeue_on_interrupt=True,
+            status=RunStatus.FAILED,
+        )
+
+        got = await registry.get_run(run.run_id)
+
+        assert got == run
+        assert got is not None
+        assert got.args == {
+            "args": [1, "ü", [2.5, None]],
+            "kwargs": {"to": "a@b", "n": {"deep": True}},
+        }
+        assert got.dead is True
+        assert got.requeue_on_interrupt is True
+
+    async def test_defaults(self, registry: RunRegistry) -> None:
+        run = await add(registry)
+
+        got = await registry.get_run(run.run_id)
+
+        assert got is not None
+        assert (got.task, got.args, got.idempotency_key, got.requeued_from) == (None,) * 4
+        assert got.dead is False
+        assert got.requeue_on_interrupt is False
+
+    async def test_empty_args_round_trip(self, registry: RunRegistry) -> None:
+        run = await add(registry, task="t", args={"args": [], "kwargs": {}})
+
+        got = await registry.get_run(run.run_id)
+
+        assert got is not None
+        assert got.args == {"args": [], "kwargs": {}}
+
+    async def test_filter_by_task_and_dead(self, registry: RunRegistry) -> None:
+        await add(registry, run_id="a", task="t1", created_at=at(1))
+        await add(registry, run_id="b", task="t2", created_at=at(2))
+        await add(registry, run_id="c", task="t1", created_at=at(3), dead=True)
+        await add(registry, run_id="d", created_at=at(4))
+
+        assert ids(await registry.list_runs(task="t1")) == ["c", "a"]
+        assert ids(await registry.list_runs(task="t3")) == []
+        assert ids(await registry.list_runs(dead=True)) == ["c"]
+        assert ids(await registry.list_runs(dead=False)) == ["d", "b", "a"]
+        assert ids(await registry.list_runs(task="t1", dead=False)) == ["a"]
+        assert ids(await registry.list_runs(task="t1", dead=False, status="queued")) == ["a"]
+        assert ids(await registry.list_runs(dead=False, limit=1, offset=1)) == ["b"]
+
+    async def test_dead_changes_and_filters(self, registry: RunRegistry) -> None:
+        run = await add(registry, task="t", status=RunStatus.RUNNING)
+
+        failed = await registry.transition(run.run_id, RunStatus.FAILED, dead=True)
+
+        assert failed is not None
+        assert failed.dead is True
+        assert ids(await registry.list_runs(dead=True)) == [run.run_id]
+        updated = await registry.update_run(run.run_id, dead=False)
+        assert updated.dead is False
+        assert await registry.list_runs(dead=True) == []
+        assert ids(await registry.list_runs(dead=False)) == [run.run_id]
+
+    async def test_dead_run_cleaned_up(self, registry: RunRegistry) -> None:
+        await add(registry, task="t", status=RunStatus.FAILED, dead=True, finished_at=ago(days=2))
+
+        await registry.cleanup_old_runs(older_than=timedelta(days=1))
+
+        assert await registry.list_runs(dead=True) == []
+        assert await registry.list_runs(task="t") == []
 
 
 class TestCountRuns:

@@ -214,6 +214,56 @@ class TestSchema:
         assert ("owner", "status", "finished_at") in indexes
         assert sorted(v for (v,) in versions) == [1, SCHEMA_VERSION]
 
+    async def test_a_version_2_schema_gets_the_durable_columns(
+        self, registry: SQLRunRegistry, twin: Callable[[SQLRunRegistry], Any]
+    ) -> None:
+        await registry.add_run(Run(run_id="kept", name="old", parameters={"a": 1}))
+        prefix = registry.table_prefix
+        async with registry.engine.begin() as conn:  # back to what version 2 created
+            on = f" ON {prefix}runs" if conn.dialect.name == "mysql" else ""
+            for index in ("runs_claim", "runs_dead"):
+                await conn.execute(sa.text(f"DROP INDEX {prefix}{index}{on}"))
+            for column in (
+                "task",
+                "args",
+                "idempotency_key",
+                "dead",
+                "requeued_from",
+                "requeue_on_interrupt",
+            ):
+                await conn.execute(sa.text(f"ALTER TABLE {prefix}runs DROP COLUMN {column}"))
+            await conn.execute(sa.text(f"DELETE FROM {prefix}schema"))
+            await conn.execute(
+                sa.text(f"INSERT INTO {prefix}schema (version, applied_at) VALUES (2, 0)")
+            )
+
+        async with twin(registry) as second:
+            old = await second.get_run("kept")
+            new = Run(run_id="new", task="t", args={"args": [1]}, dead=True)
+            await second.add_run(new)
+            assert await second.get_run("new") == new
+            assert [r.run_id for r in await second.list_runs(dead=False)] == ["kept"]
+            assert [r.run_id for r in await second.list_runs(task="t")] == ["new"]
+
+            def inspect(conn: sa.Connection) -> set[str]:
+                ixs = sa.inspect(conn).get_indexes(f"{prefix}runs")
+                return {str(ix["name"]) for ix in ixs}
+
+            async with second.engine.connect() as conn:
+                indexes = await conn.run_sync(inspect)
+                versions = (
+                    await conn.execute(sa.text(f"SELECT version FROM {prefix}schema"))
+                ).all()
+        assert old is not None
+        assert (old.task, old.args, old.dead, old.requeue_on_interrupt) == (
+            None,
+            None,
+            False,
+            False,
+        )
+        assert {f"{prefix}runs_claim", f"{prefix}runs_dead"} <= indexes
+        assert sorted(v for (v,) in versions) == [2, SCHEMA_VERSION]
+
     async def test_existing_schema_is_reused(
         self, registry: SQLRunRegistry, twin: Callable[[SQLRunRegistry], Any]
     ) -> None:

@@ -11,6 +11,7 @@ from runtrack._background import (
     background,
     get_default_manager,
     set_default_manager,
+    task,
 )
 from runtrack._context import RunHandle, current_run, report_progress
 from runtrack._exceptions import (
@@ -33,10 +34,12 @@ from runtrack._stats import ManagerStats, NameStats
 from runtrack._status import TERMINAL, RunStatus
 from runtrack._sync import SyncTaskManager
 from runtrack._system import SystemStats, system_stats
+from runtrack._tasks import TaskFunction
 from runtrack.registry import (
     InMemoryRunRegistry,
     OutputTrimming,
     RunRegistry,
+    TaskClaiming,
     registry_from_url,
 )
 
@@ -70,6 +73,8 @@ __all__ = [
     "RuntrackError",
     "SyncTaskManager",
     "SystemStats",
+    "TaskClaiming",
+    "TaskFunction",
     "background",
     "current_run",
     "get_default_manager",
@@ -77,6 +82,7 @@ __all__ = [
     "report_progress",
     "set_default_manager",
     "system_stats",
+    "task",
 ]
 
 __version__ = "0.1.0.dev0"

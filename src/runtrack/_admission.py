@@ -40,6 +40,7 @@ class Job(_Record):
     """
 
     __slots__ = (
+        "aio_task",
         "cancel_requested",
         "context",
         "coro",
@@ -51,7 +52,6 @@ class Job(_Record):
         "seq",
         "started",
         "state",
-        "task",
         "timer",
         "waiters",
     )
@@ -91,12 +91,14 @@ class Job(_Record):
         self.max_attempts = max_attempts
         self.progress = self.progress_message = self.result = None
         self.error_type = self.error_message = self.owner = None
+        self.task = self.args = self.idempotency_key = self.requeued_from = None
+        self.dead = self.requeue_on_interrupt = False
         self.coro = coro
         self.factory = factory
         self.retry = retry
         self.state = QUEUED
         self.cancel_requested = False
-        self.task: asyncio.Task[None] | None = None
+        self.aio_task: asyncio.Task[None] | None = None
         self.waiters: list[asyncio.Future[None]] | None = None
         # A delayed job's timer, or the task that holds it until its id is known to be free.
         self.timer: asyncio.TimerHandle | asyncio.Task[None] | None = None
@@ -109,7 +111,7 @@ class Job(_Record):
 
     def release(self) -> None:
         """Drop what only execution needed, once the job is done (it may live on as a record)."""
-        self.coro = self.factory = self.retry = self.task = self.timer = self.rec = None
+        self.coro = self.factory = self.retry = self.aio_task = self.timer = self.rec = None
         self.context = None
 
 

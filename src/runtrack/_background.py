@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec
 
 from runtrack._exceptions import RuntrackError
+from runtrack._tasks import R, TaskFunction, register_default, task_decorator
 
 if TYPE_CHECKING:
     from runtrack._manager import BackgroundTaskManager
@@ -19,8 +20,10 @@ __all__ = [
     "RunOptions",
     "background",
     "decorator",
+    "default_manager_or_none",
     "get_default_manager",
     "set_default_manager",
+    "task",
 ]
 
 P = ParamSpec("P")
@@ -35,6 +38,13 @@ def set_default_manager(manager: BackgroundTaskManager | None) -> None:
     """
     global _default  # noqa: PLW0603 - one process-wide default, like logging's root logger
     _default = manager
+    if manager is not None:
+        manager._claims.wake()  # it runs the tasks declared with @runtrack.task now
+
+
+def default_manager_or_none() -> BackgroundTaskManager | None:
+    """The manager set by `set_default_manager`, or None."""
+    return _default
 
 
 def get_default_manager() -> BackgroundTaskManager:
@@ -148,3 +158,34 @@ def decorator(
         return BackgroundFunction(func, manager=manager, options=options)
 
     return wrap
+
+
+def task(
+    name: str | None = None,
+    *,
+    retry: Retry | None = None,
+    timeout: float | None = None,
+    group: str | None = None,
+    priority: int = 0,
+    requeue_on_interrupt: bool = False,
+) -> Callable[[Callable[P, R]], TaskFunction[P, R]]:
+    """Like `BackgroundTaskManager.task`, for the default manager (`set_default_manager`).
+
+    The task is declared when the module is imported; the default manager (whichever it is
+    when runs are submitted and claimed) runs it.
+
+    Example:
+        >>> import runtrack
+        >>> @runtrack.task(retry=runtrack.Retry(attempts=3))
+        ... async def send_invoice(invoice_id: int) -> None: ...
+    """
+    return task_decorator(
+        get_default_manager,
+        register_default,
+        name=name,
+        retry=retry,
+        timeout=timeout,
+        group=group,
+        priority=priority,
+        requeue_on_interrupt=requeue_on_interrupt,
+    )

@@ -186,6 +186,9 @@ class BatchWriter:
         self._entry(job.run_id, job).insert = True
         return True
 
+    def adopt(self, job: Job) -> None:
+        job.owner = self._owner
+
     async def insert_now(self, job: Job) -> bool:
         job.owner = self._owner
         entry = self._entry(job.run_id, job)

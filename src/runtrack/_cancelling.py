@@ -92,13 +92,13 @@ class Cancelling(ManagerCore):
         job.cancel_requested = True
         if not wait_write:
             self._writer.cas(job, RunStatus.CANCELLED, changes)
-            if job.task is not None:
-                job.task.cancel()
+            if job.aio_task is not None:
+                job.aio_task.cancel()
             await self._await_job(job, self._cancel_timeout)
             return True
         written = asyncio.ensure_future(self._writer.cas_now(job, RunStatus.CANCELLED, changes))
-        if job.task is not None:
-            job.task.cancel()
+        if job.aio_task is not None:
+            job.aio_task.cancel()
         await self._await_job(job, self._cancel_timeout)
         return await self._bounded(asyncio.shield(written), stopped)
 
@@ -145,8 +145,8 @@ class Cancelling(ManagerCore):
             return
         if job.state == RUNNING:
             job.cancel_requested = True
-            if job.task is not None:
-                job.task.cancel()
+            if job.aio_task is not None:
+                job.aio_task.cancel()
         elif job.state == QUEUED:
             self._drop_queued(job)
             self._finish_local(job, RunStatus.CANCELLED, RunStatus.QUEUED, None)

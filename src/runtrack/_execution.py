@@ -20,6 +20,7 @@ from typing import Any, Final
 from pydantic import JsonValue, TypeAdapter, ValidationError
 
 from runtrack._admission import DONE, FINISHING, QUEUED, RUNNING, Job, describe_error
+from runtrack._claims import ClaimLoop
 from runtrack._clock import now_us
 from runtrack._context import _current
 from runtrack._exceptions import CommandFailed
@@ -49,6 +50,8 @@ def close_coro(coro: object) -> None:
 
 class Execution(ManagerCore):
     """The executor loop and end-of-run bookkeeping, mixed into `BackgroundTaskManager`."""
+
+    _claims: ClaimLoop
 
     async def _executor(self) -> None:
         task = asyncio.current_task()
@@ -80,7 +83,7 @@ class Execution(ManagerCore):
                     coro = self._make_coro(job)
                 job.coro = None
                 job.state = RUNNING
-                job.task = task
+                job.aio_task = task
                 job.started = time.monotonic()
                 self._running += 1
                 if self._listeners:
@@ -179,7 +182,9 @@ class Execution(ManagerCore):
         del jobs[job.run_id]
         if not jobs:
             self._idle.set()
-        job.task = job.rec = job.factory = job.retry = None
+        job.aio_task = job.rec = job.factory = job.retry = None
+        if self._claims.active:  # a slot freed: it may take a durable run
+            self._claims.freed()
 
     def _not_started(self, job: Job) -> None:
         """The QUEUED → RUNNING write did not apply: it was cancelled or finished elsewhere."""
@@ -202,7 +207,7 @@ class Execution(ManagerCore):
         self._running -= 1
         if job.group is not None:
             self._lanes.release(job)
-        job.task = None
+        job.aio_task = None
         duration = time.monotonic() - job.started
         if job.cancel_requested:
             status = RunStatus.CANCELLED  # cancel_task (or another manager) already wrote it
@@ -236,6 +241,8 @@ class Execution(ManagerCore):
                     del jobs[job.run_id]
                     if not jobs:
                         self._idle.set()
+                if self._claims.active:
+                    self._claims.freed()
                 return
             if not written:
                 self._discarded(job, status)
@@ -299,7 +306,9 @@ class Execution(ManagerCore):
             del jobs[job.run_id]
             if not jobs:
                 self._idle.set()
-        job.coro = job.factory = job.retry = job.task = job.timer = job.rec = None
+        job.coro = job.factory = job.retry = job.aio_task = job.timer = job.rec = None
+        if self._claims.active:
+            self._claims.freed()
 
     def _status_in_registry(self, job: Job) -> RunStatus:
         """The terminal status another writer gave a run our write could not change."""
@@ -313,7 +322,7 @@ class Execution(ManagerCore):
         assert self._loop is not None
         self._running -= 1
         self._lanes.release(job)
-        job.task = None
+        job.aio_task = None
         delay = job.retry.delay(job.attempt)
         next_attempt = job.attempt + 1
         changes = {

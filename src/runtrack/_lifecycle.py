@@ -16,6 +16,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from runtrack._admission import RUNNING
+from runtrack._claims import ClaimLoop
 from runtrack._exceptions import ManagerClosedError, RuntrackError
 from runtrack._state import ManagerCore, State
 from runtrack._status import RunStatus
@@ -25,6 +26,8 @@ __all__ = ["Lifecycle"]
 
 class Lifecycle(ManagerCore):
     """Starting and shutting down, mixed into `BackgroundTaskManager`."""
+
+    _claims: ClaimLoop
 
     def _start(self) -> asyncio.AbstractEventLoop:
         if self._state is State.RUNNING and self._loop is not None:
@@ -41,6 +44,7 @@ class Lifecycle(ManagerCore):
         self._state = State.RUNNING
         self._debug = self._log.is_enabled_for(logging.DEBUG)  # logging set up since __init__
         self._spawn_background(self._heartbeat.run(lambda: self._state is State.RUNNING))
+        self._claims.start()
         self._log.debug("manager_started", max_concurrency=self._max_concurrency)
         return loop
 
@@ -59,6 +63,8 @@ class Lifecycle(ManagerCore):
         self._state = State.CLOSING
         grace = self._options.shutdown_grace if grace is None else grace
         try:
+            # Durable runs claimed but not started go back to the registry for others.
+            await self._claims.stop(self._registry_timeout)
             await self._drain(grace)
             await self._cancel_all()
             if self._submits:  # they end themselves once their record is written (refused)

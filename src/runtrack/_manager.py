@@ -10,8 +10,15 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Self
 
 from runtrack._admission import Job, Lanes
-from runtrack._background import BackgroundFunction, P, RunOptions, decorator
+from runtrack._background import (
+    BackgroundFunction,
+    P,
+    RunOptions,
+    decorator,
+    default_manager_or_none,
+)
 from runtrack._cancelling import Cancelling
+from runtrack._claims import ClaimLoop
 from runtrack._execution import Execution
 from runtrack._heartbeat import Heartbeat
 from runtrack._lifecycle import Lifecycle
@@ -25,6 +32,7 @@ from runtrack._state import State
 from runtrack._stats import ManagerStats, StatsCollector
 from runtrack._storable import MAX_PROGRESS_MESSAGE, storable_text
 from runtrack._submission import check_limit, default_owner
+from runtrack._tasks import R, TaskFunction, default_tasks, task_decorator
 from runtrack._threads import ThreadRuns
 from runtrack._writer import DirectWriter, Writer
 from runtrack.registry.base import RunRegistry
@@ -165,6 +173,10 @@ class BackgroundTaskManager(Lifecycle, Queueing, Cancelling, Execution):
             on_conflict=self._on_conflict, notify=self._events.dispatch, log=self._log,
             poll_interval=poll_interval, counts=lambda: (self._running, self._max_concurrency),
             resume=self._wake_pump,
+        )  # fmt: skip
+        self._claims = ClaimLoop(
+            self, poll_interval=poll_interval,
+            extra=lambda: default_tasks() if default_manager_or_none() is self else {},
         )  # fmt: skip
         # Resolved here and again at start, not per event: each transition would pay for it.
         self._debug = self._log.is_enabled_for(logging.DEBUG)
@@ -351,6 +363,52 @@ class BackgroundTaskManager(Lifecycle, Queueing, Cancelling, Execution):
             tags=dict(tags or {}),
         )  # fmt: skip
         return decorator(lambda: self, options)
+
+    def task(
+        self,
+        name: str | None = None,
+        *,
+        retry: Retry | None = None,
+        timeout: float | None = None,
+        group: str | None = None,
+        priority: int = 0,
+        requeue_on_interrupt: bool = False,
+    ) -> Callable[[Callable[P, R]], TaskFunction[P, R]]:
+        """Register an async or sync function as a durable task, under ``name``.
+
+        ``await fn.submit(*args, **kwargs)`` then records a QUEUED run with JSON
+        arguments that any manager sharing the registry and registering the same name may
+        claim and run (exactly one does); calling ``fn(...)`` still runs the function. A
+        run of a manager that crashed is claimed by another if it was QUEUED, and re-run
+        only with ``requeue_on_interrupt=True`` if it was RUNNING. See "Durable tasks".
+
+        Args:
+            name: The task name (default the function's qualified name): the same in
+                every replica.
+            retry: Re-run failures (needs the function, called again).
+            timeout: Seconds each run may take (a submit may override it).
+            group: Concurrency group of its runs (a submit may override it).
+            priority: Priority of its runs (a submit may override it).
+            requeue_on_interrupt: Re-queue a run whose manager died while running it.
+
+        Example:
+            >>> import asyncio
+            >>> from runtrack import BackgroundTaskManager
+            >>> manager = BackgroundTaskManager()
+            >>> @manager.task(name="resize")
+            ... async def resize(path: str, width: int) -> int:
+            ...     return width
+            >>> async def main() -> object:
+            ...     async with manager:
+            ...         run = await resize.submit("cat.png", width=64)
+            ...         return (await manager.wait(run.run_id)).result
+            >>> asyncio.run(main())
+            64
+        """
+        return task_decorator(
+            lambda: self, self._claims.add, name=name, retry=retry, timeout=timeout,
+            group=group, priority=priority, requeue_on_interrupt=requeue_on_interrupt,
+        )  # fmt: skip
 
     # -- cancelling and waiting ---------------------------------------------------------------
 

@@ -163,8 +163,8 @@ def _check_tags(tags: object) -> object:
     return tags
 
 
-def _parameters_problem(parameters: dict[str, Any]) -> str | None:
-    """Why a registry could not store ``parameters``, or None.
+def _parameters_problem(parameters: dict[str, Any], what: str = "parameters") -> str | None:
+    """Why a registry could not store ``parameters`` (the field ``what``), or None.
 
     NaN and infinities, NUL and surrogates in keys and strings, nesting deeper than
     MariaDB's JSON columns take. One walk, level by level (so the depth comes free), that
@@ -180,7 +180,7 @@ def _parameters_problem(parameters: dict[str, Any]) -> str | None:
                     if type(key) is str and (
                         "\x00" in key if key.isascii() else _UNSTORABLE.search(key)
                     ):
-                        return _where_unstorable(parameters)
+                        return _where_unstorable(parameters, what)
                 items = container.values()
             else:
                 items = container
@@ -188,7 +188,7 @@ def _parameters_problem(parameters: dict[str, Any]) -> str | None:
                 kind = type(item)
                 if kind is str:
                     if "\x00" in item if item.isascii() else _UNSTORABLE.search(item):
-                        return _where_unstorable(parameters)
+                        return _where_unstorable(parameters, what)
                 elif kind is dict or kind is list:
                     deeper.append(item)
                 elif kind is int or kind is bool or item is None:
@@ -199,22 +199,22 @@ def _parameters_problem(parameters: dict[str, Any]) -> str | None:
                 elif isinstance(item, dict | list):
                     deeper.append(item)
                 elif isinstance(item, str) and not _storable(item):
-                    return _where_unstorable(parameters)
+                    return _where_unstorable(parameters, what)
         if deeper:
             depth += 1
             if depth > MAX_JSON_DEPTH:
                 return (
-                    f"parameters nest objects and arrays more than {MAX_JSON_DEPTH} levels "
-                    f"deep (parameters itself is level 1), which MariaDB's JSON columns "
+                    f"{what} nest objects and arrays more than {MAX_JSON_DEPTH} levels "
+                    f"deep ({what} itself is level 1), which MariaDB's JSON columns "
                     f"refuse: flatten them, or pass the deep part as a JSON string"
                 )
         level = deeper
     return None
 
 
-def _where_unstorable(parameters: dict[str, Any]) -> str:
+def _where_unstorable(parameters: dict[str, Any], what: str = "parameters") -> str:
     """The message for a key or string in ``parameters`` that is not storable, with its path."""
-    stack: list[tuple[str, Any]] = [("parameters", parameters)]
+    stack: list[tuple[str, Any]] = [(what, parameters)]
     while stack:
         path, value = stack.pop()
         if isinstance(value, dict):
@@ -226,7 +226,7 @@ def _where_unstorable(parameters: dict[str, Any]) -> str:
             stack.extend((f"{path}[{i}]", item) for i, item in enumerate(value))
         elif isinstance(value, str) and not _storable(value):
             return _unstorable(value, path)
-    raise AssertionError("no unstorable text in parameters")  # pragma: no cover
+    raise AssertionError(f"no unstorable text in {what}")  # pragma: no cover
 
 
 def _check_new_run(data: dict[str, Any]) -> None:
@@ -240,7 +240,7 @@ def _check_new_run(data: dict[str, Any]) -> None:
             parameters; NaN or an infinity in parameters; parameters nested too deep; an
             empty ``name``.
     """
-    for field in ("run_id", "name", "group"):
+    for field in ("run_id", "name", "group", "task", "idempotency_key", "requeued_from"):
         value = data.get(field)
         if type(value) is str and not value.isprintable() and _UNSTORABLE.search(value):
             raise _invalid(field, value, _unstorable(value, field))
@@ -263,6 +263,11 @@ def _check_new_run(data: dict[str, Any]) -> None:
         )
         if problem is not None:
             raise _invalid("parameters", parameters, problem)
+    args = data.get("args")
+    if args and (type(args) is dict or isinstance(args, Mapping)):
+        problem = _parameters_problem(dict(args), "args")
+        if problem is not None:
+            raise _invalid("args", args, problem)
 
 
 def _invalid(field: str, value: object, message: str) -> ValidationError:
@@ -291,9 +296,26 @@ def _finite_parameters(value: dict[str, Any], info: ValidationInfo) -> dict[str,
     return _finite(value)  # type: ignore[no-any-return]
 
 
+def _task_args(value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+    """Check the shape of a durable run's ``args``: ``{"args": [...], "kwargs": {...}}``."""
+    extra = value.keys() - {"args", "kwargs"}
+    if extra:
+        raise ValueError(
+            f"args holds only the keys 'args' (a list) and 'kwargs' (an object), "
+            f"not {', '.join(sorted(map(repr, extra)))}"
+        )
+    if not isinstance(value.get("args", []), list):
+        raise ValueError("args['args'] must be a list of the positional arguments")
+    if not isinstance(value.get("kwargs", {}), dict):
+        raise ValueError("args['kwargs'] must be an object of the keyword arguments")
+    return _finite_parameters(value, info)
+
+
 #: A JSON value as every registry can store it (no NaN, no infinities).
 Json = Annotated[JsonValue, AfterValidator(_finite)]
 Parameters = Annotated[dict[str, JsonValue], AfterValidator(_finite_parameters)]
+#: The arguments of a durable run: ``{"args": [...], "kwargs": {...}}``, JSON only.
+TaskArgs = Annotated[dict[str, JsonValue], AfterValidator(_task_args)]
 
 
 class Run(BaseModel):
@@ -349,6 +371,20 @@ class Run(BaseModel):
     owner: str | None = None
     """The manager that runs (or ran) it."""
     heartbeat_at: UTCDatetime | None = None
+    task: Ident | None = None
+    """The durable task this run executes (see ``manager.task``); None for a local run,
+    which only the manager that started it can run."""
+    args: TaskArgs | None = None
+    """A durable run's JSON arguments: ``{"args": [...], "kwargs": {...}}``."""
+    idempotency_key: Ident | None = None
+    """The key a submission was deduplicated on, if any."""
+    dead: bool = False
+    """Whether this durable run failed for good, its retries exhausted (a dead letter)."""
+    requeued_from: Ident | None = None
+    """The run this one was requeued from (``manager.requeue``), if any."""
+    requeue_on_interrupt: bool = False
+    """Whether a durable run interrupted by its manager's death goes back to the queue
+    (QUEUED, attempt + 1) rather than being recorded FAILED."""
 
     if not TYPE_CHECKING:  # keep the pydantic-generated signature for type checkers
 

@@ -22,6 +22,7 @@ __all__ = [
     "check_awaitable",
     "check_collisions",
     "check_limit",
+    "colliding_options",
     "default_owner",
     "is_async_callable",
     "name_of",
@@ -83,6 +84,17 @@ def _keyword_parameters(fn: Callable[..., Any]) -> frozenset[str]:
     )
 
 
+def colliding_options(fn: Callable[..., Any], given: list[str]) -> list[str]:
+    """Which of the ``given`` option names are also keyword parameters of ``fn``."""
+    if not given:
+        return []
+    try:
+        params = _keyword_parameters(fn)
+    except TypeError:  # unhashable callable: read it without the cache
+        params = _keyword_parameters.__wrapped__(fn)
+    return [k for k in given if k in params]
+
+
 def check_collisions(fn: Callable[..., Any], **options: object) -> None:
     """A run option given that is also a parameter of ``fn`` is ambiguous: a `TypeError`.
 
@@ -91,13 +103,7 @@ def check_collisions(fn: Callable[..., Any], **options: object) -> None:
     if isinstance(fn, functools.partial):
         return
     given = [k for k, v in options.items() if v is not _OPTION_DEFAULTS[k] and v != 0]
-    if not given:
-        return
-    try:
-        params = _keyword_parameters(fn)
-    except TypeError:  # unhashable callable: read it without the cache
-        params = _keyword_parameters.__wrapped__(fn)
-    clash = [k for k in given if k in params]
+    clash = colliding_options(fn, given)
     if clash:
         option = clash[0]
         raise TypeError(

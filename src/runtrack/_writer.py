@@ -54,6 +54,11 @@ def job_to_run(job: Job, owner: str) -> Run:
         attempt=job.attempt,
         max_attempts=job.max_attempts,
         owner=owner,
+        task=job.task,
+        args=job.args,
+        idempotency_key=job.idempotency_key,
+        requeued_from=job.requeued_from,
+        requeue_on_interrupt=job.requeue_on_interrupt,
     )
 
 
@@ -66,6 +71,10 @@ class Writer(Protocol):
 
     async def insert_now(self, job: Job) -> bool:
         """Record the job QUEUED before returning; False if the id existed."""
+        ...
+
+    def adopt(self, job: Job) -> None:
+        """Take on a run recorded QUEUED and claimed by this manager (a durable run)."""
         ...
 
     def start(self, job: Job, started_us: int) -> bool:
@@ -160,6 +169,10 @@ class DirectWriter:
 
     async def insert_now(self, job: Job) -> bool:
         return self.insert(job)
+
+    def adopt(self, job: Job) -> None:
+        job.owner = self._owner
+        job.rec = self._runs.get(job.run_id)
 
     def start(self, job: Job, started_us: int) -> bool:
         rec = job.rec
@@ -326,6 +339,9 @@ class QueueWriter:
                 self._failing = None
             self._current = None
         self._idle.set()
+
+    def adopt(self, job: Job) -> None:
+        job.owner = self._owner
 
     def insert(self, job: Job) -> bool:
         run = job_to_run(job, self._owner)

@@ -5,6 +5,7 @@ backends live in ``runtrack.registry.sql`` and ``runtrack.registry.redis`` and n
 ``sql`` / ``redis`` extras; `registry_from_url` picks one from a URL.
 """
 
+from runtrack.registry._claiming import TaskClaiming
 from runtrack.registry._url import SCHEMES, registry_from_url
 from runtrack.registry.base import OutputTrimming, RunRegistry
 from runtrack.registry.memory import InMemoryRunRegistry
@@ -14,5 +15,6 @@ __all__ = [
     "InMemoryRunRegistry",
     "OutputTrimming",
     "RunRegistry",
+    "TaskClaiming",
     "registry_from_url",
 ]

@@ -79,12 +79,27 @@ class MemoryManagers:
             if rec.owner != info.owner or rec.status not in _ACTIVE:
                 continue
             previous = rec.status
-            status = _ACTIVE[previous]
-            changes: dict[str, Any] = {
-                "finished_at": finished,
-                "error_type": INTERRUPTED,
-                "error_message": messages[status.value],
-            }
+            if rec.task is not None and previous is RunStatus.QUEUED:
+                rec.owner = None  # a durable run: another manager may claim it
+                continue
+            changes: dict[str, Any]
+            if rec.task is not None and rec.requeue_on_interrupt:
+                status = RunStatus.QUEUED
+                changes = {
+                    "owner": None,
+                    "attempt": rec.attempt + 1,
+                    "started_at": None,
+                    "heartbeat_at": None,
+                    "error_type": INTERRUPTED,
+                    "error_message": messages[RunStatus.FAILED.value],
+                }
+            else:
+                status = _ACTIVE[previous]
+                changes = {
+                    "finished_at": finished,
+                    "error_type": INTERRUPTED,
+                    "error_message": messages[status.value],
+                }
             rec.status = status
             for field, value in changes.items():
                 setattr(rec, field, value)

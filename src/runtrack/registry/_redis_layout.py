@@ -12,6 +12,11 @@ Every key starts with the registry's prefix (``runtrack:`` by default)::
     {prefix}idx:name:{n}:{name}         zset: runs of that name, scored by created_at
     {prefix}idx:group:{n}:{group}       zset: runs of that group, scored by created_at
     {prefix}idx:tag:{n}:{key}={value}   zset: runs with that tag, scored by created_at
+    {prefix}idx:task:{n}:{task}         zset: durable runs of that task, scored by created_at
+    {prefix}idx:dead                    zset: runs with dead=true, scored by created_at
+    {prefix}idx:claim:{n}:{task}        zset: the unclaimed QUEUED runs of a durable task,
+                                        scored by -priority, members "{created_at:020}:{id}"
+                                        (oldest first within a priority): what claims pop
     {prefix}idx:finished                zset: terminal runs, scored by age (finished_at,
                                         else created_at): cleanup and expiry walk it
     {prefix}expiring                    hash: run_id -> JSON list of the run's name, group
@@ -54,6 +59,7 @@ __all__ = [
     "LIST",
     "ONE",
     "OUTPUT",
+    "PRELUDE",
     "SCHEMA_VERSION",
     "SWEEP_CHUNK",
     "TRIM",
@@ -72,6 +78,9 @@ IDX_STATUS: Final = "idx:status:"
 IDX_NAME: Final = "idx:name:"
 IDX_GROUP: Final = "idx:group:"
 IDX_TAG: Final = "idx:tag:"
+IDX_TASK: Final = "idx:task:"
+IDX_DEAD: Final = "idx:dead"
+IDX_CLAIM: Final = "idx:claim:"
 EXPIRING: Final = "expiring"
 OP: Final = "op:"
 TMP: Final = "tmp:"
@@ -158,6 +167,19 @@ class Keys:
         """The index of runs in ``group``."""
         return self.prefix + IDX_GROUP + _len_prefixed(group)
 
+    @property
+    def dead(self) -> str:
+        """The index of runs with ``dead`` set."""
+        return self.prefix + IDX_DEAD
+
+    def claim(self, task: str) -> str:
+        """The unclaimed QUEUED runs of the durable task ``task``."""
+        return self.prefix + IDX_CLAIM + _len_prefixed(task)
+
+    def task(self, task: str) -> str:
+        """The index of the durable runs of ``task``."""
+        return self.prefix + IDX_TASK + _len_prefixed(task)
+
     def tag(self, key: str, value: str) -> str:
         """The index of runs tagged ``key=value``."""
         return self.prefix + IDX_TAG + _len_prefixed(key) + "=" + value
@@ -181,6 +203,9 @@ local K_STATUS = P .. '{IDX_STATUS}'
 local K_NAME = P .. '{IDX_NAME}'
 local K_GROUP = P .. '{IDX_GROUP}'
 local K_TAG = P .. '{IDX_TAG}'
+local K_TASK = P .. '{IDX_TASK}'
+local K_DEAD = P .. '{IDX_DEAD}'
+local K_CLAIM = P .. '{IDX_CLAIM}'
 local K_EXPIRING = P .. '{EXPIRING}'
 local K_OP = P .. '{OP}'
 local K_TMP = P .. '{TMP}'
@@ -212,10 +237,26 @@ local function owner_index(id, old_owner, old_status, owner, status, finished)
   end
 end
 
--- The name, group and tag index keys of a run (tags: the stored JSON, or false).
-local function attr_keys(name, group, tags)
+-- A durable run's entry in its task's claim queue: there while QUEUED and unclaimed.
+local function claim_member(created, id)
+  return string.format('%020.0f', tonumber(created)) .. ':' .. id
+end
+
+local function claimable(id, task, status, owner, created, priority)
+  if not task then return end
+  local k, m = K_CLAIM .. lp(task), claim_member(created, id)
+  if status == 'queued' and not owner then
+    redis.call('ZADD', k, -tonumber(priority), m)
+  else
+    redis.call('ZREM', k, m)
+  end
+end
+
+-- The name, group, tag and task index keys of a run (tags: the stored JSON, or false).
+local function attr_keys(name, group, tags, task)
   local keys = {{K_NAME .. lp(name)}}
   if group then keys[#keys + 1] = K_GROUP .. lp(group) end
+  if task then keys[#keys + 1] = K_TASK .. lp(task) end
   if tags then
     for k, v in pairs(cjson.decode(tags)) do keys[#keys + 1] = K_TAG .. lp(k) .. '=' .. v end
   end
@@ -226,14 +267,16 @@ end
 -- if its index keys were recorded in K_EXPIRING.
 local function purge(id)
   local rk = K_RUN .. id
-  local f = redis.call('HMGET', rk, 'status', 'name', 'group', 'tags', 'owner')
+  local f = redis.call('HMGET', rk, 'status', 'name', 'group', 'tags', 'owner', 'task',
+    'created_at')
   local keys
   if f[5] then
     redis.call('SREM', K_OWNER .. lp(f[5]), id)
     redis.call('ZREM', K_OCANCEL .. lp(f[5]), id)
   end
   if f[1] then
-    keys = attr_keys(f[2], f[3], f[4])
+    keys = attr_keys(f[2], f[3], f[4], f[6])
+    if f[6] then redis.call('ZREM', K_CLAIM .. lp(f[6]), claim_member(f[7], id)) end
   else
     local meta = redis.call('HGET', K_EXPIRING, id)
     keys = meta and cjson.decode(meta) or {{}}
@@ -242,6 +285,7 @@ local function purge(id)
   for _, s in ipairs(STATUSES) do redis.call('ZREM', K_STATUS .. s, id) end
   redis.call('ZREM', K_CREATED, id)
   redis.call('ZREM', K_FINISHED, id)
+  redis.call('ZREM', K_DEAD, id)
   redis.call('HDEL', K_EXPIRING, id)
   redis.call('DEL', rk, K_OUT .. id)
 end
@@ -259,13 +303,14 @@ end
 -- Bookkeeping of a terminal run: its age in K_FINISHED and, under finished_ttl, its expiry.
 local function settle(id)
   local rk = K_RUN .. id
-  local f = redis.call('HMGET', rk, 'finished_at', 'created_at', 'name', 'group', 'tags')
+  local f = redis.call('HMGET', rk, 'finished_at', 'created_at', 'name', 'group', 'tags',
+    'task')
   local age = f[1] or f[2]
   if TTL <= 0 then
     redis.call('ZADD', K_FINISHED, age, id)
     return
   end
-  local meta = cjson.encode(attr_keys(f[3], f[4], f[5]))
+  local meta = cjson.encode(attr_keys(f[3], f[4], f[5], f[6]))
   local deadline = math.ceil((tonumber(age) + TTL) / 1000)
   if deadline * 1000 <= now_us() then
     purge(id)
@@ -281,7 +326,7 @@ end
 local function insert(id, fields)
   local rk = K_RUN .. id
   if redis.call('EXISTS', rk) == 1 then return false end
-  local keys = attr_keys(fields.name, fields.group, fields.tags)
+  local keys = attr_keys(fields.name, fields.group, fields.tags, fields.task)
   -- leftovers of an expired run with this id would otherwise unindex the new one
   if redis.call('ZSCORE', K_FINISHED, id) then purge(id) end
   local args = {{}}
@@ -294,6 +339,8 @@ local function insert(id, fields)
   redis.call('ZADD', K_CREATED, c, id)
   redis.call('ZADD', K_STATUS .. fields.status, c, id)
   for _, k in ipairs(keys) do redis.call('ZADD', k, c, id) end
+  if fields.dead == '1' then redis.call('ZADD', K_DEAD, c, id) end
+  claimable(id, fields.task, fields.status, fields.owner, c, fields.priority)
   if fields.owner then
     owner_index(id, false, false, fields.owner, fields.status, fields.finished_at)
   end
@@ -306,7 +353,7 @@ end
 local function apply(id, to, expect, set, del)
   local rk = K_RUN .. id
   local cur = redis.call('HMGET', rk, 'status', 'name', 'group', 'tags', 'created_at', 'owner',
-    'finished_at')
+    'finished_at', 'task', 'priority')
   local status = cur[1]
   if not status then return false end
   if to then
@@ -320,8 +367,8 @@ local function apply(id, to, expect, set, del)
   for _, f in ipairs(del) do if f == 'tags' then retag = true end end
   local old_keys, new_keys
   if retag then
-    old_keys = attr_keys(cur[2], cur[3], cur[4])
-    new_keys = attr_keys(cur[2], cur[3], set.tags or false)
+    old_keys = attr_keys(cur[2], cur[3], cur[4], cur[8])
+    new_keys = attr_keys(cur[2], cur[3], set.tags or false, cur[8])
   end
   local args = {{}}
   for f, v in pairs(set) do
@@ -342,16 +389,25 @@ local function apply(id, to, expect, set, del)
     redis.call('ZREM', K_STATUS .. status, id)
     redis.call('ZADD', K_STATUS .. to, cur[5], id)
   end
+  if set.dead == '1' then
+    redis.call('ZADD', K_DEAD, cur[5], id)
+  elseif set.dead then
+    redis.call('ZREM', K_DEAD, id)
+  end
   local owner = cur[6]
   if set.owner then owner = set.owner end
   for _, f in ipairs(del) do if f == 'owner' then owner = false end end
   if to or owner ~= cur[6] then
     owner_index(id, cur[6], status, owner, to or status, set.finished_at or cur[7])
   end
+  claimable(id, cur[8], to or status, owner, cur[5], set.priority or cur[9])
   if TERMINAL[to or status] then settle(id) end
   return true
 end
 """
+
+#: The helpers every write script starts with (ARGV[1] the prefix, ARGV[2] finished_ttl).
+PRELUDE: Final = _PRELUDE
 
 #: ARGV: prefix, ttl, token, mode, then a JSON array of writes, each
 #: {"id", "ins": {field: str}, "to", "exp": [status], "set": {field: str}, "del": [field]}.
@@ -453,8 +509,9 @@ redis.call('HINCRBY', rk, 'out_trimmed', doomed)
 return doomed
 """.replace("{RUN}", RUN).replace("{OUT}", OUT)
 
-#: KEYS: name/group/tag index keys that must all match. ARGV: prefix, ttl, limit, offset,
-#: then the wanted statuses (none: any). Returns {1} if it only swept (call again), else
+#: KEYS: name/group/tag/task index keys that must all match. ARGV: prefix, ttl, limit,
+#: offset, an index key whose runs are left out ('' for none), then the wanted statuses
+#: (none: any). Returns {1} if it only swept (call again), else
 #: {0, hash, hash, ...} newest first.
 LIST: Final = (
     _PRELUDE
@@ -464,12 +521,12 @@ local limit, offset = tonumber(ARGV[3]), tonumber(ARGV[4])
 local tmp_status, tmp = K_TMP .. 'status', K_TMP .. 'list'
 local sets = {}
 for _, k in ipairs(KEYS) do sets[#sets + 1] = k end
-local nstatus = #ARGV - 4
+local nstatus = #ARGV - 5
 if nstatus == 1 then
-  sets[#sets + 1] = K_STATUS .. ARGV[5]
+  sets[#sets + 1] = K_STATUS .. ARGV[6]
 elseif nstatus > 1 then
   local args = {tmp_status, nstatus}
-  for i = 5, #ARGV do args[#args + 1] = K_STATUS .. ARGV[i] end
+  for i = 6, #ARGV do args[#args + 1] = K_STATUS .. ARGV[i] end
   redis.call('ZUNIONSTORE', unpack(args))
   sets[#sets + 1] = tmp_status
 end
@@ -482,6 +539,10 @@ elseif #sets > 1 then
   args[#args + 1] = 'AGGREGATE'
   args[#args + 1] = 'MAX'
   redis.call('ZINTERSTORE', unpack(args))
+  src = tmp
+end
+if ARGV[5] ~= '' then
+  redis.call('ZDIFFSTORE', tmp, 2, src, ARGV[5])
   src = tmp
 end
 
@@ -567,7 +628,9 @@ return {{0, deleted, skip, #ids < {CLEANUP_CHUNK} and 1 or 0}}
 #: ARGV: prefix, ttl, owner, the heartbeat (µs) the caller saw, now (µs), the error
 #: messages of a RUNNING and of a QUEUED run. If the manager's heartbeat is still the one
 #: seen, removes its row and records its RUNNING runs FAILED and its QUEUED runs
-#: CANCELLED (RunInterrupted). Returns one JSON object per run recorded.
+#: CANCELLED (RunInterrupted), except durable runs: QUEUED ones are unclaimed (another
+#: manager may claim them), RUNNING ones with requeue_on_interrupt go back to QUEUED,
+#: unclaimed, attempt + 1. Returns one JSON object per run whose status changed.
 INTERRUPT: Final = (
     _PRELUDE
     + f"""
@@ -580,8 +643,17 @@ redis.call('HDEL', K_BEATS, owner)
 local ok = K_OWNER .. lp(owner)
 local out = {{}}
 for _, id in ipairs(redis.call('SMEMBERS', ok)) do
-  local f = redis.call('HMGET', K_RUN .. id, 'status', 'owner', 'name', 'attempt', 'group')
-  if f[2] == owner and (f[1] == 'running' or f[1] == 'queued') then
+  local f = redis.call('HMGET', K_RUN .. id, 'status', 'owner', 'name', 'attempt', 'group',
+    'task', 'requeue_on_interrupt')
+  if f[2] == owner and f[1] == 'queued' and f[6] then
+    apply(id, false, nil, {{}}, {{'owner'}})
+  elseif f[2] == owner and f[1] == 'running' and f[6] and f[7] == '1' then
+    local attempt = tonumber(f[4]) + 1
+    apply(id, 'queued', {{'running'}}, {{attempt = num(attempt), error_type = '{INTERRUPTED}',
+      error_message = ARGV[6]}}, {{'owner', 'started_at', 'heartbeat_at'}})
+    out[#out + 1] = cjson.encode({{id = id, name = f[3], previous = 'running', status = 'queued',
+      attempt = attempt, group = f[5]}})
+  elseif f[2] == owner and (f[1] == 'running' or f[1] == 'queued') then
     local to, msg = 'cancelled', ARGV[7]
     if f[1] == 'running' then to, msg = 'failed', ARGV[6] end
     apply(id, to, {{f[1]}}, {{finished_at = now, error_type = '{INTERRUPTED}',

@@ -41,6 +41,10 @@ _FIELDS: Final = (
     "error_message",
     "progress_message",
     "owner",
+    "task",
+    "args",
+    "idempotency_key",
+    "requeued_from",
 )
 
 _NUL_FIX: Final = "remove or escape the NUL characters before they reach the registry"

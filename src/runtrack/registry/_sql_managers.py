@@ -160,18 +160,45 @@ class SQLManagers:
         active = runs.c.status.in_([_QUEUED, _RUNNING])
         mine = sa.and_(runs.c.owner == owner, active)
         started = runs.c.status == _RUNNING
+        durable = runs.c.task.is_not(None)
+        # Durable runs: QUEUED ones are unclaimed (left QUEUED for another manager), RUNNING
+        # ones with requeue_on_interrupt go back to QUEUED, unclaimed, attempt + 1.
+        released = sa.and_(durable, runs.c.status == _QUEUED)
+        requeued = sa.and_(durable, started, runs.c.requeue_on_interrupt == sa.true())
+        back = sa.or_(released, requeued)
+        # MySQL/MariaDB assign left to right, later expressions seeing earlier results:
+        # the status, which every condition reads, is set last.
         record = (
             runs.update()
             .where(mine)
-            .values(
-                status=sa.case((started, _FAILED), else_=_CANCELLED),
-                finished_at=dt_to_us(now),
-                error_type=INTERRUPTED,
-                error_message=sa.case((started, messages[_FAILED]), else_=messages[_CANCELLED]),
+            .ordered_values(
+                (runs.c.owner, sa.case((back, sa.null()), else_=runs.c.owner)),
+                (runs.c.attempt, sa.case((requeued, runs.c.attempt + 1), else_=runs.c.attempt)),
+                (runs.c.started_at, sa.case((requeued, sa.null()), else_=runs.c.started_at)),
+                (runs.c.heartbeat_at, sa.case((requeued, sa.null()), else_=runs.c.heartbeat_at)),
+                (runs.c.finished_at, sa.case((back, runs.c.finished_at), else_=dt_to_us(now))),
+                (runs.c.error_type, sa.case((released, runs.c.error_type), else_=INTERRUPTED)),
+                (
+                    runs.c.error_message,
+                    sa.case(
+                        (released, runs.c.error_message),
+                        (started, messages[_FAILED]),
+                        else_=messages[_CANCELLED],
+                    ),
+                ),
+                (runs.c.status, sa.case((back, _QUEUED), (started, _FAILED), else_=_CANCELLED)),
             )
         )
         found = (
-            sa.select(runs.c.run_id, runs.c.name, runs.c.status, runs.c.attempt, runs.c.run_group)
+            sa.select(
+                runs.c.run_id,
+                runs.c.name,
+                runs.c.status,
+                runs.c.attempt,
+                runs.c.run_group,
+                runs.c.task,
+                runs.c.requeue_on_interrupt,
+            )
             .where(mine)
             .with_for_update()
         )
@@ -189,10 +216,18 @@ class SQLManagers:
             if rows:
                 await conn.execute(record)
             swept = []
-            for run_id, name, status, attempt, group in rows:
+            for run_id, name, status, attempt, group, task, requeue in rows:
                 previous = RunStatus(status)
-                to = RunStatus.FAILED if previous is RunStatus.RUNNING else RunStatus.CANCELLED
-                swept.append(InterruptedRun(run_id, name, owner, previous, to, int(attempt), group))
+                if task is not None and previous is RunStatus.QUEUED:
+                    continue  # unclaimed: nothing happened to it
+                tries = int(attempt)
+                if task is not None and requeue:
+                    to, tries = RunStatus.QUEUED, tries + 1
+                elif previous is RunStatus.RUNNING:
+                    to = RunStatus.FAILED
+                else:
+                    to = RunStatus.CANCELLED
+                swept.append(InterruptedRun(run_id, name, owner, previous, to, tries, group))
             return swept
 
         return await self._transact(work, write=True)

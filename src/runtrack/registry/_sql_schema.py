@@ -33,20 +33,42 @@ __all__ = [
     "rows_json",
     "run_from_row",
     "status_values",
+    "upgrade",
 ]
 
 #: The version of the table layout this module creates and reads (2: the managers table
-#: and the runs' index by owner, added to a version 1 schema on first use).
-SCHEMA_VERSION: Final = 2
+#: and the runs' index by owner; 3: the durable-task columns and their indexes; each added
+#: to an older schema on first use, see `Tables.upgrade`).
+SCHEMA_VERSION: Final = 3
 
 #: Rows per IN (...) list: well under every driver's bound-parameter limit.
 _CHUNK: Final = 500
 
-_JSON_COLUMNS: Final = frozenset({"parameters", "tags", "result"})
+_JSON_COLUMNS: Final = frozenset({"parameters", "tags", "result", "args"})
+#: The columns of a new run that no write changes afterwards (besides run_id and name).
+_INSERT_ONLY: Final = (
+    "created_at",
+    "parameters",
+    "run_group",
+    "task",
+    "args",
+    "idempotency_key",
+    "requeued_from",
+    "requeue_on_interrupt",
+)
+#: The columns version 3 added to the runs table.
+_V3_COLUMNS: Final = (
+    "task",
+    "args",
+    "idempotency_key",
+    "dead",
+    "requeued_from",
+    "requeue_on_interrupt",
+)
 #: The columns a write may change: the status plus every `MUTABLE_FIELDS` field.
 WRITABLE_COLUMNS: Final = ("status", *sorted(MUTABLE_FIELDS))
 #: Every column of the runs table.
-ALL_COLUMNS: Final = ("run_id", "name", "created_at", "parameters", "run_group", *WRITABLE_COLUMNS)
+ALL_COLUMNS: Final = ("run_id", "name", *_INSERT_ONLY, *WRITABLE_COLUMNS)
 
 _Text = sa.Text().with_variant(mysql.LONGTEXT(), "mysql")
 _Ident = sa.String(MAX_ID_LENGTH)
@@ -57,6 +79,9 @@ class Tables:
 
     managers: sa.Table
     runs_owner: sa.Index
+    #: Indexes added by version 3 (created on an older schema by `upgrade`).
+    runs_claim: sa.Index
+    runs_dead: sa.Index
 
     def __init__(self, prefix: str) -> None:
         self.metadata = sa.MetaData()
@@ -85,6 +110,14 @@ class Tables:
             sa.Column("error_message", _Text),
             sa.Column("owner", _Text),
             sa.Column("heartbeat_at", sa.BigInteger),
+            sa.Column("task", _Ident),
+            sa.Column("args", sa.JSON(none_as_null=True)),
+            sa.Column("idempotency_key", _Ident),
+            sa.Column("dead", sa.Boolean, nullable=False, server_default=sa.false()),
+            sa.Column("requeued_from", _Ident),
+            sa.Column(
+                "requeue_on_interrupt", sa.Boolean, nullable=False, server_default=sa.false()
+            ),
             sa.Index(f"{prefix}runs_created", "created_at", "run_id"),
             sa.Index(f"{prefix}runs_status", "status", "created_at"),
             sa.Index(f"{prefix}runs_name", "name", "created_at"),
@@ -129,6 +162,15 @@ class Tables:
         )
         add_manager_tables(self, prefix)
         runs = self.runs
+        # Claiming walks the QUEUED runs of a task, highest priority first, then oldest.
+        self.runs_claim = sa.Index(
+            f"{prefix}runs_claim",
+            runs.c.task,
+            runs.c.status,
+            runs.c.priority.desc(),
+            runs.c.created_at,
+        )
+        self.runs_dead = sa.Index(f"{prefix}runs_dead", runs.c.dead, runs.c.created_at)
         # write_batch sends each kind of row with one statement:
         # - PostgreSQL: the whole batch as one JSON parameter, unpacked by the server into
         #   rows of the table's own type (INSERT ... SELECT, UPDATE ... FROM): no value to
@@ -177,6 +219,29 @@ class Tables:
             collation = "utf8mb4_bin"
         for table in self.metadata.tables.values():
             table.dialect_kwargs["mysql_collate"] = collation
+
+
+def upgrade(conn: sa.Connection, tables: Tables) -> None:
+    """Bring an older schema's runs table up to this version (run with ``run_sync``).
+
+    Adds the version 3 columns a table created by an earlier version lacks (existing
+    rows get NULL, or false for the flags) and the indexes of versions 2 and 3. Additive
+    only: an older runtrack still reads and writes the table (it ignores the columns).
+    """
+    runs = tables.runs
+    present = {column["name"] for column in sa.inspect(conn).get_columns(runs.name)}
+    quote = conn.dialect.identifier_preparer.quote
+    for name in _V3_COLUMNS:
+        if name in present:
+            continue
+        column = runs.c[name]
+        ddl = f"ALTER TABLE {quote(runs.name)} ADD COLUMN {quote(name)} "
+        ddl += column.type.compile(dialect=conn.dialect)
+        if not column.nullable:
+            ddl += " NOT NULL DEFAULT " + ("false" if conn.dialect.name == "postgresql" else "0")
+        conn.exec_driver_sql(ddl)
+    for index in (tables.runs_owner, tables.runs_claim, tables.runs_dead):
+        index.create(conn, checkfirst=True)
 
 
 def _quoted(identifier: str) -> str:

@@ -54,6 +54,7 @@ OutputItem = tuple[str, str] | OutputChunk
 MUTABLE_FIELDS: Final = frozenset(
     {
         "attempt",
+        "dead",
         "error_message",
         "error_type",
         "finished_at",
@@ -274,8 +275,14 @@ class RunRegistry(Protocol):
         tags: Mapping[str, str] | None = None,
         limit: int = 100,
         offset: int = 0,
+        task: str | None = None,
+        dead: bool | None = None,
     ) -> list[Run]:
-        """Runs matching every given filter, newest (by ``created_at``) first."""
+        """Runs matching every given filter, newest (by ``created_at``) first.
+
+        ``task`` keeps the durable runs of that task; ``dead=True`` the dead-lettered
+        runs, ``dead=False`` the others.
+        """
         ...
 
     async def count_runs(self, *, name: str | None = None) -> dict[RunStatus, int]:
@@ -336,6 +343,7 @@ class _Changes(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     attempt: Attempt = 1
+    dead: bool = False
     error_message: str | None = None
     error_type: str | None = None
     finished_at: UTCDatetime | None = None

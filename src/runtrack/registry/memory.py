@@ -11,6 +11,7 @@ from runtrack._clock import dt_to_us, now_us, us_to_dt
 from runtrack._exceptions import DuplicateRunError, RunNotFoundError
 from runtrack._models import OutputChunk, Run
 from runtrack._status import TERMINAL, RunStatus, check_transition, normalize_statuses
+from runtrack.registry._memory_claims import MemoryClaims
 from runtrack.registry._memory_managers import MemoryManagers
 from runtrack.registry.base import (
     TIME_FIELDS,
@@ -37,13 +38,16 @@ class _Record:
     """
 
     __slots__ = (
+        "args",
         "attempt",
         "created_at",
+        "dead",
         "error_message",
         "error_type",
         "finished_at",
         "group",
         "heartbeat_at",
+        "idempotency_key",
         "max_attempts",
         "name",
         "owner",
@@ -51,11 +55,14 @@ class _Record:
         "priority",
         "progress",
         "progress_message",
+        "requeue_on_interrupt",
+        "requeued_from",
         "result",
         "run_id",
         "started_at",
         "status",
         "tags",
+        "task",
         "timeout",
     )
 
@@ -79,6 +86,12 @@ class _Record:
     error_message: str | None
     owner: str | None
     heartbeat_at: int | None
+    task: str | None
+    args: dict[str, Any] | None
+    idempotency_key: str | None
+    dead: bool
+    requeued_from: str | None
+    requeue_on_interrupt: bool
 
     def to_run(self) -> Run:
         data: dict[str, Any] = {}
@@ -87,6 +100,8 @@ class _Record:
             data[field] = us_to_dt(value) if field in TIME_FIELDS and value is not None else value
         data["parameters"] = dict(self.parameters or {})
         data["tags"] = dict(self.tags or {})
+        if self.args is not None:
+            data["args"] = copy.deepcopy(self.args)
         return Run.model_validate(data)
 
     @property
@@ -110,6 +125,7 @@ def _rec_from_stored(stored: Mapping[str, Any]) -> _Record:
     rec.parameters = copy.deepcopy(rec.parameters) or None
     rec.tags = dict(rec.tags or {}) or None
     rec.result = copy.deepcopy(rec.result)
+    rec.args = copy.deepcopy(rec.args)
     return rec
 
 
@@ -123,7 +139,7 @@ def _set_fields(rec: _Record, changes: Mapping[str, Any]) -> None:
             setattr(rec, field, value)
 
 
-class InMemoryRunRegistry(MemoryManagers):
+class InMemoryRunRegistry(MemoryManagers, MemoryClaims):
     """A `RunRegistry` in this process's memory: fast, and gone when the process ends.
 
     Managers in the same process (and event loop) may share one. Runs are kept until
@@ -149,6 +165,8 @@ class InMemoryRunRegistry(MemoryManagers):
         # the dict backwards instead of sorting.
         self._in_order = True
         self._last_created = 0
+
+    _record_of = staticmethod(_rec_from_run)
 
     def __repr__(self) -> str:
         return f"<InMemoryRunRegistry runs={len(self._runs)}>"
@@ -267,6 +285,8 @@ class InMemoryRunRegistry(MemoryManagers):
         tags: Mapping[str, str] | None = None,
         limit: int = 100,
         offset: int = 0,
+        task: str | None = None,
+        dead: bool | None = None,
     ) -> list[Run]:
         """Runs matching every filter, newest first (see `RunRegistry`)."""
         validate_list_args(limit, offset)
@@ -280,6 +300,10 @@ class InMemoryRunRegistry(MemoryManagers):
             if name is not None and rec.name != name:
                 continue
             if group is not None and rec.group != group:
+                continue
+            if task is not None and rec.task != task:
+                continue
+            if dead is not None and rec.dead != dead:
                 continue
             if wanted_tags:
                 have = rec.tags or {}

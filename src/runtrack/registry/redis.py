@@ -30,6 +30,7 @@ from runtrack._exceptions import (
 from runtrack._models import OutputChunk, Run
 from runtrack._status import TERMINAL, RunStatus, check_transition, normalize_statuses
 from runtrack.registry import _redis_layout as layout
+from runtrack.registry._redis_claims import RedisClaims
 from runtrack.registry._redis_managers import RedisManagers
 from runtrack.registry._refusals import (
     Candidates,
@@ -63,7 +64,9 @@ __all__ = ["RedisRunRegistry"]
 _BACKEND: Final = "redis"
 _INT_FIELDS: Final = frozenset({"priority", "attempt", "max_attempts"})
 _FLOAT_FIELDS: Final = frozenset({"timeout", "progress"})
-_JSON_FIELDS: Final = frozenset({"parameters", "tags", "result"})
+_JSON_FIELDS: Final = frozenset({"parameters", "tags", "result", "args"})
+#: Stored as "1" or "0"; absent means false.
+_BOOL_FIELDS: Final = frozenset({"dead", "requeue_on_interrupt"})
 _EMPTY_IS_ABSENT: Final = frozenset({"parameters", "tags"})
 #: Run fields that may be None, other than the JSON ones.
 _OPTIONAL_FIELDS: Final = (
@@ -77,6 +80,9 @@ _OPTIONAL_FIELDS: Final = (
     "error_message",
     "owner",
     "heartbeat_at",
+    "task",
+    "idempotency_key",
+    "requeued_from",
 )
 #: Retries of a command whose connection failed (a client built from a URL): a pooled
 #: connection the server closed while idle is replaced without the caller noticing. Safe
@@ -98,6 +104,7 @@ _ENCODERS: Final[dict[str, Callable[[Any], str]]] = {
     **dict.fromkeys(_JSON_FIELDS, _json),
     **dict.fromkeys(_INT_FIELDS, lambda v: str(int(v))),
     **dict.fromkeys(_FLOAT_FIELDS, lambda v: repr(float(v))),
+    **dict.fromkeys(_BOOL_FIELDS, lambda v: "1" if v else "0"),
     "status": lambda v: RunStatus(v).value,
 }
 
@@ -128,6 +135,12 @@ def _encode_run(run: Mapping[str, Any]) -> dict[str, str]:
         fields["tags"] = _json(run["tags"])
     if run["result"] is not None:
         fields["result"] = _json(run["result"])
+    if run["args"] is not None:
+        fields["args"] = _json(run["args"])
+    if run["dead"]:
+        fields["dead"] = "1"
+    if run["requeue_on_interrupt"]:
+        fields["requeue_on_interrupt"] = "1"
     for field in _OPTIONAL_FIELDS:
         value = run[field]
         if value is not None:
@@ -198,6 +211,8 @@ def _decode_run(reply: Any) -> Run:
             data[field] = int(text)
         elif field in _FLOAT_FIELDS:
             data[field] = float(text)
+        elif field in _BOOL_FIELDS:
+            data[field] = text == "1"
         elif field in Run.model_fields:
             data[field] = text
     return Run.model_validate(data)
@@ -325,7 +340,7 @@ def _ttl_us(finished_ttl: timedelta | float | None) -> int:
     return max(1, round(seconds * 1_000_000))
 
 
-class RedisRunRegistry(RedisManagers):
+class RedisRunRegistry(RedisManagers, RedisClaims):
     """A `RunRegistry` in Redis: every process using the same Redis and prefix sees the same runs.
 
     Each run is a hash, indexed by sorted sets (creation time, status, name, group, tags,
@@ -594,6 +609,8 @@ class RedisRunRegistry(RedisManagers):
         tags: Mapping[str, str] | None = None,
         limit: int = 100,
         offset: int = 0,
+        task: str | None = None,
+        dead: bool | None = None,
     ) -> list[Run]:
         """Runs matching every filter, newest first (see `RunRegistry`)."""
         validate_list_args(limit, offset)
@@ -606,9 +623,14 @@ class RedisRunRegistry(RedisManagers):
         if group is not None:
             keys.append(self._keys.group(group))
         keys.extend(self._keys.tag(k, v) for k, v in dict(tags or {}).items())
+        if task is not None:
+            keys.append(self._keys.task(task))
+        if dead:
+            keys.append(self._keys.dead)
+        excluded = self._keys.dead if dead is False else ""
         # Every status is no filter at all: the script then walks one index instead of five.
         wanted = () if statuses is None or statuses == frozenset(RunStatus) else statuses
-        args = self._args(limit, offset, *sorted(s.value for s in wanted))
+        args = self._args(limit, offset, excluded, *sorted(s.value for s in wanted))
         async with self._guard():
             await self._ready()
             reply = await self._swept(self._list, keys, args)

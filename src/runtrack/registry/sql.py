@@ -46,6 +46,7 @@ from runtrack.registry._refusals import (
     oversized,
     refused,
 )
+from runtrack.registry._sql_claims import SQLClaims
 from runtrack.registry._sql_engine import (
     SQLITE_BEGIN_OPTION,
     Failure,
@@ -71,6 +72,7 @@ from runtrack.registry._sql_schema import (
     rows_json,
     run_from_row,
     status_values,
+    upgrade,
 )
 from runtrack.registry.base import (
     MUTABLE_FIELDS,
@@ -109,7 +111,7 @@ def _new_row(write: RunWrite, record: Mapping[str, Any] | None) -> dict[str, Any
     return row
 
 
-class SQLRunRegistry(SQLManagers):
+class SQLRunRegistry(SQLManagers, SQLClaims):
     """A `RunRegistry` in a SQL database: SQLite, PostgreSQL or MariaDB/MySQL.
 
     Every replica of a service that points at the same database (and ``table_prefix``)
@@ -514,6 +516,8 @@ class SQLRunRegistry(SQLManagers):
         tags: Mapping[str, str] | None = None,
         limit: int = 100,
         offset: int = 0,
+        task: str | None = None,
+        dead: bool | None = None,
     ) -> list[Run]:
         """Runs matching every filter, newest first (see `RunRegistry`).
 
@@ -536,6 +540,10 @@ class SQLRunRegistry(SQLManagers):
             query = query.where(runs.c.name == name)
         if group is not None:
             query = query.where(runs.c.run_group == group)
+        if task is not None:
+            query = query.where(runs.c.task == task)
+        if dead is not None:
+            query = query.where(runs.c.dead == sa.true() if dead else runs.c.dead == sa.false())
         for key, value in wanted_tags.items():
             query = query.where(
                 sa.exists().where(
@@ -894,8 +902,8 @@ class SQLRunRegistry(SQLManagers):
                 async with self._write_engine.begin() as conn:
                     t.use_collation(conn.dialect)
                     await conn.run_sync(t.metadata.create_all, checkfirst=True)
-                    # A version 1 schema: its runs table lacks the index by owner.
-                    await conn.run_sync(t.runs_owner.create, checkfirst=True)
+                    # An older schema: its runs table lacks columns and indexes.
+                    await conn.run_sync(upgrade, t)
                 break
             except sa.exc.DBAPIError as exc:
                 # Another process created a table between our check and our CREATE: the

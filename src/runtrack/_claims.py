@@ -1,0 +1,264 @@
+"""The claim loop: a manager takes durable runs from its registry and runs them.
+
+While the manager has free slots (``max_concurrency`` minus its active runs; a batch of
+`BATCH` claimed runs waiting when unbounded) and durable tasks registered, `ClaimLoop`
+claims a batch of unclaimed QUEUED runs of those tasks (`TaskClaiming.claim_runs`, one
+statement or script) and hands each to the normal execution path: the lanes, the
+executors, the writer's group-committed status writes, retries, timeouts, cancellation.
+
+It claims again when a local run ends (a slot freed), when `wake` is called (a durable
+run submitted in this process, or a new-work notification pushed by the registry), else
+every ``poll_interval``. At shutdown it stops claiming first, and gives back the runs it
+claimed but did not start: they become unclaimed QUEUED runs for another manager.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+from runtrack._admission import QUEUED, Job
+from runtrack._clock import dt_to_us
+from runtrack._models import Retry, Run
+from runtrack._replicas import _uncut
+from runtrack._state import State
+from runtrack._submission import is_async_callable
+from runtrack.registry._claiming import TaskClaiming
+
+if TYPE_CHECKING:
+    from runtrack._state import ManagerCore
+
+__all__ = ["BATCH", "ClaimLoop", "TaskSpec"]
+
+#: Most runs claimed at once, and how many claimed runs may wait when unbounded.
+BATCH: Final = 100
+#: Seconds between claims while the registry fails (doubling up to poll_interval).
+_RETRY_FIRST: Final = 0.05
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """A function registered as a durable task, and its run options."""
+
+    name: str
+    fn: Callable[..., Any]
+    retry: Retry | None = None
+    timeout: float | None = None
+    group: str | None = None
+    priority: int = 0
+    requeue_on_interrupt: bool = False
+
+    def conflicts_with(self, other: TaskSpec) -> bool:
+        """Whether ``other`` registers another function under the same name.
+
+        The same function defined again (a module reloaded) counts as the same.
+        """
+
+        def ident(fn: Callable[..., Any]) -> tuple[object, object]:
+            return getattr(fn, "__module__", None), getattr(fn, "__qualname__", fn)
+
+        return other.fn is not self.fn and ident(other.fn) != ident(self.fn)
+
+
+class ClaimLoop:
+    """Claims durable runs for one manager and runs them (see the module docstring).
+
+    Attributes:
+        announce: Called with the task names after this process recorded new durable
+            runs (`TaskFunction.submit`), to tell other managers (a NOTIFY, a publish);
+            None: they learn of them by polling.
+    """
+
+    announce: Callable[[Collection[str]], Awaitable[None]] | None = None
+
+    def __init__(
+        self,
+        manager: ManagerCore,
+        *,
+        poll_interval: float,
+        extra: Callable[[], Mapping[str, TaskSpec]] = dict,
+    ) -> None:
+        self._manager = manager
+        self._poll_interval = poll_interval
+        self._extra = extra
+        self._tasks: dict[str, TaskSpec] = {}
+        self._woken = asyncio.Event()
+        self._claimed: set[Job] = set()  # claimed jobs, until they start or are given back
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        #: Whether the loop has task names to claim: a run that ends then wakes it.
+        self.active = False
+
+    # -- registration ---------------------------------------------------------------
+
+    def add(self, spec: TaskSpec) -> None:
+        """Register ``spec`` under its name (again for the same function).
+
+        Raises:
+            ValueError: another function is registered under this name.
+        """
+        known = self._tasks.get(spec.name)
+        if known is not None and known.conflicts_with(spec):
+            raise ValueError(
+                f"a different function is already registered as the durable task "
+                f"{spec.name!r}: give one of them another name (@task(name=...))"
+            )
+        self._tasks[spec.name] = spec
+        self.wake()
+
+    def specs(self) -> dict[str, TaskSpec]:
+        """Every task this manager runs: its own, and those of the default manager's."""
+        return {**self._extra(), **self._tasks}
+
+    # -- waking -------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Claim now (new work was announced, or submitted in this process)."""
+        self._woken.set()
+
+    def freed(self) -> None:
+        """A local run ended: its slot may take a claimed run."""
+        self._woken.set()
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the loop as one of the manager's background tasks."""
+        manager = self._manager
+        self._task = manager._loop.create_task(self._run()) if manager._loop else None
+        if self._task is not None:
+            manager._background.add(self._task)
+            self._task.add_done_callback(manager._background.discard)
+
+    def _free(self) -> int:
+        """How many runs to claim now."""
+        manager = self._manager
+        waiting = 0
+        for job in list(self._claimed):
+            if job.state == QUEUED and job.started_at is None and job.aio_task is None:
+                waiting += 1
+            else:
+                self._claimed.discard(job)
+        if manager._max_concurrency is None:
+            return BATCH - waiting
+        return min(manager._limit - len(manager._jobs), BATCH)
+
+    async def _run(self) -> None:
+        manager = self._manager
+        registry = manager.registry
+        retry = _RETRY_FIRST
+        while not self._stopping and manager._state is State.RUNNING:
+            self._woken.clear()
+            specs = self.specs()
+            self.active = bool(specs)
+            free = self._free()
+            wait = self._poll_interval
+            if specs and free > 0 and isinstance(registry, TaskClaiming):
+                try:
+                    claimed = await _uncut(registry.claim_runs(manager.owner, list(specs), free))
+                except Exception as exc:  # the registry may be away: claim again later
+                    manager._log.warning(
+                        "claim_failed", error=f"{type(exc).__name__}: {exc}", retry_in=retry
+                    )
+                    wait, retry = retry, min(retry * 2, self._poll_interval)
+                else:
+                    retry = _RETRY_FIRST
+                    for run in claimed:
+                        self._adopt(run, specs)
+                    if len(claimed) == free:
+                        await asyncio.sleep(0)  # let the claimed runs start, then claim more
+                        continue
+            try:
+                async with asyncio.timeout(wait):
+                    await self._woken.wait()
+            except TimeoutError:
+                pass
+
+    def _adopt(self, run: Run, specs: Mapping[str, TaskSpec]) -> None:
+        """Put a claimed run in the lanes, as if it had been submitted here."""
+        manager = self._manager
+        spec = specs.get(run.task or "")
+        loop = manager._loop
+        if spec is None or loop is None or run.run_id in manager._jobs:
+            manager._log.warning("claimed_run_skipped", run_id=run.run_id, task=run.task)
+            return
+        call = run.args or {}
+        args, kwargs = call.get("args", []), call.get("kwargs", {})
+        assert isinstance(args, list)
+        assert isinstance(kwargs, dict)
+        fn = spec.fn
+        if is_async_callable(fn):
+            factory: Callable[[], Awaitable[Any]] = functools.partial(fn, *args, **kwargs)
+        else:
+            factory = manager._threads.factory(fn, tuple(args), kwargs)
+        job = Job(
+            run.run_id,
+            run.name,
+            None,
+            created_at=dt_to_us(run.created_at),
+            group=run.group,
+            priority=run.priority,
+            timeout=manager._default_timeout if run.timeout is None else run.timeout,
+            parameters=run.parameters or None,
+            tags=run.tags or None,
+            factory=factory,
+            retry=spec.retry,
+            attempt=run.attempt,
+            max_attempts=run.max_attempts,
+        )
+        job.task, job.args = run.task, run.args
+        job.idempotency_key, job.requeued_from = run.idempotency_key, run.requeued_from
+        job.requeue_on_interrupt = run.requeue_on_interrupt
+        job.context = None  # nothing of this loop's context belongs to the run
+        manager._writer.adopt(job)
+        manager._register(job)
+        self._claimed.add(job)
+        manager._push(job, loop)
+
+    # -- shutdown -----------------------------------------------------------------------
+
+    async def stop(self, timeout: float) -> None:
+        """Stop claiming, then give back the claimed runs that have not started."""
+        self._stopping = True
+        self._woken.set()
+        task = self._task
+        if task is not None and not task.done():
+            # Its registry call is shielded: wait for it rather than cut it.
+            await asyncio.wait({task}, timeout=timeout)
+        manager = self._manager
+        unstarted = [
+            job
+            for job in self._claimed
+            if job.state == QUEUED and manager._jobs.get(job.run_id) is job
+        ]
+        self._claimed.clear()
+        if not unstarted:
+            return
+        for job in unstarted:
+            manager._drop_queued(job)
+        registry = manager.registry
+        ids = [job.run_id for job in unstarted]
+        try:
+            async with asyncio.timeout(timeout):
+                await _uncut(manager._writer.flush())  # a retry's QUEUED write lands first
+                if isinstance(registry, TaskClaiming):
+                    await _uncut(registry.release_runs(manager.owner, ids))
+        except Exception as exc:
+            manager._log.warning(
+                "claimed_runs_not_released",
+                runs=len(ids),
+                error=f"{type(exc).__name__}: {exc}",
+                detail="the runs stay claimed by this manager until its lease expires; "
+                "another manager then claims them",
+            )
+        else:
+            manager._log.info("claimed_runs_released", runs=len(ids))
+        for job in unstarted:
+            waiters, job.waiters = job.waiters, None
+            for fut in waiters or ():
+                if not fut.done():
+                    fut.set_result(None)
+            manager._forget(job)

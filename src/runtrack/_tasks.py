@@ -1,0 +1,263 @@
+"""Durable tasks: functions registered under a name, whose runs any replica may execute.
+
+``@manager.task()`` (or ``@runtrack.task()``, bound to the default manager) registers a
+function; ``await fn.submit(*args, **kwargs)`` records a QUEUED run with ``task`` set, its
+JSON arguments, and no owner, before it returns. Every manager sharing the registry that
+registered the same name may claim it (see `runtrack._claims`); exactly one does.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from runtrack._claims import TaskSpec
+from runtrack._exceptions import ManagerClosedError
+from runtrack._models import Retry, Run, new_run_id
+from runtrack._replicas import _uncut
+from runtrack._state import State
+from runtrack._submission import colliding_options, name_of
+from runtrack.registry._claiming import TaskClaiming
+
+if TYPE_CHECKING:
+    from runtrack._manager import BackgroundTaskManager
+
+__all__ = ["R", "TaskFunction", "default_tasks", "register_default", "task_decorator"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: Tasks declared with ``@runtrack.task``: the default manager runs them.
+_default_tasks: dict[str, TaskSpec] = {}
+
+
+def default_tasks() -> dict[str, TaskSpec]:
+    """The tasks declared with ``@runtrack.task`` (the default manager runs them)."""
+    return dict(_default_tasks)
+
+
+class TaskFunction(Generic[P, R]):
+    """A function registered as a durable task (see ``BackgroundTaskManager.task``).
+
+    Calling it runs the function directly, as if undecorated. ``await fn.submit(...)``
+    records a durable run that any manager which registered the same name may execute.
+
+    Attributes:
+        name: The task name recorded in each run's ``task`` (and ``name``).
+        func: The function itself.
+    """
+
+    __name__: str
+    __qualname__: str
+    __doc__: str | None
+
+    def __init__(self, spec: TaskSpec, manager: Callable[[], BackgroundTaskManager]) -> None:
+        self._spec = spec
+        self._manager = manager
+        self.name = spec.name
+        self.func: Callable[P, R] = spec.fn
+        functools.update_wrapper(self, spec.fn)
+
+    def __repr__(self) -> str:
+        return f"<task {self.name!r}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the function now, in the caller (no run is recorded)."""
+        return self.func(*args, **kwargs)
+
+    async def submit(
+        self,
+        *args: Any,
+        run_id: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        parameters: Mapping[str, Any] | None = None,
+        group: str | None = None,
+        priority: int | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> Run:
+        """Record a durable run of this task with these arguments; returns the `Run`.
+
+        The run is in the registry, QUEUED and unclaimed, before this returns; a manager
+        that registered the task claims and runs it (this one, or another replica).
+
+        Args:
+            *args: Positional arguments for the function (JSON values).
+            run_id: The id; default a fresh UUID4.
+            tags: String labels to filter runs by.
+            parameters: JSON describing the work (shown in dashboards).
+            group: Concurrency group; default the task's.
+            priority: Higher is claimed first; default the task's.
+            timeout: Seconds before the run fails with ``TimeoutError``; default the task's.
+            **kwargs: Keyword arguments for the function (JSON values). A keyword that is
+                both an option above and a parameter of the function is a `TypeError`:
+                pass that argument positionally.
+
+        Raises:
+            TypeError: a keyword is both an option and a parameter; the registry cannot
+                share runs between managers (it lacks `TaskClaiming`).
+            ValueError: arguments that are not JSON (a ``pydantic.ValidationError``), or
+                larger than ``max_payload_bytes``.
+            DuplicateRunError: the id exists.
+            ManagerClosedError: the manager has shut down.
+        """
+        options = {
+            "run_id": run_id, "tags": tags, "parameters": parameters, "group": group,
+            "priority": priority, "timeout": timeout,
+        }  # fmt: skip
+        manager, _ = self._target()
+        run = self._run(manager, args, kwargs, options)
+        recorded = _uncut(manager.registry.add_run(run))
+        await manager._bounded(recorded, "the run was not recorded")
+        await self._submitted(manager)
+        return run
+
+    async def submit_many(
+        self,
+        calls: Iterable[tuple[Sequence[Any], Mapping[str, Any]]],
+        *,
+        tags: Mapping[str, str] | None = None,
+        group: str | None = None,
+        priority: int | None = None,
+        timeout: float | None = None,
+    ) -> list[Run]:
+        """Record one durable run per ``(args, kwargs)`` pair, in one registry round trip.
+
+        All or none: if one cannot be recorded, none is. The options apply to every run.
+
+        Example:
+            >>> async def enqueue(resize: TaskFunction[..., Any]) -> list[Run]:
+            ...     return await resize.submit_many([(["a.png"], {"width": 64}), (["b.png"], {})])
+
+        Raises:
+            TypeError, ValueError, DuplicateRunError, ManagerClosedError: as `submit`.
+        """
+        options = {"tags": tags, "group": group, "priority": priority, "timeout": timeout}
+        pairs = []
+        for call in calls:
+            if not isinstance(call, tuple | list) or len(call) != 2:  # type: ignore[redundant-expr]
+                raise TypeError(
+                    f"submit_many() takes (args, kwargs) pairs, e.g. ([1, 2], {{'x': 3}}), "
+                    f"got {call!r}"
+                )
+            pairs.append((tuple(call[0]), dict(call[1])))
+        manager, registry = self._target()
+        runs = [self._run(manager, args, kwargs, options) for args, kwargs in pairs]
+        if runs:
+            await manager._bounded(_uncut(registry.add_runs(runs)), "the runs were not recorded")
+            await self._submitted(manager)
+        return runs
+
+    def _target(self) -> tuple[BackgroundTaskManager, TaskClaiming]:
+        manager = self._manager()
+        registry = manager.registry
+        if not isinstance(registry, TaskClaiming):
+            raise TypeError(
+                f"durable tasks need a registry whose runs managers can claim "
+                f"(InMemoryRunRegistry, SQLRunRegistry, RedisRunRegistry), not "
+                f"{type(registry).__name__}: use submit() for a local run"
+            )
+        if manager._state is State.CREATED:
+            manager._start()
+        elif manager._state is not State.RUNNING:
+            raise ManagerClosedError(manager._state.value)
+        return manager, registry
+
+    def _run(
+        self,
+        manager: BackgroundTaskManager,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: Mapping[str, Any],
+    ) -> Run:
+        """The QUEUED record of one call (validated: JSON arguments, sizes, options)."""
+        spec = self._spec
+        given = [key for key, value in options.items() if value is not None]
+        clash = colliding_options(spec.fn, given)
+        if clash:  # unambiguous if the function's own argument was given positionally
+            try:
+                bound = inspect.signature(spec.fn).bind_partial(*args).arguments
+            except TypeError:
+                bound = {}
+            clash = [name for name in clash if name not in bound]
+        if clash:
+            raise TypeError(
+                f"{clash[0]}= is both an option of submit() and a parameter of task "
+                f"{spec.name!r}, so it is ambiguous: pass the function's argument "
+                f"positionally; options are never given to the function"
+            )
+        call: dict[str, Any] = {"args": list(args), "kwargs": kwargs}
+        priority = options.get("priority")
+        timeout = options.get("timeout")
+        # Arguments that are not JSON are a ValidationError naming ``args``.
+        run = Run(
+            run_id=options.get("run_id") or new_run_id(),
+            name=spec.name,
+            task=spec.name,
+            args=call,
+            parameters=dict(options.get("parameters") or {}),
+            tags=dict(options.get("tags") or {}),
+            group=options.get("group") or spec.group,
+            priority=spec.priority if priority is None else priority,
+            timeout=spec.timeout if timeout is None else timeout,
+            max_attempts=spec.retry.attempts if spec.retry is not None else 1,
+            requeue_on_interrupt=spec.requeue_on_interrupt,
+        )
+        manager._check_parameters(run.parameters)
+        manager._check_parameters(call)
+        return run
+
+    async def _submitted(self, manager: BackgroundTaskManager) -> None:
+        """Tell the managers that run this task: this one now, others if announced."""
+        claims = manager._claims
+        claims.wake()
+        if claims.announce is not None:
+            await claims.announce([self.name])
+
+
+def task_decorator(
+    manager: Callable[[], BackgroundTaskManager],
+    register: Callable[[TaskSpec], None],
+    *,
+    name: str | None,
+    retry: Retry | None,
+    timeout: float | None,
+    group: str | None,
+    priority: int,
+    requeue_on_interrupt: bool,
+) -> Callable[[Callable[P, R]], TaskFunction[P, R]]:
+    """The decorator of `BackgroundTaskManager.task` and `task`."""
+    if retry is not None and not isinstance(retry, Retry):
+        raise TypeError(f"retry must be a runtrack.Retry, got {type(retry).__name__}")
+    if name is not None and (not isinstance(name, str) or not name):  # type: ignore[redundant-expr]
+        raise ValueError(f"a task name is a non-empty str, got {name!r}")
+
+    def wrap(fn: Callable[P, R]) -> TaskFunction[P, R]:
+        if not callable(fn):
+            raise TypeError(f"@task decorates a function, got {fn!r}")
+        spec = TaskSpec(
+            name=name or name_of(fn),
+            fn=fn,
+            retry=retry,
+            timeout=timeout,
+            group=group,
+            priority=priority,
+            requeue_on_interrupt=requeue_on_interrupt,
+        )
+        register(spec)
+        return TaskFunction(spec, manager)
+
+    return wrap
+
+
+def register_default(spec: TaskSpec) -> None:
+    """Declare ``spec`` for the default manager (``@runtrack.task``)."""
+    known = _default_tasks.get(spec.name)
+    if known is not None and known.conflicts_with(spec):
+        raise ValueError(
+            f"a different function is already registered as the durable task {spec.name!r}: "
+            f"give one of them another name (@runtrack.task(name=...))"
+        )
+    _default_tasks[spec.name] = spec

@@ -1,0 +1,186 @@
+"""`TaskClaiming` for `RedisRunRegistry`: one Lua script per call.
+
+The write scripts keep ``{prefix}idx:claim:{n}:{task}``, a zset per durable task of its
+unclaimed QUEUED runs (score ``-priority``, members ``"{created_at:020}:{run_id}"``, so
+the first members are the next to run). A claim pops the first ``limit`` members of each
+task wanted, keeps the best ``limit`` and sets their owner, in one script: exactly one
+claimer gets each run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Any, Final
+
+from runtrack._exceptions import DuplicateRunError
+from runtrack._models import Run
+from runtrack.registry import _redis_layout as layout
+from runtrack.registry._refusals import Candidates, candidates_of_run
+from runtrack.registry.base import stored_run
+
+if TYPE_CHECKING:
+    import redis.asyncio
+    from redis.commands.core import AsyncScript
+
+__all__ = ["RedisClaims"]
+
+#: ARGV: prefix, ttl, then one JSON object of hash fields per run. Inserts them all, or,
+#: if one id exists, none: returns that id ('' when all were inserted).
+ADD_RUNS: Final = (
+    layout.PRELUDE
+    + """
+local runs = {}
+for i = 3, #ARGV do
+  local fields = cjson.decode(ARGV[i])
+  if redis.call('EXISTS', K_RUN .. fields.run_id) == 1 then return fields.run_id end
+  runs[#runs + 1] = fields
+end
+for _, fields in ipairs(runs) do insert(fields.run_id, fields) end
+return ''
+"""
+)
+
+#: ARGV: prefix, ttl, owner, limit, then the task names. Returns the hashes of the runs
+#: claimed, best first.
+CLAIM: Final = (
+    layout.PRELUDE
+    + """
+local owner, limit = ARGV[3], tonumber(ARGV[4])
+local found = {}
+for i = 5, #ARGV do
+  local k = K_CLAIM .. lp(ARGV[i])
+  local items = redis.call('ZRANGE', k, 0, limit - 1, 'WITHSCORES')
+  for j = 1, #items, 2 do found[#found + 1] = {tonumber(items[j + 1]), items[j], k} end
+end
+if #ARGV > 5 then
+  table.sort(found, function(a, b)
+    if a[1] ~= b[1] then return a[1] < b[1] end
+    return a[2] < b[2]
+  end)
+end
+local out = {}
+for _, item in ipairs(found) do
+  if #out >= limit then break end
+  redis.call('ZREM', item[3], item[2])
+  local id = string.sub(item[2], 22)
+  local f = redis.call('HMGET', K_RUN .. id, 'status', 'owner')
+  if f[1] == 'queued' and not f[2] then
+    apply(id, false, nil, {owner = owner}, {})
+    out[#out + 1] = redis.call('HGETALL', K_RUN .. id)
+  end
+end
+return out
+"""
+)
+
+#: ARGV: prefix, ttl, owner, then run ids. Unclaims those still QUEUED and owned by
+#: owner; returns how many.
+RELEASE: Final = (
+    layout.PRELUDE
+    + """
+local owner, n = ARGV[3], 0
+for i = 4, #ARGV do
+  local f = redis.call('HMGET', K_RUN .. ARGV[i], 'status', 'owner')
+  if f[1] == 'queued' and f[2] == owner then
+    apply(ARGV[i], false, nil, {}, {'owner'})
+    n = n + 1
+  end
+end
+return n
+"""
+)
+
+
+class RedisClaims:
+    """Claiming durable runs in a Redis registry (mixed into `RedisRunRegistry`)."""
+
+    if TYPE_CHECKING:
+        _client: redis.asyncio.Redis
+        _keys: layout.Keys
+        _prefix: str
+
+        def _guard(
+            self, values: Callable[[], Candidates] | None = None
+        ) -> AbstractAsyncContextManager[None]: ...
+
+        async def _ready(self) -> None: ...
+
+        def _args(self, *rest: str | int) -> list[str | int]: ...
+
+    _claim_scripts: tuple[AsyncScript, AsyncScript, AsyncScript] | None = None
+
+    def _claiming(self) -> tuple[AsyncScript, AsyncScript, AsyncScript]:
+        if self._claim_scripts is None:
+            register = self._client.register_script
+            self._claim_scripts = (register(ADD_RUNS), register(CLAIM), register(RELEASE))
+        return self._claim_scripts
+
+    async def add_runs(self, runs: Sequence[Run]) -> None:
+        """Record new runs with one script, all or none (see `TaskClaiming`).
+
+        Raises:
+            TypeError: an item is not a `Run`.
+            DuplicateRunError: one of the ids exists (or is given twice).
+            RegistryUnavailableError: Redis could not be reached.
+        """
+        from runtrack.registry.redis import _encode_run  # noqa: PLC0415 - a cycle otherwise
+
+        seen: set[str] = set()
+        encoded: list[str | int] = []
+        for run in runs:
+            if not isinstance(run, Run):
+                raise TypeError(f"add_runs() takes Runs, got {type(run).__name__}")
+            if run.run_id in seen:
+                raise DuplicateRunError(run.run_id)
+            seen.add(run.run_id)
+            encoded.append(json.dumps(_encode_run(stored_run(run)), ensure_ascii=False))
+        if not encoded:
+            return
+        add, _, _ = self._claiming()
+
+        def values() -> Iterator[tuple[str, str, object]]:
+            for run in runs:
+                yield from candidates_of_run(run)
+
+        async with self._guard(values):
+            await self._ready()
+            existing = await add(args=self._args(*encoded))
+        if existing:
+            raise DuplicateRunError(_text(existing))
+
+    async def claim_runs(self, owner: str, tasks: Collection[str], limit: int) -> list[Run]:
+        """Take up to ``limit`` unclaimed QUEUED runs of ``tasks`` (see `TaskClaiming`).
+
+        Raises:
+            RegistryUnavailableError: Redis could not be reached.
+        """
+        from runtrack.registry.redis import _decode_run  # noqa: PLC0415 - a cycle otherwise
+
+        names = sorted(set(tasks))
+        if limit < 1 or not names:
+            return []
+        _, claim, _ = self._claiming()
+        async with self._guard():
+            await self._ready()
+            reply: list[Any] = await claim(args=self._args(owner, int(limit), *names))
+        return [_decode_run(fields) for fields in reply]
+
+    async def release_runs(self, owner: str, run_ids: Sequence[str]) -> int:
+        """Unclaim those of ``run_ids`` still QUEUED and owned by ``owner`` (see `TaskClaiming`).
+
+        Raises:
+            RegistryUnavailableError: Redis could not be reached.
+        """
+        ids = sorted(set(run_ids))
+        if not ids:
+            return 0
+        _, _, release = self._claiming()
+        async with self._guard():
+            await self._ready()
+            return int(await release(args=self._args(owner, *ids)))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,182 @@
+"""`TaskClaiming` for `SQLRunRegistry`: durable runs claimed with one short transaction.
+
+- PostgreSQL: one ``WITH picked AS MATERIALIZED (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)
+  UPDATE ... FROM picked RETURNING *``: concurrent claimers skip each other's rows instead
+  of waiting.
+- MariaDB/MySQL (no ``UPDATE ... RETURNING``): ``SELECT ... FOR UPDATE SKIP LOCKED`` then
+  one ``UPDATE`` of the ids read, in the same transaction.
+- SQLite: ``UPDATE ... WHERE run_id IN (SELECT ... LIMIT n) RETURNING *``, in the
+  ``BEGIN IMMEDIATE``
+  transaction every write takes (writers are serialised by the database).
+
+The ``{prefix}runs_claim`` index (task, status, priority DESC, created_at) serves the
+search for unclaimed QUEUED runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from runtrack._exceptions import DuplicateRunError
+from runtrack._models import Run
+from runtrack._status import RunStatus
+from runtrack.registry._refusals import Candidates, candidates_of_run
+from runtrack.registry._sql_schema import chunks, row_from_run, run_from_row
+
+if TYPE_CHECKING:
+    from runtrack.registry._sql_schema import Tables
+
+__all__ = ["SQLClaims"]
+
+_T = TypeVar("_T")
+_QUEUED = RunStatus.QUEUED.value
+
+
+class SQLClaims:
+    """Claiming durable runs in a SQL registry (mixed into `SQLRunRegistry`)."""
+
+    if TYPE_CHECKING:
+        _tables: Tables
+        _dialect: str
+
+        async def _transact(
+            self,
+            work: Callable[[AsyncConnection], Awaitable[_T]],
+            *,
+            write: bool,
+            retry_integrity: bool = False,
+            values: Callable[[], Candidates] | None = None,
+        ) -> _T: ...
+
+        async def _insert_rows(
+            self, conn: AsyncConnection, rows: Mapping[str, dict[str, Any]]
+        ) -> None: ...
+
+    async def add_runs(self, runs: Sequence[Run]) -> None:
+        """Insert new runs with one multi-row statement, all or none (see `TaskClaiming`).
+
+        Raises:
+            TypeError: an item is not a `Run`.
+            DuplicateRunError: one of the ids exists (or is given twice).
+            RegistryUnavailableError: the database could not be reached.
+        """
+        rows: dict[str, dict[str, Any]] = {}
+        for run in runs:
+            if not isinstance(run, Run):
+                raise TypeError(f"add_runs() takes Runs, got {type(run).__name__}")
+            if run.run_id in rows:
+                raise DuplicateRunError(run.run_id)
+            rows[run.run_id] = row_from_run(run)
+        if not rows:
+            return
+        runs_table = self._tables.runs
+
+        async def work(conn: AsyncConnection) -> None:
+            try:
+                await self._insert_rows(conn, rows)
+            except sa.exc.IntegrityError as exc:
+                raise DuplicateRunError(next(iter(rows))) from exc
+
+        def values() -> Iterator[tuple[str, str, object]]:
+            for run in runs:
+                yield from candidates_of_run(run)
+
+        try:
+            await self._transact(work, write=True, values=values)
+        except DuplicateRunError as exc:
+            ids = list(rows)
+
+            async def existing(conn: AsyncConnection) -> str | None:
+                for chunk in chunks(ids):
+                    found = await conn.scalar(
+                        sa.select(runs_table.c.run_id)
+                        .where(runs_table.c.run_id.in_(chunk))
+                        .limit(1)
+                    )
+                    if found is not None:
+                        return str(found)
+                return None
+
+            found = await self._transact(existing, write=False)
+            raise DuplicateRunError(found or exc.run_id) from exc.__cause__
+
+    async def claim_runs(self, owner: str, tasks: Collection[str], limit: int) -> list[Run]:
+        """Take up to ``limit`` unclaimed QUEUED runs of ``tasks`` (see `TaskClaiming`).
+
+        Raises:
+            RegistryUnavailableError: the database could not be reached.
+        """
+        names = sorted(set(tasks))
+        if limit < 1 or not names:
+            return []
+        runs = self._tables.runs
+        unclaimed = sa.and_(
+            runs.c.task.in_(names), runs.c.status == _QUEUED, runs.c.owner.is_(None)
+        )
+        order = (runs.c.priority.desc(), runs.c.created_at, runs.c.run_id)
+        mysql = self._dialect == "mysql"
+
+        async def work(conn: AsyncConnection) -> list[Run]:
+            if mysql:
+                found = sa.select(runs).where(unclaimed).order_by(*order).limit(limit)
+                locked = await conn.execute(found.with_for_update(skip_locked=True))
+                rows = [dict(row) for row in locked.mappings()]
+                if rows:
+                    await conn.execute(
+                        runs.update()
+                        .where(runs.c.run_id.in_([row["run_id"] for row in rows]))
+                        .values(owner=owner)
+                    )
+                for row in rows:
+                    row["owner"] = owner
+            else:
+                picked = sa.select(runs.c.run_id).where(unclaimed).order_by(*order).limit(limit)
+                if self._dialect == "postgresql":
+                    # A materialized CTE: the locking SELECT runs once (an IN (subquery)
+                    # may be planned as a join that takes more than ``limit`` rows).
+                    chosen = (
+                        picked.with_for_update(skip_locked=True)
+                        .cte("picked")
+                        .prefix_with("MATERIALIZED")
+                    )
+                    statement = runs.update().where(runs.c.run_id == chosen.c.run_id)
+                else:
+                    statement = runs.update().where(runs.c.run_id.in_(picked), unclaimed)
+                result = await conn.execute(statement.values(owner=owner).returning(*runs.c))
+                rows = [dict(row) for row in result.mappings()]
+            rows.sort(key=lambda row: (-row["priority"], row["created_at"], row["run_id"]))
+            return [run_from_row(row) for row in rows]
+
+        return await self._transact(work, write=True)
+
+    async def release_runs(self, owner: str, run_ids: Sequence[str]) -> int:
+        """Unclaim those of ``run_ids`` still QUEUED and owned by ``owner`` (see `TaskClaiming`).
+
+        Raises:
+            RegistryUnavailableError: the database could not be reached.
+        """
+        ids = sorted(set(run_ids))
+        if not ids:
+            return 0
+        runs = self._tables.runs
+
+        async def work(conn: AsyncConnection) -> int:
+            released = 0
+            for chunk in chunks(ids):
+                result = await conn.execute(
+                    runs.update()
+                    .where(
+                        runs.c.run_id.in_(chunk),
+                        runs.c.owner == owner,
+                        runs.c.status == _QUEUED,
+                    )
+                    .values(owner=None)
+                )
+                released += int(result.rowcount)
+            return released
+
+        return await self._transact(work, write=True)

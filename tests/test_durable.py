@@ -1,0 +1,455 @@
+"""Durable tasks: registered by name, submitted by one manager, claimed and run by any.
+
+Runs once per backend of the conformance suite (memory, SQLite, PostgreSQL, MariaDB,
+Redis) through the ``registry`` fixture; managers in one process share the registry
+object, as replicas share a database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+import runtrack
+from runtrack import (
+    BackgroundTaskManager,
+    DuplicateRunError,
+    ManagerInfo,
+    Retry,
+    Run,
+    RunRegistry,
+    RunStatus,
+    TaskClaiming,
+    TaskFunction,
+)
+from runtrack._claims import TaskSpec
+from runtrack.registry.base import ManagerPresence
+
+Q, R, C, F, X = (
+    RunStatus.QUEUED,
+    RunStatus.RUNNING,
+    RunStatus.COMPLETED,
+    RunStatus.FAILED,
+    RunStatus.CANCELLED,
+)
+
+
+def claiming(registry: RunRegistry) -> TaskClaiming:
+    assert isinstance(registry, TaskClaiming)
+    return registry
+
+
+async def until(predicate: Callable[[], Awaitable[bool]], timeout: float = 60.0) -> None:
+    """Poll ``predicate`` until it holds (a deadline, not a timed assertion)."""
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met before the deadline")
+        await asyncio.sleep(0.02)
+
+
+async def all_finished(registry: RunRegistry, runs: list[Run], timeout: float = 120.0) -> list[Run]:
+    ids = {run.run_id for run in runs}
+    found: dict[str, Run] = {}
+
+    async def done() -> bool:
+        for run_id in list(ids - found.keys()):
+            got = await registry.get_run(run_id)
+            if got is not None and got.status.is_terminal:
+                found[run_id] = got
+        return found.keys() == ids
+
+    await until(done, timeout)
+    return [found[run.run_id] for run in runs]
+
+
+def sender(manager: BackgroundTaskManager, name: str) -> TaskFunction[..., Any]:
+    """Submits runs of ``name`` through ``manager`` without registering the task there
+    (as a replica that only enqueues)."""
+    return TaskFunction(TaskSpec(name=name, fn=lambda *a, **k: None), lambda: manager)
+
+
+def manager_for(registry: RunRegistry, **options: Any) -> BackgroundTaskManager:
+    options.setdefault("poll_interval", 0.05)
+    options.setdefault("shutdown_grace", 5.0)
+    return BackgroundTaskManager(registry, **options)
+
+
+class TestRegistryClaims:
+    """`TaskClaiming`: add_runs, claim_runs and release_runs on each backend."""
+
+    async def test_add_runs_all_or_none(self, registry: RunRegistry) -> None:
+        reg = claiming(registry)
+        await registry.add_run(Run(run_id="taken"))
+        runs = [Run(run_id=f"r{i}", task="t", args={"args": [i]}) for i in range(3)]
+
+        with pytest.raises(DuplicateRunError) as caught:
+            await reg.add_runs([*runs, Run(run_id="taken", task="t")])
+
+        assert caught.value.run_id == "taken"
+        assert [r.run_id for r in await registry.list_runs(task="t")] == []
+        await reg.add_runs(runs)
+        assert {r.run_id for r in await registry.list_runs(task="t")} == {"r0", "r1", "r2"}
+        assert await registry.get_run("r1") == runs[1]
+
+    async def test_claim_order_and_owner(self, registry: RunRegistry) -> None:
+        reg = claiming(registry)
+        t0 = datetime(2025, 1, 1, tzinfo=UTC)
+        await reg.add_runs(
+            [
+                Run(run_id="old", task="t", created_at=t0),
+                Run(run_id="new", task="t", created_at=t0 + timedelta(seconds=1)),
+                Run(run_id="urgent", task="t", priority=5, created_at=t0 + timedelta(seconds=2)),
+                Run(run_id="other-task", task="u", created_at=t0),
+                Run(run_id="local", created_at=t0),
+                Run(run_id="owned", task="t", owner="someone", created_at=t0),
+                Run(run_id="running", task="t", status=R, created_at=t0),
+            ]
+        )
+
+        first = await reg.claim_runs("me", ["t"], 2)
+        rest = await reg.claim_runs("me", ["t", "u"], 10)
+
+        assert [r.run_id for r in first] == ["urgent", "old"]
+        assert all(r.owner == "me" and r.status is Q for r in first)
+        assert [r.run_id for r in rest] == ["other-task", "new"]
+        assert await reg.claim_runs("me", ["t", "u"], 10) == []
+        got = await registry.get_run("urgent")
+        assert got is not None
+        assert got.owner == "me"
+
+    async def test_release(self, registry: RunRegistry) -> None:
+        reg = claiming(registry)
+        await reg.add_runs([Run(run_id=f"r{i}", task="t") for i in range(3)])
+        claimed = await reg.claim_runs("me", ["t"], 3)
+        assert len(claimed) == 3
+        await registry.transition("r2", R)
+
+        released = await reg.release_runs("me", ["r0", "r1", "r2", "missing"])
+        assert await reg.release_runs("other", ["r0"]) == 0
+
+        assert released == 2
+        again = await reg.claim_runs("you", ["t"], 10)
+        assert sorted(r.run_id for r in again) == ["r0", "r1"]
+
+    async def test_cancelled_run_is_not_claimed(self, registry: RunRegistry) -> None:
+        reg = claiming(registry)
+        await reg.add_runs([Run(run_id="a", task="t"), Run(run_id="b", task="t")])
+        await registry.transition("a", X)
+
+        claimed = await reg.claim_runs("me", ["t"], 10)
+
+        assert [r.run_id for r in claimed] == ["b"]
+
+    async def test_concurrent_claims_have_one_winner(self, registry: RunRegistry) -> None:
+        reg = claiming(registry)
+        await reg.add_runs([Run(run_id=f"r{i:03}", task="t") for i in range(200)])
+
+        async def claimer(owner: str) -> list[str]:
+            got: list[str] = []
+            while True:
+                batch = await reg.claim_runs(owner, ["t"], 7)
+                if not batch:
+                    return got
+                got.extend(r.run_id for r in batch)
+
+        results = await asyncio.gather(*(claimer(f"m{i}") for i in range(4)))
+
+        everything = [run_id for got in results for run_id in got]
+        assert len(everything) == 200
+        assert len(set(everything)) == 200
+        for i, got in enumerate(results):
+            for run_id in got[:3]:
+                run = await registry.get_run(run_id)
+                assert run is not None
+                assert run.owner == f"m{i}"
+
+
+class TestSweep:
+    """A dead owner's durable runs: QUEUED released, RUNNING requeued only if asked."""
+
+    async def test_dead_owner(self, registry: RunRegistry) -> None:
+        assert isinstance(registry, ManagerPresence)
+        beat = datetime.now(UTC) - timedelta(seconds=120)
+        await registry.register_manager(
+            ManagerInfo(
+                owner="dead", started_at=beat, heartbeat_at=beat, lease_seconds=10, running=3
+            )
+        )
+        await claiming(registry).add_runs(
+            [
+                Run(run_id="dq", task="t", owner="dead"),
+                Run(run_id="dr", task="t", owner="dead", status=R, started_at=beat),
+                Run(
+                    run_id="drq",
+                    task="t",
+                    owner="dead",
+                    status=R,
+                    started_at=beat,
+                    requeue_on_interrupt=True,
+                ),
+                Run(run_id="lq", owner="dead"),
+                Run(run_id="lr", owner="dead", status=R, started_at=beat),
+            ]
+        )
+
+        swept = await registry.interrupt_dead_managers(datetime.now(UTC), "survivor")
+
+        by_id = {run.run_id: run for run in swept}
+        assert set(by_id) == {"dr", "drq", "lq", "lr"}
+        assert (by_id["drq"].previous, by_id["drq"].status) == (R, Q)
+        runs = {
+            run_id: await registry.get_run(run_id) for run_id in ("dq", "dr", "drq", "lq", "lr")
+        }
+        assert runs["dq"] is not None
+        assert (runs["dq"].status, runs["dq"].owner) == (Q, None)
+        assert runs["dr"] is not None
+        assert (runs["dr"].status, runs["dr"].error_type) == (F, "RunInterrupted")
+        assert runs["drq"] is not None
+        assert (runs["drq"].status, runs["drq"].owner, runs["drq"].attempt) == (Q, None, 2)
+        assert runs["drq"].started_at is None
+        assert runs["lq"] is not None
+        assert runs["lq"].status is X
+        assert runs["lr"] is not None
+        assert runs["lr"].status is F
+        claimed = await claiming(registry).claim_runs("survivor", ["t"], 10)
+        assert sorted(r.run_id for r in claimed) == ["dq", "drq"]
+
+
+class TestManagers:
+    """Managers register tasks, submit them, and run each other's submissions."""
+
+    async def test_submit_runs_on_another_manager(self, registry: RunRegistry) -> None:
+        calls: list[tuple[int, str]] = []
+        submitter = manager_for(registry, owner="submitter")
+        worker = manager_for(registry, owner="worker")
+
+        @worker.task(name="add")
+        async def add(a: int, b: int, *, note: str = "") -> int:
+            calls.append((a + b, note))
+            return a + b
+
+        async with submitter, worker:
+            run = await sender(submitter, "add").submit(2, 3, note="hi")
+            assert run.task == "add"
+            assert run.owner is None
+            assert run.args == {"args": [2, 3], "kwargs": {"note": "hi"}}
+            (done,) = await all_finished(registry, [run])
+
+        assert calls == [(5, "hi")]
+        assert (done.status, done.result, done.owner, done.task) == (C, 5, "worker", "add")
+
+    async def test_only_registered_names_are_claimed(self, registry: RunRegistry) -> None:
+        ran: list[str] = []
+        worker = manager_for(registry, owner="worker")
+
+        @worker.task()
+        async def known() -> None:
+            ran.append("known")
+
+        async with worker:
+            other = await sender(worker, "unknown").submit()
+            mine = await known.submit()
+            await all_finished(registry, [mine])
+            stored = await registry.get_run(other.run_id)
+
+        assert ran == ["known"]
+        assert stored is not None
+        assert (stored.status, stored.owner) == (Q, None)
+
+    async def test_sync_function_and_direct_call(self, registry: RunRegistry) -> None:
+        async with manager_for(registry) as manager:
+
+            @manager.task(name="square")
+            def square(x: int) -> int:
+                return x * x
+
+            assert square(4) == 16  # a plain call runs the function
+            run = await square.submit(5)
+            (done,) = await all_finished(registry, [run])
+
+        assert (done.status, done.result) == (C, 25)
+
+    async def test_retry_and_failure(self, registry: RunRegistry) -> None:
+        attempts: collections.Counter[str] = collections.Counter()
+        async with manager_for(registry) as manager:
+
+            @manager.task(retry=Retry(attempts=3, backoff=0.01))
+            async def flaky(key: str) -> str:
+                attempts[key] += 1
+                if attempts[key] < 3:
+                    raise ValueError("not yet")
+                return key
+
+            @manager.task(timeout=0.05)
+            async def slow() -> None:
+                await asyncio.sleep(30)
+
+            ok = await flaky.submit("k")
+            late = await slow.submit()
+            done, timed_out = await all_finished(registry, [ok, late])
+
+        assert (done.status, done.result, done.attempt, done.max_attempts) == (C, "k", 3, 3)
+        assert (timed_out.status, timed_out.error_type) == (F, "TimeoutError")
+
+    async def test_cancel_a_claimed_run(self, registry: RunRegistry) -> None:
+        started = asyncio.Event()
+        async with manager_for(registry) as manager:
+
+            @manager.task()
+            async def forever() -> None:
+                started.set()
+                await asyncio.sleep(60)
+
+            run = await forever.submit()
+            await asyncio.wait_for(started.wait(), 60)
+            assert await manager.cancel_task(run.run_id)
+            (done,) = await all_finished(registry, [run])
+
+        assert done.status is X
+
+    async def test_arguments_must_be_json(self, registry: RunRegistry) -> None:
+        async with manager_for(registry) as manager:
+
+            @manager.task()
+            async def takes(value: object) -> None:
+                return None
+
+            with pytest.raises(ValidationError, match="args"):
+                await takes.submit(object())
+            with pytest.raises(ValidationError, match="args"):
+                await takes.submit(float("nan"))
+            with pytest.raises(ValueError, match="max_payload_bytes"):
+                await BackgroundTaskManager.task(manager, name="big")(takes.func).submit(
+                    "x" * 2_000_000
+                )
+        assert await registry.list_runs() == []
+
+    async def test_option_parameter_collision(self, registry: RunRegistry) -> None:
+        async with manager_for(registry) as manager:
+
+            @manager.task()
+            async def tagged(tags: list[str]) -> None:
+                return None
+
+            with pytest.raises(TypeError, match="positionally"):
+                await tagged.submit(tags={"a": "b"})
+            run = await tagged.submit(["x"], tags={"a": "b"})
+
+        assert run.args == {"args": [["x"]], "kwargs": {}}
+        assert run.tags == {"a": "b"}
+
+    async def test_two_functions_one_name(self, registry: RunRegistry) -> None:
+        manager = manager_for(registry)
+
+        @manager.task(name="same")
+        async def one() -> None: ...
+
+        with pytest.raises(ValueError, match="already registered"):
+
+            @manager.task(name="same")
+            async def two() -> None: ...
+
+    async def test_plain_coroutine_stays_local(self, registry: RunRegistry) -> None:
+        async with manager_for(registry) as manager:
+            run = await manager.submit(asyncio.sleep(0))
+            (done,) = await all_finished(registry, [run])
+
+        assert done.task is None
+        assert done.status is C
+
+    async def test_submit_many(self, registry: RunRegistry) -> None:
+        seen: list[int] = []
+        async with manager_for(registry, max_concurrency=4) as manager:
+
+            @manager.task()
+            async def record(i: int, *, scale: int = 1) -> int:
+                seen.append(i * scale)
+                return i
+
+            runs = await record.submit_many([([i], {"scale": 2}) for i in range(50)])
+            done = await all_finished(registry, runs)
+
+        assert sorted(seen) == [2 * i for i in range(50)]
+        assert all(run.status is C for run in done)
+        with pytest.raises(TypeError, match="pairs"):
+            await record.submit_many([1])  # type: ignore[list-item]
+
+    async def test_exactly_once_across_three_managers(self, registry: RunRegistry) -> None:
+        executed: collections.Counter[int] = collections.Counter()
+        by_owner: collections.Counter[str] = collections.Counter()
+        managers = [manager_for(registry, owner=f"m{i}", max_concurrency=5) for i in range(3)]
+        for manager in managers:
+
+            @manager.task(name="count")
+            async def count(i: int, _owner: str = manager.owner) -> None:
+                executed[i] += 1
+                by_owner[_owner] += 1
+                await asyncio.sleep(0)
+
+        for manager in managers:
+            await manager.__aenter__()
+        try:
+            runs = await sender(managers[0], "count").submit_many([([i], {}) for i in range(300)])
+            done = await all_finished(registry, runs)
+        finally:
+            for manager in managers:
+                await manager.shutdown()
+
+        assert all(run.status is C for run in done)
+        assert sorted(executed) == list(range(300))
+        assert set(executed.values()) == {1}
+        assert sum(by_owner.values()) == 300
+
+    async def test_shutdown_releases_claimed_runs(self, registry: RunRegistry) -> None:
+        gate = asyncio.Event()
+        first = manager_for(registry, owner="first", max_concurrency=1)
+
+        @first.task(name="blocker")
+        async def blocker(i: int) -> int:
+            await gate.wait()
+            return i
+
+        async with first:
+            runs = await blocker.submit_many([([i], {}) for i in range(3)])
+
+            async def claimed() -> bool:
+                got = await registry.get_run(runs[0].run_id)
+                return got is not None and got.status is R
+
+            await until(claimed)
+            gate.set()
+            await first.shutdown(grace=0)
+
+        stored = [await registry.get_run(run.run_id) for run in runs]
+        unclaimed = [r for r in stored if r is not None and r.status is Q]
+        assert all(r.owner is None for r in unclaimed)
+        # The one that ran ended (completed or cancelled); none stayed claimed.
+        assert all(r is not None and (r.status is not Q or r.owner is None) for r in stored)
+        second = manager_for(registry, owner="second")
+        second.task(name="blocker")(blocker.func)
+        async with second:
+            done = await all_finished(registry, unclaimed)
+        assert all(r.status is C for r in done)
+
+    async def test_default_manager_task(self, registry: RunRegistry) -> None:
+        @runtrack.task(name="durable-default-test")
+        async def doubled(x: int) -> int:
+            return 2 * x
+
+        manager = manager_for(registry)
+        runtrack.set_default_manager(manager)
+        try:
+            async with manager:
+                run = await doubled.submit(21)
+                (done,) = await all_finished(registry, [run])
+        finally:
+            runtrack.set_default_manager(None)
+        assert (done.status, done.result) == (C, 42)
