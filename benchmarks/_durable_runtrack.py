@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from _durable_kits import SETTLE, stamp
 from persist_postgres import drop_tables, plain_dsn, sqlalchemy_url
 from persist_redis import delete_matching
-from runtrack import BackgroundTaskManager, RunRegistry, RunStatus
+from runtrack import BackgroundTaskManager, RunRegistry, RunStatus, TaskFunction
 
 
 async def noop() -> None:
@@ -53,11 +53,20 @@ def register(manager: BackgroundTaskManager) -> Tasks:
 async def submitter(registry: RunRegistry) -> AsyncIterator[Tasks]:
     """A manager that submits durable runs but never claims them (another process runs them).
 
-    It registers the names to get ``fn.submit``; ``claim=False`` keeps it from claiming.
+    A manager claims the runs of every task registered on it (``@manager.task``), and
+    runtrack has no public "submit only" registration yet, so the task functions are built
+    around the specs without registering them: ``submit`` records and announces the runs,
+    and this manager's claim loop has no task names to claim.
     """
-    manager = BackgroundTaskManager(registry, max_concurrency=1, claim=False)  # type: ignore[call-arg]
+    from runtrack._claims import TaskSpec
+
+    manager = BackgroundTaskManager(registry, max_concurrency=1)
     try:
-        yield register(manager)
+        yield Tasks(
+            manager,
+            TaskFunction(TaskSpec("noop", noop), lambda: manager),
+            TaskFunction(TaskSpec("stamp", stamp_run), lambda: manager),
+        )
     finally:
         await manager.shutdown()
 
@@ -106,12 +115,12 @@ class RuntrackKit:
         manager = BackgroundTaskManager(registry, max_concurrency=concurrency)
         self.local[tag] = register(manager)
         try:
-            await asyncio.sleep(SETTLE)
-            ready.set()
-            await stop.wait()
+            async with manager:  # started: it claims the runs of its tasks
+                await asyncio.sleep(SETTLE)
+                ready.set()
+                await stop.wait()
         finally:
             del self.local[tag]
-            await manager.shutdown()
             await registry.aclose()
 
     @asynccontextmanager
