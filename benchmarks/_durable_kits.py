@@ -60,8 +60,15 @@ class Client(Protocol):
 
 
 class Kit(Protocol):
-    name: str
-    store: str  # "postgres" or "redis"
+    @property
+    def name(self) -> str:
+        """The kit's name, as `make_kit` and the worker script know it."""
+        ...
+
+    @property
+    def url(self) -> str:
+        """The store's URL."""
+        ...
 
     async def setup(self, tag: str) -> None: ...
 
@@ -105,7 +112,6 @@ def _pgqueuer_queries(conn: Any, tag: str) -> Any:
 class PgQueuerKit:
     url: str
     name: str = "pgqueuer"
-    store: str = "postgres"
 
     @property
     def dsn(self) -> str:
@@ -204,7 +210,6 @@ class SaqKit:
     url: str
     concurrency: int
     name: str = "saq"
-    store: str = "redis"
 
     def queue(self, tag: str) -> Any:
         from saq.queue.redis import RedisQueue
@@ -280,7 +285,6 @@ class ArqKit:
     url: str
     concurrency: int
     name: str = "arq"
-    store: str = "redis"
 
     async def pool(self, tag: str) -> Any:
         from arq import create_pool

@@ -54,7 +54,7 @@ async def spawn_workers(
                 sys.executable,
                 str(WORKER_SCRIPT),
                 kit.name,
-                kit_url(kit),
+                kit.url,
                 tag,
                 str(concurrency),
                 logging,
@@ -82,10 +82,6 @@ async def stop_workers(procs: list[asyncio.subprocess.Process]) -> None:
     failed = [proc.returncode for proc in procs if proc.returncode]
     if failed:
         raise RuntimeError(f"worker processes exited with {failed}")
-
-
-def kit_url(kit: Kit) -> str:
-    return str(kit.url)  # type: ignore[attr-defined]
 
 
 async def throughput(

@@ -82,10 +82,6 @@ class RuntrackKit:
     def name(self) -> str:
         return f"runtrack-{self.store_name}"
 
-    @property
-    def store(self) -> str:
-        return self.store_name
-
     def registry(self, tag: str) -> RunRegistry:
         if self.store_name == "postgres":
             from runtrack.registry.sql import SQLRunRegistry
