@@ -10,12 +10,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
 
 import runtrack
 from runtrack import (
@@ -322,15 +321,21 @@ class TestManagers:
             async def takes(value: object) -> None:
                 return None
 
-            with pytest.raises(ValidationError, match="args"):
+            with pytest.raises(TypeError, match="must be JSON"):
                 await takes.submit(object())
-            with pytest.raises(ValidationError, match="args"):
+            with pytest.raises(TypeError, match="keys are str"):
+                await takes.submit({1: "a"})
+            with pytest.raises(ValueError, match="must be JSON"):
                 await takes.submit(float("nan"))
+            with pytest.raises(ValueError, match="NUL"):
+                await takes.submit(value="a\x00b")
+            run = await takes.submit((1, 2))
+            assert run.args == {"args": [[1, 2]], "kwargs": {}}
             with pytest.raises(ValueError, match="max_payload_bytes"):
                 await BackgroundTaskManager.task(manager, name="big")(takes.func).submit(
                     "x" * 2_000_000
                 )
-        assert await registry.list_runs() == []
+        assert [r.args for r in await registry.list_runs()] == [{"args": [[1, 2]], "kwargs": {}}]
 
     async def test_option_parameter_collision(self, registry: RunRegistry) -> None:
         async with manager_for(registry) as manager:
@@ -453,3 +458,126 @@ class TestManagers:
         finally:
             runtrack.set_default_manager(None)
         assert (done.status, done.result) == (C, 42)
+
+
+class TestOneRoundTrip:
+    """submit_many records any number of runs with one statement or one script call."""
+
+    async def test_submit_many_is_one_round_trip(self, registry: RunRegistry) -> None:
+        sent: list[str] = []
+        if hasattr(registry, "engine"):
+            import sqlalchemy as sa
+
+            def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+                sent.append(statement.split(maxsplit=1)[0].upper())
+
+            sa.event.listen(registry.engine.sync_engine, "before_cursor_execute", record)
+        elif hasattr(registry, "_client"):
+            client = registry._client
+            execute = client.execute_command
+
+            async def counted(*args: Any, **options: Any) -> Any:
+                sent.append(str(args[0]).upper())
+                return await execute(*args, **options)
+
+            client.execute_command = counted
+        else:
+            pytest.skip("the memory registry makes no round trip")
+        manager = manager_for(registry)
+        work = sender(manager, "bulk")
+        async with manager:
+            await work.submit_many([([0], {})])  # the schema, the script: loaded once
+            sent.clear()
+            runs = await work.submit_many([([i], {"k": str(i)}) for i in range(1, 1001)])
+            kinds = list(sent)
+
+        # BEGIN/COMMIT are not statements on the wire for the SQL drivers' cursors.
+        assert [k for k in kinds if k not in ("BEGIN", "COMMIT", "SAVEPOINT")] in (
+            ["INSERT"],
+            ["EVALSHA"],
+        ), kinds
+        assert len(await registry.list_runs(task="bulk", limit=2000)) == 1001
+        assert runs[-1].args == {"args": [1000], "kwargs": {"k": "1000"}}
+
+
+class TestWaking:
+    """submit wakes this manager's claim loop and calls the announce hook."""
+
+    async def test_announce_and_wake(self) -> None:
+        announced: list[list[str]] = []
+        manager = BackgroundTaskManager(poll_interval=3600)  # no polling: only wakes
+
+        @manager.task(name="woken")
+        async def woken() -> str:
+            return "ran"
+
+        async def announce(tasks: Collection[str]) -> None:
+            announced.append(sorted(tasks))
+
+        manager._claims.announce = announce
+        async with manager:
+            run = await woken.submit()
+            done = await asyncio.wait_for(manager.wait(run.run_id), 60)
+            many = await woken.submit_many([((), {}), ((), {})])
+            await asyncio.wait_for(manager.wait(many[1].run_id), 60)
+
+        assert (done.status, done.result) == (C, "ran")
+        assert announced == [["woken"], ["woken"]]
+
+    async def test_wake_from_another_thread(self) -> None:
+        registry = runtrack.InMemoryRunRegistry()
+        manager = BackgroundTaskManager(registry, poll_interval=3600)
+
+        @manager.task(name="threaded")
+        async def threaded() -> int:
+            return 1
+
+        async with manager:
+            first = await threaded.submit()
+            await asyncio.wait_for(manager.wait(first.run_id), 60)  # the loop is idle now
+            await registry.add_runs([Run(run_id="quiet", task="threaded")])  # no wake
+            await asyncio.to_thread(manager._claims.wake)
+            done = await asyncio.wait_for(manager.wait("quiet"), 60)
+
+        assert done.status is C
+
+
+class TestDeclaredDead:
+    """A manager swept while alive (paused) must not start the durable runs it had claimed."""
+
+    async def test_released_runs_do_not_start_here(self) -> None:
+        registry = runtrack.InMemoryRunRegistry()
+        gate = asyncio.Event()
+        executed: list[int] = []
+        manager = BackgroundTaskManager(
+            registry, group_limits={"g": 1}, heartbeat_interval=0.05, poll_interval=3600
+        )
+
+        @manager.task(name="gated", group="g")
+        async def gated(i: int) -> None:
+            executed.append(i)
+            await gate.wait()
+
+        async with manager:
+            runs = await gated.submit_many([([i], {}) for i in range(3)])
+
+            async def claimed() -> bool:
+                return manager.get_active_task_count() == 3 and executed == [0]
+
+            await until(claimed)
+            # Swept as if it had missed its lease; another manager claims what was given back.
+            later = datetime.now(UTC) + timedelta(hours=1)
+            await registry.interrupt_dead_managers(later, "survivor")
+            taken = await registry.claim_runs("other", ["gated"], 10)
+            assert sorted(r.run_id for r in taken) == sorted(r.run_id for r in runs[1:])
+
+            async def dropped() -> bool:
+                return manager.get_active_task_count() <= 1
+
+            await until(dropped)
+            gate.set()
+            await manager.wait_all(60)
+            stored = [await registry.get_run(r.run_id) for r in runs]
+
+        assert executed == [0]
+        assert [(r.status, r.owner) for r in stored[1:] if r is not None] == [(Q, "other")] * 2

@@ -1032,3 +1032,16 @@ class TestDurableFields:
             Run(**{field: "a\x00"})
         with pytest.raises(ValidationError):
             Run(**{field: ""})
+
+
+def test_trusted_run_equals_a_validated_one() -> None:
+    from runtrack._models import trusted_run
+
+    run = Run(name="n", task="t", args={"args": [1], "kwargs": {}}, dead=True, priority=3)
+    data = {name: getattr(run, name) for name in Run.model_fields}
+
+    built = trusted_run(data)
+
+    assert built == run
+    assert built.model_dump() == run.model_dump()
+    assert trusted_run({"run_id": "x", "name": "n"}).tags == {}

@@ -1,7 +1,8 @@
 """The claim loop: a manager takes durable runs from its registry and runs them.
 
-While the manager has free slots (``max_concurrency`` minus its active runs; a batch of
-`BATCH` claimed runs waiting when unbounded) and durable tasks registered, `ClaimLoop`
+While the manager has free slots (``max_concurrency`` minus its active runs; when
+unbounded, a batch of claimed runs waiting: `BATCH`, doubled up to `MAX_BATCH` while
+there is a backlog) and durable tasks registered, `ClaimLoop`
 claims a batch of unclaimed QUEUED runs of those tasks (`TaskClaiming.claim_runs`, one
 statement or script) and hands each to the normal execution path: the lanes, the
 executors, the writer's group-committed status writes, retries, timeouts, cancellation.
@@ -31,10 +32,12 @@ from runtrack.registry._claiming import TaskClaiming
 if TYPE_CHECKING:
     from runtrack._state import ManagerCore
 
-__all__ = ["BATCH", "ClaimLoop", "TaskSpec"]
+__all__ = ["BATCH", "MAX_BATCH", "ClaimLoop", "TaskSpec"]
 
-#: Most runs claimed at once, and how many claimed runs may wait when unbounded.
+#: Runs claimed at once at first, and how many claimed runs may wait when unbounded;
+#: doubled while claims come back full (a backlog), up to `MAX_BATCH`.
 BATCH: Final = 100
+MAX_BATCH: Final = 1000
 #: Seconds between claims while the registry fails (doubling up to poll_interval).
 _RETRY_FIRST: Final = 0.05
 
@@ -89,6 +92,8 @@ class ClaimLoop:
         self._claimed: set[Job] = set()  # claimed jobs, until they start or are given back
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._batch = BATCH
+        self._backlog = True
         #: Whether the loop has task names to claim: a run that ends then wakes it.
         self.active = False
 
@@ -116,12 +121,30 @@ class ClaimLoop:
     # -- waking -------------------------------------------------------------------------
 
     def wake(self) -> None:
-        """Claim now (new work was announced, or submitted in this process)."""
+        """Claim now (new work was announced, or submitted in this process).
+
+        Safe to call from any thread (a notification listener's, say).
+        """
+        loop = self._manager._loop
+        if loop is not None and not loop.is_closed():
+            try:
+                current = asyncio.get_running_loop()
+            except RuntimeError:
+                current = None
+            if current is not loop:
+                loop.call_soon_threadsafe(self._woken.set)
+                return
         self._woken.set()
 
     def freed(self) -> None:
-        """A local run ended: its slot may take a claimed run."""
-        self._woken.set()
+        """A local run ended: its slot may take a claimed run, if work is waiting.
+
+        Only while the last claim found a backlog (it came back full, or there was no
+        room to claim): otherwise new work comes with `wake` or the next poll, and a busy
+        manager does not query the registry after every run.
+        """
+        if self._backlog:
+            self._woken.set()
 
     # -- the loop -----------------------------------------------------------------------
 
@@ -143,8 +166,8 @@ class ClaimLoop:
             else:
                 self._claimed.discard(job)
         if manager._max_concurrency is None:
-            return BATCH - waiting
-        return min(manager._limit - len(manager._jobs), BATCH)
+            return self._batch - waiting
+        return min(manager._limit - len(manager._jobs), self._batch)
 
     async def _run(self) -> None:
         manager = self._manager
@@ -156,6 +179,7 @@ class ClaimLoop:
             self.active = bool(specs)
             free = self._free()
             wait = self._poll_interval
+            self._backlog = free <= 0
             if specs and free > 0 and isinstance(registry, TaskClaiming):
                 try:
                     claimed = await _uncut(registry.claim_runs(manager.owner, list(specs), free))
@@ -168,7 +192,10 @@ class ClaimLoop:
                     retry = _RETRY_FIRST
                     for run in claimed:
                         self._adopt(run, specs)
-                    if len(claimed) == free:
+                    full = len(claimed) == free
+                    self._backlog = full
+                    self._batch = min(self._batch * 2, MAX_BATCH) if full else BATCH
+                    if full:
                         await asyncio.sleep(0)  # let the claimed runs start, then claim more
                         continue
             try:
@@ -229,10 +256,9 @@ class ClaimLoop:
             # Its registry call is shielded: wait for it rather than cut it.
             await asyncio.wait({task}, timeout=timeout)
         manager = self._manager
+        # Claimed ones not started yet, and retries waiting for their backoff.
         unstarted = [
-            job
-            for job in self._claimed
-            if job.state == QUEUED and manager._jobs.get(job.run_id) is job
+            job for job in manager._jobs.values() if job.task is not None and job.state == QUEUED
         ]
         self._claimed.clear()
         if not unstarted:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from runtrack._admission import QUEUED, RUNNING
 from runtrack._models import RunEvent, utcnow
 from runtrack._presence import ManagerInfo, interrupted_event
-from runtrack._status import TERMINAL
+from runtrack._status import TERMINAL, RunStatus
 
 if TYPE_CHECKING:
     from runtrack._admission import Job
@@ -222,6 +222,11 @@ class Presence:
             "and another one recorded its runs interrupted: those runs are stopped here, "
             "their records are left as written, and the manager registers again",
         )
+        # Durable runs it claimed but had not started were given back to the queue by the
+        # survivor: another manager may run them now, so they must not start here.
+        for job in list(self._jobs.values()):
+            if job.task is not None and job.state == QUEUED:
+                self._on_conflict(job.run_id)
         await self._stop_ended(list(self._jobs))
         await self.register()
 
@@ -269,7 +274,21 @@ class Presence:
         except Exception as exc:  # the registry may be away; try again next poll
             self._failed("cancel_poll", exc)
             return
-        self._stop([rid for rid, status in statuses.items() if status.is_terminal])
+        jobs = self._jobs
+        self._stop(
+            [
+                rid
+                for rid, status in statuses.items()
+                if status.is_terminal
+                # a durable run the survivor put back in the queue (requeue_on_interrupt)
+                or (
+                    status is RunStatus.QUEUED
+                    and (job := jobs.get(rid)) is not None
+                    and job.task is not None
+                    and job.state == RUNNING
+                )
+            ]
+        )
 
     def _stop(self, run_ids: list[str]) -> None:
         for run_id in run_ids:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import json
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from runtrack._claims import TaskSpec
 from runtrack._exceptions import ManagerClosedError
-from runtrack._models import Retry, Run, new_run_id
+from runtrack._models import Retry, Run, args_problem, new_run_id, utcnow
 from runtrack._replicas import _uncut
 from runtrack._state import State
 from runtrack._submission import colliding_options, name_of
@@ -108,7 +109,8 @@ class TaskFunction(Generic[P, R]):
             "priority": priority, "timeout": timeout,
         }  # fmt: skip
         manager, _ = self._target()
-        run = self._run(manager, args, kwargs, options)
+        template = self._template(manager, options)
+        run = self._run(manager, template, args, kwargs, options, run_id=template.run_id)
         recorded = _uncut(manager.registry.add_run(run))
         await manager._bounded(recorded, "the run was not recorded")
         await self._submitted(manager)
@@ -144,7 +146,8 @@ class TaskFunction(Generic[P, R]):
                 )
             pairs.append((tuple(call[0]), dict(call[1])))
         manager, registry = self._target()
-        runs = [self._run(manager, args, kwargs, options) for args, kwargs in pairs]
+        template = self._template(manager, options)
+        runs = [self._run(manager, template, args, kwargs, options) for args, kwargs in pairs]
         if runs:
             await manager._bounded(_uncut(registry.add_runs(runs)), "the runs were not recorded")
             await self._submitted(manager)
@@ -165,14 +168,41 @@ class TaskFunction(Generic[P, R]):
             raise ManagerClosedError(manager._state.value)
         return manager, registry
 
+    def _template(self, manager: BackgroundTaskManager, options: Mapping[str, Any]) -> Run:
+        """The validated record every run of one submit call shares, arguments aside."""
+        spec = self._spec
+        priority = options.get("priority")
+        timeout = options.get("timeout")
+        template = Run(
+            run_id=options.get("run_id") or new_run_id(),
+            name=spec.name,
+            task=spec.name,
+            parameters=dict(options.get("parameters") or {}),
+            tags=dict(options.get("tags") or {}),
+            group=options.get("group") or spec.group,
+            priority=spec.priority if priority is None else priority,
+            timeout=spec.timeout if timeout is None else timeout,
+            max_attempts=spec.retry.attempts if spec.retry is not None else 1,
+            requeue_on_interrupt=spec.requeue_on_interrupt,
+        )
+        manager._check_parameters(template.parameters)
+        return template
+
     def _run(
         self,
         manager: BackgroundTaskManager,
+        template: Run,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         options: Mapping[str, Any],
+        *,
+        run_id: str | None = None,
     ) -> Run:
-        """The QUEUED record of one call (validated: JSON arguments, sizes, options)."""
+        """The QUEUED record of one call: ``template`` with its JSON arguments.
+
+        The arguments go through JSON and back, so the run holds exactly what the registry
+        stores (a tuple becomes a list); what JSON cannot hold is refused here.
+        """
         spec = self._spec
         given = [key for key, value in options.items() if value is not None]
         clash = colliding_options(spec.fn, given)
@@ -188,26 +218,11 @@ class TaskFunction(Generic[P, R]):
                 f"{spec.name!r}, so it is ambiguous: pass the function's argument "
                 f"positionally; options are never given to the function"
             )
-        call: dict[str, Any] = {"args": list(args), "kwargs": kwargs}
-        priority = options.get("priority")
-        timeout = options.get("timeout")
-        # Arguments that are not JSON are a ValidationError naming ``args``.
-        run = Run(
-            run_id=options.get("run_id") or new_run_id(),
-            name=spec.name,
-            task=spec.name,
-            args=call,
-            parameters=dict(options.get("parameters") or {}),
-            tags=dict(options.get("tags") or {}),
-            group=options.get("group") or spec.group,
-            priority=spec.priority if priority is None else priority,
-            timeout=spec.timeout if timeout is None else timeout,
-            max_attempts=spec.retry.attempts if spec.retry is not None else 1,
-            requeue_on_interrupt=spec.requeue_on_interrupt,
-        )
-        manager._check_parameters(run.parameters)
+        call = _json_arguments(spec.name, args, kwargs)
         manager._check_parameters(call)
-        return run
+        return template.model_copy(
+            update={"run_id": run_id or new_run_id(), "created_at": utcnow(), "args": call}
+        )
 
     async def _submitted(self, manager: BackgroundTaskManager) -> None:
         """Tell the managers that run this task: this one now, others if announced."""
@@ -215,6 +230,48 @@ class TaskFunction(Generic[P, R]):
         claims.wake()
         if claims.announce is not None:
             await claims.announce([self.name])
+
+
+_dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+
+
+def _json_arguments(task: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``{"args": [...], "kwargs": {...}}`` as stored (through JSON), or a clear error.
+
+    Raises:
+        TypeError: a value JSON cannot hold (an object, bytes, a set, a non-str key).
+        ValueError: NaN or an infinity; NUL or a lone surrogate in a string; nesting
+            deeper than the registries take.
+    """
+    what = f"the arguments of task {task!r}"
+    for key in _keys(kwargs, args):
+        if not isinstance(key, str):
+            raise TypeError(f"{what} must be JSON: object keys are str, got {key!r}")
+    try:
+        call: dict[str, Any] = json.loads(_dumps({"args": args, "kwargs": kwargs}))
+    except TypeError as exc:
+        raise TypeError(
+            f"{what} must be JSON values (str, int, float, bool, None, lists and "
+            f"str-keyed dicts of them): {exc}; pass an id or a dict instead"
+        ) from None
+    except ValueError as exc:
+        raise ValueError(f"{what} must be JSON values: {exc} (NaN and infinities)") from None
+    problem = args_problem(call)
+    if problem is not None:
+        raise ValueError(f"{what}: {problem}")
+    return call
+
+
+def _keys(kwargs: dict[str, Any], args: tuple[Any, ...]) -> Iterator[object]:
+    """Every dict key in the arguments (JSON would turn an int key into a str silently)."""
+    stack: list[Any] = [kwargs, *args]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            yield from item
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
 
 
 def task_decorator(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from runtrack._exceptions import DuplicateRunError
 from runtrack._models import Run
@@ -42,8 +42,9 @@ return ''
 """
 )
 
-#: ARGV: prefix, ttl, owner, limit, then the task names. Returns the hashes of the runs
-#: claimed, best first.
+#: ARGV: prefix, ttl, owner, limit, then the task names. Returns the runs claimed, best
+#: first, as one JSON array of their hashes (field -> string): one string to parse, where
+#: nested replies would cost the client a parse per field.
 CLAIM: Final = (
     layout.PRELUDE
     + """
@@ -68,10 +69,13 @@ for _, item in ipairs(found) do
   local f = redis.call('HMGET', K_RUN .. id, 'status', 'owner')
   if f[1] == 'queued' and not f[2] then
     apply(id, false, nil, {owner = owner}, {})
-    out[#out + 1] = redis.call('HGETALL', K_RUN .. id)
+    local h, run = redis.call('HGETALL', K_RUN .. id), {}
+    for j = 1, #h, 2 do run[h[j]] = h[j + 1] end
+    out[#out + 1] = run
   end
 end
-return out
+if #out == 0 then return '[]' end
+return cjson.encode(out)
 """
 )
 
@@ -164,8 +168,8 @@ class RedisClaims:
         _, claim, _ = self._claiming()
         async with self._guard():
             await self._ready()
-            reply: list[Any] = await claim(args=self._args(owner, int(limit), *names))
-        return [_decode_run(fields) for fields in reply]
+            reply = await claim(args=self._args(owner, int(limit), *names))
+        return [_decode_run(fields, trusted=True) for fields in json.loads(reply)]
 
     async def release_runs(self, owner: str, run_ids: Sequence[str]) -> int:
         """Unclaim those of ``run_ids`` still QUEUED and owned by ``owner`` (see `TaskClaiming`).

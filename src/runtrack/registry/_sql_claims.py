@@ -149,8 +149,17 @@ class SQLClaims:
                 result = await conn.execute(statement.values(owner=owner).returning(*runs.c))
                 rows = [dict(row) for row in result.mappings()]
             rows.sort(key=lambda row: (-row["priority"], row["created_at"], row["run_id"]))
-            return [run_from_row(row) for row in rows]
+            return [run_from_row(row, trusted=True) for row in rows]
 
+        if self._dialect == "sqlite":
+            # A write transaction locks the whole database: look first, in a read one.
+            probe = sa.select(runs.c.run_id).where(unclaimed).limit(1)
+
+            async def any_waiting(conn: AsyncConnection) -> bool:
+                return await conn.scalar(probe) is not None
+
+            if not await self._transact(any_waiting, write=False):
+                return []
         return await self._transact(work, write=True)
 
     async def release_runs(self, owner: str, run_ids: Sequence[str]) -> int:
