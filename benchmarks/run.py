@@ -30,6 +30,7 @@ SECTION_MODULES = (
     "persist_mariadb",
     "leases",
     "cancel",
+    "durable",
 )
 
 LOGGING_NOTE = (
