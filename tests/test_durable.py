@@ -28,7 +28,6 @@ from runtrack import (
     TaskClaiming,
     TaskFunction,
 )
-from runtrack._claims import TaskSpec
 from runtrack.registry.base import ManagerPresence
 
 Q, R, C, F, X = (
@@ -71,8 +70,8 @@ async def all_finished(registry: RunRegistry, runs: list[Run], timeout: float = 
 
 def sender(manager: BackgroundTaskManager, name: str) -> TaskFunction[..., Any]:
     """Submits runs of ``name`` through ``manager`` without registering the task there
-    (as a replica that only enqueues)."""
-    return TaskFunction(TaskSpec(name=name, fn=lambda *a, **k: None), lambda: manager)
+    (as a replica that only enqueues: ``run_here=False``)."""
+    return manager.task(name=name, run_here=False)(lambda *a, **k: None)
 
 
 def manager_for(registry: RunRegistry, **options: Any) -> BackgroundTaskManager:
@@ -581,3 +580,49 @@ class TestDeclaredDead:
 
         assert executed == [0]
         assert [(r.status, r.owner) for r in stored[1:] if r is not None] == [(Q, "other")] * 2
+
+
+class TestSubmitOptions:
+    """``run_here=False`` and ``fn.submit(..., idempotency_key=...)``."""
+
+    async def test_a_submit_only_manager_never_claims(self, registry: RunRegistry) -> None:
+        ran: list[str] = []
+
+        async def work(tag: str) -> str:
+            ran.append(tag)
+            return tag
+
+        web = manager_for(registry, owner="web")
+        submit = web.task(name="submit-only", run_here=False)(work)
+        async with web:
+            run = await submit.submit("a")
+            assert web._claims.specs() == {}  # nothing for web to claim: it never polls
+            stored = await registry.get_run(run.run_id)
+            assert stored is not None
+            assert (stored.status, stored.owner) == (Q, None)
+            worker = manager_for(registry, owner="worker")
+            worker.task(name="submit-only")(work)
+            async with worker:
+                (done,) = await all_finished(registry, [run])
+        assert (done.status, done.owner, ran) == (C, "worker", ["a"])
+
+    async def test_one_run_per_idempotency_key(self, registry: RunRegistry) -> None:
+        ran: list[int] = []
+
+        async def charge(invoice: int) -> int:
+            ran.append(invoice)
+            return invoice
+
+        manager = manager_for(registry)
+        fn = manager.task(name="charge-once")(charge)
+        async with manager:
+            first = await fn.submit(42, idempotency_key="invoice-42")
+            again = await fn.submit(42, idempotency_key="invoice-42")
+            other = await fn.submit(43, idempotency_key="invoice-43")
+            await all_finished(registry, [first, other])
+            after = await fn.submit(42, idempotency_key="invoice-42")  # finished < ttl ago
+        assert again.run_id == first.run_id == after.run_id
+        assert other.run_id != first.run_id
+        assert sorted(ran) == [42, 43]
+        with pytest.raises(ValueError, match="idempotency_key"):
+            await fn.submit(1, idempotency_key="")

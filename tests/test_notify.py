@@ -24,8 +24,6 @@ from helpers import SAFETY, wait_until
 from redis_registries import redis_prefix, redis_url
 from registries import memory_registry
 from runtrack import BackgroundTaskManager, Run, RunRegistry, RunStatus
-from runtrack._claims import TaskSpec
-from runtrack._tasks import TaskFunction
 from runtrack.registry.base import Notifying
 from sql_registries import mysql_registry, postgres_url, sql_registry, sqlite_registry
 from tcp_proxy import tcp_proxy
@@ -372,9 +370,7 @@ async def test_durable_work_is_announced_to_idle_managers(backend: str) -> None:
             await wait_until(lambda: notifications._listener is not None)
             # Let the worker's first claim (at start, with nothing queued) pass.
             await wait_until(lambda: worker._claims.active)
-            submitter: TaskFunction[[int], Any] = TaskFunction(
-                TaskSpec("double", work), lambda: web
-            )  # not run by web
+            submitter = web.task(name="double", run_here=False)(work)  # web runs none
             run = await submitter.submit(21)
             async with asyncio.timeout(SAFETY):
                 await done.wait()

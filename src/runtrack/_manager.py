@@ -401,6 +401,7 @@ class BackgroundTaskManager(Lifecycle, Queueing, Cancelling, Execution):
         group: str | None = None,
         priority: int = 0,
         requeue_on_interrupt: bool = False,
+        run_here: bool = True,
     ) -> Callable[[Callable[P, R]], TaskFunction[P, R]]:
         """Register an async or sync function as a durable task, under ``name``.
 
@@ -418,6 +419,8 @@ class BackgroundTaskManager(Lifecycle, Queueing, Cancelling, Execution):
             group: Concurrency group of its runs (a submit may override it).
             priority: Priority of its runs (a submit may override it).
             requeue_on_interrupt: Re-queue a run whose manager died while running it.
+            run_here: False: this manager only submits runs of the task (a web process
+                whose workers run them) and never claims them.
 
         Example:
             >>> import asyncio
@@ -434,8 +437,9 @@ class BackgroundTaskManager(Lifecycle, Queueing, Cancelling, Execution):
             64
         """
         return task_decorator(
-            lambda: self, self._claims.add, name=name, retry=retry, timeout=timeout,
-            group=group, priority=priority, requeue_on_interrupt=requeue_on_interrupt,
+            lambda: self, self._claims.add if run_here else lambda _spec: None, name=name,
+            retry=retry, timeout=timeout, group=group, priority=priority,
+            requeue_on_interrupt=requeue_on_interrupt,
         )  # fmt: skip
 
     # -- cancelling and waiting ---------------------------------------------------------------

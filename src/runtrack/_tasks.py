@@ -16,11 +16,13 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from runtrack._claims import TaskSpec
 from runtrack._exceptions import ManagerClosedError
+from runtrack._idempotent import add_once
 from runtrack._models import Retry, Run, args_problem, new_run_id, utcnow
 from runtrack._replicas import _uncut
 from runtrack._state import State
 from runtrack._submission import colliding_options, name_of
 from runtrack.registry._claiming import TaskClaiming
+from runtrack.registry._idempotency import check_idempotency_key
 
 if TYPE_CHECKING:
     from runtrack._manager import BackgroundTaskManager
@@ -77,6 +79,7 @@ class TaskFunction(Generic[P, R]):
         group: str | None = None,
         priority: int | None = None,
         timeout: float | None = None,
+        idempotency_key: str | None = None,
         **kwargs: Any,
     ) -> Run:
         """Record a durable run of this task with these arguments; returns the `Run`.
@@ -92,6 +95,9 @@ class TaskFunction(Generic[P, R]):
             group: Concurrency group; default the task's.
             priority: Higher is claimed first; default the task's.
             timeout: Seconds before the run fails with ``TimeoutError``; default the task's.
+            idempotency_key: While a run with this key is active, or finished less than
+                the manager's ``idempotency_ttl`` ago, that run is returned instead of
+                recording another, whichever manager recorded it.
             **kwargs: Keyword arguments for the function (JSON values). A keyword that is
                 both an option above and a parameter of the function is a `TypeError`:
                 pass that argument positionally.
@@ -106,13 +112,22 @@ class TaskFunction(Generic[P, R]):
         """
         options = {
             "run_id": run_id, "tags": tags, "parameters": parameters, "group": group,
-            "priority": priority, "timeout": timeout,
+            "priority": priority, "timeout": timeout, "idempotency_key": idempotency_key,
         }  # fmt: skip
+        if idempotency_key is not None:
+            check_idempotency_key(idempotency_key)
         manager, _ = self._target()
         template = self._template(manager, options)
         run = self._run(manager, template, args, kwargs, options, run_id=template.run_id)
-        recorded = _uncut(manager.registry.add_run(run))
-        await manager._bounded(recorded, "the run was not recorded")
+        if idempotency_key is None:
+            recorded = _uncut(manager.registry.add_run(run))
+            await manager._bounded(recorded, "the run was not recorded")
+        else:
+            ttl = manager._options.idempotency_ttl
+            once = _uncut(add_once(manager.registry, run, ttl))
+            run, inserted = await manager._bounded(once, "the run was not recorded")
+            if not inserted:
+                return run
         await self._submitted(manager)
         return run
 
@@ -184,6 +199,7 @@ class TaskFunction(Generic[P, R]):
             timeout=spec.timeout if timeout is None else timeout,
             max_attempts=spec.retry.attempts if spec.retry is not None else 1,
             requeue_on_interrupt=spec.requeue_on_interrupt,
+            idempotency_key=options.get("idempotency_key"),
         )
         manager._check_parameters(template.parameters)
         return template
