@@ -8,6 +8,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from runtrack._exceptions import NoActiveRunError
+from runtrack._replicas import _uncut
 from runtrack._storable import storable_text
 
 if TYPE_CHECKING:
@@ -75,7 +76,9 @@ class RunHandle:
             raise TypeError(f"output text must be a str, got {type(text).__name__}")
         await self._manager._writer.recorded(self._job)  # its insert may still be on the way
         text = storable_text(text, sys.maxsize)
-        await self._manager.registry.append_output(self._job.run_id, [(stream, text)])
+        # Finished even if the run is cancelled meanwhile: a database write cut in the middle
+        # would leave its connection (and SQLite's write lock) to the garbage collector.
+        await _uncut(self._manager.registry.append_output(self._job.run_id, [(stream, text)]))
 
 
 #: The (manager, job) executing in this context; the handle is built only when asked for.
