@@ -506,6 +506,55 @@ class TestOneRoundTrip:
         assert runs[-1].args == {"args": [1000], "kwargs": {"k": "1000"}}
 
 
+class TestPrefetch:
+    """A bounded manager holds claimed runs of quick tasks beyond its free slots."""
+
+    async def test_quick_tasks_are_prefetched_slow_ones_are_not(
+        self, registry: RunRegistry
+    ) -> None:
+        gate = asyncio.Event()
+        manager = manager_for(registry, owner="prefetcher", max_concurrency=2)
+
+        @manager.task(name="quick")
+        async def quick(i: int) -> int:
+            return i
+
+        @manager.task(name="gated")
+        async def gated(i: int) -> int:
+            await gate.wait()
+            return i
+
+        async def owned(runs: list[Run]) -> int:
+            return sum(
+                1 for run in await asyncio.gather(*(registry.get_run(r.run_id) for r in runs))
+                if run is not None and run.owner == "prefetcher"
+            )  # fmt: skip
+
+        async with manager:
+            # No run has ended here yet: nothing is known of durations, nothing prefetched.
+            first = await gated.submit_many([([i], {}) for i in range(6)])
+            await until(lambda: _is(owned(first), 2))
+            assert manager._claims._free() == 0  # it would claim no more
+            assert await owned(first) == 2
+            gate.set()
+            await all_finished(registry, first)
+
+            # After quick runs, the claim holds one slot's worth more per free slot.
+            await all_finished(registry, await quick.submit_many([([i], {}) for i in range(20)]))
+            gate.clear()
+            second = await gated.submit_many([([i], {}) for i in range(8)])
+            await until(lambda: _is(owned(second), 4))
+            assert manager._claims._free() == 0
+            assert await owned(second) == 4
+            gate.set()
+            done = await all_finished(registry, second)
+        assert all(run.status is C for run in done)
+
+
+async def _is(value: Awaitable[int], expected: int) -> bool:
+    return await value == expected
+
+
 class TestWaking:
     """submit wakes this manager's claim loop and calls the announce hook."""
 

@@ -1,11 +1,17 @@
 """The claim loop: a manager takes durable runs from its registry and runs them.
 
-While the manager has free slots (``max_concurrency`` minus its active runs; when
-unbounded, a batch of claimed runs waiting: `BATCH`, doubled up to `MAX_BATCH` while
-there is a backlog) and durable tasks registered, `ClaimLoop`
-claims a batch of unclaimed QUEUED runs of those tasks (`TaskClaiming.claim_runs`, one
-statement or script) and hands each to the normal execution path: the lanes, the
-executors, the writer's group-committed status writes, retries, timeouts, cancellation.
+While the manager has room and durable tasks registered, `ClaimLoop` claims a batch of
+unclaimed QUEUED runs of those tasks (`TaskClaiming.claim_runs`, one statement or script)
+and hands each to the normal execution path: the lanes, the executors, the writer's
+group-committed status writes, retries, timeouts, cancellation.
+
+The room: with ``max_concurrency``, its free slots plus a prefetch of claimed runs that
+wait for a slot, so slots do not idle while the next claim is on its way. The prefetch
+holds what the manager is expected to finish within `PREFETCH_HORIZON` seconds (from the
+mean duration of its recent runs: up to ``max_concurrency`` runs of quick tasks, none of
+slow ones, which another replica should take instead). Unbounded, a batch of claimed runs
+waiting: `BATCH`, doubled up to `MAX_BATCH` while there is a backlog. A bounded manager
+claims again once a quarter of its room is free, or at once when no claimed run waits.
 
 It claims again when a local run ends (a slot freed), when `wake` is called (a durable
 run submitted in this process, or a new-work notification pushed by the registry), else
@@ -32,14 +38,18 @@ from runtrack.registry._claiming import TaskClaiming
 if TYPE_CHECKING:
     from runtrack._state import ManagerCore
 
-__all__ = ["BATCH", "MAX_BATCH", "ClaimLoop", "TaskSpec"]
+__all__ = ["BATCH", "MAX_BATCH", "PREFETCH_HORIZON", "ClaimLoop", "TaskSpec"]
 
 #: Runs claimed at once at first, and how many claimed runs may wait when unbounded;
 #: doubled while claims come back full (a backlog), up to `MAX_BATCH`.
 BATCH: Final = 100
 MAX_BATCH: Final = 1000
+#: Seconds of work a bounded manager may hold claimed ahead of its free slots.
+PREFETCH_HORIZON: Final = 0.05
 #: Seconds between claims while the registry fails (doubling up to poll_interval).
 _RETRY_FIRST: Final = 0.05
+#: Weight of the newest run in the mean duration that sizes the prefetch.
+_EWMA: Final = 0.2
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -94,6 +104,7 @@ class ClaimLoop:
         self._stopping = False
         self._batch = BATCH
         self._backlog = True
+        self._mean_duration: float | None = None  # of the runs ended here; None: none yet
         #: Whether the loop has task names to claim: a run that ends then wakes it.
         self.active = False
 
@@ -146,6 +157,11 @@ class ClaimLoop:
         if self._backlog:
             self._woken.set()
 
+    def ran(self, duration: float) -> None:
+        """A local run's code ended after ``duration`` seconds (sizes the prefetch)."""
+        mean = self._mean_duration
+        self._mean_duration = duration if mean is None else mean + _EWMA * (duration - mean)
+
     # -- the loop -----------------------------------------------------------------------
 
     def start(self) -> None:
@@ -157,7 +173,7 @@ class ClaimLoop:
             self._task.add_done_callback(manager._background.discard)
 
     def _free(self) -> int:
-        """How many runs to claim now."""
+        """How many runs to claim now (0: not yet)."""
         manager = self._manager
         waiting = 0
         for job in list(self._claimed):
@@ -167,7 +183,20 @@ class ClaimLoop:
                 self._claimed.discard(job)
         if manager._max_concurrency is None:
             return self._batch - waiting
-        return min(manager._limit - len(manager._jobs), self._batch)
+        limit = manager._limit
+        room = min(limit + self._prefetch(limit) - len(manager._jobs), MAX_BATCH)
+        if waiting and room < (limit + self._prefetch(limit)) // 4:
+            return 0  # claimed runs still wait for slots: claim more at once, later
+        return room
+
+    def _prefetch(self, limit: int) -> int:
+        """Claimed runs to hold beyond the free slots (see the module docstring)."""
+        mean = self._mean_duration
+        if mean is None:
+            return 0
+        if mean <= 0:
+            return limit
+        return min(limit, int(limit * PREFETCH_HORIZON / mean))
 
     async def _run(self) -> None:
         manager = self._manager

@@ -184,6 +184,7 @@ class Execution(ManagerCore):
             self._idle.set()
         job.aio_task = job.rec = job.factory = job.retry = None
         if self._claims.active:  # a slot freed: it may take a durable run
+            self._claims.ran(duration)
             self._claims.freed()
 
     def _not_started(self, job: Job) -> None:
@@ -209,6 +210,8 @@ class Execution(ManagerCore):
             self._lanes.release(job)
         job.aio_task = None
         duration = time.monotonic() - job.started
+        if self._claims.active:
+            self._claims.ran(duration)
         if job.cancel_requested:
             status = RunStatus.CANCELLED  # cancel_task (or another manager) already wrote it
         else:
