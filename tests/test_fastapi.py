@@ -28,6 +28,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Message
 
 import runtrack
+import runtrack._api_lifespan
 import runtrack.fastapi as rtf
 from helpers import SAFETY, DelegatingRegistry, Gate, let_loop_run
 from runtrack import (
@@ -40,6 +41,7 @@ from runtrack import (
     RunStatus,
     RuntrackError,
 )
+from runtrack._api_events import EventFeed, EventStreamResponse
 from runtrack._models import utcnow
 from runtrack.fastapi import get_task_manager, lifespan, runs_router
 from runtrack.registry.sql import SQLRunRegistry
@@ -696,7 +698,7 @@ class TestHealthAndMetrics:
         assert "health_registry_unavailable" in [e["event"] for e in logs]
 
     async def test_degraded_when_the_registry_hangs(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setattr(rtf, "HEALTH_TIMEOUT", 0.01)
+        monkeypatch.setattr("runtrack._api_health.HEALTH_TIMEOUT", 0.01)
         registry = BrokenRegistry(None)
         async with serve(make_app(registry)) as client:
             response = await client.get("/health")
@@ -957,7 +959,7 @@ class TestEvents:
         assert started <= finished
 
     async def test_heartbeats(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setattr(rtf, "_HEARTBEAT_INTERVAL", 0.01)
+        monkeypatch.setattr("runtrack._api_events._HEARTBEAT_INTERVAL", 0.01)
         app = make_app()
         async with AsgiServer(app) as server, server.stream("/runs/events") as events:
             assert await events.next_message() == ": connected"
@@ -965,7 +967,7 @@ class TestEvents:
 
     async def test_a_slow_client_loses_the_oldest_events(self) -> None:
         async with BackgroundTaskManager() as manager:
-            feed = rtf._EventFeed(manager, maxsize=2)
+            feed = EventFeed(manager, maxsize=2)
             stream = feed.stream()
             assert await anext(stream) == b": connected\n\n"
             run = await manager.submit(quick, name="flood")  # queued, running, completed
@@ -1049,7 +1051,7 @@ class TestEvents:
     ) -> None:
         async with BackgroundTaskManager() as manager:
             spy = ListenerSpy(manager, monkeypatch)
-            response = rtf._EventStreamResponse(rtf._EventFeed(manager))
+            response = EventStreamResponse(EventFeed(manager))
             assert len(spy.live) == 1
 
             async def receive() -> dict[str, Any]:
@@ -1188,10 +1190,13 @@ def schema_of_422(operation: dict[str, Any]) -> str:
 def test_docstring_examples_run() -> None:
     import doctest
 
+    attempted = 0
     with structlog.testing.capture_logs():
-        result = doctest.testmod(rtf)
-    assert result.attempted >= 3
-    assert result.failed == 0
+        for module in (rtf, runtrack._api_lifespan):  # runs_router; lifespan, get_task_manager
+            result = doctest.testmod(module)
+            assert result.failed == 0
+            attempted += result.attempted
+    assert attempted >= 3
 
 
 @pytest.fixture(autouse=True)

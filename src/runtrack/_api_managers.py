@@ -1,16 +1,16 @@
 """``GET /managers``: the managers sharing the app manager's registry (see `runs_router`).
 
 Kept out of ``runtrack.fastapi`` so that module stays about runs; `add_managers_route` is
-called by ``runs_router`` with the router's own manager dependency and error responses.
-No ``from __future__ import annotations`` here: FastAPI reads the route's annotations,
-which name the dependency it was given.
+called by ``runs_router`` with the router's own manager dependency. No ``from __future__
+import annotations`` here: FastAPI reads the route's annotations, which name the dependency
+it was given.
 """
 
-from typing import Annotated, Any, Final
+from typing import Annotated, Final
 
 from fastapi import APIRouter, params
-from fastapi.responses import JSONResponse
 
+from runtrack._api_errors import ApiError, error_responses
 from runtrack._manager import BackgroundTaskManager
 from runtrack._presence import ManagerInfo
 from runtrack.registry.base import ManagerPresence
@@ -23,20 +23,15 @@ MANAGERS_PATH: Final = "/managers"
 UNSUPPORTED: Final = "managers_unsupported"
 
 
-def add_managers_route(
-    router: APIRouter,
-    manager_dependency: params.Depends,
-    responses: dict[int | str, dict[str, Any]],
-) -> None:
+def add_managers_route(router: APIRouter, manager_dependency: params.Depends) -> None:
     """Serve ``GET /managers`` from ``router``.
 
     Args:
         router: The runs router (its prefix and dependencies apply).
         manager_dependency: ``Depends(get_task_manager)``: the app's manager.
-        responses: The OpenAPI error responses of the route, 501 included.
     """
 
-    @router.get(MANAGERS_PATH, responses=responses, summary="List managers")
+    @router.get(MANAGERS_PATH, responses=error_responses(501, 503), summary="List managers")
     async def list_managers(
         manager: Annotated[BackgroundTaskManager, manager_dependency],
     ) -> list[ManagerInfo]:
@@ -50,12 +45,10 @@ def add_managers_route(
         """
         registry = manager.registry
         if not isinstance(registry, ManagerPresence):
-            return JSONResponse(  # type: ignore[return-value]
-                {
-                    "error": f"the registry ({type(registry).__name__}) keeps no managers: "
-                    "use a registry with ManagerPresence (every built-in one has it)",
-                    "code": UNSUPPORTED,
-                },
-                status_code=501,
+            raise ApiError(
+                501,
+                UNSUPPORTED,
+                f"the registry ({type(registry).__name__}) keeps no managers: "
+                "use a registry with ManagerPresence (every built-in one has it)",
             )
         return await registry.list_managers()

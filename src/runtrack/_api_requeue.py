@@ -1,16 +1,16 @@
 """``POST /runs/{run_id}/requeue``: run a finished durable run again (see `runs_router`).
 
 Kept out of ``runtrack.fastapi`` so that module stays small; `add_requeue_route` is called
-by ``runs_router`` with the router's own manager dependency and error responses. No
-``from __future__ import annotations`` here: FastAPI reads the route's annotations, which
-name the dependency it was given.
+by ``runs_router`` with the router's own manager dependency. No ``from __future__ import
+annotations`` here: FastAPI reads the route's annotations, which name the dependency it was
+given.
 """
 
-from typing import Annotated, Any, Final
+from typing import Annotated, Final
 
 from fastapi import APIRouter, Query, params
-from fastapi.responses import JSONResponse
 
+from runtrack._api_errors import ApiError, error_responses, run_or_404
 from runtrack._manager import BackgroundTaskManager
 from runtrack._models import Run
 
@@ -22,26 +22,17 @@ NOT_FINISHED: Final = "run_not_finished"
 NOT_DURABLE: Final = "run_not_durable"
 
 
-def _error(status_code: int, code: str, message: str) -> Run:
-    """The error body, as a route declared to return a `Run` returns it (sent as it is)."""
-    body = {"error": message, "code": code}
-    return JSONResponse(body, status_code=status_code)  # type: ignore[return-value]
-
-
-def add_requeue_route(
-    router: APIRouter,
-    manager_dependency: params.Depends,
-    responses: dict[int | str, dict[str, Any]],
-) -> None:
+def add_requeue_route(router: APIRouter, manager_dependency: params.Depends) -> None:
     """Serve ``POST /runs/{run_id}/requeue`` from ``router``.
 
     Args:
         router: The runs router (its prefix and dependencies apply).
         manager_dependency: ``Depends(get_task_manager)``: the app's manager.
-        responses: The OpenAPI error responses of the route (404, 409, 422, 503).
     """
 
-    @router.post("/runs/{run_id}/requeue", responses=responses, summary="Requeue a run")
+    @router.post(
+        "/runs/{run_id}/requeue", responses=error_responses(404, 409, 503), summary="Requeue a run"
+    )
     async def requeue_run(
         manager: Annotated[BackgroundTaskManager, manager_dependency],
         run_id: str,
@@ -56,18 +47,16 @@ def add_requeue_route(
         is still queued or running), 422 ``run_not_durable`` (a local run, whose code only
         its own manager had).
         """
-        run = await manager.registry.get_run(run_id)
-        if run is None:
-            return _error(404, "run_not_found", f"no run {run_id[:200]!r}")
+        run = await run_or_404(manager, run_id)
         if run.task is None:
-            return _error(
+            raise ApiError(
                 422,
                 NOT_DURABLE,
                 f"run {run_id[:200]!r} is not a run of a durable task: only runs of "
                 "@manager.task functions can be requeued; submit the work again",
             )
         if not run.status.is_terminal:
-            return _error(
+            raise ApiError(
                 409,
                 NOT_FINISHED,
                 f"run {run_id[:200]!r} is {run.status.value}: only finished runs can be "
