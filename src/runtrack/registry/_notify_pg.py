@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any, Final
 
 import sqlalchemy as sa
@@ -29,6 +29,7 @@ from runtrack.registry._notifying import (
     check_task_names,
     short_channel,
 )
+from runtrack.registry._sql_host import SQLHost
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -112,20 +113,11 @@ def _callback(handler: Callable[[str], None]) -> Callable[[Any, int, str, str], 
     return called
 
 
-class SQLNotifying(ListenerKeeper):
+class SQLNotifying(ListenerKeeper, SQLHost):
     """`Notifying` for the SQL registry (PostgreSQL pushes; SQLite and MariaDB do not)."""
 
-    _engine: AsyncEngine
-    _prefix: str
-    _dialect: str
     #: Where listeners connect; None: the registry's own engine (tests route it elsewhere).
     _listen_engine: AsyncEngine | None = None
-
-    if TYPE_CHECKING:
-
-        async def _transact(
-            self, work: Callable[[AsyncConnection], Awaitable[None]], *, write: bool
-        ) -> None: ...
 
     def _cancel_channel(self, owner: str) -> str:
         return short_channel(f"{self._prefix}cancel:{owner}")

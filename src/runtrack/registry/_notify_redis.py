@@ -20,6 +20,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from runtrack._status import RunStatus
 from runtrack.registry._notifying import ListenerKeeper, NotificationListener, check_task_names
+from runtrack.registry._redis_host import RedisHost
 from runtrack.registry._redis_layout import _len_prefixed
 
 if TYPE_CHECKING:
@@ -81,15 +82,8 @@ class _RedisSession:
             await self._pubsub.aclose()
 
 
-class RedisNotifying(ListenerKeeper):
+class RedisNotifying(ListenerKeeper, RedisHost):
     """`Notifying` for the Redis registry (mixed into `RedisRunRegistry`)."""
-
-    _client: Client
-    _prefix: str
-
-    if TYPE_CHECKING:
-
-        def _guard(self) -> contextlib.AbstractAsyncContextManager[None]: ...
 
     #: Where listeners connect; None: the registry's own client (tests route it elsewhere).
     _listen_client: Client | None = None

@@ -10,21 +10,21 @@ claimer gets each run.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Collection, Iterator, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Collection, Iterator, Sequence
 from typing import TYPE_CHECKING, Final
 
 from runtrack._exceptions import DuplicateRunError
 from runtrack._models import Run
 from runtrack.registry import _redis_layout as layout
 from runtrack.registry._redis_client import text as _text
-from runtrack.registry._refusals import Candidates, candidates_of_run
+from runtrack.registry._redis_codec import decode_run as _decode_run
+from runtrack.registry._redis_codec import encode_run as _encode_run
+from runtrack.registry._redis_host import RedisHost
+from runtrack.registry._refusals import candidates_of_run
 from runtrack.registry.base import stored_run
 
 if TYPE_CHECKING:
     from redis.commands.core import AsyncScript
-
-    from runtrack.registry._redis_client import Client
 
 __all__ = ["RedisClaims"]
 
@@ -99,22 +99,8 @@ return n
 )
 
 
-class RedisClaims:
+class RedisClaims(RedisHost):
     """Claiming durable runs in a Redis registry (mixed into `RedisRunRegistry`)."""
-
-    if TYPE_CHECKING:
-        _client: Client
-        _keys: layout.Keys
-        _prefix: str
-        _anchor: list[str]
-
-        def _guard(
-            self, values: Callable[[], Candidates] | None = None
-        ) -> AbstractAsyncContextManager[None]: ...
-
-        async def _ready(self) -> None: ...
-
-        def _args(self, *rest: str | int) -> list[str | int]: ...
 
     _claim_scripts: tuple[AsyncScript, AsyncScript, AsyncScript] | None = None
 
@@ -132,8 +118,6 @@ class RedisClaims:
             DuplicateRunError: one of the ids exists (or is given twice).
             RegistryUnavailableError: Redis could not be reached.
         """
-        from runtrack.registry.redis import _encode_run  # noqa: PLC0415 - a cycle otherwise
-
         seen: set[str] = set()
         encoded: list[str | int] = []
         for run in runs:
@@ -163,8 +147,6 @@ class RedisClaims:
         Raises:
             RegistryUnavailableError: Redis could not be reached.
         """
-        from runtrack.registry.redis import _decode_run  # noqa: PLC0415 - a cycle otherwise
-
         names = sorted(set(tasks))
         if limit < 1 or not names:
             return []

@@ -11,9 +11,7 @@ is one script over its own runs and hearing of cancels one range read.
 from __future__ import annotations
 
 import json
-from contextlib import AbstractAsyncContextManager
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from runtrack._clock import dt_to_us, us_to_dt
 from runtrack._presence import InterruptedRun, ManagerInfo, interrupted_changes
@@ -21,12 +19,8 @@ from runtrack._status import RunStatus
 from runtrack.registry import _redis_layout as layout
 from runtrack.registry._redis_client import pairs as _pairs
 from runtrack.registry._redis_client import text as _text
+from runtrack.registry._redis_host import RedisHost
 from runtrack.registry.base import sweep_dead_managers
-
-if TYPE_CHECKING:
-    from redis.commands.core import AsyncScript
-
-    from runtrack.registry._redis_client import Client
 
 __all__ = ["RedisManagers"]
 
@@ -34,30 +28,8 @@ __all__ = ["RedisManagers"]
 _KEEP_CANCELLED_US = 3600 * 1_000_000
 
 
-class RedisManagers:
+class RedisManagers(RedisHost):
     """The managers of a Redis registry (mixed into `RedisRunRegistry`)."""
-
-    if TYPE_CHECKING:
-        _client: Client
-        _keys: layout.Keys
-        _prefix: str
-        _anchor: list[str]
-
-        def _guard(self) -> AbstractAsyncContextManager[None]: ...
-
-        async def _ready(self) -> None: ...
-
-        def _args(self, *rest: str | int) -> list[str | int]: ...
-
-    _manager_scripts: dict[str, AsyncScript] | None = None
-
-    def _script(self, source: str) -> AsyncScript:
-        if self._manager_scripts is None:
-            self._manager_scripts = {
-                text: self._client.register_script(text)
-                for text in (layout.BEAT, layout.INTERRUPT, layout.REGISTER, layout.MANAGERS_READ)
-            }
-        return self._manager_scripts[source]
 
     @property
     def _manager_keys(self) -> list[str]:

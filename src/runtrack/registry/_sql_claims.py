@@ -15,8 +15,8 @@ search for unclaimed QUEUED runs.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Collection, Iterator, Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -24,37 +24,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from runtrack._exceptions import DuplicateRunError
 from runtrack._models import Run
 from runtrack._status import RunStatus
-from runtrack.registry._refusals import Candidates, candidates_of_run
+from runtrack.registry._refusals import candidates_of_run
+from runtrack.registry._sql_host import SQLHost
 from runtrack.registry._sql_schema import chunks, row_from_run, run_from_row
-
-if TYPE_CHECKING:
-    from runtrack.registry._sql_schema import Tables
 
 __all__ = ["SQLClaims"]
 
-_T = TypeVar("_T")
 _QUEUED = RunStatus.QUEUED.value
 
 
-class SQLClaims:
+class SQLClaims(SQLHost):
     """Claiming durable runs in a SQL registry (mixed into `SQLRunRegistry`)."""
-
-    if TYPE_CHECKING:
-        _tables: Tables
-        _dialect: str
-
-        async def _transact(
-            self,
-            work: Callable[[AsyncConnection], Awaitable[_T]],
-            *,
-            write: bool,
-            retry_integrity: bool = False,
-            values: Callable[[], Candidates] | None = None,
-        ) -> _T: ...
-
-        async def _insert_rows(
-            self, conn: AsyncConnection, rows: Mapping[str, dict[str, Any]]
-        ) -> None: ...
 
     async def add_runs(self, runs: Sequence[Run]) -> None:
         """Insert new runs with one multi-row statement, all or none (see `TaskClaiming`).

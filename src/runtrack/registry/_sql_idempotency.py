@@ -10,9 +10,8 @@ one; else move the row to the new run with a compare-and-set on the old run id.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
@@ -23,13 +22,13 @@ from runtrack._exceptions import DuplicateRunError
 from runtrack._models import MAX_ID_LENGTH, Run
 from runtrack.registry._idempotency import check_once_args, key_holds
 from runtrack.registry._refusals import candidates_of_run
+from runtrack.registry._sql_host import SQLHost
 
 if TYPE_CHECKING:
     from runtrack.registry._sql_schema import Tables
 
 __all__ = ["SQLIdempotency", "add_idempotency_table"]
 
-_T = TypeVar("_T")
 #: Takeovers of a key tried before the last try, which raises what it meets.
 _ATTEMPTS: Final = 5
 
@@ -52,28 +51,8 @@ def add_idempotency_table(tables: Tables, prefix: str) -> None:
     )
 
 
-class SQLIdempotency:
+class SQLIdempotency(SQLHost):
     """Idempotent inserts of a SQL registry (mixed into `SQLRunRegistry`)."""
-
-    if TYPE_CHECKING:
-        _tables: Tables
-
-        async def _transact(
-            self,
-            work: Callable[[AsyncConnection], Awaitable[_T]],
-            *,
-            write: bool,
-            retry_integrity: bool = False,
-            values: Any = None,
-        ) -> _T: ...
-
-        _dialect: str
-
-        async def _select_run(self, conn: AsyncConnection, run_id: str) -> Run | None: ...
-
-        async def _insert_tags(
-            self, conn: AsyncConnection, tags: Mapping[str, Mapping[str, str]]
-        ) -> None: ...
 
     async def add_run_once(self, run: Run, *, ttl: timedelta) -> tuple[Run, bool]:
         """Insert ``run`` unless its idempotency key is held (see `IdempotentAdding`)."""

@@ -9,9 +9,8 @@ finished_at), which also serves `cancelled_runs`.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -20,6 +19,7 @@ from runtrack._clock import dt_to_us, us_to_dt
 from runtrack._models import MAX_ID_LENGTH
 from runtrack._presence import INTERRUPTED, InterruptedRun, ManagerInfo, interrupted_changes
 from runtrack._status import RunStatus
+from runtrack.registry._sql_host import SQLHost
 from runtrack.registry.base import sweep_dead_managers
 
 if TYPE_CHECKING:
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 
 __all__ = ["SQLManagers", "add_manager_tables"]
 
-_T = TypeVar("_T")
 _RUNNING, _QUEUED = RunStatus.RUNNING.value, RunStatus.QUEUED.value
 _FAILED, _CANCELLED = RunStatus.FAILED.value, RunStatus.CANCELLED.value
 
@@ -85,20 +84,8 @@ def _info(row: Any) -> ManagerInfo:
     )
 
 
-class SQLManagers:
+class SQLManagers(SQLHost):
     """The managers table of a SQL registry (mixed into `SQLRunRegistry`)."""
-
-    if TYPE_CHECKING:
-        _tables: Tables
-
-        async def _transact(
-            self,
-            work: Callable[[AsyncConnection], Awaitable[_T]],
-            *,
-            write: bool,
-            retry_integrity: bool = False,
-            values: Any = None,
-        ) -> _T: ...
 
     async def register_manager(self, info: ManagerInfo) -> None:
         """Insert or replace the row of ``info.owner`` (see `ManagerPresence`)."""

@@ -46,6 +46,7 @@ __all__ = [
     "validate_cleanup_args",
     "validate_list_args",
     "validate_output",
+    "validate_output_args",
 ]
 
 StatusFilter = RunStatus | str | Iterable[RunStatus | str] | None
@@ -395,6 +396,18 @@ def validate_list_args(limit: int, offset: int) -> None:
         raise ValueError(f"limit must be an int >= 1, got {limit!r}")
     if not is_int(offset) or offset < 0:
         raise ValueError(f"offset must be an int >= 0, got {offset!r}")
+
+
+def validate_output_args(since: int, limit: int | None) -> None:
+    """Reject a ``since`` below 0 or a ``limit`` below 1 of `RunRegistry.get_output`.
+
+    Raises:
+        ValueError: either bound is out of range.
+    """
+    if since < 0:
+        raise ValueError(f"since must be >= 0, got {since!r}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1 or None, got {limit!r}")
 
 
 def check_keep_from_seq(keep_from_seq: int) -> None:

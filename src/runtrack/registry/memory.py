@@ -28,6 +28,7 @@ from runtrack.registry.base import (
     validate_cleanup_args,
     validate_list_args,
     validate_output,
+    validate_output_args,
 )
 
 __all__ = ["InMemoryRunRegistry"]
@@ -388,10 +389,7 @@ class InMemoryRunRegistry(MemoryManagers, MemoryClaims):
         self, run_id: str, *, since: int = 0, limit: int | None = None
     ) -> list[OutputChunk]:
         """Chunks with ``seq > since``, oldest first (see `RunRegistry`)."""
-        if since < 0:
-            raise ValueError(f"since must be >= 0, got {since!r}")
-        if limit is not None and limit < 1:
-            raise ValueError(f"limit must be >= 1 or None, got {limit!r}")
+        validate_output_args(since, limit)
         chunks = self._output.get(run_id, [])[max(since - self._trimmed.get(run_id, 0), 0) :]
         return chunks if limit is None else chunks[:limit]
 
