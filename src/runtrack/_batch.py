@@ -59,6 +59,7 @@ class _Entry:
 
     __slots__ = (
         "changes",
+        "confirming",
         "expect",
         "finishing",
         "insert",
@@ -76,6 +77,7 @@ class _Entry:
         self.expect: frozenset[RunStatus] = frozenset()
         self.changes: dict[str, Any] = {}
         self.finishing = False  # holds a terminal write the manager waits to hear about
+        self.confirming = False  # a durable run's start waits for it (see `started`)
         self.waiters: list[asyncio.Future[bool]] | None = None  # most entries have none
         # Sent in a batch whose outcome is unknown (the connection broke before the reply):
         # the registry may already hold this status from us.
@@ -116,6 +118,7 @@ class _Entry:
             self.changes.update(newer.changes)
         self.job = self.job or newer.job
         self.finishing = self.finishing or newer.finishing
+        self.confirming = self.confirming or newer.confirming
         if self.maybe is not None and not self.maybe.is_terminal and self.to is not None:
             self.expect = self.expect | {self.maybe}
         if newer.waiters:
@@ -236,6 +239,21 @@ class BatchWriter:
             RunStatus.RUNNING, PREDECESSORS[RunStatus.RUNNING], changes
         )
         return True
+
+    async def started(self, job: Job) -> bool:
+        """Whether the QUEUED → RUNNING write `start` just queued for ``job`` applied.
+
+        Sends it now. A refused start is the caller's to handle: the manager is not told
+        of it as a conflict (another manager may have taken the run over).
+        """
+        entry = self._pending.get(job.run_id)
+        if entry is None:
+            return True
+        entry.confirming = True
+        done = asyncio.get_running_loop().create_future()
+        entry.wait_with(done)
+        self._poke()
+        return bool(await asyncio.shield(done))
 
     def finish(
         self,
@@ -595,5 +613,5 @@ class BatchWriter:
         job = entry.job
         if entry.finishing and job is not None:
             self._on_finished(job, applied)
-        elif not applied and entry.to is not None and job is not None:
+        elif not applied and entry.to is not None and job is not None and not entry.confirming:
             self._on_conflict(job.run_id)

@@ -31,7 +31,7 @@ from runtrack._storable import (
     json_problem,
     text_problem,
 )
-from runtrack._writer import DirectWriter
+from runtrack._writer import DirectWriter, Writer
 
 __all__ = ["Execution", "close_coro"]
 
@@ -81,6 +81,8 @@ class Execution(ManagerCore):
                 coro = job.coro
                 if coro is None:
                     coro = self._make_coro(job)
+                    if job.task is not None and not direct:
+                        coro = _once_started(writer, job, coro)
                 job.coro = None
                 job.state = RUNNING
                 job.aio_task = task
@@ -108,6 +110,15 @@ class Execution(ManagerCore):
                         _current.reset(token)
                         for entry in reversed(entered):
                             entry.var.reset(entry)
+                except _TakenOver:
+                    self._running -= 1
+                    self._log.warning(
+                        "claimed_run_taken_over", run_id=job.run_id, name=job.name,
+                        detail="its start did not apply: the run was released while this "
+                        "manager was taken for dead, and another manager started it",
+                    )  # fmt: skip
+                    self._not_started(job)
+                    continue
                 except asyncio.CancelledError:
                     if not job.cancel_requested:
                         # The executor itself is being cancelled (event loop teardown):
@@ -410,3 +421,20 @@ def _payload_size(value: Any) -> int:
 
 async def _raise(exc: Exception) -> Any:
     raise exc
+
+
+class _TakenOver(Exception):
+    """A durable run's start did not apply: another manager has it (see `_once_started`)."""
+
+
+async def _once_started(writer: Writer, job: Job, coro: Awaitable[Any]) -> Any:
+    """Run ``coro`` once the run's RUNNING write has applied; else raise `_TakenOver`.
+
+    A durable run is claimed before it starts, and the claim may be undone meanwhile: a
+    manager whose heartbeat ran late is swept, its claimed runs are released and claimed
+    again elsewhere. The compare-and-set QUEUED → RUNNING lets exactly one of them run.
+    """
+    if not await writer.started(job):
+        close_coro(coro)
+        raise _TakenOver(job.run_id)
+    return await coro

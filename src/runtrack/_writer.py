@@ -81,6 +81,14 @@ class Writer(Protocol):
         """QUEUED → RUNNING for the job's attempt; False if it certainly did not apply."""
         ...
 
+    async def started(self, job: Job) -> bool:
+        """Whether the RUNNING write `start` queued for ``job`` applied, once it has landed.
+
+        A durable run waits for it before its code starts: of two managers that claimed
+        the same run (one swept meanwhile), only the one whose start applied runs it.
+        """
+        ...
+
     def finish(
         self,
         job: Job,
@@ -216,6 +224,9 @@ class DirectWriter:
 
     async def cas_now(self, job: Job, to: RunStatus, changes: dict[str, Any]) -> bool:
         return self.cas(job, to, changes)
+
+    async def started(self, job: Job) -> bool:
+        return True  # `start` already applied it, in this process
 
     def update(self, run_id: str, changes: dict[str, Any]) -> None:
         self._registry._update(run_id, changes)
@@ -426,6 +437,11 @@ class QueueWriter:
 
     def start(self, job: Job, started_us: int) -> bool:
         return self.cas(job, RunStatus.RUNNING, start_changes(job, self._owner, started_us))
+
+    async def started(self, job: Job) -> bool:
+        # One write at a time through a plain RunRegistry: its start is not confirmed
+        # (durable runs need a claiming registry, which writes in batches or directly).
+        return True
 
     def finish(
         self,
