@@ -600,18 +600,30 @@ class TestWaking:
 class TestDeclaredDead:
     """A manager swept while alive (paused) must not start the durable runs it had claimed."""
 
-    async def test_released_runs_do_not_start_here(self) -> None:
-        registry = runtrack.InMemoryRunRegistry()
+    @staticmethod
+    def gated(
+        registry: RunRegistry, poll_interval: float
+    ) -> tuple[BackgroundTaskManager, TaskFunction[..., Any], asyncio.Event, list[int]]:
+        """A manager running task ``gated`` one run at a time; each waits for the event.
+
+        Returns the manager, the task, the event and the arguments of the runs executed.
+        """
         gate = asyncio.Event()
         executed: list[int] = []
         manager = BackgroundTaskManager(
-            registry, group_limits={"g": 1}, heartbeat_interval=0.05, poll_interval=3600
+            registry, group_limits={"g": 1}, heartbeat_interval=0.05, poll_interval=poll_interval
         )
 
         @manager.task(name="gated", group="g")
         async def gated(i: int) -> None:
             executed.append(i)
             await gate.wait()
+
+        return manager, gated, gate, executed
+
+    async def test_released_runs_do_not_start_here(self) -> None:
+        registry = runtrack.InMemoryRunRegistry()
+        manager, gated, gate, executed = self.gated(registry, poll_interval=3600)
 
         async with manager:
             runs = await gated.submit_many([([i], {}) for i in range(3)])
@@ -636,6 +648,41 @@ class TestDeclaredDead:
 
         assert executed == [0]
         assert [(r.status, r.owner) for r in stored[1:] if r is not None] == [(Q, "other")] * 2
+
+    async def test_runs_claimed_after_the_sweep_are_given_back(self) -> None:
+        """A slow heartbeat: swept while alive, the manager claims more before it learns.
+
+        Those later claims are its own in the registry: dropped here without being given
+        back, they would stay QUEUED under a live owner, which no survivor ever sweeps.
+        """
+        registry = _SlowBeats()
+        manager, gated, gate, executed = self.gated(registry, poll_interval=0.05)
+
+        async with manager:
+            first = await gated.submit_many([([i], {}) for i in range(3)])
+
+            async def claimed(count: int) -> bool:
+                return manager.get_active_task_count() == count
+
+            await until(lambda: claimed(3))
+            registry.beats.clear()  # the next heartbeat hangs, as on a registry held up
+            later = datetime.now(UTC) + timedelta(hours=1)
+            await registry.interrupt_dead_managers(later, "survivor")
+            taken = await registry.claim_runs("other", ["gated"], 10)
+            assert sorted(r.run_id for r in taken) == sorted(r.run_id for r in first[1:])
+            late = await gated.submit_many([([i], {}) for i in range(3, 5)])
+            await until(lambda: claimed(5))
+            registry.beats.set()  # it learns that it was declared dead, and registers again
+
+            async def registered() -> bool:
+                return manager.owner in {m.owner for m in await registry.list_managers()}
+
+            await until(registered)
+            gate.set()
+            done = await all_finished(registry, late, timeout=30)
+
+        assert [run.status for run in done] == [C, C]
+        assert sorted(executed) == [0, 3, 4]
 
 
 class TestSubmitOptions:
@@ -682,3 +729,16 @@ class TestSubmitOptions:
         assert sorted(ran) == [42, 43]
         with pytest.raises(ValueError, match="idempotency_key"):
             await fn.submit(1, idempotency_key="")
+
+
+class _SlowBeats(runtrack.InMemoryRunRegistry):
+    """A memory registry whose heartbeats wait while ``beats`` is clear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.beats = asyncio.Event()
+        self.beats.set()
+
+    async def heartbeat_manager(self, owner: str, at: datetime, running: int) -> bool:
+        await self.beats.wait()
+        return await super().heartbeat_manager(owner, at, running)

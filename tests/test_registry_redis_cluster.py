@@ -13,7 +13,7 @@ from datetime import timedelta
 
 import pytest
 
-from helpers import SAFETY
+from helpers import SAFETY, wait_until
 from redis_registries import cluster_client, redis_cluster_registry
 from runtrack import (
     BackgroundTaskManager,
@@ -288,6 +288,27 @@ async def test_a_manager_on_the_cluster(registry: RedisRunRegistry) -> None:
             assert swept.error_type == "RunInterrupted"
             assert "dead" not in {info.owner for info in await registry.list_managers()}
     assert await registry.list_managers() == []
+
+
+async def test_a_listener_on_a_new_cluster_client_hears_work_and_cancels(
+    registry: RedisRunRegistry, redis_cluster_url: str
+) -> None:
+    """Listening is a new client's first command: pub/sub needs the slot map read first."""
+    heard: list[tuple[str, str]] = []
+    async with RedisRunRegistry(redis_cluster_url, prefix=registry.prefix) as fresh:
+        listener = await fresh.listen(
+            "A",
+            on_cancel=lambda run_id: heard.append(("cancel", run_id)),
+            on_new_work=lambda task: heard.append(("work", task)),
+        )
+        try:
+            await registry.announce_new_work(["t1", "t2"])
+            await registry.add_run(Run(run_id="r1", name="n", owner="A"))
+            assert await registry.transition("r1", RunStatus.CANCELLED) is not None
+            await wait_until(lambda: len(heard) == 3)
+        finally:
+            await listener.aclose()
+    assert heard == [("work", "t1"), ("work", "t2"), ("cancel", "r1")]
 
 
 async def _eventually(check: Callable[[], Awaitable[bool]]) -> None:

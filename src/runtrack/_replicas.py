@@ -33,6 +33,7 @@ from runtrack._models import RunEvent, utcnow
 from runtrack._notifications import Notifications
 from runtrack._presence import ManagerInfo, interrupted_event
 from runtrack._status import TERMINAL, RunStatus
+from runtrack.registry._claiming import TaskClaiming
 from runtrack.registry.base import Notifying
 
 if TYPE_CHECKING:
@@ -240,11 +241,37 @@ class Presence:
         )
         # Durable runs it claimed but had not started were given back to the queue by the
         # survivor: another manager may run them now, so they must not start here.
-        for job in list(self._jobs.values()):
-            if job.task is not None and job.state == QUEUED:
-                self._on_conflict(job.run_id)
+        unstarted = [
+            job.run_id
+            for job in list(self._jobs.values())
+            if job.task is not None and job.state == QUEUED
+        ]
+        for run_id in unstarted:
+            self._on_conflict(run_id)
+        if unstarted and isinstance(self._registry, TaskClaiming):
+            await self._release(unstarted)
         await self._stop_ended(list(self._jobs))
         await self.register()
+
+    async def _release(self, run_ids: list[str]) -> None:
+        """Give back those of ``run_ids`` still claimed by this manager.
+
+        They were claimed after the sweep (the heartbeat was held up, not the process): no
+        survivor would ever give them back.
+        """
+        assert isinstance(self._registry, TaskClaiming)
+        try:
+            await _uncut(self._registry.release_runs(self._owner, run_ids))
+        except Exception as exc:
+            self._log.warning(
+                "claimed_runs_not_released",
+                runs=len(run_ids),
+                error=f"{type(exc).__name__}: {exc}",
+                detail="those claimed after this manager was declared dead stay QUEUED "
+                "under its name until a survivor sweeps it (not after a clean shutdown): "
+                "find them with list_runs(status=QUEUED) and give them back with "
+                "registry.release_runs(owner, run_ids)",
+            )
 
     async def poll(self) -> None:
         """Stop the runs of ours that another process recorded CANCELLED since the last look."""

@@ -46,6 +46,10 @@ class _RedisSession:
     async def open(
         cls, client: Client, handlers: dict[str, Callable[[str], None]]
     ) -> _RedisSession:
+        if isinstance(client, RedisCluster):
+            # A cluster's pub/sub picks its node from the slot map, which a new client has
+            # not read yet: a KeyError on every attempt when listening is its first use.
+            _ = await client.initialize()
         pubsub: Any = client.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(*handlers)
