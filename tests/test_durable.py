@@ -597,6 +597,40 @@ class TestWaking:
         assert done.status is C
 
 
+class TestStaleClaims:
+    """Two managers holding a claim on the same run (the first was swept, the run released
+    and claimed again): exactly one of them runs it."""
+
+    async def test_one_of_two_claimants_runs_it(self, registry: RunRegistry) -> None:
+        reg = claiming(registry)
+        submit_only = manager_for(registry)
+        async with submit_only:
+            run = await sender(submit_only, "contested").submit(7)
+        stale = await reg.claim_runs("first", ["contested"], 1)
+        await reg.release_runs("first", [run.run_id])  # as the sweep of "first" does
+        fresh = await reg.claim_runs("second", ["contested"], 1)
+        assert [r.run_id for r in stale] == [r.run_id for r in fresh] == [run.run_id]
+
+        executed: list[str] = []
+        managers = [manager_for(registry, owner=owner) for owner in ("first", "second")]
+        for manager in managers:
+
+            @manager.task(name="contested")
+            async def contested(i: int, owner: str = manager.owner) -> int:
+                executed.append(owner)
+                return i
+
+        async with managers[0], managers[1]:
+            for manager, claimed in zip(managers, (stale, fresh), strict=True):
+                manager._claims._adopt(claimed[0], manager._claims.specs())
+            (done,) = await all_finished(registry, [run])
+            for manager in managers:
+                await manager.wait_all()
+
+        assert len(executed) == 1, executed
+        assert (done.status, done.owner) == (C, executed[0])
+
+
 class TestDeclaredDead:
     """A manager swept while alive (paused) must not start the durable runs it had claimed."""
 
