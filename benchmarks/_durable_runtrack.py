@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from _durable_kits import SETTLE, stamp
 from persist_postgres import drop_tables, plain_dsn, sqlalchemy_url
 from persist_redis import delete_matching
-from runtrack import BackgroundTaskManager, RunRegistry, RunStatus, TaskFunction
+from runtrack import BackgroundTaskManager, RunRegistry, RunStatus
 
 
 async def noop() -> None:
@@ -53,19 +53,15 @@ def register(manager: BackgroundTaskManager) -> Tasks:
 async def submitter(registry: RunRegistry) -> AsyncIterator[Tasks]:
     """A manager that submits durable runs but never claims them (another process runs them).
 
-    A manager claims the runs of every task registered on it (``@manager.task``), and
-    runtrack has no public "submit only" registration yet, so the task functions are built
-    around the specs without registering them: ``submit`` records and announces the runs,
-    and this manager's claim loop has no task names to claim.
+    The tasks are registered with ``run_here=False``: ``submit`` records and announces
+    the runs, and this manager's claim loop has no task names to claim.
     """
-    from runtrack._claims import TaskSpec
-
     manager = BackgroundTaskManager(registry, max_concurrency=1)
     try:
         yield Tasks(
             manager,
-            TaskFunction(TaskSpec("noop", noop), lambda: manager),
-            TaskFunction(TaskSpec("stamp", stamp_run), lambda: manager),
+            manager.task(name="noop", run_here=False)(noop),
+            manager.task(name="stamp", run_here=False)(stamp_run),
         )
     finally:
         await manager.shutdown()
