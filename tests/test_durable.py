@@ -170,6 +170,112 @@ class TestRegistryClaims:
                 assert run.owner == f"m{i}"
 
 
+class TestNotBefore:
+    """`TaskClaiming` leaves a run alone until its ``not_before``, on each backend."""
+
+    async def test_claimed_only_once_due(self, registry: RunRegistry) -> None:
+        reg = claiming(registry)
+        now = datetime.now(UTC)
+        soon = now + timedelta(seconds=0.3)
+        await reg.add_runs(
+            [
+                Run(run_id="soon", task="t", not_before=soon, priority=9),
+                Run(run_id="cancelled-soon", task="t", not_before=soon),
+                Run(run_id="later", task="t", not_before=now + timedelta(hours=1)),
+                Run(run_id="plain", task="t"),
+            ]
+        )
+        await registry.transition("cancelled-soon", X)
+        taken: list[Run] = []
+        early: list[str] = []  # what claims that ended before `soon` returned
+
+        async def soon_claimed() -> bool:
+            got = await reg.claim_runs("me", ["t"], 10)
+            if datetime.now(UTC) < soon:
+                early.extend(r.run_id for r in got)
+            taken.extend(got)
+            return any(r.run_id == "soon" for r in taken)
+
+        await until(soon_claimed)
+
+        assert "soon" not in early
+        assert sorted(r.run_id for r in taken) == ["plain", "soon"]
+        (run,) = [r for r in taken if r.run_id == "soon"]
+        assert (run.owner, run.not_before) == ("me", soon)
+        assert await reg.claim_runs("me", ["t"], 10) == []
+        stored = await registry.get_run("later")
+        assert stored is not None
+        assert (stored.status, stored.owner) == (Q, None)
+
+    async def test_order_of_due_runs_unchanged(self, registry: RunRegistry) -> None:
+        reg = claiming(registry)
+        t0 = datetime(2025, 1, 1, tzinfo=UTC)
+        past = datetime.now(UTC) - timedelta(minutes=1)
+        await reg.add_runs(
+            [
+                Run(run_id="a-old", task="t", created_at=t0, not_before=past),
+                Run(run_id="b-new", task="t", created_at=t0 + timedelta(seconds=1)),
+                Run(run_id="c-urgent", task="t", priority=5, created_at=t0 + timedelta(2)),
+                Run(run_id="d-due", task="t", created_at=t0 + timedelta(3), not_before=past),
+                Run(
+                    run_id="e-urgent-later",
+                    task="t",
+                    priority=9,
+                    created_at=t0,
+                    not_before=datetime.now(UTC) + timedelta(hours=1),
+                ),
+            ]
+        )
+
+        claimed = await reg.claim_runs("me", ["t"], 2)
+        claimed += await reg.claim_runs("me", ["t"], 10)
+
+        assert [r.run_id for r in claimed] == ["c-urgent", "a-old", "b-new", "d-due"]
+
+    async def test_release_keeps_not_before(self, registry: RunRegistry) -> None:
+        reg = claiming(registry)
+        due = datetime.now(UTC) - timedelta(seconds=1)
+        await reg.add_runs([Run(run_id="r", task="t", not_before=due)])
+        (claimed,) = await reg.claim_runs("me", ["t"], 1)
+
+        assert await reg.release_runs("me", ["r"]) == 1
+
+        stored = await registry.get_run("r")
+        assert stored is not None
+        assert (claimed.not_before, stored.not_before, stored.owner) == (due, due, None)
+        assert [r.run_id for r in await reg.claim_runs("you", ["t"], 1)] == ["r"]
+
+    async def test_a_dead_owners_delayed_run_keeps_its_delay(self, registry: RunRegistry) -> None:
+        assert isinstance(registry, ManagerPresence)
+        beat = datetime.now(UTC) - timedelta(seconds=120)
+        await registry.register_manager(
+            ManagerInfo(owner="dead", started_at=beat, heartbeat_at=beat, lease_seconds=10)
+        )
+        later = datetime.now(UTC) + timedelta(hours=1)
+        await claiming(registry).add_runs(
+            [
+                Run(run_id="delayed", task="t", owner="dead", not_before=later),
+                Run(
+                    run_id="requeued",
+                    task="t",
+                    owner="dead",
+                    status=R,
+                    started_at=beat,
+                    requeue_on_interrupt=True,
+                    not_before=later,
+                ),
+            ]
+        )
+
+        await registry.interrupt_dead_managers(datetime.now(UTC), "survivor")
+
+        for run_id in ("delayed", "requeued"):
+            stored = await registry.get_run(run_id)
+            assert stored is not None
+            assert (stored.status, stored.owner, stored.not_before) == (Q, None, later)
+        assert await claiming(registry).claim_runs("survivor", ["t"], 10) == []
+
+
 class TestSweep:
     """A dead owner's durable runs: QUEUED released, RUNNING requeued only if asked."""
 

@@ -56,6 +56,7 @@ class _Record:
         "idempotency_key",
         "max_attempts",
         "name",
+        "not_before",
         "owner",
         "parameters",
         "priority",
@@ -98,6 +99,7 @@ class _Record:
     dead: bool
     requeued_from: str | None
     requeue_on_interrupt: bool
+    not_before: int | None
 
     def to_run(self) -> Run:
         data: dict[str, Any] = {}
