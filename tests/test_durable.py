@@ -777,6 +777,15 @@ class TestWakeups:
 
         assert all(at >= when for at, when in zip(woken, sorted(times), strict=True))
 
+    async def test_from_another_thread(self) -> None:
+        loop = asyncio.get_running_loop()
+        woken = asyncio.Event()
+        wakeups = Wakeups(woken.set)
+
+        await asyncio.to_thread(wakeups.at, loop, datetime.now(UTC))
+
+        await asyncio.wait_for(woken.wait(), 60)
+
     async def test_bounded_and_cancelled(self) -> None:
         loop = asyncio.get_running_loop()
         wakeups = Wakeups(lambda: None)

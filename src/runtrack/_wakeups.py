@@ -41,9 +41,16 @@ class Wakeups:
     def at(self, loop: asyncio.AbstractEventLoop | None, when: datetime) -> None:
         """Call ``wake`` on ``loop`` at ``when`` (at once if it has passed).
 
-        Must be called on ``loop``'s thread; a None or closed loop is ignored.
+        Safe to call from any thread; a None or closed loop is ignored.
         """
         if loop is None or loop.is_closed():
+            return
+        try:
+            current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        if current is not loop:
+            loop.call_soon_threadsafe(self.at, loop, when)
             return
         due = loop.time() + max((when - utcnow()).total_seconds(), 0.0) + _MARGIN
         times = self._times

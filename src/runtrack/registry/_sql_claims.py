@@ -32,7 +32,7 @@ from runtrack._clock import now_us
 from runtrack._exceptions import DuplicateRunError
 from runtrack._models import Run
 from runtrack.registry._refusals import Candidates, candidates_of_run
-from runtrack.registry._sql_schema import UNCLAIMED_STATUS, chunks, row_from_run, run_from_row
+from runtrack.registry._sql_schema import QUEUED_LITERAL, chunks, row_from_run, run_from_row
 
 if TYPE_CHECKING:
     from runtrack.registry._sql_schema import Tables
@@ -40,9 +40,7 @@ if TYPE_CHECKING:
 __all__ = ["SQLClaims"]
 
 _T = TypeVar("_T")
-#: The status literally, as the partial claim index's predicate has it (a bound parameter
-#: would not let the planner prove that the index holds every row the claim wants).
-_QUEUED: Final[sa.ColumnElement[str]] = sa.literal_column(f"'{UNCLAIMED_STATUS}'")
+_QUEUED: Final = QUEUED_LITERAL
 _EPOCH_US: Final[sa.ColumnElement[str]] = sa.literal_column("'1970-01-01 00:00:00'")
 
 

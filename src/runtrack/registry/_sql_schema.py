@@ -22,6 +22,7 @@ from runtrack.registry.base import MUTABLE_FIELDS, TIME_FIELDS, stored_run
 
 __all__ = [
     "ALL_COLUMNS",
+    "QUEUED_LITERAL",
     "SCHEMA_VERSION",
     "WRITABLE_COLUMNS",
     "RowStatement",
@@ -72,9 +73,10 @@ _V3_COLUMNS: Final = (
 _V4_COLUMNS: Final = ("not_before",)
 #: The claim index of version 3, which `upgrade` replaces with `Tables.runs_claimable`.
 _V3_CLAIM_INDEX: Final = "runs_claim"
-#: What the claim index covers: a QUEUED run no manager claimed (the claim's WHERE spells
-#: the same terms, literally, so PostgreSQL and SQLite see that the partial index holds it).
-UNCLAIMED_STATUS: Final = RunStatus.QUEUED.value
+#: The QUEUED status as a literal, not a bound parameter: the claim index's predicate
+#: (status = 'queued' AND owner IS NULL) and the claim's WHERE spell it alike, so that
+#: PostgreSQL and SQLite can prove that the partial index holds every row a claim wants.
+QUEUED_LITERAL: Final[sa.ColumnElement[str]] = sa.literal_column(f"'{RunStatus.QUEUED.value}'")
 #: The columns a write may change: the status plus every `MUTABLE_FIELDS` field.
 WRITABLE_COLUMNS: Final = ("status", *sorted(MUTABLE_FIELDS))
 #: Every column of the runs table.
@@ -185,9 +187,7 @@ class Tables:
         # claimed or finished run on the way. PostgreSQL and SQLite index those rows only
         # (a partial index); MariaDB/MySQL has no partial indexes, so status and owner lead
         # (owner is a TEXT column there: a prefix of it, enough for "owner IS NULL").
-        unclaimed = sa.and_(
-            runs.c.status == sa.literal_column(f"'{UNCLAIMED_STATUS}'"), runs.c.owner.is_(None)
-        )
+        unclaimed = sa.and_(runs.c.status == QUEUED_LITERAL, runs.c.owner.is_(None))
         self.runs_claimable = sa.Index(
             f"{prefix}runs_claimable",
             runs.c.task,
