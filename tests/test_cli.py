@@ -342,6 +342,8 @@ async def test_dead_letters_list_and_requeue(cli_backend: Backend) -> None:
     running = await run_cli(cli_backend.env(), "requeue", active.run_id)
     missing = await run_cli(cli_backend.env(), "requeue", "no-such-run")
     bad_delay = await run_cli(cli_backend.env(), "requeue", dead.run_id, "--delay", "soon")
+    before = utcnow()
+    delayed = await run_cli(cli_backend.env(), "requeue", dead.run_id, "--delay", "2h", "--json")
 
     assert listed.code == 0, listed.err
     assert [run["run_id"] for run in json.loads(listed.out)["runs"]] == [dead.run_id]
@@ -358,8 +360,13 @@ async def test_dead_letters_list_and_requeue(cli_backend: Backend) -> None:
     assert "only finished runs can be requeued" in running.err
     assert missing.code == 4
     assert bad_delay.code == 2
-    # two requeues, no more: the refused ones recorded nothing
-    assert len(await registry.list_runs(status=RunStatus.QUEUED)) == 2
+    assert delayed.code == 0, delayed.err  # recorded at once: the command does not wait
+    later = Run.model_validate(json.loads(delayed.out))
+    assert later.not_before is not None
+    assert before + timedelta(hours=2) <= later.not_before <= utcnow() + timedelta(hours=2)
+    assert await registry.get_run(later.run_id) == later
+    # three requeues, no more: the refused ones recorded nothing
+    assert len(await registry.list_runs(status=RunStatus.QUEUED)) == 3
 
 
 async def test_prune(cli_backend: Backend) -> None:

@@ -6,12 +6,10 @@ from datetime import timedelta
 from typing import Any, cast
 
 import pytest
-import structlog
 
-from helpers import SAFETY, wait_until
+from helpers import SAFETY
 from runtrack import (
     BackgroundTaskManager,
-    InMemoryRunRegistry,
     Retry,
     Run,
     RunNotFoundError,
@@ -180,34 +178,57 @@ class TestRequeue:
                 await manager.requeue(run.run_id)
             assert len(await manager.registry.list_runs()) == 1
 
-    async def test_a_delay_records_the_run_later(self) -> None:
-        registry = InMemoryRunRegistry()
+    async def test_a_delay_is_recorded_at_once(self, registry: RunRegistry) -> None:
         old = durable()
         await registry.add_run(old)
+        before = utcnow()
         async with BackgroundTaskManager(registry) as manager:
-            new = await manager.requeue(old.run_id, delay=0.2)
-            assert await registry.get_run(new.run_id) is None  # not yet
-            await wait_until(lambda: new.run_id in registry._runs)
-        assert await registry.get_run(new.run_id) == new
+            new = await manager.requeue(old.run_id, delay=timedelta(minutes=5))
+            listed = await registry.list_runs(status=RunStatus.QUEUED)
+        assert new.not_before is not None
+        assert before + timedelta(minutes=5) <= new.not_before <= utcnow() + timedelta(minutes=5)
+        assert [r.run_id for r in listed] == [new.run_id]
+        stored = await registry.get_run(new.run_id)
+        assert stored == new  # the manager's shutdown dropped nothing
+        assert (stored.status, stored.owner, stored.not_before) == (
+            RunStatus.QUEUED,
+            None,
+            new.not_before,
+        )
 
-    async def test_a_shutdown_before_the_delay_drops_the_requeue(self) -> None:
-        registry = InMemoryRunRegistry()
-        old = durable()
+    async def test_a_delayed_requeue_outlives_its_manager(self, registry: RunRegistry) -> None:
+        """The manager that requeued stops; another one runs the run, once it is due."""
+        old = durable(args={"args": [7], "kwargs": {}})
         await registry.add_run(old)
-        with structlog.testing.capture_logs() as logs:
-            async with BackgroundTaskManager(registry) as manager:
-                new = await manager.requeue(old.run_id, delay=3600)
-        assert await registry.get_run(new.run_id) is None
-        (dropped,) = [e for e in logs if e["event"] == "requeue_dropped"]
-        assert dropped["requeued_from"] == old.run_id
+        async with BackgroundTaskManager(registry, poll_interval=0.05) as first:
+            requeued_at = utcnow()
+            new = await first.requeue(old.run_id, delay=0.3)
+        ran: list[int] = []
 
-    @pytest.mark.parametrize("delay", [-1, float("nan"), True])
+        async def charge(invoice: int) -> int:
+            ran.append(invoice)
+            return invoice
+
+        async with BackgroundTaskManager(registry, poll_interval=0.05) as second:
+            second.task(name="charge")(charge)
+            done = await second.wait(new.run_id, timeout=SAFETY)
+        assert (done.status, done.result, ran) == (RunStatus.COMPLETED, 7, [7])
+        assert done.started_at is not None
+        assert done.started_at >= requeued_at + timedelta(seconds=0.3)
+        assert done.not_before == new.not_before
+
+    @pytest.mark.parametrize(
+        "delay", [-1, float("nan"), float("inf"), True, timedelta(seconds=-1), 10**12]
+    )
     async def test_a_bad_delay(self, delay: Any) -> None:
         async with BackgroundTaskManager() as manager:
             run = durable()
             await manager.registry.add_run(run)
             with pytest.raises(ValueError, match="delay"):
                 await manager.requeue(run.run_id, delay=delay)
+            with pytest.raises(TypeError, match="timedelta"):
+                await manager.requeue(run.run_id, delay="5")  # type: ignore[arg-type]
+            assert len(await manager.registry.list_runs()) == 1
 
 
 @pytest.mark.skipif(

@@ -28,6 +28,7 @@ from runtrack import (
     TaskClaiming,
     TaskFunction,
 )
+from runtrack._wakeups import MAX_PENDING, Wakeups
 from runtrack.registry.base import ManagerPresence
 
 Q, R, C, F, X = (
@@ -168,6 +169,112 @@ class TestRegistryClaims:
                 run = await registry.get_run(run_id)
                 assert run is not None
                 assert run.owner == f"m{i}"
+
+
+class TestNotBefore:
+    """`TaskClaiming` leaves a run alone until its ``not_before``, on each backend."""
+
+    async def test_claimed_only_once_due(self, registry: RunRegistry) -> None:
+        reg = claiming(registry)
+        now = datetime.now(UTC)
+        soon = now + timedelta(seconds=0.3)
+        await reg.add_runs(
+            [
+                Run(run_id="soon", task="t", not_before=soon, priority=9),
+                Run(run_id="cancelled-soon", task="t", not_before=soon),
+                Run(run_id="later", task="t", not_before=now + timedelta(hours=1)),
+                Run(run_id="plain", task="t"),
+            ]
+        )
+        await registry.transition("cancelled-soon", X)
+        taken: list[Run] = []
+        early: list[str] = []  # what claims that ended before `soon` returned
+
+        async def soon_claimed() -> bool:
+            got = await reg.claim_runs("me", ["t"], 10)
+            if datetime.now(UTC) < soon:
+                early.extend(r.run_id for r in got)
+            taken.extend(got)
+            return any(r.run_id == "soon" for r in taken)
+
+        await until(soon_claimed)
+
+        assert "soon" not in early
+        assert sorted(r.run_id for r in taken) == ["plain", "soon"]
+        (run,) = [r for r in taken if r.run_id == "soon"]
+        assert (run.owner, run.not_before) == ("me", soon)
+        assert await reg.claim_runs("me", ["t"], 10) == []
+        stored = await registry.get_run("later")
+        assert stored is not None
+        assert (stored.status, stored.owner) == (Q, None)
+
+    async def test_order_of_due_runs_unchanged(self, registry: RunRegistry) -> None:
+        reg = claiming(registry)
+        t0 = datetime(2025, 1, 1, tzinfo=UTC)
+        past = datetime.now(UTC) - timedelta(minutes=1)
+        await reg.add_runs(
+            [
+                Run(run_id="a-old", task="t", created_at=t0, not_before=past),
+                Run(run_id="b-new", task="t", created_at=t0 + timedelta(seconds=1)),
+                Run(run_id="c-urgent", task="t", priority=5, created_at=t0 + timedelta(2)),
+                Run(run_id="d-due", task="t", created_at=t0 + timedelta(3), not_before=past),
+                Run(
+                    run_id="e-urgent-later",
+                    task="t",
+                    priority=9,
+                    created_at=t0,
+                    not_before=datetime.now(UTC) + timedelta(hours=1),
+                ),
+            ]
+        )
+
+        claimed = await reg.claim_runs("me", ["t"], 2)
+        claimed += await reg.claim_runs("me", ["t"], 10)
+
+        assert [r.run_id for r in claimed] == ["c-urgent", "a-old", "b-new", "d-due"]
+
+    async def test_release_keeps_not_before(self, registry: RunRegistry) -> None:
+        reg = claiming(registry)
+        due = datetime.now(UTC) - timedelta(seconds=1)
+        await reg.add_runs([Run(run_id="r", task="t", not_before=due)])
+        (claimed,) = await reg.claim_runs("me", ["t"], 1)
+
+        assert await reg.release_runs("me", ["r"]) == 1
+
+        stored = await registry.get_run("r")
+        assert stored is not None
+        assert (claimed.not_before, stored.not_before, stored.owner) == (due, due, None)
+        assert [r.run_id for r in await reg.claim_runs("you", ["t"], 1)] == ["r"]
+
+    async def test_a_dead_owners_delayed_run_keeps_its_delay(self, registry: RunRegistry) -> None:
+        assert isinstance(registry, ManagerPresence)
+        beat = datetime.now(UTC) - timedelta(seconds=120)
+        await registry.register_manager(
+            ManagerInfo(owner="dead", started_at=beat, heartbeat_at=beat, lease_seconds=10)
+        )
+        later = datetime.now(UTC) + timedelta(hours=1)
+        await claiming(registry).add_runs(
+            [
+                Run(run_id="delayed", task="t", owner="dead", not_before=later),
+                Run(
+                    run_id="requeued",
+                    task="t",
+                    owner="dead",
+                    status=R,
+                    started_at=beat,
+                    requeue_on_interrupt=True,
+                    not_before=later,
+                ),
+            ]
+        )
+
+        await registry.interrupt_dead_managers(datetime.now(UTC), "survivor")
+
+        for run_id in ("delayed", "requeued"):
+            stored = await registry.get_run(run_id)
+            assert stored is not None
+            assert (stored.status, stored.owner, stored.not_before) == (Q, None, later)
+        assert await claiming(registry).claim_runs("survivor", ["t"], 10) == []
 
 
 class TestSweep:
@@ -459,6 +566,105 @@ class TestManagers:
         assert (done.status, done.result) == (C, 42)
 
 
+class TestDelay:
+    """``fn.submit(delay=...)``: recorded at once with ``not_before``, run no sooner."""
+
+    async def test_runs_no_sooner_than_the_delay(self, registry: RunRegistry) -> None:
+        # No polling: only the wake-up this manager sets at not_before starts the runs.
+        manager = manager_for(registry, poll_interval=3600)
+
+        @manager.task(name="later")
+        async def later(x: int) -> int:
+            return x
+
+        async with manager:
+            submitted = datetime.now(UTC)
+            run = await later.submit(1, delay=0.3)
+            many = await later.submit_many([([2], {}), ([3], {})], delay=timedelta(seconds=0.3))
+            listed = {r.run_id: r for r in await registry.list_runs(task="later")}
+            done = await all_finished(registry, [run, *many])
+
+        assert run.not_before is not None
+        assert run.not_before >= submitted + timedelta(seconds=0.3)
+        assert all(r.not_before is not None and r.not_before >= run.not_before for r in many)
+        assert listed == {r.run_id: r for r in (run, *many)}  # recorded before submit returned
+        assert all(r.status is Q and r.owner is None for r in listed.values())
+        assert [(r.status, r.result) for r in done] == [(C, 1), (C, 2), (C, 3)]
+        for before, after in zip((run, *many), done, strict=True):
+            assert before.not_before is not None
+            assert after.started_at is not None
+            assert after.started_at >= before.not_before
+            assert after.not_before == before.not_before
+
+    async def test_another_manager_runs_it_once_due(self, registry: RunRegistry) -> None:
+        web = manager_for(registry, owner="web")
+        async with web:
+            run = await sender(web, "mailer").submit("hi", delay=0.3)
+        ran: list[str] = []
+        worker = manager_for(registry, owner="worker")
+
+        @worker.task(name="mailer")
+        async def mailer(text: str) -> str:
+            ran.append(text)
+            return text
+
+        async with worker:
+            (done,) = await all_finished(registry, [run])
+
+        assert (done.status, done.owner, ran) == (C, "worker", ["hi"])
+        assert run.not_before is not None
+        assert done.started_at is not None
+        assert done.started_at >= run.not_before
+
+    async def test_no_delay(self, registry: RunRegistry) -> None:
+        async with manager_for(registry) as manager:
+
+            @manager.task(name="now")
+            async def now() -> str:
+                return "now"
+
+            run = await now.submit(delay=0)
+            (done,) = await all_finished(registry, [run])
+
+        assert (run.not_before, done.not_before, done.status) == (None, None, C)
+
+    @pytest.mark.parametrize(
+        ("delay", "error"),
+        [
+            (-1, ValueError),
+            (float("nan"), ValueError),
+            (float("inf"), ValueError),
+            (True, ValueError),
+            (timedelta(seconds=-1), ValueError),
+            ("5", TypeError),
+        ],
+    )
+    async def test_bad_delays(
+        self, registry: RunRegistry, delay: Any, error: type[Exception]
+    ) -> None:
+        async with manager_for(registry) as manager:
+            fn = sender(manager, "never")
+            with pytest.raises(error, match="timedelta"):
+                await fn.submit(delay=delay)
+            with pytest.raises(error, match="timedelta"):
+                await fn.submit_many([((), {})], delay=delay)
+        assert await registry.list_runs() == []
+
+    async def test_a_parameter_named_delay(self, registry: RunRegistry) -> None:
+        async with manager_for(registry) as manager:
+
+            @manager.task()
+            async def backoff(delay: float) -> float:
+                return delay
+
+            with pytest.raises(TypeError, match="positionally"):
+                await backoff.submit(delay=5)
+            run = await backoff.submit(5, delay=0.01)
+
+        assert run.args == {"args": [5], "kwargs": {}}
+        assert run.not_before is not None
+
+
 class TestOneRoundTrip:
     """submit_many records any number of runs with one statement or one script call."""
 
@@ -629,6 +835,50 @@ class TestStaleClaims:
 
         assert len(executed) == 1, executed
         assert (done.status, done.owner) == (C, executed[0])
+
+
+class TestWakeups:
+    """The claim loop's timer: one wake-up per time given, in time order, none early."""
+
+    async def test_in_order_and_not_early(self) -> None:
+        loop = asyncio.get_running_loop()
+        woken: list[datetime] = []
+        all_woken = asyncio.Event()
+
+        def wake() -> None:
+            woken.append(datetime.now(UTC))
+            if len(woken) == 3:
+                all_woken.set()
+
+        wakeups = Wakeups(wake)
+        now = datetime.now(UTC)
+        times = [now + timedelta(seconds=0.2), now + timedelta(seconds=0.1), now]
+        for when in times:  # each earlier than the last: the timer moves forward each time
+            wakeups.at(loop, when)
+        await asyncio.wait_for(all_woken.wait(), 60)
+        wakeups.cancel()
+
+        assert all(at >= when for at, when in zip(woken, sorted(times), strict=True))
+
+    async def test_from_another_thread(self) -> None:
+        loop = asyncio.get_running_loop()
+        woken = asyncio.Event()
+        wakeups = Wakeups(woken.set)
+
+        await asyncio.to_thread(wakeups.at, loop, datetime.now(UTC))
+
+        await asyncio.wait_for(woken.wait(), 60)
+
+    async def test_bounded_and_cancelled(self) -> None:
+        loop = asyncio.get_running_loop()
+        wakeups = Wakeups(lambda: None)
+        later = datetime.now(UTC) + timedelta(hours=1)
+        for i in range(MAX_PENDING + 10):
+            wakeups.at(loop, later + timedelta(seconds=i))
+
+        assert len(wakeups._times) == MAX_PENDING
+        wakeups.cancel()
+        assert (wakeups._times, wakeups._timer) == ([], None)
 
 
 class TestDeclaredDead:

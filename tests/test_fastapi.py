@@ -15,7 +15,7 @@ import signal
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -780,6 +780,19 @@ class TestDeadLetters:
             RunStatus.QUEUED, "charge", dead.args, 3, None,
         )  # fmt: skip
         assert await manager.registry.get_run(new.run_id) == new
+
+    async def test_requeue_with_a_delay(
+        self, client: httpx.AsyncClient, manager: BackgroundTaskManager
+    ) -> None:
+        dead = dead_letter()
+        await manager.registry.add_run(dead)
+        before = utcnow()
+        response = await client.post(f"/runs/{dead.run_id}/requeue?delay=3600")
+        assert response.status_code == 200, response.text
+        new = Run.model_validate(response.json())
+        assert new.not_before is not None
+        assert before + timedelta(hours=1) <= new.not_before <= utcnow() + timedelta(hours=1)
+        assert await manager.registry.get_run(new.run_id) == new  # recorded at once
 
     async def test_requeue_refusals(
         self, client: httpx.AsyncClient, manager: BackgroundTaskManager

@@ -55,6 +55,7 @@ IMMUTABLE = [
     "idempotency_key",
     "requeued_from",
     "requeue_on_interrupt",
+    "not_before",
     "bogus",
 ]
 
@@ -423,7 +424,7 @@ class TestTransition:
     @pytest.mark.parametrize("field", IMMUTABLE)
     async def test_immutable_field_raises(self, registry: RunRegistry, field: str) -> None:
         run = await add(registry)
-        value: Any = {"status": "running", "created_at": at(1)}.get(field, "x")
+        value: Any = {"status": "running", "created_at": at(1), "not_before": at(1)}.get(field, "x")
 
         with pytest.raises(ValueError, match=field):
             await registry.transition(run.run_id, RunStatus.RUNNING, **{field: value})
@@ -569,7 +570,7 @@ class TestUpdateRun:
     @pytest.mark.parametrize("field", IMMUTABLE)
     async def test_immutable_field_raises(self, registry: RunRegistry, field: str) -> None:
         run = await add(registry)
-        value: Any = {"status": "running", "created_at": at(1)}.get(field, "x")
+        value: Any = {"status": "running", "created_at": at(1), "not_before": at(1)}.get(field, "x")
 
         with pytest.raises(ValueError, match=field):
             await registry.update_run(run.run_id, **{field: value})
@@ -759,11 +760,14 @@ class TestDurableFields:
             requeued_from="durable-0",
             requeue_on_interrupt=True,
             status=RunStatus.FAILED,
+            not_before=at(7.5),
         )
 
         got = await registry.get_run(run.run_id)
 
         assert got == run
+        assert got is not None
+        assert got.not_before == at(7.5)
         assert got is not None
         assert got.args == {
             "args": [1, "ü", [2.5, None]],
@@ -779,6 +783,7 @@ class TestDurableFields:
 
         assert got is not None
         assert (got.task, got.args, got.idempotency_key, got.requeued_from) == (None,) * 4
+        assert got.not_before is None
         assert got.dead is False
         assert got.requeue_on_interrupt is False
 

@@ -9,12 +9,13 @@ that involve "two processes" use two registries with two engines on the same tab
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,19 @@ async def aiosqlite_threads_stopped() -> None:
         if "_connection_worker_thread" in thread.name:
             await asyncio.to_thread(thread.join, 5)
     await asyncio.sleep(0)  # let the callbacks the threads scheduled run
+
+
+async def indexes_and_versions(registry: SQLRunRegistry) -> tuple[set[str], list[int]]:
+    """The names of the runs table's indexes, and the schema versions recorded, sorted."""
+    prefix = registry.table_prefix
+
+    def inspect(conn: sa.Connection) -> set[str]:
+        return {str(ix["name"]) for ix in sa.inspect(conn).get_indexes(f"{prefix}runs")}
+
+    async with registry.engine.connect() as conn:
+        indexes = await conn.run_sync(inspect)
+        rows = (await conn.execute(sa.text(f"SELECT version FROM {prefix}schema"))).all()
+    return indexes, sorted(version for (version,) in rows)
 
 
 def pooled(engine: AsyncEngine) -> int:
@@ -221,7 +235,7 @@ class TestSchema:
         prefix = registry.table_prefix
         async with registry.engine.begin() as conn:  # back to what version 2 created
             on = f" ON {prefix}runs" if conn.dialect.name == "mysql" else ""
-            for index in ("runs_claim", "runs_dead"):
+            for index in ("runs_claimable", "runs_dead"):
                 await conn.execute(sa.text(f"DROP INDEX {prefix}{index}{on}"))
             for column in (
                 "task",
@@ -230,6 +244,7 @@ class TestSchema:
                 "dead",
                 "requeued_from",
                 "requeue_on_interrupt",
+                "not_before",
             ):
                 await conn.execute(sa.text(f"ALTER TABLE {prefix}runs DROP COLUMN {column}"))
             await conn.execute(sa.text(f"DELETE FROM {prefix}schema"))
@@ -244,16 +259,7 @@ class TestSchema:
             assert await second.get_run("new") == new
             assert [r.run_id for r in await second.list_runs(dead=False)] == ["kept"]
             assert [r.run_id for r in await second.list_runs(task="t")] == ["new"]
-
-            def inspect(conn: sa.Connection) -> set[str]:
-                ixs = sa.inspect(conn).get_indexes(f"{prefix}runs")
-                return {str(ix["name"]) for ix in ixs}
-
-            async with second.engine.connect() as conn:
-                indexes = await conn.run_sync(inspect)
-                versions = (
-                    await conn.execute(sa.text(f"SELECT version FROM {prefix}schema"))
-                ).all()
+            indexes, versions = await indexes_and_versions(second)
         assert old is not None
         assert (old.task, old.args, old.dead, old.requeue_on_interrupt) == (
             None,
@@ -261,8 +267,45 @@ class TestSchema:
             False,
             False,
         )
-        assert {f"{prefix}runs_claim", f"{prefix}runs_dead"} <= indexes
-        assert sorted(v for (v,) in versions) == [2, SCHEMA_VERSION]
+        assert {f"{prefix}runs_claimable", f"{prefix}runs_dead"} <= indexes
+        assert versions == [2, SCHEMA_VERSION]
+
+    async def test_a_version_3_schema_gets_not_before_and_the_claim_index(
+        self, registry: SQLRunRegistry, twin: Callable[[SQLRunRegistry], Any]
+    ) -> None:
+        t0 = datetime(2025, 1, 1, tzinfo=UTC)
+        await registry.add_run(Run(run_id="kept", task="t", created_at=t0))
+        prefix = registry.table_prefix
+        async with registry.engine.begin() as conn:  # back to what version 3 created
+            on = f" ON {prefix}runs" if conn.dialect.name == "mysql" else ""
+            await conn.execute(sa.text(f"DROP INDEX {prefix}runs_claimable{on}"))
+            await conn.execute(sa.text(f"ALTER TABLE {prefix}runs DROP COLUMN not_before"))
+            await conn.execute(
+                sa.text(
+                    f"CREATE INDEX {prefix}runs_claim ON {prefix}runs "
+                    "(task, status, priority DESC, created_at)"
+                )
+            )
+            await conn.execute(sa.text(f"DELETE FROM {prefix}schema"))
+            await conn.execute(
+                sa.text(f"INSERT INTO {prefix}schema (version, applied_at) VALUES (3, 0)")
+            )
+
+        async with twin(registry) as second:
+            old = await second.get_run("kept")
+            now = datetime.now(UTC)
+            due = Run(run_id="due", task="t", created_at=now, not_before=now)
+            later = Run(run_id="later", task="t", not_before=now + timedelta(hours=1))
+            await second.add_runs([due, later])
+            assert await second.get_run("later") == later
+            claimed = await second.claim_runs("me", ["t"], 10)
+            indexes, versions = await indexes_and_versions(second)
+        assert old is not None
+        assert old.not_before is None
+        assert [r.run_id for r in claimed] == ["kept", "due"]
+        assert f"{prefix}runs_claimable" in indexes
+        assert f"{prefix}runs_claim" not in indexes
+        assert versions == [3, SCHEMA_VERSION]
 
     async def test_existing_schema_is_reused(
         self, registry: SQLRunRegistry, twin: Callable[[SQLRunRegistry], Any]
@@ -275,6 +318,70 @@ class TestSchema:
 
         assert run is not None
         assert not [s for s in sent if s.lstrip().upper().startswith("CREATE")]
+
+
+class TestClaimIndex:
+    """A claim of one task reads its runs through the claim index, in order, no more."""
+
+    async def test_a_claim_reads_as_many_entries_as_it_takes(
+        self, registry: SQLRunRegistry
+    ) -> None:
+        t0 = datetime(2025, 1, 1, tzinfo=UTC)
+        await registry.add_runs(
+            [
+                Run(task=f"t{i % 2}", priority=i % 3, created_at=t0 + timedelta(microseconds=i))
+                for i in range(3000)
+            ]
+        )
+        await registry.claim_runs("other", ["t0"], 300)  # claimed, not started: still QUEUED
+        prefix = registry.table_prefix
+        async with registry.engine.begin() as conn:
+            dialect = conn.dialect.name
+            if dialect != "sqlite":
+                table = f"TABLE {prefix}runs" if dialect == "mysql" else f"{prefix}runs"
+                await conn.execute(sa.text(f"ANALYZE {table}"))
+        sent: list[tuple[str, Any]] = []
+
+        def record(conn: Any, cursor: Any, statement: str, params: Any, *args: Any) -> None:
+            if "owner IS NULL" in statement and "ORDER BY" in statement:
+                sent.append((statement, params))
+
+        sa.event.listen(registry.engine.sync_engine, "before_cursor_execute", record)
+        claimed = await registry.claim_runs("me", ["t0"], 100)
+        statement, params = sent[-1]
+
+        async with registry.engine.connect() as conn:
+            transaction = await conn.begin()  # EXPLAIN ANALYZE runs it: undone after
+            if dialect == "postgresql":
+                explain = f"EXPLAIN (ANALYZE, FORMAT JSON) {statement}"
+                answer = (await conn.exec_driver_sql(explain, params)).scalar_one()
+                nodes = list(plan_nodes(json.loads(answer) if isinstance(answer, str) else answer))
+                scans = [n for n in nodes if n.get("Index Name") == f"{prefix}runs_claimable"]
+                assert [n["Actual Rows"] for n in scans] == [100], nodes
+                assert not [n for n in nodes if "Sort" in n["Node Type"]], nodes
+            elif dialect == "mysql":
+                explain = f"ANALYZE FORMAT=JSON {statement}"
+                plan = json.loads((await conn.exec_driver_sql(explain, params)).scalar_one())
+                access = plan["query_block"]["nested_loop"][0]["table"]
+                assert access["key"] == f"{prefix}runs_claimable", plan
+                assert access["r_rows"] == 100, plan
+                assert "filesort" not in json.dumps(plan), plan
+            else:
+                explain = f"EXPLAIN QUERY PLAN {statement}"
+                steps = [row[-1] for row in await conn.exec_driver_sql(explain, params)]
+                assert any(f"INDEX {prefix}runs_claimable" in step for step in steps), steps
+                assert not [step for step in steps if "TEMP B-TREE" in step], steps
+            await transaction.rollback()
+        assert len(claimed) == 100
+
+
+def plan_nodes(plan: Any) -> Iterator[dict[str, Any]]:
+    """Every node of a PostgreSQL JSON plan."""
+    stack = [plan[0]["Plan"]]
+    while stack:
+        node = stack.pop()
+        yield node
+        stack.extend(node.get("Plans", ()))
 
 
 class TestSQLite:

@@ -92,6 +92,7 @@ class Job(_Record):
         self.progress = self.progress_message = self.result = None
         self.error_type = self.error_message = self.owner = None
         self.task = self.args = self.idempotency_key = self.requeued_from = None
+        self.not_before: int | None = None
         self.dead = self.requeue_on_interrupt = False
         self.coro = coro
         self.factory = factory

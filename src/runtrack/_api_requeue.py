@@ -43,7 +43,8 @@ def add_requeue_route(router: APIRouter, manager_dependency: params.Depends) -> 
         """Record a new QUEUED run of the same task and arguments as a finished durable run.
 
         The new run has ``requeued_from`` set to ``run_id`` and no owner: any manager that
-        registered the task runs it. 404 ``run_not_found``, 409 ``run_not_finished`` (it
+        registered the task runs it; with ``delay``, it is recorded at once with
+        ``not_before`` set and starts no sooner. 404 ``run_not_found``, 409 ``run_not_finished`` (it
         is still queued or running), 422 ``run_not_durable`` (a local run, whose code only
         its own manager had).
         """

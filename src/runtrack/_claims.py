@@ -14,9 +14,10 @@ waiting: `BATCH`, doubled up to `MAX_BATCH` while there is a backlog. A bounded 
 claims again once a quarter of its room is free, or at once when no claimed run waits.
 
 It claims again when a local run ends (a slot freed), when `wake` is called (a durable
-run submitted in this process, or a new-work notification pushed by the registry), else
-every ``poll_interval``. At shutdown it stops claiming first, and gives back the runs it
-claimed but did not start: they become unclaimed QUEUED runs for another manager.
+run submitted in this process, or a new-work notification pushed by the registry), at the
+``not_before`` of a run delayed in this process (`wake_at`), else every ``poll_interval``.
+At shutdown it stops claiming first, and gives back the runs it claimed but did not
+start: they become unclaimed QUEUED runs for another manager.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import asyncio
 import dataclasses
 import functools
 from collections.abc import Awaitable, Callable, Collection, Mapping
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from runtrack._admission import QUEUED, Job
@@ -33,6 +35,7 @@ from runtrack._models import Retry, Run
 from runtrack._replicas import _uncut
 from runtrack._state import State
 from runtrack._submission import is_async_callable
+from runtrack._wakeups import Wakeups
 from runtrack.registry._claiming import TaskClaiming
 
 if TYPE_CHECKING:
@@ -99,6 +102,7 @@ class ClaimLoop:
         self._extra = extra
         self._tasks: dict[str, TaskSpec] = {}
         self._woken = asyncio.Event()
+        self._wakeups = Wakeups(self.wake)
         self._claimed: set[Job] = set()  # claimed jobs, until they start or are given back
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -146,6 +150,10 @@ class ClaimLoop:
                 loop.call_soon_threadsafe(self._woken.set)
                 return
         self._woken.set()
+
+    def wake_at(self, when: datetime) -> None:
+        """Claim at ``when``: the ``not_before`` of a run recorded in this process."""
+        self._wakeups.at(self._manager._loop, when)
 
     def freed(self) -> None:
         """A local run ended: its slot may take a claimed run, if work is waiting.
@@ -279,6 +287,7 @@ class ClaimLoop:
     async def stop(self, timeout: float) -> None:
         """Stop claiming, then give back the claimed runs that have not started."""
         self._stopping = True
+        self._wakeups.cancel()
         self._woken.set()
         task = self._task
         if task is not None and not task.done():

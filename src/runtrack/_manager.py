@@ -32,7 +32,7 @@ from runtrack._options import UNBOUNDED, Options
 from runtrack._queue_depth import QueueDepth
 from runtrack._queueing import FIRST_BATCH, Queueing
 from runtrack._recording import backend_name, writer_for
-from runtrack._requeue import record_later, requeued
+from runtrack._requeue import requeue_run
 from runtrack._state import State
 from runtrack._stats import ManagerStats, StatsCollector
 from runtrack._storable import MAX_PROGRESS_MESSAGE, storable_text
@@ -548,7 +548,7 @@ class BackgroundTaskManager(Lifecycle, Queueing, Cancelling, Execution):
         """
         return await self._depth.read()
 
-    async def requeue(self, run_id: str, delay: float | None = None) -> Run:
+    async def requeue(self, run_id: str, delay: float | timedelta | None = None) -> Run:
         """Queue a new run of a finished durable run's task, with the same arguments.
 
         The new run (``requeued_from=run_id``, same parameters, tags, group, priority,
@@ -557,26 +557,21 @@ class BackgroundTaskManager(Lifecycle, Queueing, Cancelling, Execution):
 
         Args:
             run_id: A finished run of a ``@manager.task`` function.
-            delay: Seconds before the new run is recorded (and so may start): this
-                manager records it then, unless it shuts down first (then nothing is
-                recorded and ``requeue_dropped`` is logged).
+            delay: Seconds (or a `timedelta`) before the new run may start: recorded at
+                once with ``not_before`` set, which the registry keeps, so the requeue
+                outlives this manager.
 
         Returns:
-            The new run: as recorded, or as it will be after ``delay``.
+            The new run, as recorded.
 
         Raises:
             RunNotFoundError: no such run.
             ValueError: the run is still queued or running, or not a run of a durable
-                task (a local run's code lives only in its manager: submit it again).
+                task (a local run's code lives only in its manager: submit it again); a
+                negative or NaN delay.
+            TypeError: a delay that is neither a number nor a `timedelta`.
         """
-        new = await requeued(self.registry, run_id, delay)
-        if not delay:
-            await self.registry.add_run(new)
-            return new
-        self._start()
-        self._spawn_background(record_later(self.registry, new, delay, self._log))
-        await asyncio.sleep(0)  # it starts waiting: a shutdown from now on logs the drop
-        return new
+        return await requeue_run(self.registry, run_id, delay, wake_at=self._claims.wake_at)
 
     async def run_command(
         self,

@@ -392,6 +392,10 @@ class Run(BaseModel):
     requeue_on_interrupt: bool = False
     """Whether a durable run interrupted by its manager's death goes back to the queue
     (QUEUED, attempt + 1) rather than being recorded FAILED."""
+    not_before: UTCDatetime | None = None
+    """A durable run is not claimed before this time (``fn.submit(delay=...)``,
+    ``manager.requeue(run_id, delay=...)``); None: claimable at once. Held by the registry,
+    so the delay survives the process that submitted the run."""
 
     if not TYPE_CHECKING:  # keep the pydantic-generated signature for type checkers
 

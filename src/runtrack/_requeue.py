@@ -3,20 +3,26 @@
 A requeue records a new QUEUED run of the same task, arguments and options, with
 ``requeued_from`` naming the old run and no owner: any manager that registered the task
 claims it, as it claims a run of ``fn.submit``. The old run is left as it is (a dead
-letter stays a dead letter: ``list_runs(dead=True)`` still finds it).
+letter stays a dead letter: ``list_runs(dead=True)`` still finds it). A delay is recorded
+with the new run (its ``not_before``, see `delay_until`): the registry holds it, so it
+outlives the process that requeued.
 """
 
 from __future__ import annotations
 
-import asyncio
+import math
+import numbers
+from collections.abc import Callable
+from datetime import datetime, timedelta
 
 from runtrack._exceptions import RunNotFoundError
-from runtrack._logging import Logger
-from runtrack._models import Run, new_run_id
+from runtrack._models import Run, new_run_id, utcnow
 from runtrack._status import RunStatus
 from runtrack.registry.base import RunRegistry
 
-__all__ = ["check_requeueable", "record_later", "requeue_run", "requeued"]
+__all__ = ["check_requeueable", "delay_until", "requeue_run", "requeued"]
+
+_DELAY_HINT = "pass None, a number of seconds >= 0 (an int or a float) or a timedelta >= 0"
 
 
 def check_requeueable(run: Run) -> None:
@@ -38,19 +44,46 @@ def check_requeueable(run: Run) -> None:
         )
 
 
-def _check_delay(delay: float | None) -> None:
-    if delay is not None and (isinstance(delay, bool) or not delay >= 0):
-        raise ValueError(f"delay must be None or >= 0 seconds, got {delay!r}")
+def delay_until(delay: float | timedelta | None) -> datetime | None:
+    """The ``not_before`` of a durable run recorded now with ``delay``; None: no delay.
+
+    A delay of 0 is none.
+
+    Raises:
+        TypeError: ``delay`` is neither a number nor a `timedelta`.
+        ValueError: ``delay`` is a bool, negative, NaN, infinite, or past year 9999.
+    """
+    given: object = delay  # checked whatever its annotation says
+    if given is None:
+        return None
+    if isinstance(given, timedelta):
+        seconds = given.total_seconds()
+    elif isinstance(given, bool) or not isinstance(given, numbers.Real):
+        error = ValueError if isinstance(given, bool) else TypeError
+        raise error(f"delay: {_DELAY_HINT}, got {delay!r}")
+    else:
+        seconds = float(given)
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise ValueError(f"delay: {_DELAY_HINT}, got {delay!r}")
+    if not seconds:
+        return None
+    try:
+        return utcnow() + timedelta(seconds=seconds)
+    except OverflowError:
+        raise ValueError(f"delay {delay!r} ends after the year 9999: {_DELAY_HINT}") from None
 
 
-async def requeued(registry: RunRegistry, run_id: str, delay: float | None = None) -> Run:
+async def requeued(
+    registry: RunRegistry, run_id: str, delay: float | timedelta | None = None
+) -> Run:
     """The new run that requeueing the finished durable run ``run_id`` records.
 
     Raises:
         RunNotFoundError: no run ``run_id``.
         ValueError: the run is not finished, or not a run of a durable task; a bad delay.
+        TypeError: a delay that is neither a number nor a `timedelta`.
     """
-    _check_delay(delay)
+    not_before = delay_until(delay)
     old = await registry.get_run(run_id)
     if old is None:
         raise RunNotFoundError(run_id)
@@ -69,41 +102,37 @@ async def requeued(registry: RunRegistry, run_id: str, delay: float | None = Non
         args=old.args,
         requeued_from=old.run_id,
         requeue_on_interrupt=old.requeue_on_interrupt,
+        not_before=not_before,
     )
 
 
-async def requeue_run(registry: RunRegistry, run_id: str) -> Run:
+async def requeue_run(
+    registry: RunRegistry,
+    run_id: str,
+    delay: float | timedelta | None = None,
+    *,
+    wake_at: Callable[[datetime], None] | None = None,
+) -> Run:
     """Record a new QUEUED run of the same task and arguments as the finished run ``run_id``.
+
+    Args:
+        registry: Where both runs are.
+        run_id: The finished run of a durable task.
+        delay: Seconds (or a `timedelta`) before the new run may be claimed: recorded as
+            its ``not_before``.
+        wake_at: Called with the time the new run may be claimed from, once it is
+            recorded (the manager's claim loop: it may run the task).
 
     Returns:
         The new run, as recorded.
 
     Raises:
         RunNotFoundError: no run ``run_id``.
-        ValueError: the run is not finished, or not a run of a durable task.
+        ValueError: the run is not finished, or not a run of a durable task; a bad delay.
+        TypeError: a delay that is neither a number nor a `timedelta`.
     """
-    new = await requeued(registry, run_id)
+    new = await requeued(registry, run_id, delay)
     await registry.add_run(new)
+    if wake_at is not None:
+        wake_at(new.not_before or new.created_at)
     return new
-
-
-async def record_later(registry: RunRegistry, run: Run, delay: float, log: Logger) -> None:
-    """Record ``run`` after ``delay`` seconds (a requeue with a delay), unless stopped first.
-
-    The registry has no "not before" time for a QUEUED run: the delay is kept by the
-    process that requeued, and is lost (logged ``requeue_dropped``) if it stops first.
-    """
-    try:
-        await asyncio.sleep(delay)
-    except asyncio.CancelledError:
-        log.warning(
-            "requeue_dropped", run_id=run.run_id, requeued_from=run.requeued_from,
-            detail="the manager stopped before the requeue's delay was over: requeue again",
-        )  # fmt: skip
-        raise
-    try:
-        await registry.add_run(run)
-    except Exception as exc:
-        log.error(
-            "requeue_failed", run_id=run.run_id, requeued_from=run.requeued_from, exc_info=exc
-        )

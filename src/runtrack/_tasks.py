@@ -3,7 +3,9 @@
 ``@manager.task()`` (or ``@runtrack.task()``, bound to the default manager) registers a
 function; ``await fn.submit(*args, **kwargs)`` records a QUEUED run with ``task`` set, its
 JSON arguments, and no owner, before it returns. Every manager sharing the registry that
-registered the same name may claim it (see `runtrack._claims`); exactly one does.
+registered the same name may claim it (see `runtrack._claims`); exactly one does. With
+``delay``, the run is recorded at once with a ``not_before`` time, before which no manager
+claims it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import functools
 import inspect
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from runtrack._claims import TaskSpec
@@ -19,6 +22,7 @@ from runtrack._exceptions import ManagerClosedError
 from runtrack._idempotent import add_once
 from runtrack._models import Retry, Run, args_problem, new_run_id, utcnow
 from runtrack._replicas import _uncut
+from runtrack._requeue import delay_until
 from runtrack._state import State
 from runtrack._submission import colliding_options, name_of
 from runtrack.registry._claiming import TaskClaiming
@@ -80,6 +84,7 @@ class TaskFunction(Generic[P, R]):
         priority: int | None = None,
         timeout: float | None = None,
         idempotency_key: str | None = None,
+        delay: float | timedelta | None = None,
         **kwargs: Any,
     ) -> Run:
         """Record a durable run of this task with these arguments; returns the `Run`.
@@ -98,26 +103,32 @@ class TaskFunction(Generic[P, R]):
             idempotency_key: While a run with this key is active, or finished less than
                 the manager's ``idempotency_ttl`` ago, that run is returned instead of
                 recording another, whichever manager recorded it.
+            delay: Seconds (or a `timedelta`) before the run may start: it is recorded
+                now, with ``not_before`` set, and no manager claims it before then (this
+                one wakes up for it; others find it within their ``poll_interval``).
             **kwargs: Keyword arguments for the function (JSON values). A keyword that is
                 both an option above and a parameter of the function is a `TypeError`:
                 pass that argument positionally.
 
         Raises:
             TypeError: a keyword is both an option and a parameter; the registry cannot
-                share runs between managers (it lacks `TaskClaiming`).
+                share runs between managers (it lacks `TaskClaiming`); a delay that is
+                neither a number nor a `timedelta`.
             ValueError: arguments that are not JSON (a ``pydantic.ValidationError``), or
-                larger than ``max_payload_bytes``.
+                larger than ``max_payload_bytes``; a negative or NaN delay.
             DuplicateRunError: the id exists.
             ManagerClosedError: the manager has shut down.
         """
         options = {
             "run_id": run_id, "tags": tags, "parameters": parameters, "group": group,
             "priority": priority, "timeout": timeout, "idempotency_key": idempotency_key,
+            "delay": delay,
         }  # fmt: skip
+        not_before = delay_until(delay)
         if idempotency_key is not None:
             check_idempotency_key(idempotency_key)
         manager, _ = self._target()
-        template = self._template(manager, options)
+        template = self._template(manager, options, not_before)
         run = self._run(manager, template, args, kwargs, options, run_id=template.run_id)
         if idempotency_key is None:
             recorded = _uncut(manager.registry.add_run(run))
@@ -128,7 +139,7 @@ class TaskFunction(Generic[P, R]):
             run, inserted = await manager._bounded(once, "the run was not recorded")
             if not inserted:
                 return run
-        await self._submitted(manager)
+        await self._submitted(manager, not_before)
         return run
 
     async def submit_many(
@@ -139,10 +150,12 @@ class TaskFunction(Generic[P, R]):
         group: str | None = None,
         priority: int | None = None,
         timeout: float | None = None,
+        delay: float | timedelta | None = None,
     ) -> list[Run]:
         """Record one durable run per ``(args, kwargs)`` pair, in one registry round trip.
 
-        All or none: if one cannot be recorded, none is. The options apply to every run.
+        All or none: if one cannot be recorded, none is. The options apply to every run
+        (with ``delay``, they share one ``not_before``).
 
         Example:
             >>> async def enqueue(resize: TaskFunction[..., Any]) -> list[Run]:
@@ -151,7 +164,10 @@ class TaskFunction(Generic[P, R]):
         Raises:
             TypeError, ValueError, DuplicateRunError, ManagerClosedError: as `submit`.
         """
-        options = {"tags": tags, "group": group, "priority": priority, "timeout": timeout}
+        options = {
+            "tags": tags, "group": group, "priority": priority, "timeout": timeout, "delay": delay
+        }  # fmt: skip
+        not_before = delay_until(delay)
         pairs = []
         for call in calls:
             if not isinstance(call, tuple | list) or len(call) != 2:  # type: ignore[redundant-expr]
@@ -161,11 +177,11 @@ class TaskFunction(Generic[P, R]):
                 )
             pairs.append((tuple(call[0]), dict(call[1])))
         manager, registry = self._target()
-        template = self._template(manager, options)
+        template = self._template(manager, options, not_before)
         runs = [self._run(manager, template, args, kwargs, options) for args, kwargs in pairs]
         if runs:
             await manager._bounded(_uncut(registry.add_runs(runs)), "the runs were not recorded")
-            await self._submitted(manager)
+            await self._submitted(manager, not_before)
         return runs
 
     def _target(self) -> tuple[BackgroundTaskManager, TaskClaiming]:
@@ -183,7 +199,12 @@ class TaskFunction(Generic[P, R]):
             raise ManagerClosedError(manager._state.value)
         return manager, registry
 
-    def _template(self, manager: BackgroundTaskManager, options: Mapping[str, Any]) -> Run:
+    def _template(
+        self,
+        manager: BackgroundTaskManager,
+        options: Mapping[str, Any],
+        not_before: datetime | None,
+    ) -> Run:
         """The validated record every run of one submit call shares, arguments aside."""
         spec = self._spec
         priority = options.get("priority")
@@ -200,6 +221,7 @@ class TaskFunction(Generic[P, R]):
             max_attempts=spec.retry.attempts if spec.retry is not None else 1,
             requeue_on_interrupt=spec.requeue_on_interrupt,
             idempotency_key=options.get("idempotency_key"),
+            not_before=not_before,
         )
         manager._check_parameters(template.parameters)
         return template
@@ -240,9 +262,16 @@ class TaskFunction(Generic[P, R]):
             update={"run_id": run_id or new_run_id(), "created_at": utcnow(), "args": call}
         )
 
-    async def _submitted(self, manager: BackgroundTaskManager) -> None:
-        """Tell the managers that run this task: this one now, others if announced."""
+    async def _submitted(self, manager: BackgroundTaskManager, not_before: datetime | None) -> None:
+        """Tell the managers that run this task: this one now, others if announced.
+
+        A delayed run: this one at ``not_before``; the others find it by their poll (an
+        announcement now would only make them look before it is due).
+        """
         claims = manager._claims
+        if not_before is not None:
+            claims.wake_at(not_before)
+            return
         claims.wake()
         if claims.announce is not None:
             await claims.announce([self.name])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 
 import click
@@ -23,7 +22,8 @@ __all__ = ["requeue_command"]
     "--delay",
     type=DURATION,
     default=None,
-    help="Record the new run only after this long (30s, 15m, 2h); the command waits.",
+    help="Start the new run no sooner than this (30s, 15m, 2h): recorded at once, with a "
+    "not_before time that every replica respects.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the new run as JSON.")
 @click.pass_context
@@ -33,8 +33,8 @@ def requeue_command(
     """Queue a new run of a finished durable run's task, with the same arguments.
 
     Any manager that registered the task runs it (the new run's requeued_from names
-    RUN_ID). Exits 4 if there is no such run, 1 if it is not finished or not a run of a
-    durable task.
+    RUN_ID), with --delay no sooner than that. Exits 4 if there is no such run, 1 if it
+    is not finished or not a run of a durable task.
     """
     state = state_of(ctx)
 
@@ -45,10 +45,7 @@ def requeue_command(
                 check_requeueable(run)
             except ValueError as exc:
                 raise Fail(str(exc), EXIT_FAILED) from exc
-            new = await requeued(registry, run.run_id)
-            if delay is not None:
-                # No "not before" time in the registry: this process keeps the delay.
-                await asyncio.sleep(delay.total_seconds())
+            new = await requeued(registry, run.run_id, delay)
             await registry.add_run(new)
             return new
 

@@ -486,6 +486,7 @@
             ...field("Task", run.task),
             ...field("Dead letter", run.dead ? "yes: its retries ran out" : "no"),
             ...field("Requeued from", run.requeued_from),
+            ...(run.not_before ? field("Not before", timeElement(run.not_before)) : []),
           ]
         : []),
       ...field("Created", timeElement(run.created_at)),

@@ -3,7 +3,8 @@
 A durable run is recorded QUEUED with ``task`` set and no ``owner`` (unclaimed). A manager
 that registered the task claims a batch of them atomically (exactly one claimer per run),
 becoming their ``owner``; it then runs them through its normal execution path. At
-shutdown it gives back (``release_runs``) the runs it claimed but did not start.
+shutdown it gives back (``release_runs``) the runs it claimed but did not start. A run
+with a ``not_before`` time is not claimed before it.
 """
 
 from __future__ import annotations
@@ -40,12 +41,15 @@ class TaskClaiming(Protocol):
 
         Highest ``priority`` first, then oldest (``created_at``); each run taken gets
         ``owner`` and is returned as stored afterwards. Two callers never get the same run.
+        A run whose ``not_before`` is later than now is left alone (now by the registry's
+        own clock where it has one: the database server's, Redis's ``TIME``).
         """
         ...
 
     async def release_runs(self, owner: str, run_ids: Sequence[str]) -> int:
         """Give back claimed runs that did not start; returns how many were given back.
 
-        Those of ``run_ids`` still QUEUED and owned by ``owner`` become unclaimed again.
+        Those of ``run_ids`` still QUEUED and owned by ``owner`` become unclaimed again,
+        their ``not_before`` kept.
         """
         ...

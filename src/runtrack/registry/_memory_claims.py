@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
+from runtrack._clock import now_us
 from runtrack._exceptions import DuplicateRunError
 from runtrack._models import Run
 from runtrack._status import RunStatus
@@ -42,16 +43,20 @@ class MemoryClaims:
             self._insert(self._record_of(run))
 
     async def claim_runs(self, owner: str, tasks: Collection[str], limit: int) -> list[Run]:
-        """Take up to ``limit`` unclaimed QUEUED runs of ``tasks`` (see `TaskClaiming`)."""
+        """Take up to ``limit`` due, unclaimed QUEUED runs of ``tasks`` (see `TaskClaiming`)."""
         if limit < 1 or not tasks:
             return []
         wanted = set(tasks)
+        now = now_us()
         found = [
             rec
             for rec in self._runs.values()
-            if rec.task in wanted and rec.status is RunStatus.QUEUED and rec.owner is None
+            if rec.task in wanted
+            and rec.status is RunStatus.QUEUED
+            and rec.owner is None
+            and (rec.not_before is None or rec.not_before <= now)
         ]
-        found.sort(key=lambda rec: (-rec.priority, rec.created_at))
+        found.sort(key=lambda rec: (-rec.priority, rec.created_at, rec.run_id))
         taken = found[:limit]
         for rec in taken:
             rec.owner = owner

@@ -5,6 +5,11 @@ unclaimed QUEUED runs (score ``-priority``, members ``"{created_at:020}:{run_id}
 the first members are the next to run). A claim pops the first ``limit`` members of each
 task wanted, keeps the best ``limit`` and sets their owner, in one script: exactly one
 claimer gets each run.
+
+A run whose ``not_before`` has not come waits in ``{prefix}idx:delayed:{n}:{task}`` instead,
+scored by ``not_before``; the claim script first moves up to ``limit`` due ones of each
+task into the claim zset, due by Redis's own clock (``TIME``), so replicas whose clocks
+differ agree. While no run is delayed, that costs one lookup of an empty key per task.
 """
 
 from __future__ import annotations
@@ -51,9 +56,16 @@ CLAIM: Final = (
     layout.PRELUDE
     + """
 local owner, limit = ARGV[3], tonumber(ARGV[4])
+local now = num(now_us())
 local found = {}
 for i = 5, #ARGV do
   local k = K_CLAIM .. lp(ARGV[i])
+  local d = K_DELAYED .. lp(ARGV[i])
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', d, '-inf', now, 'LIMIT', 0, limit)) do
+    redis.call('ZREM', d, m)
+    local f = redis.call('HMGET', K_RUN .. string.sub(m, 22), 'status', 'owner', 'priority')
+    if f[1] == 'queued' and not f[2] then redis.call('ZADD', k, -tonumber(f[3]), m) end
+  end
   local items = redis.call('ZRANGE', k, 0, limit - 1, 'WITHSCORES')
   for j = 1, #items, 2 do found[#found + 1] = {tonumber(items[j + 1]), items[j], k} end
 end

@@ -41,6 +41,7 @@ _OPTIONAL_FIELDS: Final = (
     "task",
     "idempotency_key",
     "requeued_from",
+    "not_before",
 )
 
 

@@ -17,6 +17,10 @@ Every key starts with the registry's prefix (``runtrack:`` by default)::
     {prefix}idx:claim:{n}:{task}        zset: the unclaimed QUEUED runs of a durable task,
                                         scored by -priority, members "{created_at:020}:{id}"
                                         (oldest first within a priority): what claims pop
+    {prefix}idx:delayed:{n}:{task}      zset: the unclaimed QUEUED runs of a durable task
+                                        whose not_before had not come when last written,
+                                        scored by not_before (µs), members as in
+                                        idx:claim: a claim moves the due ones over first
     {prefix}idx:finished                zset: terminal runs, scored by age (finished_at,
                                         else created_at): cleanup and expiry walk it
     {prefix}expiring                    hash: run_id -> JSON list of the run's name, group
@@ -98,6 +102,7 @@ IDX_TAG: Final = "idx:tag:"
 IDX_TASK: Final = "idx:task:"
 IDX_DEAD: Final = "idx:dead"
 IDX_CLAIM: Final = "idx:claim:"
+IDX_DELAYED: Final = "idx:delayed:"
 EXPIRING: Final = "expiring"
 OP: Final = "op:"
 TMP: Final = "tmp:"
@@ -245,6 +250,10 @@ class Keys:
         """The unclaimed QUEUED runs of the durable task ``task``."""
         return self.prefix + IDX_CLAIM + _len_prefixed(task)
 
+    def delayed(self, task: str) -> str:
+        """The unclaimed QUEUED runs of ``task`` not due yet, by ``not_before``."""
+        return self.prefix + IDX_DELAYED + _len_prefixed(task)
+
     def task(self, task: str) -> str:
         """The index of the durable runs of ``task``."""
         return self.prefix + IDX_TASK + _len_prefixed(task)
@@ -275,6 +284,7 @@ local K_TAG = P .. '{IDX_TAG}'
 local K_TASK = P .. '{IDX_TASK}'
 local K_DEAD = P .. '{IDX_DEAD}'
 local K_CLAIM = P .. '{IDX_CLAIM}'
+local K_DELAYED = P .. '{IDX_DELAYED}'
 local K_EXPIRING = P .. '{EXPIRING}'
 local K_OP = P .. '{OP}'
 local K_TMP = P .. '{TMP}'
@@ -313,18 +323,30 @@ local function owner_index(id, old_owner, old_status, owner, status, finished)
   end
 end
 
--- A durable run's entry in its task's claim queue: there while QUEUED and unclaimed.
+-- A durable run's entry in its task's claim queue: there while QUEUED and unclaimed, and
+-- due; until its not_before (a run without one has never been delayed), in its task's
+-- delayed set instead, from which a claim moves it when due.
 local function claim_member(created, id)
   return string.format('%020.0f', tonumber(created)) .. ':' .. id
 end
 
-local function claimable(id, task, status, owner, created, priority)
+local function claimable(id, task, status, owner, created, priority, not_before)
   if not task then return end
   local k, m = K_CLAIM .. lp(task), claim_member(created, id)
   if status == 'queued' and not owner then
+    if not_before then
+      local d = K_DELAYED .. lp(task)
+      if tonumber(not_before) > now_us() then
+        redis.call('ZREM', k, m)
+        redis.call('ZADD', d, not_before, m)
+        return
+      end
+      redis.call('ZREM', d, m)
+    end
     redis.call('ZADD', k, -tonumber(priority), m)
   else
     redis.call('ZREM', k, m)
+    if not_before then redis.call('ZREM', K_DELAYED .. lp(task), m) end
   end
 end
 
@@ -344,7 +366,7 @@ end
 local function purge(id)
   local rk = K_RUN .. id
   local f = redis.call('HMGET', rk, 'status', 'name', 'group', 'tags', 'owner', 'task',
-    'created_at', 'idempotency_key', 'priority')
+    'created_at', 'idempotency_key', 'priority', 'not_before')
   local keys
   if f[1] == 'queued' then depth(f[9], -1) end
   if f[8] and redis.call('GET', K_IDEM .. lp(f[8])) == id then
@@ -357,6 +379,7 @@ local function purge(id)
   if f[1] then
     keys = attr_keys(f[2], f[3], f[4], f[6])
     if f[6] then redis.call('ZREM', K_CLAIM .. lp(f[6]), claim_member(f[7], id)) end
+    if f[6] and f[10] then redis.call('ZREM', K_DELAYED .. lp(f[6]), claim_member(f[7], id)) end
   else
     local meta = redis.call('HGET', K_EXPIRING, id)
     keys = meta and cjson.decode(meta) or {{}}
@@ -421,7 +444,7 @@ local function insert(id, fields)
   if fields.status == 'queued' then depth(fields.priority, 1) end
   for _, k in ipairs(keys) do redis.call('ZADD', k, c, id) end
   if fields.dead == '1' then redis.call('ZADD', K_DEAD, c, id) end
-  claimable(id, fields.task, fields.status, fields.owner, c, fields.priority)
+  claimable(id, fields.task, fields.status, fields.owner, c, fields.priority, fields.not_before)
   if fields.owner then
     owner_index(id, false, false, fields.owner, fields.status, fields.finished_at)
   end
@@ -434,7 +457,7 @@ end
 local function apply(id, to, expect, set, del)
   local rk = K_RUN .. id
   local cur = redis.call('HMGET', rk, 'status', 'name', 'group', 'tags', 'created_at', 'owner',
-    'finished_at', 'task', 'priority')
+    'finished_at', 'task', 'priority', 'not_before')
   local status = cur[1]
   if not status then return false end
   if to then
@@ -486,7 +509,7 @@ local function apply(id, to, expect, set, del)
   if to or owner ~= cur[6] then
     owner_index(id, cur[6], status, owner, to or status, set.finished_at or cur[7])
   end
-  claimable(id, cur[8], to or status, owner, cur[5], set.priority or cur[9])
+  claimable(id, cur[8], to or status, owner, cur[5], set.priority or cur[9], cur[10])
   if TERMINAL[to or status] then settle(id) end
   return true
 end

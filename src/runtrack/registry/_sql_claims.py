@@ -9,28 +9,46 @@
   ``BEGIN IMMEDIATE``
   transaction every write takes (writers are serialised by the database).
 
-The ``{prefix}runs_claim`` index (task, status, priority DESC, created_at) serves the
-search for unclaimed QUEUED runs.
+The ``{prefix}runs_claimable`` index serves the claim in its own order: on PostgreSQL and
+SQLite a partial index of the unclaimed QUEUED runs on (task, priority DESC, created_at,
+run_id), on MariaDB/MySQL (task, status, owner, priority DESC, created_at, run_id). A claim
+of one task reads as many index entries as it takes runs.
+
+A run whose ``not_before`` is later than now is skipped, now read from the database
+server's clock (PostgreSQL ``now()``, MariaDB/MySQL ``UTC_TIMESTAMP(6)``), so replicas
+whose clocks differ agree on when it is due; SQLite, whose replicas share one machine,
+takes this process's clock.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Sequence
-from typing import Any
+from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from runtrack._clock import now_us
 from runtrack._exceptions import DuplicateRunError
 from runtrack._models import Run
-from runtrack._status import RunStatus
 from runtrack.registry._refusals import candidates_of_run
 from runtrack.registry._sql_host import SQLHost
-from runtrack.registry._sql_schema import chunks, row_from_run, run_from_row
+from runtrack.registry._sql_schema import QUEUED_LITERAL, chunks, row_from_run, run_from_row
 
 __all__ = ["SQLClaims"]
 
-_QUEUED = RunStatus.QUEUED.value
+_QUEUED: Final = QUEUED_LITERAL
+_EPOCH_US: Final[sa.ColumnElement[str]] = sa.literal_column("'1970-01-01 00:00:00'")
+
+
+def _now_us(dialect: str) -> sa.ColumnElement[Any]:
+    """Now, in µs since the epoch, by the database's clock where it has one."""
+    if dialect == "postgresql":
+        return sa.cast(sa.extract("epoch", sa.func.now()) * 1_000_000, sa.BigInteger)
+    if dialect == "mysql":
+        unit: sa.ColumnElement[Any] = sa.literal_column("MICROSECOND")
+        return sa.func.timestampdiff(unit, _EPOCH_US, sa.func.utc_timestamp(6))
+    return sa.literal(now_us(), sa.BigInteger)
 
 
 class SQLClaims(SQLHost):
@@ -85,7 +103,7 @@ class SQLClaims(SQLHost):
             raise DuplicateRunError(found or exc.run_id) from exc.__cause__
 
     async def claim_runs(self, owner: str, tasks: Collection[str], limit: int) -> list[Run]:
-        """Take up to ``limit`` unclaimed QUEUED runs of ``tasks`` (see `TaskClaiming`).
+        """Take up to ``limit`` due, unclaimed QUEUED runs of ``tasks`` (see `TaskClaiming`).
 
         Raises:
             RegistryUnavailableError: the database could not be reached.
@@ -94,8 +112,9 @@ class SQLClaims(SQLHost):
         if limit < 1 or not names:
             return []
         runs = self._tables.runs
+        due = sa.or_(runs.c.not_before.is_(None), runs.c.not_before <= _now_us(self._dialect))
         unclaimed = sa.and_(
-            runs.c.task.in_(names), runs.c.status == _QUEUED, runs.c.owner.is_(None)
+            runs.c.task.in_(names), runs.c.status == _QUEUED, runs.c.owner.is_(None), due
         )
         order = (runs.c.priority.desc(), runs.c.created_at, runs.c.run_id)
         mysql = self._dialect == "mysql"
@@ -125,7 +144,10 @@ class SQLClaims(SQLHost):
                     )
                     statement = runs.update().where(runs.c.run_id == chosen.c.run_id)
                 else:
-                    statement = runs.update().where(runs.c.run_id.in_(picked), unclaimed)
+                    # The write transaction holds the database: the rows picked are
+                    # still unclaimed, so the UPDATE finds them by key (with the claim's
+                    # terms repeated, SQLite walks the task's whole backlog instead).
+                    statement = runs.update().where(runs.c.run_id.in_(picked))
                 result = await conn.execute(statement.values(owner=owner).returning(*runs.c))
                 rows = [dict(row) for row in result.mappings()]
             rows.sort(key=lambda row: (-row["priority"], row["created_at"], row["run_id"]))
@@ -133,7 +155,7 @@ class SQLClaims(SQLHost):
 
         if self._dialect == "sqlite":
             # A write transaction locks the whole database: look first, in a read one.
-            probe = sa.select(runs.c.run_id).where(unclaimed).limit(1)
+            probe = sa.select(runs.c.run_id).where(unclaimed).order_by(*order).limit(1)
 
             async def any_waiting(conn: AsyncConnection) -> bool:
                 return await conn.scalar(probe) is not None

@@ -22,6 +22,7 @@ from runtrack.registry.base import MUTABLE_FIELDS, TIME_FIELDS, stored_run
 
 __all__ = [
     "ALL_COLUMNS",
+    "QUEUED_LITERAL",
     "SCHEMA_VERSION",
     "WRITABLE_COLUMNS",
     "RowStatement",
@@ -38,9 +39,10 @@ __all__ = [
 ]
 
 #: The version of the table layout this module creates and reads (2: the managers table
-#: and the runs' index by owner; 3: the durable-task columns and their indexes; each added
-#: to an older schema on first use, see `Tables.upgrade`).
-SCHEMA_VERSION: Final = 3
+#: and the runs' index by owner; 3: the durable-task columns and their indexes; 4:
+#: ``not_before`` and the claim index that serves the claim's order; each added to an older
+#: schema on first use, see `upgrade`).
+SCHEMA_VERSION: Final = 4
 
 #: Rows per IN (...) list: well under every driver's bound-parameter limit.
 _CHUNK: Final = 500
@@ -56,6 +58,7 @@ _INSERT_ONLY: Final = (
     "idempotency_key",
     "requeued_from",
     "requeue_on_interrupt",
+    "not_before",
 )
 #: The columns version 3 added to the runs table.
 _V3_COLUMNS: Final = (
@@ -66,6 +69,14 @@ _V3_COLUMNS: Final = (
     "requeued_from",
     "requeue_on_interrupt",
 )
+#: The columns version 4 added to the runs table.
+_V4_COLUMNS: Final = ("not_before",)
+#: The claim index of version 3, which `upgrade` replaces with `Tables.runs_claimable`.
+_V3_CLAIM_INDEX: Final = "runs_claim"
+#: The QUEUED status as a literal, not a bound parameter: the claim index's predicate
+#: (status = 'queued' AND owner IS NULL) and the claim's WHERE spell it alike, so that
+#: PostgreSQL and SQLite can prove that the partial index holds every row a claim wants.
+QUEUED_LITERAL: Final[sa.ColumnElement[str]] = sa.literal_column(f"'{RunStatus.QUEUED.value}'")
 #: The columns a write may change: the status plus every `MUTABLE_FIELDS` field.
 WRITABLE_COLUMNS: Final = ("status", *sorted(MUTABLE_FIELDS))
 #: Every column of the runs table.
@@ -80,13 +91,17 @@ class Tables:
 
     managers: sa.Table
     runs_owner: sa.Index
-    #: Indexes added by version 3 (created on an older schema by `upgrade`).
-    runs_claim: sa.Index
+    #: Index added by version 3 (created on an older schema by `upgrade`).
     runs_dead: sa.Index
+    #: The claim index of version 4 (MariaDB/MySQL: `runs_claimable_mysql`), created on an
+    #: older schema by `upgrade`, which drops the claim index of version 3.
+    runs_claimable: sa.Index
+    runs_claimable_mysql: sa.Index
     #: The idempotency keys (see `_sql_idempotency`).
     idempotency: sa.Table
 
     def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
         self.metadata = sa.MetaData()
         options: dict[str, Any] = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4"}
         self.runs = sa.Table(
@@ -121,6 +136,7 @@ class Tables:
             sa.Column(
                 "requeue_on_interrupt", sa.Boolean, nullable=False, server_default=sa.false()
             ),
+            sa.Column("not_before", sa.BigInteger),
             sa.Index(f"{prefix}runs_created", "created_at", "run_id"),
             sa.Index(f"{prefix}runs_status", "status", "created_at"),
             sa.Index(f"{prefix}runs_name", "name", "created_at"),
@@ -166,14 +182,30 @@ class Tables:
         add_manager_tables(self, prefix)
         add_idempotency_table(self, prefix)
         runs = self.runs
-        # Claiming walks the QUEUED runs of a task, highest priority first, then oldest.
-        self.runs_claim = sa.Index(
-            f"{prefix}runs_claim",
+        # A claim reads the unclaimed QUEUED runs of a task in the claim's own order
+        # (priority DESC, created_at, run_id) and stops after its LIMIT: no sort, and no
+        # claimed or finished run on the way. PostgreSQL and SQLite index those rows only
+        # (a partial index); MariaDB/MySQL has no partial indexes, so status and owner lead
+        # (owner is a TEXT column there: a prefix of it, enough for "owner IS NULL").
+        unclaimed = sa.and_(runs.c.status == QUEUED_LITERAL, runs.c.owner.is_(None))
+        self.runs_claimable = sa.Index(
+            f"{prefix}runs_claimable",
             runs.c.task,
-            runs.c.status,
             runs.c.priority.desc(),
             runs.c.created_at,
-        )
+            runs.c.run_id,
+            postgresql_where=unclaimed,
+            sqlite_where=unclaimed,
+        ).ddl_if(dialect=("postgresql", "sqlite"))  # type: ignore[arg-type]  # documented
+        self.runs_claimable_mysql = sa.Index(
+            f"{prefix}runs_claimable",
+            runs.c.task,
+            runs.c.status,
+            sa.text("owner(1)"),  # mysql_length cannot go with priority DESC
+            runs.c.priority.desc(),
+            runs.c.created_at,
+            runs.c.run_id,
+        ).ddl_if(dialect="mysql")
         self.runs_dead = sa.Index(f"{prefix}runs_dead", runs.c.dead, runs.c.created_at)
         # write_batch sends each kind of row with one statement:
         # - PostgreSQL: the whole batch as one JSON parameter, unpacked by the server into
@@ -228,14 +260,17 @@ class Tables:
 def upgrade(conn: sa.Connection, tables: Tables) -> None:
     """Bring an older schema's runs table up to this version (run with ``run_sync``).
 
-    Adds the version 3 columns a table created by an earlier version lacks (existing
-    rows get NULL, or false for the flags) and the indexes of versions 2 and 3. Additive
-    only: an older runtrack still reads and writes the table (it ignores the columns).
+    Adds the version 3 and 4 columns a table created by an earlier version lacks
+    (existing rows get NULL, or false for the flags) and the indexes of versions 2 to 4,
+    and drops the claim index of version 3, which version 4's replaces (it serves an
+    older version's claims as well). An older runtrack still reads and writes the table
+    (it ignores the new columns), but claims runs delayed by ``not_before`` early.
     """
     runs = tables.runs
-    present = {column["name"] for column in sa.inspect(conn).get_columns(runs.name)}
+    inspector = sa.inspect(conn)
+    present = {column["name"] for column in inspector.get_columns(runs.name)}
     quote = conn.dialect.identifier_preparer.quote
-    for name in _V3_COLUMNS:
+    for name in (*_V3_COLUMNS, *_V4_COLUMNS):
         if name in present:
             continue
         column = runs.c[name]
@@ -244,8 +279,14 @@ def upgrade(conn: sa.Connection, tables: Tables) -> None:
         if not column.nullable:
             ddl += " NOT NULL DEFAULT " + ("false" if conn.dialect.name == "postgresql" else "0")
         conn.exec_driver_sql(ddl)
-    for index in (tables.runs_owner, tables.runs_claim, tables.runs_dead):
+    mysql = conn.dialect.name == "mysql"
+    claimable = tables.runs_claimable_mysql if mysql else tables.runs_claimable
+    for index in (tables.runs_owner, tables.runs_dead, claimable):
         index.create(conn, checkfirst=True)
+    old = tables.prefix + _V3_CLAIM_INDEX
+    if any(index["name"] == old for index in inspector.get_indexes(runs.name)):
+        on = f" ON {quote(runs.name)}" if mysql else ""
+        conn.exec_driver_sql(f"DROP INDEX {quote(old)}{on}")
 
 
 def _quoted(identifier: str) -> str:

@@ -79,7 +79,9 @@ MUTABLE_FIELDS: Final = frozenset(
 #: Every `Run` field, in the order `stored_run` lists them.
 RUN_FIELDS: Final = tuple(Run.model_fields)
 #: The `Run` fields holding timestamps.
-TIME_FIELDS: Final = frozenset({"created_at", "started_at", "finished_at", "heartbeat_at"})
+TIME_FIELDS: Final = frozenset(
+    {"created_at", "started_at", "finished_at", "heartbeat_at", "not_before"}
+)
 
 
 def stored_run(run: Run) -> dict[str, Any]:

@@ -57,6 +57,7 @@ class _Record:
         "idempotency_key",
         "max_attempts",
         "name",
+        "not_before",
         "owner",
         "parameters",
         "priority",
@@ -99,6 +100,7 @@ class _Record:
     dead: bool
     requeued_from: str | None
     requeue_on_interrupt: bool
+    not_before: int | None
 
     def to_run(self) -> Run:
         data: dict[str, Any] = {}
