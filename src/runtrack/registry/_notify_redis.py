@@ -21,7 +21,7 @@ from redis.asyncio.cluster import RedisCluster
 from runtrack._status import RunStatus
 from runtrack.registry._notifying import ListenerKeeper, NotificationListener, check_task_names
 from runtrack.registry._redis_host import RedisHost
-from runtrack.registry._redis_layout import _len_prefixed
+from runtrack.registry._redis_layout import len_prefixed
 
 if TYPE_CHECKING:
     from runtrack._models import Run
@@ -93,7 +93,7 @@ class RedisNotifying(ListenerKeeper, RedisHost):
     _listen_client: Client | None = None
 
     def _cancel_channel(self, owner: str) -> str:
-        return self._prefix + CHAN_CANCEL + _len_prefixed(owner)
+        return self._prefix + CHAN_CANCEL + len_prefixed(owner)
 
     def _work_channel(self) -> str:
         return self._prefix + CHAN_WORK

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Final
 
 from runtrack._exceptions import DuplicateRunError
 from runtrack._models import Run
-from runtrack.registry import _redis_layout as layout
+from runtrack.registry import _redis_prelude as prelude
 from runtrack.registry._redis_client import text as _text
 from runtrack.registry._redis_codec import decode_run as _decode_run
 from runtrack.registry._redis_codec import encode_run as _encode_run
@@ -36,7 +36,7 @@ __all__ = ["RedisClaims"]
 #: ARGV: prefix, ttl, then one JSON object of hash fields per run. Inserts them all, or,
 #: if one id exists, none: returns that id ('' when all were inserted).
 ADD_RUNS: Final = (
-    layout.PRELUDE
+    prelude.PRELUDE
     + """
 local runs = {}
 for i = 3, #ARGV do
@@ -53,7 +53,7 @@ return ''
 #: first, as one JSON array of their hashes (field -> string): one string to parse, where
 #: nested replies would cost the client a parse per field.
 CLAIM: Final = (
-    layout.PRELUDE
+    prelude.PRELUDE
     + """
 local owner, limit = ARGV[3], tonumber(ARGV[4])
 local now = num(now_us())
@@ -96,7 +96,7 @@ return cjson.encode(out)
 #: ARGV: prefix, ttl, owner, then run ids. Unclaims those still QUEUED and owned by
 #: owner; returns how many.
 RELEASE: Final = (
-    layout.PRELUDE
+    prelude.PRELUDE
     + """
 local owner, n = ARGV[3], 0
 for i = 4, #ARGV do

@@ -1,4 +1,4 @@
-"""`IdempotentAdding` for `RedisRunRegistry`: one Lua script (`_redis_layout.ONCE`).
+"""`IdempotentAdding` for `RedisRunRegistry`: one Lua script (`_redis_scripts_write.ONCE`).
 
 Each key is a string ``{prefix}idem:{n}:{key}`` holding the id of the run that holds it;
 the script reads it and the run's status, and inserts the new run and points the key at
@@ -13,7 +13,7 @@ from typing import Any
 
 from runtrack._exceptions import DuplicateRunError
 from runtrack._models import Run
-from runtrack.registry import _redis_layout as layout
+from runtrack.registry import _redis_scripts_write as write_scripts
 from runtrack.registry._idempotency import check_once_args
 from runtrack.registry._redis_codec import decode_run, encode_run, to_json
 from runtrack.registry._redis_host import RedisHost
@@ -33,7 +33,7 @@ class RedisIdempotency(RedisHost):
         args = self._args(window, key, run.run_id, fields)
         async with self._guard(lambda: candidates_of_run(run)):
             await self._ready()
-            reply: Any = await self._script(layout.ONCE)(keys=self._anchor, args=args)
+            reply: Any = await self._script(write_scripts.ONCE)(keys=self._anchor, args=args)
         outcome = int(reply[0])
         if outcome == 1:
             return run, True

@@ -16,7 +16,7 @@ from datetime import datetime
 from runtrack._clock import dt_to_us, us_to_dt
 from runtrack._presence import InterruptedRun, ManagerInfo, interrupted_changes
 from runtrack._status import RunStatus
-from runtrack.registry import _redis_layout as layout
+from runtrack.registry import _redis_scripts_managers as manager_scripts
 from runtrack.registry._redis_client import pairs as _pairs
 from runtrack.registry._redis_client import text as _text
 from runtrack.registry._redis_host import RedisHost
@@ -49,14 +49,14 @@ class RedisManagers(RedisHost):
             }
         )
         beat = f"{dt_to_us(info.heartbeat_at)}:{info.running}"
-        register = self._script(layout.REGISTER)
+        register = self._script(manager_scripts.REGISTER)
         async with self._guard():
             await self._ready()
             await register(keys=self._manager_keys, args=[info.owner, fixed, beat])
 
     async def heartbeat_manager(self, owner: str, at: datetime, running: int) -> bool:
         """Refresh the manager's heartbeat; False if its row is gone (see `ManagerPresence`)."""
-        beat = self._script(layout.BEAT)
+        beat = self._script(manager_scripts.BEAT)
         async with self._guard():
             await self._ready()
             args = [owner, f"{dt_to_us(at)}:{int(running)}"]
@@ -65,14 +65,14 @@ class RedisManagers(RedisHost):
 
     async def unregister_manager(self, owner: str) -> None:
         """Remove the manager's row (see `ManagerPresence`)."""
-        unregister = self._script(layout.REGISTER)
+        unregister = self._script(manager_scripts.REGISTER)
         async with self._guard():
             await self._ready()
             await unregister(keys=self._manager_keys, args=[owner])
 
     async def list_managers(self) -> list[ManagerInfo]:
         """Every registered manager, by owner (see `ManagerPresence`)."""
-        read = self._script(layout.MANAGERS_READ)
+        read = self._script(manager_scripts.MANAGERS_READ)
         async with self._guard():
             await self._ready()
             fixed_reply, beats_reply = await read(keys=self._manager_keys)
@@ -106,7 +106,7 @@ class RedisManagers(RedisHost):
     async def _interrupt_owner(
         self, info: ManagerInfo, now: datetime, by: str
     ) -> list[InterruptedRun]:
-        interrupt = self._script(layout.INTERRUPT)
+        interrupt = self._script(manager_scripts.INTERRUPT)
         messages = interrupted_changes(info.owner, info.heartbeat_at, by)
         args = self._args(
             info.owner,

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from runtrack._clock import now_us, us_to_dt
 from runtrack._exceptions import RunNotFoundError
 from runtrack._models import OutputChunk
-from runtrack.registry import _redis_layout as layout
+from runtrack.registry import _redis_scripts_output as output_scripts
 from runtrack.registry._redis_codec import to_json
 from runtrack.registry._redis_host import RedisHost
 from runtrack.registry._refusals import candidates_of_output
@@ -44,7 +44,7 @@ class RedisOutput(RedisHost):
         async with self._guard(lambda: candidates_of_output(run_id, items)):
             await self._ready()
             args = self._args(self._token(), run_id, *encoded)
-            length = int(await self._script(layout.APPEND)(keys=self._anchor, args=args))
+            length = int(await self._script(output_scripts.APPEND)(keys=self._anchor, args=args))
         if length < 0:
             raise RunNotFoundError(run_id)
         at = us_to_dt(stamp)
@@ -62,7 +62,7 @@ class RedisOutput(RedisHost):
         async with self._guard():
             await self._ready()
             args: list[str | int] = [self._prefix, run_id, since, limit or 0]
-            reply = await self._script(layout.OUTPUT)(keys=self._anchor, args=args)
+            reply = await self._script(output_scripts.OUTPUT)(keys=self._anchor, args=args)
         first = max(since, int(reply[0])) + 1
         chunks = []
         for seq, item in enumerate(reply[1:], start=first):
@@ -80,4 +80,4 @@ class RedisOutput(RedisHost):
         async with self._guard():
             await self._ready()
             args: list[str | int] = [self._prefix, run_id, keep_from_seq]
-            return int(await self._script(layout.TRIM)(keys=self._anchor, args=args))
+            return int(await self._script(output_scripts.TRIM)(keys=self._anchor, args=args))

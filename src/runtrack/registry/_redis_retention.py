@@ -12,7 +12,7 @@ import math
 from datetime import timedelta
 
 from runtrack._status import TERMINAL
-from runtrack.registry import _redis_layout as layout
+from runtrack.registry import _redis_scripts_retention as retention_scripts
 from runtrack.registry._redis_host import RedisHost
 from runtrack.registry.base import StatusFilter, validate_cleanup_args
 
@@ -69,7 +69,7 @@ class RedisRetention(RedisHost):
                 return 0
             while True:
                 args = self._args(cutoff, keep, skip, *wanted)
-                reply = await self._swept(layout.CLEANUP, [], args)
+                reply = await self._swept(retention_scripts.CLEANUP, [], args)
                 deleted += int(reply[1])
                 skip = int(reply[2])
                 if int(reply[3]):

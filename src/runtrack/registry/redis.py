@@ -1,8 +1,9 @@
 """`RedisRunRegistry`: runs in Redis, shared by every process that uses the same prefix.
 
-Needs the ``redis`` extra (``pip install 'runtrack[redis]'``). The key layout and the Lua
-scripts are described in ``runtrack.registry._redis_layout`` and ``docs/backends/redis.md``;
-the client (standalone Redis or Redis Cluster) is built in ``_redis_client``.
+Needs the ``redis`` extra (``pip install 'runtrack[redis]'``). The key layout is described
+in ``runtrack.registry._redis_layout`` and ``docs/backends/redis.md``, the Lua scripts in the
+``_redis_prelude`` and ``_redis_scripts_*`` modules; the client (standalone Redis or Redis
+Cluster) is built in ``_redis_client``.
 
 This module holds the registry's setup and its run reads and writes; the rest is mixed
 in, one concept a module, over the state declared in ``_redis_host``: how a run is stored
@@ -24,6 +25,8 @@ from runtrack._exceptions import DuplicateRunError, RunNotFoundError
 from runtrack._models import Run
 from runtrack._status import RunStatus, check_transition, normalize_statuses
 from runtrack.registry import _redis_layout as layout
+from runtrack.registry import _redis_scripts_read as read_scripts
+from runtrack.registry import _redis_scripts_write as write_scripts
 from runtrack.registry._notify_redis import RedisNotifying
 from runtrack.registry._redis_claims import RedisClaims
 from runtrack.registry._redis_client import client_from_url, describe_client, is_cluster
@@ -189,7 +192,7 @@ class RedisRunRegistry(
     ) -> Any:
         async with self._guard(values):
             await self._ready()
-            return await self._script(layout.WRITE)(
+            return await self._script(write_scripts.WRITE)(
                 keys=self._anchor, args=self._args(self._token(), mode, to_json(specs))
             )
 
@@ -206,7 +209,7 @@ class RedisRunRegistry(
         if not isinstance(run, Run):
             raise TypeError(f"add_run() takes a runtrack.Run, got {type(run).__name__}")
         spec = write_spec(run.run_id, insert=stored_run(run))
-        if not await self._run_write(layout.ADD, [spec], lambda: candidates_of_run(run)):
+        if not await self._run_write(write_scripts.ADD, [spec], lambda: candidates_of_run(run)):
             raise DuplicateRunError(run.run_id)
 
     async def write_batch(self, writes: Sequence[RunWrite]) -> list[bool]:
@@ -229,7 +232,9 @@ class RedisRunRegistry(
             )
             for w in writes
         ]
-        flags = await self._run_write(layout.BATCH, specs, lambda: candidates_of_writes(writes))
+        flags = await self._run_write(
+            write_scripts.BATCH, specs, lambda: candidates_of_writes(writes)
+        )
         return [bool(flag) for flag in flags]
 
     async def get_statuses(self, run_ids: Sequence[str]) -> dict[str, RunStatus]:
@@ -277,7 +282,7 @@ class RedisRunRegistry(
         valid = validate_changes(changes)
         spec = write_spec(run_id, to=target, expect=expected, changes=valid)
         reply = await self._run_write(
-            layout.ONE, [spec], lambda: candidates_of_changes(run_id, valid)
+            write_scripts.ONE, [spec], lambda: candidates_of_changes(run_id, valid)
         )
         if not reply:
             return None
@@ -291,7 +296,7 @@ class RedisRunRegistry(
         valid = validate_changes(changes)
         spec = write_spec(run_id, changes=valid)
         reply = await self._run_write(
-            layout.ONE, [spec], lambda: candidates_of_changes(run_id, valid)
+            write_scripts.ONE, [spec], lambda: candidates_of_changes(run_id, valid)
         )
         if not reply:
             raise RunNotFoundError(run_id)
@@ -330,14 +335,14 @@ class RedisRunRegistry(
         args = self._args(limit, offset, excluded, *sorted(s.value for s in wanted))
         async with self._guard():
             await self._ready()
-            reply = await self._swept(layout.LIST, keys, args)
+            reply = await self._swept(read_scripts.LIST, keys, args)
         return [decode_run(h) for h in reply[1:]]
 
     async def queue_depth(self) -> dict[int, int]:
         """QUEUED runs by priority, from a hash of counts (see `QueueDepthReading`)."""
         async with self._guard():
             await self._ready()
-            reply = await self._script(layout.DEPTH)(keys=self._anchor, args=self._args())
+            reply = await self._script(read_scripts.DEPTH)(keys=self._anchor, args=self._args())
         counts = _pairs(reply)
         counts.pop("built", None)
         return dict(sorted((int(p), int(n)) for p, n in counts.items() if int(n) > 0))
@@ -347,7 +352,7 @@ class RedisRunRegistry(
         keys = [] if name is None else [self._keys.name(name)]
         async with self._guard():
             await self._ready()
-            reply = await self._swept(layout.COUNT, keys, self._args())
+            reply = await self._swept(read_scripts.COUNT, keys, self._args())
         return {status: int(n) for status, n in zip(RunStatus, reply[1:], strict=True)}
 
     async def aclose(self) -> None:
