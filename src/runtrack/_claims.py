@@ -30,7 +30,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from runtrack._admission import QUEUED, Job
-from runtrack._clock import dt_to_us
 from runtrack._models import Retry, Run
 from runtrack._state import State
 from runtrack._submission import is_async_callable
@@ -258,21 +257,7 @@ class ClaimLoop:
             factory: Callable[[], Awaitable[Any]] = functools.partial(fn, *args, **kwargs)
         else:
             factory = manager._threads.factory(fn, tuple(args), kwargs)
-        job = Job(
-            run.run_id,
-            run.name,
-            None,
-            created_at=dt_to_us(run.created_at),
-            group=run.group,
-            priority=run.priority,
-            timeout=manager._default_timeout if run.timeout is None else run.timeout,
-            parameters=run.parameters or None,
-            tags=run.tags or None,
-            factory=factory,
-            retry=spec.retry,
-            attempt=run.attempt,
-            max_attempts=run.max_attempts,
-        )
+        job = Job.of_run(run, run.name, None, manager._default_timeout, factory, spec.retry)
         job.task, job.args = run.task, run.args
         job.idempotency_key, job.requeued_from = run.idempotency_key, run.requeued_from
         job.requeue_on_interrupt = run.requeue_on_interrupt
