@@ -90,6 +90,13 @@ class Kit(Protocol):
 SETTLE = 0.3
 
 
+async def serve(ready: asyncio.Event, stop: asyncio.Event) -> None:
+    """Set ``ready`` once a started worker had `SETTLE` seconds; return once ``stop`` is set."""
+    await asyncio.sleep(SETTLE)
+    ready.set()
+    await stop.wait()
+
+
 # -- pgqueuer (PostgreSQL) --------------------------------------------------------------------
 
 
@@ -152,9 +159,7 @@ class PgQueuerKit:
         # max_concurrent_tasks=None: unlimited, the default; concurrency is the batch size.
         task = asyncio.create_task(qm.run(batch_size=PGQUEUER_BATCH))
         try:
-            await asyncio.sleep(SETTLE)
-            ready.set()
-            await stop.wait()
+            await serve(ready, stop)
         finally:
             qm.shutdown.set()
             await asyncio.wait_for(task, 30)
@@ -235,9 +240,7 @@ class SaqKit:
         worker = Worker(queue, functions=[saq_noop, saq_stamp], concurrency=concurrency)
         task = asyncio.create_task(worker.start())
         try:
-            await asyncio.sleep(SETTLE)
-            ready.set()
-            await stop.wait()
+            await serve(ready, stop)
         finally:
             await worker.stop()
             await asyncio.gather(task, return_exceptions=True)
@@ -319,9 +322,7 @@ class ArqKit:
         )
         task = asyncio.create_task(worker.main())
         try:
-            await asyncio.sleep(SETTLE)
-            ready.set()
-            await stop.wait()
+            await serve(ready, stop)
         finally:
             await stop_task(task)
             await worker.close()

@@ -34,7 +34,11 @@ LATENCY_WARMUP = 10
 
 
 @contextlib.contextmanager
-def in_process_logging(setup: str) -> Iterator[None]:
+def in_process_logging(mode: str, setup: str) -> Iterator[None]:
+    """The logging ``setup`` while a worker runs in this process (``mode``), else none."""
+    if mode != IN_PROCESS:
+        yield
+        return
     with logging_setup(STDLIB_INFO if setup == PRODUCTION else DEFAULT_LOGGING):
         yield
 
@@ -94,65 +98,50 @@ async def throughput(
     extras: list[dict[str, Any]],
 ) -> float:
     """Seconds from the start of the bulk enqueue to the last job recorded done."""
-    tag = tags.next()
-    await kit.setup(tag)
-    procs: list[asyncio.subprocess.Process] = []
-    local: asyncio.Task[None] | None = None
-    stop = asyncio.Event()
-    try:
-        if mode == IN_PROCESS:
-            ready = asyncio.Event()
-            local = asyncio.create_task(kit.worker(tag, concurrency, ready, stop))
-            started = asyncio.create_task(ready.wait())
-            await asyncio.wait([local, started], timeout=120, return_when=asyncio.FIRST_COMPLETED)
-            started.cancel()
-            if local.done():
-                local.result()  # the worker failed: raise its error
-            if not ready.is_set():
-                raise RuntimeError(f"the {kit.name} worker did not start in 120 s")
-        else:
-            await spawn_workers(procs, kit, tag, 2, concurrency, logging)
-        async with kit.client(tag) as client, asyncio.timeout(time_limit(n)):
-            start = perf_counter()
-            await client.enqueue(n)
-            enqueued = perf_counter() - start
-            polls = 0
-            while await client.remaining():
-                polls += 1
-                if local is not None and local.done():
-                    local.result()  # the worker failed: raise its error
-                    raise RuntimeError(f"the {kit.name} worker stopped early")
-                await asyncio.sleep(POLL)
-            elapsed = perf_counter() - start
-            await client.verify(n)
-        extras.append({"enqueue_s": enqueued, "total_s": elapsed, "polls": polls})
-        return elapsed
-    finally:
-        stop.set()
-        if local is not None:
-            await asyncio.gather(local, return_exceptions=True)
+    with in_process_logging(mode, logging):
+        tag = tags.next()
+        await kit.setup(tag)
+        procs: list[asyncio.subprocess.Process] = []
+        local: asyncio.Task[None] | None = None
+        stop = asyncio.Event()
         try:
-            await stop_workers(procs)
+            if mode == IN_PROCESS:
+                ready = asyncio.Event()
+                local = asyncio.create_task(kit.worker(tag, concurrency, ready, stop))
+                started = asyncio.create_task(ready.wait())
+                await asyncio.wait(
+                    [local, started], timeout=120, return_when=asyncio.FIRST_COMPLETED
+                )
+                started.cancel()
+                if local.done():
+                    local.result()  # the worker failed: raise its error
+                if not ready.is_set():
+                    raise RuntimeError(f"the {kit.name} worker did not start in 120 s")
+            else:
+                await spawn_workers(procs, kit, tag, 2, concurrency, logging)
+            async with kit.client(tag) as client, asyncio.timeout(time_limit(n)):
+                start = perf_counter()
+                await client.enqueue(n)
+                enqueued = perf_counter() - start
+                polls = 0
+                while await client.remaining():
+                    polls += 1
+                    if local is not None and local.done():
+                        local.result()  # the worker failed: raise its error
+                        raise RuntimeError(f"the {kit.name} worker stopped early")
+                    await asyncio.sleep(POLL)
+                elapsed = perf_counter() - start
+                await client.verify(n)
+            extras.append({"enqueue_s": enqueued, "total_s": elapsed, "polls": polls})
+            return elapsed
         finally:
-            await kit.teardown(tag)
-
-
-def measure(
-    kit: Kit,
-    tags: Tags,
-    n: int,
-    concurrency: int,
-    mode: str,
-    logging: str,
-    extras: list[dict[str, Any]],
-) -> Any:
-    async def run() -> float:
-        if mode == IN_PROCESS:
-            with in_process_logging(logging):
-                return await throughput(kit, tags, n, concurrency, mode, logging, extras)
-        return await throughput(kit, tags, n, concurrency, mode, logging, extras)
-
-    return run
+            stop.set()
+            if local is not None:
+                await asyncio.gather(local, return_exceptions=True)
+            try:
+                await stop_workers(procs)
+            finally:
+                await kit.teardown(tag)
 
 
 # -- latency --------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from _durable_kits import SETTLE, stamp
+from _durable_kits import serve, stamp
 from persist_postgres import drop_tables, plain_dsn, sqlalchemy_url
 from persist_redis import delete_matching
 from runtrack import BackgroundTaskManager, RunRegistry, RunStatus
@@ -108,9 +108,7 @@ class RuntrackKit:
         self.local[tag] = register(manager)
         try:
             async with manager:  # started: it claims the runs of its tasks
-                await asyncio.sleep(SETTLE)
-                ready.set()
-                await stop.wait()
+                await serve(ready, stop)
         finally:
             del self.local[tag]
             await registry.aclose()

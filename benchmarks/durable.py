@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import statistics
 from typing import Any
 
@@ -34,8 +35,8 @@ from _durable_measure import (
     PRODUCTION,
     TWO_PROCESSES,
     latency,
-    measure,
     percentile,
+    throughput,
 )
 from _durable_runtrack import RuntrackKit
 from _harness import Check, Column, SectionResult, Table, fmt_int, fmt_ratio, log, section
@@ -126,8 +127,12 @@ def contenders_for(
                     label(kit.name, mode, logging),
                     "runtrack" if kit.name.startswith("runtrack") else "peer",
                     n,
-                    measure=measure(kit, tags, n, conc, mode, logging, extras),
-                    warmup=measure(kit, tags, min(n, 500), conc, mode, logging, []),
+                    measure=functools.partial(
+                        throughput, kit, tags, n, conc, mode, logging, extras
+                    ),
+                    warmup=functools.partial(
+                        throughput, kit, tags, min(n, 500), conc, mode, logging, []
+                    ),
                     extras=extras,
                 )
             )

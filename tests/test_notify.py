@@ -10,16 +10,13 @@ work reach every listener. Memory, SQLite and MariaDB still learn of cancels by 
 from __future__ import annotations
 
 import asyncio
-import json
-import sys
-import textwrap
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from child_owner import CHILD_START, OWNER_BACKENDS, Child, child_script, owner_process
 from helpers import SAFETY, wait_until
 from redis_registries import redis_prefix, redis_url
 from registries import memory_registry
@@ -28,20 +25,8 @@ from runtrack.registry.base import Notifying
 from sql_registries import mysql_registry, postgres_url, sql_registry, sqlite_registry
 from tcp_proxy import tcp_proxy
 
-#: Seconds a child Python process may take to import runtrack and start its run.
-CHILD_START = 60.0
-
-_CHILD = textwrap.dedent(
+_CHILD = child_script(
     """
-    import asyncio, json, logging, sys
-    import structlog
-    from runtrack import BackgroundTaskManager, RunStatus
-
-    structlog.configure(
-        processors=[structlog.processors.add_log_level, structlog.processors.JSONRenderer()],
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-    )
     kind, url, prefix, poll, listen_url, *names = sys.argv[1:]
 
     def registry():
@@ -95,66 +80,13 @@ _CHILD = textwrap.dedent(
 )
 
 
-class _Child:
-    """The owner: a child process saying what happens, one JSON object per line."""
-
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
-        assert process.stdout is not None
-        self.stream = process.stdout
-        self.seen: list[dict[str, Any]] = []
-
-    async def until(self, found: Callable[[dict[str, Any]], bool], timeout: float = SAFETY) -> Any:
-        for old in self.seen:
-            if found(old):
-                return old
-        async with asyncio.timeout(timeout):
-            while True:
-                line = await self.stream.readline()
-                assert line, f"the child ended; it said: {self.seen}"
-                try:
-                    item: dict[str, Any] = json.loads(line)
-                except ValueError:
-                    continue
-                self.seen.append(item)
-                if found(item):
-                    return item
-
-
-@asynccontextmanager
-async def _owner(
+def _owner(
     args: list[str], poll: float, listen_url: str, *names: str
-) -> AsyncIterator[_Child]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _CHILD, *args, str(poll), listen_url, *names,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        yield _Child(process)
-    finally:
-        if process.returncode is None:
-            process.kill()
-        await process.wait()
+) -> AbstractAsyncContextManager[Child]:
+    return owner_process(_CHILD, *args, str(poll), listen_url, *names)
 
 
-@asynccontextmanager
-async def _postgres() -> AsyncIterator[tuple[RunRegistry, list[str]]]:
-    async with sql_registry(postgres_url()) as registry:
-        yield registry, ["sql", postgres_url(), registry.table_prefix]
-
-
-@asynccontextmanager
-async def _redis() -> AsyncIterator[tuple[RunRegistry, list[str]]]:
-    from runtrack.registry.redis import RedisRunRegistry
-
-    async with redis_prefix() as prefix, RedisRunRegistry(redis_url(), prefix=prefix) as registry:
-        yield registry, ["redis", redis_url(), prefix]
-
-
-PUSHING: dict[str, Callable[[], AbstractAsyncContextManager[tuple[RunRegistry, list[str]]]]] = {
-    "postgresql": _postgres,
-    "redis": _redis,
-}
+PUSHING = OWNER_BACKENDS  # both push cancels (`Notifying`)
 
 
 def _via(url: str, port: int) -> str:

@@ -20,7 +20,7 @@ from runtrack.registry.memory import _Record
 if TYPE_CHECKING:
     import asyncio
 
-    from runtrack._models import Retry
+    from runtrack._models import Retry, Run
 
 __all__ = ["DONE", "FINISHING", "QUEUED", "RUNNING", "SUBMITTING", "Job", "Lanes", "describe_error"]
 
@@ -109,6 +109,38 @@ class Job(_Record):
         # (None when there are none: nothing to keep alive while the run waits).
         context = copy_context()
         self.context: Context | None = context if len(context) else None
+
+    @classmethod
+    def of_run(
+        cls,
+        run: Run,
+        name: str,
+        coro: Awaitable[Any] | None,
+        default_timeout: float | None,
+        factory: Callable[[], Awaitable[Any]] | None = None,
+        retry: Retry | None = None,
+    ) -> Job:
+        """A queued job for ``run``, named ``name``, that executes ``coro`` or ``factory``.
+
+        ``default_timeout`` applies when the run sets none. On the hot path: one call per run.
+        """
+        timeout = run.timeout
+        return cls(
+            run.run_id,
+            name,
+            coro,
+            # Exact for an aware datetime (a validated Run's), as dt_to_us.
+            round(run.created_at.timestamp() * 1_000_000),
+            run.group,
+            run.priority,
+            default_timeout if timeout is None else timeout,
+            run.parameters or None,
+            run.tags or None,
+            factory,
+            retry,
+            run.attempt,
+            run.max_attempts,
+        )
 
     def release(self) -> None:
         """Drop what only execution needed, once the job is done (it may live on as a record)."""

@@ -30,11 +30,10 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from runtrack._admission import QUEUED, Job
-from runtrack._clock import dt_to_us
 from runtrack._models import Retry, Run
-from runtrack._replicas import _uncut
 from runtrack._state import State
 from runtrack._submission import is_async_callable
+from runtrack._uncut import uncut
 from runtrack._wakeups import Wakeups
 from runtrack.registry._claiming import TaskClaiming
 
@@ -219,7 +218,7 @@ class ClaimLoop:
             self._backlog = free <= 0
             if specs and free > 0 and isinstance(registry, TaskClaiming):
                 try:
-                    claimed = await _uncut(registry.claim_runs(manager.owner, list(specs), free))
+                    claimed = await uncut(registry.claim_runs(manager.owner, list(specs), free))
                 except Exception as exc:  # the registry may be away: claim again later
                     manager._log.warning(
                         "claim_failed", error=f"{type(exc).__name__}: {exc}", retry_in=retry
@@ -258,21 +257,7 @@ class ClaimLoop:
             factory: Callable[[], Awaitable[Any]] = functools.partial(fn, *args, **kwargs)
         else:
             factory = manager._threads.factory(fn, tuple(args), kwargs)
-        job = Job(
-            run.run_id,
-            run.name,
-            None,
-            created_at=dt_to_us(run.created_at),
-            group=run.group,
-            priority=run.priority,
-            timeout=manager._default_timeout if run.timeout is None else run.timeout,
-            parameters=run.parameters or None,
-            tags=run.tags or None,
-            factory=factory,
-            retry=spec.retry,
-            attempt=run.attempt,
-            max_attempts=run.max_attempts,
-        )
+        job = Job.of_run(run, run.name, None, manager._default_timeout, factory, spec.retry)
         job.task, job.args = run.task, run.args
         job.idempotency_key, job.requeued_from = run.idempotency_key, run.requeued_from
         job.requeue_on_interrupt = run.requeue_on_interrupt
@@ -307,9 +292,9 @@ class ClaimLoop:
         ids = [job.run_id for job in unstarted]
         try:
             async with asyncio.timeout(timeout):
-                await _uncut(manager._writer.flush())  # a retry's QUEUED write lands first
+                await uncut(manager._writer.flush())  # a retry's QUEUED write lands first
                 if isinstance(registry, TaskClaiming):
-                    await _uncut(registry.release_runs(manager.owner, ids))
+                    await uncut(registry.release_runs(manager.owner, ids))
         except Exception as exc:
             manager._log.warning(
                 "claimed_runs_not_released",

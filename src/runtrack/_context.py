@@ -8,8 +8,8 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from runtrack._exceptions import NoActiveRunError
-from runtrack._replicas import _uncut
 from runtrack._storable import storable_text
+from runtrack._uncut import uncut
 
 if TYPE_CHECKING:
     from runtrack._admission import Job
@@ -78,7 +78,7 @@ class RunHandle:
         text = storable_text(text, sys.maxsize)
         # Finished even if the run is cancelled meanwhile: a database write cut in the middle
         # would leave its connection (and SQLite's write lock) to the garbage collector.
-        await _uncut(self._manager.registry.append_output(self._job.run_id, [(stream, text)]))
+        await uncut(self._manager.registry.append_output(self._job.run_id, [(stream, text)]))
 
 
 #: The (manager, job) executing in this context; the handle is built only when asked for.

@@ -18,7 +18,7 @@ from typing import Any, Final, NoReturn
 from pydantic import ValidationError
 
 from runtrack._admission import DONE, QUEUED, SUBMITTING, Job
-from runtrack._clock import dt_to_us, now_us
+from runtrack._clock import now_us
 from runtrack._exceptions import (
     DuplicateRunError,
     ManagerClosedError,
@@ -246,20 +246,7 @@ class Queueing(ManagerCore):
         except (ValidationError, RuntrackError, ValueError):
             close_coro(coro)
             raise
-        job = Job(
-            run.run_id,
-            run.name,
-            coro,
-            created_at=dt_to_us(run.created_at),
-            group=run.group,
-            priority=run.priority,
-            timeout=self._default_timeout if run.timeout is None else run.timeout,
-            parameters=run.parameters or None,
-            tags=run.tags or None,
-            factory=factory,
-            retry=retry,
-            max_attempts=run.max_attempts,
-        )
+        job = Job.of_run(run, run.name, coro, self._default_timeout, factory, retry)
         return run, job, loop
 
     def _start_task(self, run: Run, coro: Awaitable[Any]) -> str:
@@ -275,22 +262,7 @@ class Queueing(ManagerCore):
         except BaseException:
             close_coro(coro)
             raise
-        timeout = run.timeout
-        job = Job(
-            run.run_id,
-            run.name or name_of(coro),
-            coro,
-            round(run.created_at.timestamp() * 1_000_000),
-            run.group,
-            run.priority,
-            self._default_timeout if timeout is None else timeout,
-            run.parameters or None,
-            run.tags or None,
-            None,
-            None,
-            run.attempt,
-            run.max_attempts,
-        )
+        job = Job.of_run(run, run.name or name_of(coro), coro, self._default_timeout)
         try:
             inserted = self._writer.insert(job)
         except DuplicateRunError:

@@ -24,15 +24,16 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Final
 
 from runtrack._admission import QUEUED, RUNNING
 from runtrack._models import RunEvent, utcnow
 from runtrack._notifications import Notifications
 from runtrack._presence import ManagerInfo, interrupted_event
 from runtrack._status import TERMINAL, RunStatus
+from runtrack._uncut import uncut
 from runtrack.registry._claiming import TaskClaiming
 from runtrack.registry.base import Notifying
 
@@ -49,27 +50,6 @@ __all__ = ["Presence"]
 CLOCK_SLACK: Final = 10.0
 #: Jobs read per loop turn when the records are read in place (the memory registry).
 _SLICE: Final = 5000
-
-
-_T = TypeVar("_T")
-_calls: set[asyncio.Future[Any]] = set()
-
-
-async def _uncut(call: Coroutine[Any, Any, _T]) -> _T:
-    """Await a registry call that a cancellation (the manager shutting down) lets finish.
-
-    A database call cut in the middle leaves its connection to the garbage collector.
-    """
-    future = asyncio.ensure_future(call)
-    _calls.add(future)
-    future.add_done_callback(_settled)
-    return await asyncio.shield(future)
-
-
-def _settled(future: asyncio.Future[Any]) -> None:
-    _calls.discard(future)
-    if not future.cancelled():
-        future.exception()  # seen: its caller may have stopped waiting
 
 
 class Presence:
@@ -207,7 +187,7 @@ class Presence:
     async def register(self) -> None:
         """Write this manager's row (again)."""
         try:
-            await _uncut(self._registry.register_manager(self._info()))
+            await uncut(self._registry.register_manager(self._info()))
         except Exception as exc:  # the registry may be away: the next beat registers
             self._registered = False
             self._failed("heartbeat", exc)
@@ -222,7 +202,7 @@ class Presence:
             return
         running, _ = self._counts()
         try:
-            alive = await _uncut(self._registry.heartbeat_manager(self._owner, utcnow(), running))
+            alive = await uncut(self._registry.heartbeat_manager(self._owner, utcnow(), running))
         except Exception as exc:  # the registry may be away; try again next beat
             self._failed("heartbeat", exc)
             return
@@ -261,7 +241,7 @@ class Presence:
         """
         assert isinstance(self._registry, TaskClaiming)
         try:
-            await _uncut(self._registry.release_runs(self._owner, run_ids))
+            await uncut(self._registry.release_runs(self._owner, run_ids))
         except Exception as exc:
             self._log.warning(
                 "claimed_runs_not_released",
@@ -284,7 +264,7 @@ class Presence:
             return
         start = utcnow()
         try:
-            ids = await _uncut(
+            ids = await uncut(
                 self._registry.cancelled_runs(
                     self._owner, self._since - timedelta(seconds=CLOCK_SLACK)
                 )
@@ -313,7 +293,7 @@ class Presence:
     async def _stop_ended(self, run_ids: list[str]) -> None:
         """Stop here the runs among ``run_ids`` whose records have ended."""
         try:
-            statuses = await _uncut(self._writer.status_of(run_ids))
+            statuses = await uncut(self._writer.status_of(run_ids))
         except Exception as exc:  # the registry may be away; try again next poll
             self._failed("cancel_poll", exc)
             return
@@ -345,7 +325,7 @@ class Presence:
         """Sweep the managers past their own lease; log and notify each run recorded."""
         now = utcnow()
         try:
-            swept = await _uncut(self._registry.interrupt_dead_managers(now, self._owner))
+            swept = await uncut(self._registry.interrupt_dead_managers(now, self._owner))
         except Exception as exc:  # the registry may be away; try again later
             self._failed("lease_check", exc)
             return
@@ -375,7 +355,7 @@ class Presence:
     async def unregister(self) -> None:
         """Stop listening, then remove this manager's row (a clean shutdown)."""
         if self._notifications is not None:
-            await _uncut(self._notifications.aclose())
+            await uncut(self._notifications.aclose())
         try:
             await self._registry.unregister_manager(self._owner)
         except Exception as exc:  # the row expires with the lease: survivors sweep nothing

@@ -21,10 +21,10 @@ from runtrack._claims import TaskSpec
 from runtrack._exceptions import ManagerClosedError
 from runtrack._idempotent import add_once
 from runtrack._models import Retry, Run, args_problem, new_run_id, utcnow
-from runtrack._replicas import _uncut
 from runtrack._requeue import delay_until
 from runtrack._state import State
 from runtrack._submission import colliding_options, name_of
+from runtrack._uncut import uncut
 from runtrack.registry._claiming import TaskClaiming
 from runtrack.registry._idempotency import check_idempotency_key
 
@@ -131,11 +131,11 @@ class TaskFunction(Generic[P, R]):
         template = self._template(manager, options, not_before)
         run = self._run(manager, template, args, kwargs, options, run_id=template.run_id)
         if idempotency_key is None:
-            recorded = _uncut(manager.registry.add_run(run))
+            recorded = uncut(manager.registry.add_run(run))
             await manager._bounded(recorded, "the run was not recorded")
         else:
             ttl = manager._options.idempotency_ttl
-            once = _uncut(add_once(manager.registry, run, ttl))
+            once = uncut(add_once(manager.registry, run, ttl))
             run, inserted = await manager._bounded(once, "the run was not recorded")
             if not inserted:
                 return run
@@ -180,7 +180,7 @@ class TaskFunction(Generic[P, R]):
         template = self._template(manager, options, not_before)
         runs = [self._run(manager, template, args, kwargs, options) for args, kwargs in pairs]
         if runs:
-            await manager._bounded(_uncut(registry.add_runs(runs)), "the runs were not recorded")
+            await manager._bounded(uncut(registry.add_runs(runs)), "the runs were not recorded")
             await self._submitted(manager, not_before)
         return runs
 
