@@ -433,8 +433,15 @@ async def _once_started(writer: Writer, job: Job, coro: Awaitable[Any]) -> Any:
     A durable run is claimed before it starts, and the claim may be undone meanwhile: a
     manager whose heartbeat ran late is swept, its claimed runs are released and claimed
     again elsewhere. The compare-and-set QUEUED → RUNNING lets exactly one of them run.
+    The run's duration counts from here on (its code's, which sizes the claim prefetch).
     """
-    if not await writer.started(job):
+    try:
+        applied = await writer.started(job)
+    except BaseException:  # cancelled or timed out while waiting: the code never starts
+        close_coro(coro)
+        raise
+    if not applied:
         close_coro(coro)
         raise _TakenOver(job.run_id)
+    job.started = time.monotonic()
     return await coro
