@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
+from runtrack._batch_entry import Entry
 from runtrack._clock import now_us, us_to_dt
 from runtrack._exceptions import RegistryConfigError, RegistryUnavailableError
 from runtrack._logging import get_logger
@@ -52,77 +53,6 @@ _TRANSIENT: Final = (
     TimeoutError,
     OSError,
 )
-
-
-class _Entry:
-    """Every pending write of one run, merged into one."""
-
-    __slots__ = (
-        "changes",
-        "confirming",
-        "expect",
-        "finishing",
-        "insert",
-        "job",
-        "lost",
-        "maybe",
-        "to",
-        "waiters",
-    )
-
-    def __init__(self, job: Job | None) -> None:
-        self.job = job
-        self.insert = False
-        self.to: RunStatus | None = None
-        self.expect: frozenset[RunStatus] = frozenset()
-        self.changes: dict[str, Any] = {}
-        self.finishing = False  # holds a terminal write the manager waits to hear about
-        self.confirming = False  # a durable run's start waits for it (see `started`)
-        self.waiters: list[asyncio.Future[bool]] | None = None  # most entries have none
-        # Sent in a batch whose outcome is unknown (the connection broke before the reply):
-        # the registry may already hold this status from us.
-        self.maybe: RunStatus | None = None
-        self.lost = False
-
-    def cas(self, to: RunStatus, expect: frozenset[RunStatus], changes: dict[str, Any]) -> None:
-        if self.to is None:
-            self.expect = expect  # the first compare-and-set decides where it may apply from
-        self.to = to
-        self.changes.update(changes)
-
-    def wait_with(self, *futures: asyncio.Future[bool]) -> None:
-        """Resolve ``futures`` with this entry's outcome."""
-        if self.waiters is None:
-            self.waiters = []
-        self.waiters.extend(futures)
-
-    def sent_without_answer(self) -> None:
-        """The batch carrying this entry failed in flight: it may or may not have applied.
-
-        Retrying must then also apply from the status the lost write may have set (a
-        non-terminal one; a terminal one is checked by reading the run back), so a write
-        that did land is not mistaken for a conflict.
-        """
-        self.lost = True
-        if self.to is not None:
-            self.maybe = self.to
-            if not self.to.is_terminal:
-                self.expect = self.expect | {self.to}
-
-    def absorb(self, newer: _Entry) -> None:
-        """Merge a later entry of the same run into this one (this one is applied first)."""
-        self.insert = self.insert or newer.insert
-        if newer.to is not None:
-            self.cas(newer.to, newer.expect, newer.changes)
-        else:
-            self.changes.update(newer.changes)
-        self.job = self.job or newer.job
-        self.finishing = self.finishing or newer.finishing
-        self.confirming = self.confirming or newer.confirming
-        if self.maybe is not None and not self.maybe.is_terminal and self.to is not None:
-            self.expect = self.expect | {self.maybe}
-        if newer.waiters:
-            self.wait_with(*newer.waiters)
 
 
 _job_fields = operator.attrgetter(*RUN_FIELDS)
@@ -155,10 +85,10 @@ class BatchWriter:
         self._backend = backend
         self._submit_timeout = submit_timeout
         self._close_timeout = close_timeout
-        self._pending: dict[str, _Entry] = {}
+        self._pending: dict[str, Entry] = {}
         self._task: asyncio.Task[None] | None = None
         self._senders: set[asyncio.Task[None]] = set()
-        self._flying: dict[str, _Entry] = {}  # runs in a batch in flight
+        self._flying: dict[str, Entry] = {}  # runs in a batch in flight
         self._delay = RETRY_FIRST
         self._backing_off = False
         self._in_flight = max(1, int(getattr(registry, "batches_in_flight", 1)))
@@ -172,10 +102,10 @@ class BatchWriter:
 
     # -- recording writes --------------------------------------------------------------
 
-    def _entry(self, run_id: str, job: Job | None) -> _Entry:
+    def _entry(self, run_id: str, job: Job | None) -> Entry:
         entry = self._pending.get(run_id)
         if entry is None:
-            entry = self._pending[run_id] = _Entry(job)
+            entry = self._pending[run_id] = Entry(job)
             if self._task is None or self._task.done():
                 self._task = asyncio.get_running_loop().create_task(self._run())
             self._idle.clear()
@@ -407,7 +337,7 @@ class BatchWriter:
             self._wake.clear()
             await self._wake.wait()
 
-    def _take(self) -> tuple[list[str], list[_Entry], list[RunWrite]] | None:
+    def _take(self) -> tuple[list[str], list[Entry], list[RunWrite]] | None:
         """Up to `MAX_BATCH` pending runs, none of them in a batch still in flight.
 
         A run is in one batch at a time, so its writes land in the order they were made.
@@ -427,9 +357,7 @@ class BatchWriter:
         writes = [self._to_write(run_id, e) for run_id, e in zip(run_ids, entries, strict=True)]
         return run_ids, entries, writes
 
-    async def _send(
-        self, run_ids: list[str], entries: list[_Entry], writes: list[RunWrite]
-    ) -> None:
+    async def _send(self, run_ids: list[str], entries: list[Entry], writes: list[RunWrite]) -> None:
         try:
             try:
                 try:
@@ -459,7 +387,7 @@ class BatchWriter:
             self._wake.set()
 
     async def _retry_later(
-        self, run_ids: list[str], entries: list[_Entry], exc: BaseException
+        self, run_ids: list[str], entries: list[Entry], exc: BaseException
     ) -> None:
         """The registry is unreachable: requeue the batch and hold every sender back."""
         for entry in entries:
@@ -484,7 +412,7 @@ class BatchWriter:
             self._backing_off = False
         self._delay = min(self._delay * 2, RETRY_MAX)
 
-    def _to_write(self, run_id: str, entry: _Entry) -> RunWrite:
+    def _to_write(self, run_id: str, entry: Entry) -> RunWrite:
         stored = None
         if entry.insert and entry.job is not None:
             stored = _job_record(entry.job)
@@ -492,7 +420,7 @@ class BatchWriter:
             run_id, to=entry.to, expect=entry.expect, changes=entry.changes, stored=stored
         )
 
-    async def _landed_before(self, run_id: str, entry: _Entry) -> bool:
+    async def _landed_before(self, run_id: str, entry: Entry) -> bool:
         """Whether a write that did not apply now had in fact landed on an earlier try."""
         try:
             run = await self._registry.get_run(run_id)
@@ -517,7 +445,7 @@ class BatchWriter:
             return run.finished_at == us_to_dt(finished) if isinstance(finished, int) else True
         return True
 
-    def _requeue(self, run_ids: list[str], entries: list[_Entry]) -> None:
+    def _requeue(self, run_ids: list[str], entries: list[Entry]) -> None:
         """Put a failed batch back in front of what was written meanwhile."""
         newer = self._pending
         self._pending = {}
@@ -541,7 +469,7 @@ class BatchWriter:
             )
 
     async def _one_by_one(
-        self, writes: Sequence[RunWrite], entries: Sequence[_Entry], exc: Exception
+        self, writes: Sequence[RunWrite], entries: Sequence[Entry], exc: Exception
     ) -> list[bool]:
         """A batch failed for a reason other than an outage: find and settle the bad write.
 
@@ -563,7 +491,7 @@ class BatchWriter:
                 applied.append(await self._refused(write, entry, single))
         return applied
 
-    async def _refused(self, write: RunWrite, entry: _Entry, exc: Exception) -> bool:
+    async def _refused(self, write: RunWrite, entry: Entry, exc: Exception) -> bool:
         """Settle one write the registry refused; whether a replacement write applied."""
         job = entry.job
         if job is not None and entry.insert:
@@ -606,7 +534,7 @@ class BatchWriter:
             return False
         return ok
 
-    def _report(self, entry: _Entry, applied: bool) -> None:
+    def _report(self, entry: Entry, applied: bool) -> None:
         for fut in entry.waiters or ():
             if not fut.done():
                 fut.set_result(applied)
