@@ -117,26 +117,48 @@ class TestRegistryClaims:
         rest = await reg.claim_runs("me", ["t", "u"], 10)
 
         assert [r.run_id for r in first] == ["urgent", "old"]
-        assert all(r.owner == "me" and r.status is Q for r in first)
+        # Recorded RUNNING by the claim itself: starting the run costs no write.
+        assert all(r.owner == "me" and r.status is R and r.started_at for r in first)
+        assert all(r.heartbeat_at == r.started_at for r in first)
         assert [r.run_id for r in rest] == ["other-task", "new"]
         assert await reg.claim_runs("me", ["t", "u"], 10) == []
         got = await registry.get_run("urgent")
         assert got is not None
-        assert got.owner == "me"
+        assert (got.owner, got.status, got.started_at) == ("me", R, first[0].started_at)
+        counts = await registry.count_runs()
+        assert (counts.get(Q, 0), counts.get(R, 0)) == (2, 5)  # "owned" and "local" wait
+        assert {r.run_id for r in await registry.list_runs(status=R)} == {
+            "urgent",
+            "old",
+            "other-task",
+            "new",
+            "running",
+        }
 
     async def test_release(self, registry: RunRegistry) -> None:
         reg = claiming(registry)
         await reg.add_runs([Run(run_id=f"r{i}", task="t") for i in range(3)])
         claimed = await reg.claim_runs("me", ["t"], 3)
         assert len(claimed) == 3
-        await registry.transition("r2", R)
+        await registry.transition("r2", C)
+        # A retry waiting for its backoff: QUEUED, still owned by the manager.
+        await reg.add_runs([Run(run_id="retry", task="t", owner="me", attempt=2)])
 
-        released = await reg.release_runs("me", ["r0", "r1", "r2", "missing"])
-        assert await reg.release_runs("other", ["r0"]) == 0
+        assert await reg.release_runs("other", ["r0", "retry"]) == 0
+        released = await reg.release_runs("me", ["r0", "r1", "r2", "retry", "missing"])
 
-        assert released == 2
+        assert released == 3
+        for run_id in ("r0", "r1", "retry"):
+            run = await registry.get_run(run_id)
+            assert run is not None
+            assert (run.status, run.owner, run.heartbeat_at) == (Q, None, None)
+        r0 = await registry.get_run("r0")
+        assert r0 is not None and r0.started_at is None
+        assert (await registry.count_runs()).get(R, 0) == 0
+        done = await registry.get_run("r2")
+        assert done is not None and (done.status, done.owner) == (C, "me")
         again = await reg.claim_runs("you", ["t"], 10)
-        assert sorted(r.run_id for r in again) == ["r0", "r1"]
+        assert sorted(r.run_id for r in again) == ["r0", "r1", "retry"]
 
     async def test_cancelled_run_is_not_claimed(self, registry: RunRegistry) -> None:
         reg = claiming(registry)
@@ -745,13 +767,13 @@ class TestPrefetch:
             gate.set()
             await all_finished(registry, first)
 
-            # After quick runs, the claim holds one slot's worth more per free slot.
+            # After quick runs, the claim holds what it expects to finish within
+            # PREFETCH_HORIZON: here every run waiting, beyond its 2 slots.
             await all_finished(registry, await quick.submit_many([([i], {}) for i in range(20)]))
             gate.clear()
             second = await gated.submit_many([([i], {}) for i in range(8)])
-            await until(lambda: _is(owned(second), 4))
-            assert manager._claims._free() == 0
-            assert await owned(second) == 4
+            await until(lambda: _is(owned(second), 8))
+            assert manager._claims._prefetch(2) >= 6
             gate.set()
             done = await all_finished(registry, second)
         assert all(run.status is C for run in done)
@@ -804,8 +826,9 @@ class TestWaking:
 
 
 class TestStaleClaims:
-    """Two managers holding a claim on the same run (the first was swept, the run released
-    and claimed again): exactly one of them runs it."""
+    """Two managers holding the same run: the first holds it as a retry waiting to start
+    again (recorded QUEUED under its name), was swept meanwhile, and the run was given back
+    and claimed by the second. Exactly one of them runs it."""
 
     async def test_one_of_two_claimants_runs_it(self, registry: RunRegistry) -> None:
         reg = claiming(registry)
@@ -813,6 +836,7 @@ class TestStaleClaims:
         async with submit_only:
             run = await sender(submit_only, "contested").submit(7)
         stale = await reg.claim_runs("first", ["contested"], 1)
+        await registry.transition(run.run_id, Q)  # its first attempt failed: a retry waits
         await reg.release_runs("first", [run.run_id])  # as the sweep of "first" does
         fresh = await reg.claim_runs("second", ["contested"], 1)
         assert [r.run_id for r in stale] == [r.run_id for r in fresh] == [run.run_id]
@@ -829,6 +853,8 @@ class TestStaleClaims:
         async with managers[0], managers[1]:
             for manager, claimed in zip(managers, (stale, fresh), strict=True):
                 manager._claims._adopt(claimed[0], manager._claims.specs())
+            # The first holds it as its retry: it starts with a QUEUED -> RUNNING write.
+            managers[0]._jobs[run.run_id].claimed = False
             (done,) = await all_finished(registry, [run])
             for manager in managers:
                 await manager.wait_all()
@@ -905,7 +931,7 @@ class TestDeclaredDead:
 
         return manager, gated, gate, executed
 
-    async def test_released_runs_do_not_start_here(self) -> None:
+    async def test_interrupted_runs_do_not_start_here(self) -> None:
         registry = runtrack.InMemoryRunRegistry()
         manager, gated, gate, executed = self.gated(registry, poll_interval=3600)
 
@@ -916,11 +942,10 @@ class TestDeclaredDead:
                 return manager.get_active_task_count() == 3 and executed == [0]
 
             await until(claimed)
-            # Swept as if it had missed its lease; another manager claims what was given back.
+            # Swept as if it had missed its lease: the run executing here and the two it
+            # claimed (recorded RUNNING by the claim) are recorded interrupted.
             later = datetime.now(UTC) + timedelta(hours=1)
             await registry.interrupt_dead_managers(later, "survivor")
-            taken = await registry.claim_runs("other", ["gated"], 10)
-            assert sorted(r.run_id for r in taken) == sorted(r.run_id for r in runs[1:])
 
             async def dropped() -> bool:
                 return manager.get_active_task_count() <= 1
@@ -931,7 +956,9 @@ class TestDeclaredDead:
             stored = [await registry.get_run(r.run_id) for r in runs]
 
         assert executed == [0]
-        assert [(r.status, r.owner) for r in stored[1:] if r is not None] == [(Q, "other")] * 2
+        assert [(r.status, r.error_type) for r in stored[1:] if r is not None] == [
+            (F, "RunInterrupted")
+        ] * 2
 
     async def test_runs_claimed_after_the_sweep_are_given_back(self) -> None:
         """A slow heartbeat: swept while alive, the manager claims more before it learns.
@@ -952,8 +979,6 @@ class TestDeclaredDead:
             registry.beats.clear()  # the next heartbeat hangs, as on a registry held up
             later = datetime.now(UTC) + timedelta(hours=1)
             await registry.interrupt_dead_managers(later, "survivor")
-            taken = await registry.claim_runs("other", ["gated"], 10)
-            assert sorted(r.run_id for r in taken) == sorted(r.run_id for r in first[1:])
             late = await gated.submit_many([([i], {}) for i in range(3, 5)])
             await until(lambda: claimed(5))
             registry.beats.set()  # it learns that it was declared dead, and registers again

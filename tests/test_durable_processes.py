@@ -179,7 +179,7 @@ async def wait_until(predicate: Callable[[], object], what: str, timeout: float 
 @pytest.mark.parametrize("requeue", [False, True], ids=["interrupted", "requeued"])
 @pytest.mark.parametrize("backend", sorted(BACKENDS))
 async def test_crashed_worker(backend: str, requeue: bool, tmp_path: Path) -> None:
-    """SIGKILL a worker holding 50 RUNNING and 200 claimed QUEUED runs; a survivor in
+    """SIGKILL a worker holding 50 RUNNING runs while 200 more wait QUEUED; a survivor in
     another process runs the 200, and records the 50 FAILED or re-runs them."""
     out = tmp_path / "executions"
     async with BACKENDS[backend]() as (registry, args):
@@ -200,10 +200,11 @@ async def test_crashed_worker(backend: str, requeue: bool, tmp_path: Path) -> No
                 assert len(executions(out)) == 50
                 owner = running[0].owner
                 assert owner is not None
-                # 200 more, claimed by the worker and not started (it is at its limit).
+                # 200 more, which the worker does not claim: it is at its limit, and holds
+                # no prefetch before one of its runs has ended.
                 runs += await work.submit_many([([i], {}) for i in range(50, 250)])
-                held = await registry.claim_runs(owner, ["work"], 1000)
-                assert len(held) == 200
+                counts = await registry.count_runs(name="work")
+                assert (counts[RunStatus.QUEUED], counts[RunStatus.RUNNING]) == (200, 50)
                 crashed.send_signal(signal.SIGKILL)
                 await crashed.wait()
 

@@ -42,6 +42,7 @@ class Job(_Record):
     __slots__ = (
         "aio_task",
         "cancel_requested",
+        "claimed",
         "context",
         "coro",
         "factory",
@@ -99,6 +100,9 @@ class Job(_Record):
         self.retry = retry
         self.state = QUEUED
         self.cancel_requested = False
+        # A durable run this manager claimed: the claim recorded it RUNNING, so its start
+        # writes nothing (cleared when it starts).
+        self.claimed = False
         self.aio_task: asyncio.Task[None] | None = None
         self.waiters: list[asyncio.Future[None]] | None = None
         # A delayed job's timer, or the task that holds it until its id is known to be free.

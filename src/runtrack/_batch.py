@@ -159,6 +159,9 @@ class BatchWriter:
         )
 
     def start(self, job: Job, started_us: int) -> bool:
+        if job.claimed:  # its claim recorded it RUNNING
+            job.claimed = False
+            return True
         job.status = RunStatus.RUNNING
         job.started_at = job.heartbeat_at = started_us
         job.owner = self._owner

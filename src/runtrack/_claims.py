@@ -30,6 +30,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from runtrack._admission import QUEUED, Job
+from runtrack._clock import dt_to_us
 from runtrack._models import Retry, Run
 from runtrack._state import State
 from runtrack._submission import is_async_callable
@@ -184,7 +185,7 @@ class ClaimLoop:
         manager = self._manager
         waiting = 0
         for job in list(self._claimed):
-            if job.state == QUEUED and job.started_at is None and job.aio_task is None:
+            if job.claimed and job.state == QUEUED:
                 waiting += 1
             else:
                 self._claimed.discard(job)
@@ -202,8 +203,8 @@ class ClaimLoop:
         if mean is None:
             return 0
         if mean <= 0:
-            return limit
-        return min(limit, int(limit * PREFETCH_HORIZON / mean))
+            return MAX_BATCH
+        return min(MAX_BATCH, int(limit * PREFETCH_HORIZON / mean))
 
     async def _run(self) -> None:
         manager = self._manager
@@ -261,6 +262,10 @@ class ClaimLoop:
         job.task, job.args = run.task, run.args
         job.idempotency_key, job.requeued_from = run.idempotency_key, run.requeued_from
         job.requeue_on_interrupt = run.requeue_on_interrupt
+        # The claim recorded it RUNNING: its start writes nothing (see `Job.claimed`).
+        job.status, job.owner, job.claimed = run.status, run.owner, True
+        started = run.started_at
+        job.started_at = job.heartbeat_at = None if started is None else dt_to_us(started)
         job.context = None  # nothing of this loop's context belongs to the run
         manager._writer.adopt(job)
         manager._register(job)

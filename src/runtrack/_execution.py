@@ -75,13 +75,14 @@ class Execution(ManagerCore):
                 if job is None:
                     return
                 self._waiting -= 1
+                claimed = job.claimed
                 if not writer.start(job, time_ns() // 1000):
                     self._not_started(job)
                     continue
                 coro = job.coro
                 if coro is None:
                     coro = self._make_coro(job)
-                    if job.task is not None and not direct:
+                    if job.task is not None and not direct and not claimed:
                         coro = _once_started(writer, job, coro)
                 job.coro = None
                 job.state = RUNNING

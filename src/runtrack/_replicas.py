@@ -219,8 +219,8 @@ class Presence:
             "and another one recorded its runs interrupted: those runs are stopped here, "
             "their records are left as written, and the manager registers again",
         )
-        # Durable runs it claimed but had not started were given back to the queue by the
-        # survivor: another manager may run them now, so they must not start here.
+        # Durable runs it claimed but had not started were recorded interrupted by the
+        # survivor (or queued again for another manager): they must not start here.
         unstarted = [
             job.run_id
             for job in list(self._jobs.values())

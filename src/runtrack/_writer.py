@@ -74,11 +74,14 @@ class Writer(Protocol):
         ...
 
     def adopt(self, job: Job) -> None:
-        """Take on a run recorded QUEUED and claimed by this manager (a durable run)."""
+        """Take on a durable run this manager claimed (recorded RUNNING by the claim)."""
         ...
 
     def start(self, job: Job, started_us: int) -> bool:
-        """QUEUED → RUNNING for the job's attempt; False if it certainly did not apply."""
+        """QUEUED → RUNNING for the job's attempt; False if it certainly did not apply.
+
+        A claimed job (`Job.claimed`) is RUNNING already: nothing is written for it.
+        """
         ...
 
     async def started(self, job: Job) -> bool:
@@ -187,6 +190,9 @@ class DirectWriter:
 
     def start(self, job: Job, started_us: int) -> bool:
         rec = job.rec
+        if job.claimed:  # its claim recorded it RUNNING, unless a cancel came first
+            job.claimed = False
+            return rec is not None and rec.status is RunStatus.RUNNING and rec.owner == self._owner
         if rec is None or rec.status is not RunStatus.QUEUED:
             return False
         rec.status = RunStatus.RUNNING
@@ -436,6 +442,9 @@ class QueueWriter:
         self._put(run_id, op, to.value)
 
     def start(self, job: Job, started_us: int) -> bool:
+        if job.claimed:  # its claim recorded it RUNNING
+            job.claimed = False
+            return True
         return self.cas(job, RunStatus.RUNNING, start_changes(job, self._owner, started_us))
 
     async def started(self, job: Job) -> bool:

@@ -2,9 +2,10 @@
 
 A durable run is recorded QUEUED with ``task`` set and no ``owner`` (unclaimed). A manager
 that registered the task claims a batch of them atomically (exactly one claimer per run),
-becoming their ``owner``; it then runs them through its normal execution path. At
-shutdown it gives back (``release_runs``) the runs it claimed but did not start. A run
-with a ``not_before`` time is not claimed before it.
+becoming their ``owner``: the claim records them RUNNING (so a claimed run's start costs
+no write of its own, and no two managers can start it), and the manager runs them through
+its normal execution path. At shutdown it gives back (``release_runs``) the runs it
+claimed but did not start. A run with a ``not_before`` time is not claimed before it.
 """
 
 from __future__ import annotations
@@ -39,8 +40,10 @@ class TaskClaiming(Protocol):
     async def claim_runs(self, owner: str, tasks: Collection[str], limit: int) -> list[Run]:
         """Atomically take up to ``limit`` unclaimed QUEUED runs of these tasks.
 
-        Highest ``priority`` first, then oldest (``created_at``); each run taken gets
-        ``owner`` and is returned as stored afterwards. Two callers never get the same run.
+        Highest ``priority`` first, then oldest (``created_at``); each run taken is
+        recorded RUNNING with ``owner``, and ``started_at`` and ``heartbeat_at`` set to now
+        (this process's clock), and is returned as stored afterwards. Two callers never
+        get the same run.
         A run whose ``not_before`` is later than now is left alone (now by the registry's
         own clock where it has one: the database server's, Redis's ``TIME``).
         """
@@ -49,7 +52,9 @@ class TaskClaiming(Protocol):
     async def release_runs(self, owner: str, run_ids: Sequence[str]) -> int:
         """Give back claimed runs that did not start; returns how many were given back.
 
-        Those of ``run_ids`` still QUEUED and owned by ``owner`` become unclaimed again,
-        their ``not_before`` kept.
+        Those of ``run_ids`` still owned by ``owner`` and QUEUED, or RUNNING since their
+        claim, become unclaimed QUEUED runs again (``started_at`` and ``heartbeat_at``
+        cleared for the RUNNING ones), their ``not_before`` kept. The caller names only
+        runs whose code did not start.
         """
         ...

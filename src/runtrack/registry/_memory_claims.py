@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 
 __all__ = ["MemoryClaims"]
 
+_CLAIMED = frozenset({RunStatus.QUEUED, RunStatus.RUNNING})
+
 
 class MemoryClaims:
     """Claiming in an in-memory registry (mixed into `InMemoryRunRegistry`).
@@ -59,15 +61,20 @@ class MemoryClaims:
         found.sort(key=lambda rec: (-rec.priority, rec.created_at, rec.run_id))
         taken = found[:limit]
         for rec in taken:
+            rec.status = RunStatus.RUNNING
             rec.owner = owner
+            rec.started_at = rec.heartbeat_at = now
         return [rec.to_run() for rec in taken]
 
     async def release_runs(self, owner: str, run_ids: Sequence[str]) -> int:
-        """Unclaim those of ``run_ids`` still QUEUED and owned by ``owner`` (see `TaskClaiming`)."""
+        """Unclaim those of ``run_ids`` still claimed by ``owner`` (see `TaskClaiming`)."""
         released = 0
         for run_id in run_ids:
             rec = self._runs.get(run_id)
-            if rec is not None and rec.owner == owner and rec.status is RunStatus.QUEUED:
+            if rec is not None and rec.owner == owner and rec.status in _CLAIMED:
+                if rec.status is RunStatus.RUNNING:
+                    rec.status = RunStatus.QUEUED
+                    rec.started_at = rec.heartbeat_at = None
                 rec.owner = None
                 released += 1
         return released

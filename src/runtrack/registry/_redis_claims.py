@@ -3,8 +3,8 @@
 The write scripts keep ``{prefix}idx:claim:{n}:{task}``, a zset per durable task of its
 unclaimed QUEUED runs (score ``-priority``, members ``"{created_at:020}:{run_id}"``, so
 the first members are the next to run). A claim pops the first ``limit`` members of each
-task wanted, keeps the best ``limit`` and sets their owner, in one script: exactly one
-claimer gets each run.
+task wanted, keeps the best ``limit`` and records them RUNNING under their new owner, in
+one script: exactly one claimer gets each run.
 
 A run whose ``not_before`` has not come waits in ``{prefix}idx:delayed:{n}:{task}`` instead,
 scored by ``not_before``; the claim script first moves up to ``limit`` due ones of each
@@ -18,6 +18,7 @@ import json
 from collections.abc import Collection, Iterator, Sequence
 from typing import TYPE_CHECKING, Final
 
+from runtrack._clock import now_us
 from runtrack._exceptions import DuplicateRunError
 from runtrack._models import Run
 from runtrack.registry import _redis_prelude as prelude
@@ -49,16 +50,18 @@ return ''
 """
 )
 
-#: ARGV: prefix, ttl, owner, limit, then the task names. Returns the runs claimed, best
+#: ARGV: prefix, ttl, owner, limit, started_at, then the task names. Records the runs
+#: claimed RUNNING and returns them, best
 #: first, as one JSON array of their hashes (field -> string): one string to parse, where
 #: nested replies would cost the client a parse per field.
 CLAIM: Final = (
     prelude.PRELUDE
     + """
-local owner, limit = ARGV[3], tonumber(ARGV[4])
+local owner, limit, started = ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local now = num(now_us())
+local claimed = {owner = owner, started_at = started, heartbeat_at = started}
 local found = {}
-for i = 5, #ARGV do
+for i = 6, #ARGV do
   local k = K_CLAIM .. lp(ARGV[i])
   local d = K_DELAYED .. lp(ARGV[i])
   for _, m in ipairs(redis.call('ZRANGEBYSCORE', d, '-inf', now, 'LIMIT', 0, limit)) do
@@ -69,7 +72,7 @@ for i = 5, #ARGV do
   local items = redis.call('ZRANGE', k, 0, limit - 1, 'WITHSCORES')
   for j = 1, #items, 2 do found[#found + 1] = {tonumber(items[j + 1]), items[j], k} end
 end
-if #ARGV > 5 then
+if #ARGV > 6 then
   table.sort(found, function(a, b)
     if a[1] ~= b[1] then return a[1] < b[1] end
     return a[2] < b[2]
@@ -82,7 +85,7 @@ for _, item in ipairs(found) do
   local id = string.sub(item[2], 22)
   local f = redis.call('HMGET', K_RUN .. id, 'status', 'owner')
   if f[1] == 'queued' and not f[2] then
-    apply(id, false, nil, {owner = owner}, {})
+    apply(id, 'running', {'queued'}, claimed, {})
     local h, run = redis.call('HGETALL', K_RUN .. id), {}
     for j = 1, #h, 2 do run[h[j]] = h[j + 1] end
     out[#out + 1] = run
@@ -93,16 +96,19 @@ return cjson.encode(out)
 """
 )
 
-#: ARGV: prefix, ttl, owner, then run ids. Unclaims those still QUEUED and owned by
-#: owner; returns how many.
+#: ARGV: prefix, ttl, owner, then run ids. Unclaims those still claimed by owner (QUEUED,
+#: or RUNNING since the claim and never started); returns how many.
 RELEASE: Final = (
     prelude.PRELUDE
     + """
 local owner, n = ARGV[3], 0
 for i = 4, #ARGV do
   local f = redis.call('HMGET', K_RUN .. ARGV[i], 'status', 'owner')
-  if f[1] == 'queued' and f[2] == owner then
+  if f[2] == owner and f[1] == 'queued' then
     apply(ARGV[i], false, nil, {}, {'owner'})
+    n = n + 1
+  elseif f[2] == owner and f[1] == 'running' then
+    apply(ARGV[i], 'queued', {'running'}, {}, {'owner', 'started_at', 'heartbeat_at'})
     n = n + 1
   end
 end
@@ -165,11 +171,14 @@ class RedisClaims(RedisHost):
         _, claim, _ = self._claiming()
         async with self._guard():
             await self._ready()
-            reply = await claim(keys=self._anchor, args=self._args(owner, int(limit), *names))
+            started = now_us()
+            reply = await claim(
+                keys=self._anchor, args=self._args(owner, int(limit), started, *names)
+            )
         return [_decode_run(fields, trusted=True) for fields in json.loads(reply)]
 
     async def release_runs(self, owner: str, run_ids: Sequence[str]) -> int:
-        """Unclaim those of ``run_ids`` still QUEUED and owned by ``owner`` (see `TaskClaiming`).
+        """Unclaim those of ``run_ids`` still claimed by ``owner`` (see `TaskClaiming`).
 
         Raises:
             RegistryUnavailableError: Redis could not be reached.

@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from runtrack._clock import now_us
 from runtrack._exceptions import DuplicateRunError
 from runtrack._models import Run
+from runtrack._status import RunStatus
 from runtrack.registry._refusals import candidates_of_run
 from runtrack.registry._sql_host import SQLHost
 from runtrack.registry._sql_schema import QUEUED_LITERAL, chunks, row_from_run, run_from_row
@@ -38,6 +39,7 @@ from runtrack.registry._sql_schema import QUEUED_LITERAL, chunks, row_from_run, 
 __all__ = ["SQLClaims"]
 
 _QUEUED: Final = QUEUED_LITERAL
+_RUNNING: Final = RunStatus.RUNNING.value
 _EPOCH_US: Final[sa.ColumnElement[str]] = sa.literal_column("'1970-01-01 00:00:00'")
 
 
@@ -118,6 +120,14 @@ class SQLClaims(SQLHost):
         )
         order = (runs.c.priority.desc(), runs.c.created_at, runs.c.run_id)
         mysql = self._dialect == "mysql"
+        started = now_us()
+        # Recorded RUNNING by the claim itself: its start then costs no write of its own.
+        claimed = {
+            "owner": owner,
+            "status": _RUNNING,
+            "started_at": started,
+            "heartbeat_at": started,
+        }
 
         async def work(conn: AsyncConnection) -> list[Run]:
             if mysql:
@@ -128,10 +138,10 @@ class SQLClaims(SQLHost):
                     await conn.execute(
                         runs.update()
                         .where(runs.c.run_id.in_([row["run_id"] for row in rows]))
-                        .values(owner=owner)
+                        .values(claimed)
                     )
                 for row in rows:
-                    row["owner"] = owner
+                    row.update(claimed)
             else:
                 picked = sa.select(runs.c.run_id).where(unclaimed).order_by(*order).limit(limit)
                 if self._dialect == "postgresql":
@@ -148,7 +158,7 @@ class SQLClaims(SQLHost):
                     # still unclaimed, so the UPDATE finds them by key (with the claim's
                     # terms repeated, SQLite walks the task's whole backlog instead).
                     statement = runs.update().where(runs.c.run_id.in_(picked))
-                result = await conn.execute(statement.values(owner=owner).returning(*runs.c))
+                result = await conn.execute(statement.values(claimed).returning(*runs.c))
                 rows = [dict(row) for row in result.mappings()]
             rows.sort(key=lambda row: (-row["priority"], row["created_at"], row["run_id"]))
             return [run_from_row(row, trusted=True) for row in rows]
@@ -165,7 +175,7 @@ class SQLClaims(SQLHost):
         return await self._transact(work, write=True)
 
     async def release_runs(self, owner: str, run_ids: Sequence[str]) -> int:
-        """Unclaim those of ``run_ids`` still QUEUED and owned by ``owner`` (see `TaskClaiming`).
+        """Unclaim those of ``run_ids`` still claimed by ``owner`` (see `TaskClaiming`).
 
         Raises:
             RegistryUnavailableError: the database could not be reached.
@@ -175,17 +185,28 @@ class SQLClaims(SQLHost):
             return 0
         runs = self._tables.runs
 
+        def unstarted(column: sa.Column[Any]) -> sa.ColumnElement[Any]:
+            # A run claimed RUNNING never started here: it goes back as it was queued.
+            return sa.case((runs.c.status == _RUNNING, sa.null()), else_=column)
+
         async def work(conn: AsyncConnection) -> int:
             released = 0
             for chunk in chunks(ids):
+                # MariaDB assigns left to right: the times are set while the status is
+                # still the claimed one.
                 result = await conn.execute(
                     runs.update()
                     .where(
                         runs.c.run_id.in_(chunk),
                         runs.c.owner == owner,
-                        runs.c.status == _QUEUED,
+                        runs.c.status.in_((RunStatus.QUEUED.value, _RUNNING)),
                     )
-                    .values(owner=None)
+                    .ordered_values(
+                        (runs.c.started_at, unstarted(runs.c.started_at)),
+                        (runs.c.heartbeat_at, unstarted(runs.c.heartbeat_at)),
+                        (runs.c.owner, None),
+                        (runs.c.status, RunStatus.QUEUED.value),
+                    )
                 )
                 released += int(result.rowcount)
             return released
