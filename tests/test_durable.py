@@ -153,10 +153,12 @@ class TestRegistryClaims:
             assert run is not None
             assert (run.status, run.owner, run.heartbeat_at) == (Q, None, None)
         r0 = await registry.get_run("r0")
-        assert r0 is not None and r0.started_at is None
+        assert r0 is not None
+        assert r0.started_at is None
         assert (await registry.count_runs()).get(R, 0) == 0
         done = await registry.get_run("r2")
-        assert done is not None and (done.status, done.owner) == (C, "me")
+        assert done is not None
+        assert (done.status, done.owner) == (C, "me")
         again = await reg.claim_runs("you", ["t"], 10)
         assert sorted(r.run_id for r in again) == ["r0", "r1", "retry"]
 
@@ -970,7 +972,7 @@ class TestDeclaredDead:
         manager, gated, gate, executed = self.gated(registry, poll_interval=0.05)
 
         async with manager:
-            first = await gated.submit_many([([i], {}) for i in range(3)])
+            await gated.submit_many([([i], {}) for i in range(3)])
 
             async def claimed(count: int) -> bool:
                 return manager.get_active_task_count() == count
