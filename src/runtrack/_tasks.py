@@ -243,7 +243,7 @@ class TaskFunction(Generic[P, R]):
         """
         spec = self._spec
         given = [key for key, value in options.items() if value is not None]
-        clash = colliding_options(spec.fn, given)
+        clash = colliding_options(spec.fn, given) if given else given
         if clash:  # unambiguous if the function's own argument was given positionally
             try:
                 bound = inspect.signature(spec.fn).bind_partial(*args).arguments
@@ -256,8 +256,10 @@ class TaskFunction(Generic[P, R]):
                 f"{spec.name!r}, so it is ambiguous: pass the function's argument "
                 f"positionally; options are never given to the function"
             )
-        call = _json_arguments(spec.name, args, kwargs)
-        manager._check_parameters(call)
+        call, size = _json_arguments(spec.name, args, kwargs)
+        limit = manager._max_payload
+        if limit is not None and size > limit:
+            manager._check_parameters(call)  # raises, saying what to do
         return template.model_copy(
             update={"run_id": run_id or new_run_id(), "created_at": utcnow(), "args": call}
         )
@@ -280,8 +282,11 @@ class TaskFunction(Generic[P, R]):
 _dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 
 
-def _json_arguments(task: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-    """``{"args": [...], "kwargs": {...}}`` as stored (through JSON), or a clear error.
+def _json_arguments(
+    task: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[dict[str, Any], int]:
+    """``{"args": [...], "kwargs": {...}}`` as stored (through JSON), and its size in
+    bytes of compact UTF-8 JSON; or a clear error.
 
     Raises:
         TypeError: a value JSON cannot hold (an object, bytes, a set, a non-str key).
@@ -293,7 +298,8 @@ def _json_arguments(task: str, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
         if not isinstance(key, str):
             raise TypeError(f"{what} must be JSON: object keys are str, got {key!r}")
     try:
-        call: dict[str, Any] = json.loads(_dumps({"args": args, "kwargs": kwargs}))
+        text = _dumps({"args": args, "kwargs": kwargs})
+        call: dict[str, Any] = json.loads(text)
     except TypeError as exc:
         raise TypeError(
             f"{what} must be JSON values (str, int, float, bool, None, lists and "
@@ -304,7 +310,7 @@ def _json_arguments(task: str, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
     problem = args_problem(call)
     if problem is not None:
         raise ValueError(f"{what}: {problem}")
-    return call
+    return call, len(text) if text.isascii() else len(text.encode())
 
 
 def _keys(kwargs: dict[str, Any], args: tuple[Any, ...]) -> Iterator[object]:
