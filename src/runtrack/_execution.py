@@ -431,9 +431,10 @@ class _TakenOver(Exception):
 async def _once_started(writer: Writer, job: Job, coro: Awaitable[Any]) -> Any:
     """Run ``coro`` once the run's RUNNING write has applied; else raise `_TakenOver`.
 
-    A durable run is claimed before it starts, and the claim may be undone meanwhile: a
-    manager whose heartbeat ran late is swept, its claimed runs are released and claimed
-    again elsewhere. The compare-and-set QUEUED → RUNNING lets exactly one of them run.
+    For a durable run's retry (a claimed run is RUNNING from its claim): while it waits
+    for its backoff, recorded QUEUED under this manager, the manager may be swept (its
+    heartbeat ran late) and the run given back and claimed elsewhere. The compare-and-set
+    QUEUED → RUNNING lets exactly one of them run it.
     The run's duration counts from here on (its code's, which sizes the claim prefetch).
     """
     try:

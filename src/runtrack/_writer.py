@@ -87,8 +87,8 @@ class Writer(Protocol):
     async def started(self, job: Job) -> bool:
         """Whether the RUNNING write `start` queued for ``job`` applied, once it has landed.
 
-        A durable run waits for it before its code starts: of two managers that claimed
-        the same run (one swept meanwhile), only the one whose start applied runs it.
+        A durable run's retry waits for it before its code starts: of two managers that
+        hold the same run (one swept meanwhile), only the one whose start applied runs it.
         """
         ...
 
