@@ -3,45 +3,33 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
-import sys
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 from typing import Any, Self
 
-from runtrack._admission import Job, Lanes
-from runtrack._announcing import Announcer
+from runtrack._admission import Job
 from runtrack._background import (
     BackgroundFunction,
     P,
     RunOptions,
     decorator,
-    default_manager_or_none,
 )
 from runtrack._cancelling import Cancelling
-from runtrack._claims import ClaimLoop
 from runtrack._execution import Execution
-from runtrack._heartbeat import Heartbeat
 from runtrack._idempotent import submit_once
 from runtrack._lifecycle import Lifecycle
-from runtrack._listeners import Listener, Listeners
-from runtrack._logging import get_logger
+from runtrack._listeners import Listener
 from runtrack._models import Retry, Run
 from runtrack._options import UNBOUNDED, Options
-from runtrack._queue_depth import QueueDepth
-from runtrack._queueing import FIRST_BATCH, Queueing
-from runtrack._recording import backend_name, writer_for
+from runtrack._queueing import Queueing
 from runtrack._requeue import requeue_run
-from runtrack._state import State
-from runtrack._stats import ManagerStats, StatsCollector
+from runtrack._stats import ManagerStats
 from runtrack._storable import MAX_PROGRESS_MESSAGE, storable_text
 from runtrack._submission import check_limit, default_owner
-from runtrack._tasks import R, TaskFunction, default_tasks, task_decorator
-from runtrack._threads import ThreadRuns
-from runtrack._writer import DirectWriter, Writer
+from runtrack._tasks import R, TaskFunction, task_decorator
+from runtrack._wiring import assemble
 from runtrack.registry._idempotency import DEFAULT_IDEMPOTENCY_TTL
-from runtrack.registry._notifying import Notifying
 from runtrack.registry.base import RunRegistry
 from runtrack.registry.memory import InMemoryRunRegistry
 
@@ -135,70 +123,7 @@ class BackgroundTaskManager(Lifecycle, Queueing, Cancelling, Execution):
             )
         self.registry: RunRegistry = registry
         self.owner: str = owner or default_owner()
-        self._options = options
-        self._writer: Writer = writer_for(
-            registry, self.owner, on_conflict=self._on_conflict, on_finished=self._on_finished,
-            registry_timeout=registry_timeout,
-        )  # fmt: skip
-        # A chosen run id may name a run that already ended: the in-memory registry says so
-        # at once (insert raises), the others when they answer, so such runs wait for them.
-        self._hold_chosen_ids = not isinstance(self._writer, DirectWriter)
-        self._max_concurrency = max_concurrency
-        self._limit = max_concurrency or UNBOUNDED
-        self._max_pending = max_pending
-        self._max_payload = max_payload_bytes
-        # str results shorter than this cannot be over the limit: no need to measure them.
-        self._max_short_str = (max_payload_bytes or sys.maxsize) // 4 - 2
-        self._default_timeout = default_timeout
-        self._cancel_timeout = cancel_timeout
-        self._lanes = Lanes(options.group_limits)
-        self._jobs: dict[str, Job] = {}
-        # Runs whose code has ended but whose terminal write is still on its way.
-        self._finishing: dict[str, Job] = {}
-        self._registry_timeout = registry_timeout
-        self._backend = backend_name(registry)
-        self._submits: set[asyncio.Future[None]] = set()  # submit() calls writing their run
-        self._waiting = 0  # jobs in the lanes (admissible when a slot frees)
-        self._delayed = 0  # queued jobs waiting for a delay or a retry backoff
-        self._running = 0
-        self._executors = 0
-        self._starting = 0  # executors created that have not taken their first job yet
-        self._ramp = FIRST_BATCH
-        self._pump_scheduled = False
-        self._state = State.CREATED
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._closed = asyncio.Event()
-        self._background: set[asyncio.Task[Any]] = set()
-        self._executor_tasks: set[asyncio.Task[None]] = set()
-        self._stats = StatsCollector()
-        self._log = get_logger(owner=self.owner)
-        self._threads = ThreadRuns(max_threads, self._log)
-        self._events = Listeners(self._spawn_background, self._log)
-        self._listeners = self._events.callbacks  # the hot path tests it before emitting
-        self._heartbeat = Heartbeat(
-            registry=registry, writer=self._writer, owner=self.owner,
-            interval=heartbeat_interval, lease=options.lease, jobs=self._jobs,
-            on_conflict=self._on_conflict, notify=self._events.dispatch, log=self._log,
-            poll_interval=poll_interval, counts=lambda: (self._running, self._max_concurrency),
-            resume=self._wake_pump,
-        )  # fmt: skip
-        self._claims = ClaimLoop(
-            self, poll_interval=poll_interval,
-            extra=lambda: default_tasks() if default_manager_or_none() is self else {},
-        )  # fmt: skip
-        # Durable work is announced to the other managers, and their announcements wake ours.
-        self._announcer: Announcer | None = None
-        if isinstance(registry, Notifying):
-            self._announcer = self._claims.announce = Announcer(
-                registry.announce_new_work, self._log
-            )
-        if (presence := self._heartbeat.presence) is not None:
-            presence.on_new_work = lambda _task: self._claims.wake()
-        self._depth = QueueDepth(registry, heartbeat_interval, self._log, registry_timeout)
-        # Resolved here and again at start, not per event: each transition would pay for it.
-        self._debug = self._log.is_enabled_for(logging.DEBUG)
+        assemble(self, registry, self.owner, options)
 
     def __repr__(self) -> str:
         return (

@@ -5,8 +5,8 @@
 and each run's end) and `Cancelling` (cancellation, waits, and waits for writes bounded by
 ``registry_timeout``); its collaborators are objects of their own (`Heartbeat`,
 `Listeners`, `ThreadRuns`, the writer, the lanes, the stats). `ManagerCore` declares, for
-the type checker, the state and methods the mixins share; the manager's ``__init__`` sets
-them.
+the type checker, the state and methods the mixins share; `runtrack._wiring.assemble`
+sets them when the manager is created.
 """
 
 from __future__ import annotations

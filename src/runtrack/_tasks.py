@@ -285,8 +285,9 @@ _dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", 
 def _json_arguments(
     task: str, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[dict[str, Any], int]:
-    """``{"args": [...], "kwargs": {...}}`` as stored (through JSON), and its size in
-    bytes of compact UTF-8 JSON; or a clear error.
+    """``{"args": [...], "kwargs": {...}}`` as stored (through JSON), and its JSON size.
+
+    The size counts bytes of compact UTF-8 JSON, as `max_payload_bytes` does.
 
     Raises:
         TypeError: a value JSON cannot hold (an object, bytes, a set, a non-str key).
