@@ -135,6 +135,24 @@ class TestRegistryClaims:
             "running",
         }
 
+    async def test_a_claimed_run_is_returned_as_stored(self, registry: RunRegistry) -> None:
+        reg = claiming(registry)
+        run = Run(
+            run_id="full", name="resize", task="resize", timeout=5.0, priority=3, group="img",
+            parameters={"size": 1.0, "ok": True}, tags={"tenant": "ä"}, idempotency_key="k",
+            args={"args": ["a.png", 2.5], "kwargs": {"deep": {"x": [1, None]}}},
+            max_attempts=3, requeue_on_interrupt=True,
+        )  # fmt: skip
+        await reg.add_runs([run])
+
+        (claimed,) = await reg.claim_runs("me", ["resize"], 5)
+
+        assert claimed == await registry.get_run("full")
+        assert isinstance(claimed.timeout, float)
+        unchanged = {"status", "owner", "started_at", "heartbeat_at"}
+        assert claimed.model_dump(exclude=unchanged) == run.model_dump(exclude=unchanged)
+        assert claimed.model_dump_json() == (await registry.get_run("full")).model_dump_json()  # type: ignore[union-attr]
+
     async def test_release(self, registry: RunRegistry) -> None:
         reg = claiming(registry)
         await reg.add_runs([Run(run_id=f"r{i}", task="t") for i in range(3)])

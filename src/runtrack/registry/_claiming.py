@@ -42,7 +42,8 @@ class TaskClaiming(Protocol):
 
         Highest ``priority`` first, then oldest (``created_at``); each run taken is
         recorded RUNNING with ``owner``, and ``started_at`` and ``heartbeat_at`` set to now
-        (this process's clock), and is returned as stored afterwards. Two callers never
+        (this process's clock; its ``not_before`` if that is later), and is returned as
+        stored afterwards. Two callers never
         get the same run.
         A run whose ``not_before`` is later than now is left alone (now by the registry's
         own clock where it has one: the database server's, Redis's ``TIME``).

@@ -63,7 +63,7 @@ class MemoryClaims:
         for rec in taken:
             rec.status = RunStatus.RUNNING
             rec.owner = owner
-            rec.started_at = rec.heartbeat_at = now
+            rec.started_at = rec.heartbeat_at = max(now, rec.not_before or 0)
         return [rec.to_run() for rec in taken]
 
     async def release_runs(self, owner: str, run_ids: Sequence[str]) -> int:

@@ -59,7 +59,7 @@ CLAIM: Final = (
     + """
 local owner, limit, started = ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local now = num(now_us())
-local claimed = {owner = owner, started_at = started, heartbeat_at = started}
+local claimed = {owner = owner}
 local found = {}
 for i = 6, #ARGV do
   local k = K_CLAIM .. lp(ARGV[i])
@@ -83,8 +83,11 @@ for _, item in ipairs(found) do
   if #out >= limit then break end
   redis.call('ZREM', item[3], item[2])
   local id = string.sub(item[2], 22)
-  local f = redis.call('HMGET', K_RUN .. id, 'status', 'owner')
+  local f = redis.call('HMGET', K_RUN .. id, 'status', 'owner', 'not_before')
   if f[1] == 'queued' and not f[2] then
+    local at = started
+    if f[3] and tonumber(f[3]) > tonumber(started) then at = f[3] end
+    claimed.started_at, claimed.heartbeat_at = at, at
     apply(id, 'running', {'queued'}, claimed, {})
     local h, run = redis.call('HGETALL', K_RUN .. id), {}
     for j = 1, #h, 2 do run[h[j]] = h[j + 1] end

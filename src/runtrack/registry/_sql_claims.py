@@ -22,6 +22,7 @@ takes this process's clock.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Iterator, Sequence
 from typing import Any, Final
 
@@ -40,6 +41,7 @@ __all__ = ["SQLClaims"]
 
 _QUEUED: Final = QUEUED_LITERAL
 _RUNNING: Final = RunStatus.RUNNING.value
+_FLOATS: Final = ("timeout", "progress")
 _EPOCH_US: Final[sa.ColumnElement[str]] = sa.literal_column("'1970-01-01 00:00:00'")
 
 
@@ -51,6 +53,16 @@ def _now_us(dialect: str) -> sa.ColumnElement[Any]:
         unit: sa.ColumnElement[Any] = sa.literal_column("MICROSECOND")
         return sa.func.timestampdiff(unit, _EPOCH_US, sa.func.utc_timestamp(6))
     return sa.literal(now_us(), sa.BigInteger)
+
+
+def _claimed_runs(rows: list[dict[str, Any]]) -> list[Run]:
+    """The runs of claimed rows, best first (a claim's rows come back in no given order)."""
+    rows.sort(key=lambda row: (-row["priority"], row["created_at"], row["run_id"]))
+    for row in rows:
+        for field in _FLOATS:  # JSON writes a whole float as an int
+            if row[field] is not None:
+                row[field] = float(row[field])
+    return [run_from_row(row, trusted=True) for row in rows]
 
 
 class SQLClaims(SQLHost):
@@ -122,12 +134,10 @@ class SQLClaims(SQLHost):
         mysql = self._dialect == "mysql"
         started = now_us()
         # Recorded RUNNING by the claim itself: its start then costs no write of its own.
-        claimed = {
-            "owner": owner,
-            "status": _RUNNING,
-            "started_at": started,
-            "heartbeat_at": started,
-        }
+        # Never started before it was due (due by the database's clock, started by ours).
+        greatest = sa.func.max if self._dialect == "sqlite" else sa.func.greatest
+        since = greatest(sa.literal(started, sa.BigInteger), sa.func.coalesce(runs.c.not_before, 0))
+        claimed = {"owner": owner, "status": _RUNNING, "started_at": since, "heartbeat_at": since}
 
         async def work(conn: AsyncConnection) -> list[Run]:
             if mysql:
@@ -141,7 +151,8 @@ class SQLClaims(SQLHost):
                         .values(claimed)
                     )
                 for row in rows:
-                    row.update(claimed)
+                    at = max(started, row["not_before"] or 0)
+                    row.update(owner=owner, status=_RUNNING, started_at=at, heartbeat_at=at)
             else:
                 picked = sa.select(runs.c.run_id).where(unclaimed).order_by(*order).limit(limit)
                 if self._dialect == "postgresql":
@@ -152,7 +163,19 @@ class SQLClaims(SQLHost):
                         .cte("picked")
                         .prefix_with("MATERIALIZED")
                     )
-                    statement = runs.update().where(runs.c.run_id == chosen.c.run_id)
+                    claim = (
+                        runs.update()
+                        .where(runs.c.run_id == chosen.c.run_id)
+                        .values(claimed)
+                        .returning(*runs.c)
+                        .cte("claimed")
+                    )
+                    # The rows as one JSON array, parsed in one call rather than value by
+                    # value by the driver and SQLAlchemy: a claim returns hundreds of rows.
+                    agg = sa.func.json_agg(sa.literal_column(claim.name))
+                    value = await conn.scalar(sa.select(agg).select_from(claim))
+                    rows = json.loads(value) if isinstance(value, str) else list(value or ())
+                    return _claimed_runs(rows)
                 else:
                     # The write transaction holds the database: the rows picked are
                     # still unclaimed, so the UPDATE finds them by key (with the claim's
@@ -160,8 +183,7 @@ class SQLClaims(SQLHost):
                     statement = runs.update().where(runs.c.run_id.in_(picked))
                 result = await conn.execute(statement.values(claimed).returning(*runs.c))
                 rows = [dict(row) for row in result.mappings()]
-            rows.sort(key=lambda row: (-row["priority"], row["created_at"], row["run_id"]))
-            return [run_from_row(row, trusted=True) for row in rows]
+            return _claimed_runs(rows)
 
         if self._dialect == "sqlite":
             # A write transaction locks the whole database: look first, in a read one.

@@ -225,14 +225,12 @@ class Tables:
         self.insert_json = sa.text(
             f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {source}"
         ).bindparams(rows_param)
-        assignments = ", ".join(f"{_quoted(n)} = new.{_quoted(n)}" for n in WRITABLE_COLUMNS)
-        self.update_json = sa.text(
-            f"UPDATE {table} SET {assignments} FROM {source} AS new "
-            f'WHERE {table}."run_id" = new."run_id"'
-        ).bindparams(rows_param)
-        # PostgreSQL locks a batch's rows with one array parameter, not a 500-item IN list.
+        self._table_sql, self._source, self._rows_param = table, source, rows_param
+        self._updates: dict[tuple[str, ...], sa.TextClause] = {}
+        # PostgreSQL locks a batch's rows with one array parameter, not a 500-item IN list,
+        # and reads only their status: the writes then set just the columns they change.
         self.lock_any = (
-            sa.select(*(runs.c[name] for name in ("run_id", *WRITABLE_COLUMNS)))
+            sa.select(runs.c.run_id, runs.c.status)
             .where(runs.c.run_id == sa.any_(sa.bindparam("ids", type_=postgresql.ARRAY(sa.Text))))
             .order_by(runs.c.run_id)
             .with_for_update()
@@ -241,6 +239,18 @@ class Tables:
         self.upsert_mysql = upsert.on_duplicate_key_update(
             {name: upsert.inserted[name] for name in WRITABLE_COLUMNS}
         )
+
+    def update_json(self, columns: tuple[str, ...]) -> sa.TextClause:
+        """PostgreSQL: ``UPDATE`` of ``columns`` from a JSON array of rows (see `rows_json`)."""
+        statement = self._updates.get(columns)
+        if statement is None:
+            table = self._table_sql
+            assignments = ", ".join(f"{_quoted(n)} = new.{_quoted(n)}" for n in columns)
+            statement = self._updates[columns] = sa.text(
+                f"UPDATE {table} SET {assignments} FROM {self._source} AS new "
+                f'WHERE {table}."run_id" = new."run_id"'
+            ).bindparams(self._rows_param)
+        return statement
 
     def use_collation(self, dialect: Dialect) -> None:
         """Compare strings exactly on MySQL/MariaDB (case, accents and trailing spaces)."""
@@ -297,10 +307,13 @@ def _quoted(identifier: str) -> str:
 def rows_json(rows: Sequence[Mapping[str, Any]]) -> str:
     """Rows as the JSON parameter of `Tables.insert_json` and `Tables.update_json`.
 
+    A None is left out: the statements read a missing key as NULL, and the database
+    parses half the text.
+
     Raises:
         ValueError: a float is NaN or infinite (`Run` validation keeps them out).
     """
-    return _dumps_rows(list(rows))
+    return _dumps_rows([{k: v for k, v in row.items() if v is not None} for row in rows])
 
 
 _dumps_rows: Final = json.JSONEncoder(

@@ -4,7 +4,8 @@ A batch of new runs only (the usual one under a flood of submissions) is inserte
 reading first. Any other batch locks the rows it touches (in run id order, so two batches
 cannot deadlock each other), applies each write's compare-and-set in Python, and sends the
 inserted and the updated rows as one statement each: a JSON array unpacked by the server on
-PostgreSQL, an executemany elsewhere (see `RowStatement`). Tags are rows of their own,
+PostgreSQL (which reads and writes only the status and the columns the batch changes), an
+executemany elsewhere (see `RowStatement`). Tags are rows of their own,
 rewritten with the runs whose tags change.
 """
 
@@ -149,10 +150,18 @@ class SQLWrites(SQLHost):
         await self._insert_tags(conn, {run_id: row["tags"] for run_id, row in rows.items()})
 
     async def _update_rows(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
-        """Write the changed columns of existing, locked rows (see `_Tables`)."""
+        """Write the changed columns of existing, locked rows (see `_Tables`).
+
+        On PostgreSQL each row holds its id, its status and the columns the batch changes
+        (the lock read no others): one statement per set of columns changed.
+        """
         t = self._tables
         if self._dialect == "postgresql":
-            await conn.execute(t.update_json, {"rows": rows_json(rows)})
+            shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+            for row in rows:
+                shapes.setdefault(tuple(sorted(row.keys() - {"run_id"})), []).append(row)
+            for columns, same in shapes.items():
+                await conn.execute(t.update_json(columns), {"rows": rows_json(same)})
         elif self._dialect == "mysql":
             await self._execute_rows(conn, t.upsert_mysql, rows)
         else:
