@@ -15,6 +15,7 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -49,6 +50,7 @@ from runtrack import (
     current_run,
     report_progress,
 )
+from runtrack.registry.base import ManagerPresence
 
 DEBUG_ON, DEBUG_OFF = "debug-on", "debug-off"
 
@@ -1144,6 +1146,39 @@ class TestShutdown:
         assert runs[0]["name"] == "slowpoke"
         assert isinstance(runs[0]["running_for"], float)
         assert runs[0]["running_for"] >= 0
+
+    async def test_a_registry_call_of_the_heartbeat_ends_before_shutdown_returns(
+        self, registry: RunRegistry, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Cancelling the heartbeat lets its registry call finish: shutdown waits for it.
+
+        Left running after shutdown, the call would use the registry once it is closed: a
+        Redis registry's client then opened a connection nobody closed.
+        """
+        assert isinstance(registry, ManagerPresence)
+        sweep = registry.interrupt_dead_managers
+        sweeping, release = asyncio.Event(), asyncio.Event()
+        order: list[str] = []
+
+        async def held_sweep(now: datetime, by: str) -> Any:
+            sweeping.set()
+            await release.wait()
+            try:
+                return await sweep(now, by)
+            finally:
+                order.append("sweep ended")
+
+        monkeypatch.setattr(registry, "interrupt_dead_managers", held_sweep)
+        manager = BackgroundTaskManager(registry)
+        await manager.submit(_add, 1)  # the manager starts: its heartbeat registers, sweeps
+        await wait_event(sweeping)
+        shutting = asyncio.create_task(manager.shutdown())
+        shutting.add_done_callback(lambda _: order.append("shutdown returned"))
+        await let_loop_run()
+        release.set()
+        async with asyncio.timeout(SAFETY):
+            await shutting
+        assert order == ["sweep ended", "shutdown returned"]
 
     async def test_no_new_runs_after_shutdown(self, make_manager: ManagerFactory) -> None:
         manager = make_manager()

@@ -21,6 +21,7 @@ from runtrack._claims import ClaimLoop
 from runtrack._exceptions import ManagerClosedError, RuntrackError
 from runtrack._state import ManagerCore, State
 from runtrack._status import RunStatus
+from runtrack._uncut import settle
 
 __all__ = ["Lifecycle"]
 
@@ -74,8 +75,14 @@ class Lifecycle(ManagerCore):
             await self._cancel_all()
             if self._submits:  # they end themselves once their record is written (refused)
                 await asyncio.wait(self._submits, timeout=2 * self._registry_timeout)
-            await self._stop_background()
-            await self._writer.aclose(self._registry_timeout)
+            stopped = await self._stop_background()
+            # The registry calls they left under way finish meanwhile (see `uncut`): one
+            # still running once the registry closes would open a connection nobody closes,
+            # or write after this manager's row is removed.
+            await asyncio.gather(
+                self._writer.aclose(self._registry_timeout),
+                settle(stopped, self._registry_timeout),
+            )
             with contextlib.suppress(TimeoutError):  # its row expires with its lease
                 async with asyncio.timeout(self._registry_timeout):
                     await self._heartbeat.unregister()
@@ -125,17 +132,21 @@ class Lifecycle(ManagerCore):
         # aclose: none is waited for here, so an unreachable registry cannot hold us.
         await asyncio.gather(*(self._cancel_job(job, wait_write=False) for job in jobs))
 
-    async def _stop_background(self) -> None:
+    async def _stop_background(self) -> set[asyncio.Task[Any]]:
         """Cancel the background tasks (heartbeat, holds, listeners) and wait for them.
 
         Cancelled again while they last: a Redis call may swallow a cancellation (redis-py
         #2028), and the heartbeat loop ends anyway once it sees the manager closing.
+
+        Returns:
+            The tasks cancelled.
         """
-        tasks = set(self._background)
+        stopped = tasks = set(self._background)
         for _ in range(100):  # 10 s at most: a task that never ends is left behind
             if not tasks:
-                return
+                return stopped
             for task in tasks:
                 task.cancel()
             _, tasks = await asyncio.wait(tasks, timeout=0.1)
         self._log.error("background_tasks_left", tasks=[repr(t) for t in tasks])
+        return stopped
