@@ -310,3 +310,43 @@ async def test_durable_work_is_announced_to_idle_managers(backend: str) -> None:
         assert finished.status is RunStatus.COMPLETED
         assert finished.result == 42
         assert finished.owner == "worker"
+
+
+@pytest.mark.parametrize("backend", sorted(PUSHING))
+async def test_a_requeue_is_announced_to_idle_managers(backend: str) -> None:
+    """``manager.requeue`` tells the other managers at once, as ``submit`` does."""
+    async with PUSHING[backend]() as (registry, (kind, url, prefix)):
+        ran: list[int] = []
+        second = asyncio.Event()
+
+        async def work(n: int) -> int:
+            ran.append(n)
+            if len(ran) == 2:
+                second.set()
+            return n
+
+        async with (
+            _second_registry(kind, url, prefix) as other,
+            BackgroundTaskManager(other, owner="worker", poll_interval=3600) as worker,
+            BackgroundTaskManager(registry, owner="web", poll_interval=3600) as web,
+        ):
+            worker.task(name="again")(work)
+            presence = worker._heartbeat.presence
+            assert presence is not None
+            assert presence._notifications is not None
+            notifications = presence._notifications
+            await wait_until(lambda: notifications._listener is not None)
+            await wait_until(lambda: worker._claims.active)
+            run = await web.task(name="again", run_here=False)(work).submit(7)
+            await worker.wait(run.run_id, timeout=SAFETY)
+            # Idle again, polling once an hour: only the requeue's announcement wakes it.
+            again = await web.requeue(run.run_id)
+            async with asyncio.timeout(SAFETY):
+                await second.wait()
+            finished = await worker.wait(again.run_id, timeout=SAFETY)
+        assert (finished.status, finished.owner, finished.requeued_from) == (
+            RunStatus.COMPLETED,
+            "worker",
+            run.run_id,
+        )
+        assert ran == [7, 7]

@@ -478,7 +478,8 @@ class BackgroundTaskManager(Lifecycle, Queueing, Cancelling, Execution):
 
         The new run (``requeued_from=run_id``, same parameters, tags, group, priority,
         timeout and retries) has no owner: any manager that registered the task claims
-        it. Meant for dead letters (``list_runs(dead=True)``), once their cause is fixed.
+        it, told at once where the registry pushes new work (PostgreSQL, Redis). Meant
+        for dead letters (``list_runs(dead=True)``), once their cause is fixed.
 
         Args:
             run_id: A finished run of a ``@manager.task`` function.
@@ -496,7 +497,10 @@ class BackgroundTaskManager(Lifecycle, Queueing, Cancelling, Execution):
                 negative or NaN delay.
             TypeError: a delay that is neither a number nor a `timedelta`.
         """
-        return await requeue_run(self.registry, run_id, delay, wake_at=self._claims.wake_at)
+        claims = self._claims
+        return await requeue_run(
+            self.registry, run_id, delay, wake_at=claims.wake_at, announce=claims.announce
+        )
 
     async def run_command(
         self,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Collection
 from datetime import datetime, timedelta
 
 from runtrack._exceptions import RunNotFoundError
@@ -112,6 +112,7 @@ async def requeue_run(
     delay: float | timedelta | None = None,
     *,
     wake_at: Callable[[datetime], None] | None = None,
+    announce: Callable[[Collection[str]], Awaitable[None]] | None = None,
 ) -> Run:
     """Record a new QUEUED run of the same task and arguments as the finished run ``run_id``.
 
@@ -122,6 +123,9 @@ async def requeue_run(
             its ``not_before``.
         wake_at: Called with the time the new run may be claimed from, once it is
             recorded (the manager's claim loop: it may run the task).
+        announce: Called with the task's name once a run claimable at once is recorded,
+            to tell the other managers (NOTIFY, PUBLISH); a delayed one they find by
+            their poll.
 
     Returns:
         The new run, as recorded.
@@ -135,4 +139,6 @@ async def requeue_run(
     await registry.add_run(new)
     if wake_at is not None:
         wake_at(new.not_before or new.created_at)
+    if announce is not None and new.not_before is None and new.task is not None:
+        await announce([new.task])
     return new
