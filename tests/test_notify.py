@@ -275,6 +275,17 @@ def _second_registry(kind: str, url: str, prefix: str) -> RunRegistry:
     return RedisRunRegistry(url, prefix=prefix)
 
 
+async def _listening_idle(worker: BackgroundTaskManager) -> None:
+    """Wait until ``worker`` listens for announcements and its first claim has passed."""
+    presence = worker._heartbeat.presence
+    assert presence is not None
+    assert presence._notifications is not None
+    notifications = presence._notifications
+    await wait_until(lambda: notifications._listener is not None)
+    # Let the worker's first claim (at start, with nothing queued) pass.
+    await wait_until(lambda: worker._claims.active)
+
+
 @pytest.mark.parametrize("backend", sorted(PUSHING))
 async def test_durable_work_is_announced_to_idle_managers(backend: str) -> None:
     """A submit on one registry object wakes an idle manager on another: no poll could.
@@ -295,13 +306,7 @@ async def test_durable_work_is_announced_to_idle_managers(backend: str) -> None:
             BackgroundTaskManager(registry, owner="web", poll_interval=3600) as web,
         ):
             worker.task(name="double")(work)
-            presence = worker._heartbeat.presence
-            assert presence is not None
-            assert presence._notifications is not None
-            notifications = presence._notifications
-            await wait_until(lambda: notifications._listener is not None)
-            # Let the worker's first claim (at start, with nothing queued) pass.
-            await wait_until(lambda: worker._claims.active)
+            await _listening_idle(worker)
             submitter = web.task(name="double", run_here=False)(work)  # web runs none
             run = await submitter.submit(21)
             async with asyncio.timeout(SAFETY):
@@ -331,12 +336,7 @@ async def test_a_requeue_is_announced_to_idle_managers(backend: str) -> None:
             BackgroundTaskManager(registry, owner="web", poll_interval=3600) as web,
         ):
             worker.task(name="again")(work)
-            presence = worker._heartbeat.presence
-            assert presence is not None
-            assert presence._notifications is not None
-            notifications = presence._notifications
-            await wait_until(lambda: notifications._listener is not None)
-            await wait_until(lambda: worker._claims.active)
+            await _listening_idle(worker)
             run = await web.task(name="again", run_here=False)(work).submit(7)
             await worker.wait(run.run_id, timeout=SAFETY)
             # Idle again, polling once an hour: only the requeue's announcement wakes it.
