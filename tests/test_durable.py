@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 import runtrack
 from runtrack import (
@@ -881,6 +882,99 @@ class TestStaleClaims:
 
         assert len(executed) == 1, executed
         assert (done.status, done.owner) == (C, executed[0])
+
+    async def test_a_retry_waiting_under_another_owner_is_not_started(
+        self, registry: RunRegistry
+    ) -> None:
+        # The second claimed it after the sweep, and its own retry now waits (QUEUED under
+        # its name): the first's QUEUED -> RUNNING write must not take it.
+        reg = claiming(registry)
+        submit_only = manager_for(registry)
+        async with submit_only:
+            run = await sender(submit_only, "contested").submit(7)
+        stale = await reg.claim_runs("first", ["contested"], 1)
+        await registry.transition(run.run_id, Q)
+        await reg.release_runs("first", [run.run_id])
+        fresh = await reg.claim_runs("second", ["contested"], 1)
+        await registry.transition(run.run_id, Q)  # the second's first attempt failed
+        assert [r.run_id for r in stale] == [r.run_id for r in fresh] == [run.run_id]
+
+        executed: list[str] = []
+        managers = [manager_for(registry, owner=owner) for owner in ("first", "second")]
+        for manager in managers:
+
+            @manager.task(name="contested")
+            async def contested(i: int, owner: str = manager.owner) -> int:
+                executed.append(owner)
+                return i
+
+        first, second = managers
+        async with first, second:
+            first._claims._adopt(stale[0], first._claims.specs())
+            first._jobs[run.run_id].claimed = False  # its retry: it starts with a write
+            await asyncio.wait_for(first.wait_all(), 60)
+            assert executed == []
+            held = await registry.get_run(run.run_id)
+            assert held is not None
+            assert (held.status, held.owner) == (Q, "second")
+            second._claims._adopt(fresh[0], second._claims.specs())
+            second._jobs[run.run_id].claimed = False
+            (done,) = await all_finished(registry, [run])
+            await second.wait_all()
+
+        assert executed == ["second"]
+        assert (done.status, done.owner) == (C, "second")
+
+
+class TestTakenOverWhileRunning:
+    """A manager swept while it still runs a durable run (its heartbeat ran late), the run
+    claimed again by another manager: the first one's writes no longer apply to it."""
+
+    async def test_the_late_owner_result_is_discarded(self, registry: RunRegistry) -> None:
+        reg = claiming(registry)
+        submit_only = manager_for(registry)
+        async with submit_only:
+            run = await sender(submit_only, "contested").submit(7)
+        (first_claim,) = await reg.claim_runs("first", ["contested"], 1)
+
+        owners = ("first", "second")
+        entered = {owner: asyncio.Event() for owner in owners}
+        finish = {owner: asyncio.Event() for owner in owners}
+        managers = [manager_for(registry, owner=owner) for owner in owners]
+        for manager in managers:
+
+            @manager.task(name="contested")
+            async def contested(i: int, owner: str = manager.owner) -> str:
+                entered[owner].set()
+                await finish[owner].wait()
+                return f"{owner}:{i}"
+
+        first, second = managers
+        with capture_logs() as logs:
+            async with first, second:
+                first._claims._adopt(first_claim, first._claims.specs())
+                await asyncio.wait_for(entered["first"].wait(), 60)
+                # The first was swept and the run given back and claimed by the second: the
+                # record it leaves, in one write (the running managers' claim loops must not
+                # take the run in between).
+                taken = await registry.update_run(run.run_id, owner="second")
+                assert (taken.status, taken.owner) == (R, "second")
+                second._claims._adopt(taken, second._claims.specs())
+                await asyncio.wait_for(entered["second"].wait(), 60)
+
+                finish["first"].set()  # the first's code ends first: its write is refused
+                await asyncio.wait_for(first.wait_all(), 60)
+                held = await registry.get_run(run.run_id)
+                assert held is not None
+                assert (held.status, held.owner, held.result) == (R, "second", None)
+
+                finish["second"].set()
+                (done,) = await all_finished(registry, [run])
+                await second.wait_all()
+
+        assert (done.status, done.owner, done.result) == (C, "second", "second:7")
+        discarded = [e for e in logs if e["event"] == "result_discarded"]
+        assert [(e["owner"], e["run_id"]) for e in discarded] == [("first", run.run_id)]
 
 
 class TestWakeups:

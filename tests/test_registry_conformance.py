@@ -1331,6 +1331,50 @@ class TestWriteBatch:
         assert await registry.get_run("b-missing") is None
         assert (await registry.count_runs())[RunStatus.QUEUED] == 1  # b-dup untouched
 
+    async def test_a_compare_and_set_for_an_owner(self, registry: RunRegistry) -> None:
+        # A durable run's writes from a manager apply only while that manager owns the run.
+        from runtrack.registry.base import BatchWriting, RunWrite, stored_run
+
+        assert isinstance(registry, BatchWriting)
+        for run_id, owner in (("o-mine", "a"), ("o-theirs", "b"), ("o-nobody", None)):
+            await registry.add_run(Run(run_id=run_id, name="own", status=R, owner=owner))
+        await registry.add_run(Run(run_id="o-moved", name="own", status=R, owner="b"))
+        done = frozenset({R})
+        applied = await registry.write_batch(
+            [
+                RunWrite("o-mine", to=C, expect=done, owner="a", changes={"result": 1}),
+                RunWrite("o-theirs", to=C, expect=done, owner="a", changes={"result": 2}),
+                RunWrite("o-nobody", to=C, expect=done, owner="a", changes={"result": 3}),
+                # Without ``to`` the owner is not checked.
+                RunWrite("o-theirs", owner="a", changes={"progress": 0.5}),
+                # The owner an earlier write of the batch set is the one checked.
+                RunWrite("o-moved", changes={"owner": "a"}),
+                RunWrite("o-moved", to=C, expect=done, owner="a", changes={"result": 4}),
+                # So is the owner of a run the batch inserts.
+                RunWrite("o-new", stored=stored_run(Run(run_id="o-new", name="own", owner="b"))),
+                RunWrite("o-new", to=R, expect=frozenset({Q}), owner="a"),
+                RunWrite("o-new", to=R, expect=frozenset({Q}), owner="b"),
+            ]
+        )
+        assert applied == [True, False, False, True, True, True, True, False, True]
+        found = {}
+        for run_id in ("o-mine", "o-theirs", "o-nobody", "o-moved", "o-new"):
+            found[run_id] = await registry.get_run(run_id)
+        outcome = {
+            run_id: None if run is None else (run.status, run.owner, run.result)
+            for run_id, run in found.items()
+        }
+        assert outcome == {
+            "o-mine": (C, "a", 1),
+            "o-theirs": (R, "b", None),
+            "o-nobody": (R, None, None),
+            "o-moved": (C, "a", 4),
+            "o-new": (R, "b", None),
+        }
+        theirs = found["o-theirs"]
+        assert theirs is not None
+        assert theirs.progress == 0.5
+
 
 HOSTILE = [
     "'; DROP TABLE runtrack_runs; --",

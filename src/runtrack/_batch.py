@@ -416,11 +416,22 @@ class BatchWriter:
         self._delay = min(self._delay * 2, RETRY_MAX)
 
     def _to_write(self, run_id: str, entry: Entry) -> RunWrite:
+        job = entry.job
         stored = None
-        if entry.insert and entry.job is not None:
-            stored = _job_record(entry.job)
+        if entry.insert and job is not None:
+            stored = _job_record(job)
+        # A durable run's compare-and-set applies only while this manager owns the run: if
+        # it was swept (its heartbeat ran late) and the run claimed by another manager, its
+        # writes must not overwrite the new owner's (see `RunWrite.owner`).
+        durable = job is not None and job.task is not None
+        owner = self._owner if entry.to is not None and durable else None
         return RunWrite(
-            run_id, to=entry.to, expect=entry.expect, changes=entry.changes, stored=stored
+            run_id,
+            to=entry.to,
+            expect=entry.expect,
+            changes=entry.changes,
+            stored=stored,
+            owner=owner,
         )
 
     async def _landed_before(self, run_id: str, entry: Entry) -> bool:
@@ -442,6 +453,8 @@ class BatchWriter:
             )
         if run.status is not entry.to:
             return False
+        if entry.job is not None and entry.job.task is not None and run.owner != self._owner:
+            return False  # a durable run another manager holds now (see `_to_write`)
         finished = entry.changes.get("finished_at")
         if entry.to.is_terminal and finished is not None:
             # Ours, not another writer's: the very finish time we sent.

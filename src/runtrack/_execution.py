@@ -276,12 +276,12 @@ class Execution(ManagerCore):
         self._ended(job, status if applied else self._status_in_registry(job), duration, error)
 
     def _discarded(self, job: Job, status: RunStatus) -> None:
-        """Its record had already ended (cancelled elsewhere, or swept): say so, and beat now."""
+        """Its record had ended (cancelled, swept) or gone to another manager: say so, beat now."""
         self._log.warning(
             "result_discarded", run_id=job.run_id, name=job.name, status=status.value,
             detail="the run ended here, but its record had already ended (cancelled by "
-            "another process, or recorded interrupted while this manager was unreachable): "
-            "the record is kept as it is",
+            "another process, or recorded interrupted while this manager was unreachable) "
+            "or was given to another manager: the record is kept as it is",
         )  # fmt: skip
         self._heartbeat.wake()
 

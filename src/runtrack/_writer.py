@@ -161,7 +161,11 @@ class Writer(Protocol):
 
 
 class DirectWriter:
-    """Synchronous writes into an `InMemoryRunRegistry` (the manager's fast path)."""
+    """Synchronous writes into an `InMemoryRunRegistry` (the manager's fast path).
+
+    A durable run's writes apply only while this manager owns its record (see
+    `RunWrite.owner`): swept and claimed by another manager, the run is no longer ours.
+    """
 
     __slots__ = ("_owner", "_registry", "_runs")
 
@@ -195,6 +199,8 @@ class DirectWriter:
             return rec is not None and rec.status is RunStatus.RUNNING and rec.owner == self._owner
         if rec is None or rec.status is not RunStatus.QUEUED:
             return False
+        if job.task is not None and rec.owner != self._owner:
+            return False  # a durable run's retry, taken from this manager
         rec.status = RunStatus.RUNNING
         rec.started_at = rec.heartbeat_at = started_us
         rec.owner = self._owner
@@ -216,6 +222,8 @@ class DirectWriter:
         rec = job.rec
         if rec is None or rec.status is not RunStatus.RUNNING:
             return False
+        if job.task is not None and rec.owner != self._owner:
+            return False
         rec.status = status
         rec.finished_at = finished_us
         rec.result = result
@@ -226,7 +234,8 @@ class DirectWriter:
         return True
 
     def cas(self, job: Job, to: RunStatus, changes: dict[str, Any]) -> bool:
-        return self._registry._cas(job.run_id, to, PREDECESSORS[to], changes) is not None
+        owner = self._owner if job.task is not None else None
+        return self._registry._cas(job.run_id, to, PREDECESSORS[to], changes, owner) is not None
 
     async def cas_now(self, job: Job, to: RunStatus, changes: dict[str, Any]) -> bool:
         return self.cas(job, to, changes)

@@ -122,6 +122,7 @@ def write_spec(
     to: RunStatus | None = None,
     expect: Iterable[RunStatus] = (),
     changes: Mapping[str, Any] | None = None,
+    owner: str | None = None,
 ) -> dict[str, Any]:
     """One write for the WRITE script (absent keys, never null: Lua would see a value)."""
     spec: dict[str, Any] = {"id": run_id}
@@ -130,6 +131,8 @@ def write_spec(
     if to is not None:
         spec["to"] = to.value
         spec["exp"] = [s.value for s in expect]
+        if owner is not None:
+            spec["own"] = owner
     if changes:
         to_set, to_clear = _encode_changes(changes)
         if to_set:

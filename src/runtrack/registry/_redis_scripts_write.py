@@ -15,11 +15,13 @@ ONE: Final = "one"
 BATCH: Final = "batch"
 
 #: KEYS: the schema key. ARGV: prefix, ttl, token, mode, then a JSON array of writes, each
-#: {"id", "ins": {field: str}, "to", "exp": [status], "set": {field: str}, "del": [field]}.
+#: {"id", "ins": {field: str}, "to", "exp": [status], "own": owner, "set": {field: str},
+#: "del": [field]}.
 #: add: insert only, returns 1 or 0. one: returns the run's hash after the write, or nil.
 #: batch: each write in order, returns 1 or 0 per write: an insert applies if the id is
 #: absent, else falls through to its compare-and-set (without ``to``, it does not apply);
-#: a field-only write applies if the run exists.
+#: a field-only write applies if the run exists. A compare-and-set with ``own`` applies
+#: only if the run's owner is that one (see `RunWrite.owner`).
 WRITE: Final = (
     PRELUDE
     + f"""
@@ -51,6 +53,8 @@ for i, w in ipairs(writes) do
   elseif w.ins and redis.call('EXISTS', K_RUN .. w.id) == 0 then
     ok = insert(w.id, w.ins)
   elseif w.ins and not w.to then
+    ok = false
+  elseif w.to and w.own and redis.call('HGET', K_RUN .. w.id, 'owner') ~= w.own then
     ok = false
   else
     ok = apply(w.id, w.to, w.exp, w.set, w.del)

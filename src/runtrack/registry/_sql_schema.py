@@ -228,9 +228,10 @@ class Tables:
         self._table_sql, self._source, self._rows_param = table, source, rows_param
         self._updates: dict[tuple[str, ...], sa.TextClause] = {}
         # PostgreSQL locks a batch's rows with one array parameter, not a 500-item IN list,
-        # and reads only their status: the writes then set just the columns they change.
+        # and reads only their status and owner (see `RunWrite.owner`): the writes then set
+        # just the columns they change.
         self.lock_any = (
-            sa.select(runs.c.run_id, runs.c.status)
+            sa.select(runs.c.run_id, runs.c.status, runs.c.owner)
             .where(runs.c.run_id == sa.any_(sa.bindparam("ids", type_=postgresql.ARRAY(sa.Text))))
             .order_by(runs.c.run_id)
             .with_for_update()

@@ -4,8 +4,8 @@ A batch of new runs only (the usual one under a flood of submissions) is inserte
 reading first. Any other batch locks the rows it touches (in run id order, so two batches
 cannot deadlock each other), applies each write's compare-and-set in Python, and sends the
 inserted and the updated rows as one statement each: a JSON array unpacked by the server on
-PostgreSQL (which reads and writes only the status and the columns the batch changes), an
-executemany elsewhere (see `RowStatement`). Tags are rows of their own,
+PostgreSQL (which reads only the status and the owner, and writes only the columns the
+batch changes), an executemany elsewhere (see `RowStatement`). Tags are rows of their own,
 rewritten with the runs whose tags change.
 """
 
@@ -95,11 +95,17 @@ class SQLWrites(SQLHost):
             # table without statistics yet is a sequential scan: plan each batch afresh.
             await conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_custom_plan")
         current: dict[str, dict[str, Any]] = {}
+        # PostgreSQL: the owners read by the lock, kept out of the rows (whose keys are the
+        # columns written back); a row holds "owner" once a write sets it.
+        owners: dict[str, str | None] = {}
         run_ids = sorted({write.run_id for write, _ in writes})
         # Locked in key order, so two batches cannot deadlock each other.
         if self._dialect == "postgresql":
             result = await conn.execute(self._tables.lock_any, {"ids": run_ids})
-            current.update((row["run_id"], dict(row)) for row in result.mappings())
+            for found in result.mappings():
+                locked = dict(found)
+                owners[locked["run_id"]] = locked.pop("owner")
+                current[locked["run_id"]] = locked
         else:
             for chunk in chunks(run_ids):
                 sql = self._lock_sql(conn, columns, len(chunk))
@@ -121,6 +127,11 @@ class SQLWrites(SQLHost):
                 row is None
                 or (write.to is None and record is not None)  # a duplicate id
                 or (write.to is not None and RunStatus(row["status"]) not in write.expect)
+                or (
+                    write.to is not None
+                    and write.owner is not None
+                    and row.get("owner", owners.get(write.run_id)) != write.owner
+                )
             ):
                 applied.append(False)
                 continue

@@ -108,9 +108,10 @@ class RunWrite:
       already carrying the latest status and fields). If the id exists and ``to`` is set,
       fall through to the compare-and-set below, so a run recorded before ``start_task``
       is still updated; if ``to`` is None, the write does not apply (a duplicate id).
-    - ``to`` set: compare-and-set, applied only if the stored status is in ``expect``;
-      ``changes`` (validated values; timestamps aware UTC datetimes or integer
-      microseconds since the epoch) are set in the same write.
+    - ``to`` set: compare-and-set, applied only if the stored status is in ``expect``
+      (and, with ``owner`` set, only if the stored owner is this one too); ``changes``
+      (validated values; timestamps aware UTC datetimes or integer microseconds since
+      the epoch) are set in the same write.
     - neither: set ``changes`` on the run if it exists (progress, heartbeat, ...).
 
     Attributes:
@@ -122,6 +123,10 @@ class RunWrite:
         stored: The record to insert in stored form (see `stored_run`), instead of
             ``run``: what the manager's writer sends, so that no model is built per run.
             Its values were validated when the run was submitted.
+        owner: With ``to`` set, the compare-and-set applies only if the stored owner is
+            this one too (None: any owner). The manager sets it on a durable run's writes,
+            so that a manager the run was taken from (swept while still running it, the
+            run claimed again by another) cannot overwrite the new owner's record.
     """
 
     run_id: str
@@ -130,6 +135,7 @@ class RunWrite:
     expect: frozenset[RunStatus] = frozenset()
     changes: dict[str, Any] = dataclasses.field(default_factory=dict)
     stored: Mapping[str, Any] | None = None
+    owner: str | None = None
 
     @property
     def inserts(self) -> bool:
@@ -158,7 +164,9 @@ class BatchWriting(Protocol):
 
         An insert applies when the run was absent, or when the compare-and-set it falls
         through to applies (an insert without ``to`` on an existing id does not apply). A
-        field-only write applies when the run exists.
+        compare-and-set applies when the stored status is in its ``expect`` and, if its
+        ``owner`` is set, the stored owner is that one. A field-only write applies when
+        the run exists.
 
         Raises:
             RegistryUnavailableError: the backend could not be reached; nothing was applied

@@ -194,10 +194,18 @@ class InMemoryRunRegistry(MemoryManagers, MemoryClaims):
         return True
 
     def _cas(
-        self, run_id: str, to: RunStatus, expect: frozenset[RunStatus], changes: dict[str, Any]
+        self,
+        run_id: str,
+        to: RunStatus,
+        expect: frozenset[RunStatus],
+        changes: dict[str, Any],
+        owner: str | None = None,
     ) -> _Record | None:
+        """Move the run to ``to`` if its status is in ``expect`` (and its owner is ``owner``)."""
         rec = self._runs.get(run_id)
         if rec is None or rec.status not in expect:
+            return None
+        if owner is not None and rec.owner != owner:
             return None
         rec.status = to
         for field, value in changes.items():
@@ -267,7 +275,13 @@ class InMemoryRunRegistry(MemoryManagers, MemoryClaims):
             if (
                 rec is None
                 or (write.to is None and record is not None)
-                or (write.to is not None and rec.status not in write.expect)
+                or (
+                    write.to is not None
+                    and (
+                        rec.status not in write.expect
+                        or (write.owner is not None and rec.owner != write.owner)
+                    )
+                )
             ):
                 applied.append(False)
                 continue

@@ -229,6 +229,7 @@ class RedisRunRegistry(
                 to=w.to,
                 expect=w.expect,
                 changes=w.changes,
+                owner=w.owner,
             )
             for w in writes
         ]
