@@ -846,6 +846,21 @@ class TestWaking:
         assert done.status is C
 
 
+def _contestants(registry: RunRegistry) -> tuple[list[BackgroundTaskManager], list[str]]:
+    """Managers "first" and "second", each running task ``contested``, and the list of the
+    owners whose code ran it (one entry per execution)."""
+    executed: list[str] = []
+    managers = [manager_for(registry, owner=owner) for owner in ("first", "second")]
+    for manager in managers:
+
+        @manager.task(name="contested")
+        async def contested(i: int, owner: str = manager.owner) -> int:
+            executed.append(owner)
+            return i
+
+    return managers, executed
+
+
 class TestStaleClaims:
     """Two managers holding the same run: the first holds it as a retry waiting to start
     again (recorded QUEUED under its name), was swept meanwhile, and the run was given back
@@ -862,14 +877,7 @@ class TestStaleClaims:
         fresh = await reg.claim_runs("second", ["contested"], 1)
         assert [r.run_id for r in stale] == [r.run_id for r in fresh] == [run.run_id]
 
-        executed: list[str] = []
-        managers = [manager_for(registry, owner=owner) for owner in ("first", "second")]
-        for manager in managers:
-
-            @manager.task(name="contested")
-            async def contested(i: int, owner: str = manager.owner) -> int:
-                executed.append(owner)
-                return i
+        managers, executed = _contestants(registry)
 
         async with managers[0], managers[1]:
             for manager, claimed in zip(managers, (stale, fresh), strict=True):
@@ -899,14 +907,7 @@ class TestStaleClaims:
         await registry.transition(run.run_id, Q)  # the second's first attempt failed
         assert [r.run_id for r in stale] == [r.run_id for r in fresh] == [run.run_id]
 
-        executed: list[str] = []
-        managers = [manager_for(registry, owner=owner) for owner in ("first", "second")]
-        for manager in managers:
-
-            @manager.task(name="contested")
-            async def contested(i: int, owner: str = manager.owner) -> int:
-                executed.append(owner)
-                return i
+        managers, executed = _contestants(registry)
 
         first, second = managers
         async with first, second:
