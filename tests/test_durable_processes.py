@@ -193,11 +193,12 @@ async def test_crashed_worker(backend: str, requeue: bool, tmp_path: Path) -> No
                 running: list[Run] = []
 
                 async def started() -> bool:
+                    # A claim records its runs RUNNING before their code starts: wait for
+                    # both, the records and the 50 executions.
                     running[:] = await registry.list_runs(status=RunStatus.RUNNING, task="work")
-                    return len(running) == 50
+                    return len(running) == 50 and len(executions(out)) == 50
 
-                await wait_until(started, "50 runs recorded RUNNING")
-                assert len(executions(out)) == 50
+                await wait_until(started, "50 runs recorded RUNNING and executing")
                 owner = running[0].owner
                 assert owner is not None
                 # 200 more, which the worker does not claim: it is at its limit, and holds
