@@ -610,6 +610,63 @@ async def test_output_dropped_while_its_write_was_in_flight_is_trimmed() -> None
     assert output.truncated is True
 
 
+class _LossyRegistry(InMemoryRunRegistry):
+    """The memory registry, whose first append fails as a cut connection does.
+
+    With ``lands=True`` the append is stored and only its reply is lost.
+    """
+
+    def __init__(self, *, lands: bool) -> None:
+        super().__init__()
+        self.lands = lands
+        self.failed = asyncio.Event()
+
+    async def append_output(self, run_id: str, chunks: Iterable[OutputItem]) -> list[OutputChunk]:
+        if self.failed.is_set():
+            return await super().append_output(run_id, chunks)
+        self.failed.set()
+        if self.lands:
+            await super().append_output(run_id, chunks)
+        raise ConnectionError("connection reset by peer")
+
+
+@pytest.mark.parametrize("lands", [True, False], ids=["reply-lost", "not-written"])
+async def test_an_append_that_failed_ambiguously_is_stored_once(lands: bool) -> None:
+    registry = _LossyRegistry(lands=lands)
+    run = Run(name="cmd")
+    await registry.add_run(run)
+    output = CommandOutput(registry, run.run_id, 10_000, get_logger())
+    writer = asyncio.create_task(output.run())
+    output.feed("stdout", b"one\ntwo\n")
+    await wait_event(registry.failed)
+    output.feed("stdout", b"three\n")
+    output.close()
+    await asyncio.wait_for(writer, 30)
+
+    chunks = await registry.get_output(run.run_id)
+
+    assert [(c.seq, c.text) for c in chunks] == [(1, "one\n"), (2, "two\n"), (3, "three\n")]
+
+
+async def test_output_that_fell_out_during_an_outage_is_never_written() -> None:
+    registry = _LossyRegistry(lands=False)
+    run = Run(name="cmd")
+    await registry.add_run(run)
+    output = CommandOutput(registry, run.run_id, 100, get_logger())
+    writer = asyncio.create_task(output.run())
+    first, then = ("".join(c * 19 + "\n" for c in letters) for letters in ("abcde", "fghij"))
+    output.feed("stdout", first.encode())
+    await wait_event(registry.failed)
+    output.feed("stdout", then.encode())  # the failed batch falls out before its retry
+    output.close()
+    await asyncio.wait_for(writer, 30)
+
+    chunks = await registry.get_output(run.run_id)
+
+    assert "".join(c.text for c in chunks) == then
+    assert [c.seq for c in chunks] == [1, 2, 3, 4, 5]
+
+
 async def test_a_registry_without_trimming_gets_all_output_written_and_memory_stays_bounded() -> (
     None
 ):

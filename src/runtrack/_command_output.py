@@ -6,7 +6,9 @@ split across reads survive), cuts them into chunks at line ends (and every
 `chunk_chars` characters of a longer line), and keeps only the newest ``limit`` bytes of
 text. A background loop writes the chunks to the registry in batches; while the registry
 is unreachable it keeps reading and retries with backoff, and chunks that fell out of the
-limit meanwhile are never written. Chunks already written that fall out are deleted from
+limit meanwhile are never written. A write that failed without saying whether it landed (a
+reply lost with the connection) is checked by a read before it is sent again, so every
+chunk is stored once. Chunks already written that fall out are deleted from
 registries that implement `OutputTrimming`.
 """
 
@@ -19,6 +21,7 @@ from typing import Final
 
 from runtrack._exceptions import RunNotFoundError
 from runtrack._logging import Logger
+from runtrack._models import OutputChunk
 from runtrack.registry.base import OutputTrimming, RunRegistry
 
 __all__ = ["CHUNK_CHARS", "CommandOutput"]
@@ -83,6 +86,7 @@ class CommandOutput:
         self._pending: deque[_Chunk] = deque()  # not handed to the registry yet
         self._inflight: list[_Chunk] = []  # being written
         self._inflight_dropped = 0  # how many of its first chunks fell out meanwhile
+        self._unsure = False  # the in-flight write failed without saying whether it landed
         self._written: deque[tuple[int, int]] = deque()  # (seq, bytes) kept in the registry
         self._kept = 0  # bytes of every chunk kept: pending, in flight and written
         self._trim_from = 0  # the oldest seq the registry should keep
@@ -240,17 +244,11 @@ class CommandOutput:
             self._inflight_dropped = 0
         batch = self._inflight
         if batch:
-            try:
-                chunks = await self._registry.append_output(
-                    self._run_id, [(stream, text) for stream, text, _ in batch]
-                )
-            except BaseException as exc:
-                self._inflight = []
-                if isinstance(exc, ValueError | TypeError | RunNotFoundError):
-                    self._kept -= sum(size for _, _, size in batch[self._inflight_dropped :])
-                else:  # written later, ahead of what came meanwhile
-                    self._pending.extendleft(reversed(batch[self._inflight_dropped :]))
-                raise
+            chunks = await self._landed(batch) if self._unsure else None
+            if chunks is None:  # not written: what fell out meanwhile never will be
+                batch = self._inflight = batch[self._inflight_dropped :]
+                self._inflight_dropped = 0
+                chunks = await self._append(batch) if batch else []
             dropped = self._inflight_dropped
             self._inflight = []
             self._inflight_dropped = 0
@@ -265,3 +263,33 @@ class CommandOutput:
             target = self._trim_from
             await self._registry.trim_output(self._run_id, keep_from_seq=target)  # type: ignore[attr-defined]
             self._trimmed_to = min(target, self._last_seq)
+
+    async def _append(self, batch: list[_Chunk]) -> list[OutputChunk]:
+        try:
+            return await self._registry.append_output(
+                self._run_id, [(stream, text) for stream, text, _ in batch]
+            )
+        except (ValueError, TypeError, RunNotFoundError):
+            self._inflight = []
+            self._unsure = False
+            self._kept -= sum(size for _, _, size in batch[self._inflight_dropped :])
+            raise
+        except BaseException:
+            # The write may have landed (a reply lost with the connection): the next
+            # attempt reads before it writes again, so no chunk is stored twice.
+            self._unsure = True
+            raise
+
+    async def _landed(self, batch: list[_Chunk]) -> list[OutputChunk] | None:
+        """The chunks of ``batch`` as stored, if the failed write landed; else None.
+
+        This run's output has one writer, and an append is all or nothing: the batch is
+        stored iff what follows the newest chunk written is the batch.
+        """
+        stored = await self._registry.get_output(
+            self._run_id, since=self._last_seq, limit=len(batch)
+        )
+        self._unsure = False
+        if [(c.stream, c.text) for c in stored] == [(stream, text) for stream, text, _ in batch]:
+            return stored
+        return None
