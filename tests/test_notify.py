@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from child_owner import CHILD_START, OWNER_BACKENDS, Child, child_script, owner_process
+from cli_helpers import cli_env, run_cli
 from helpers import SAFETY, wait_until
 from redis_registries import redis_prefix, redis_url
 from registries import memory_registry
@@ -350,3 +351,32 @@ async def test_a_requeue_is_announced_to_idle_managers(backend: str) -> None:
             run.run_id,
         )
         assert ran == [7, 7]
+
+
+@pytest.mark.parametrize("backend", sorted(PUSHING))
+async def test_a_requeue_by_the_cli_is_announced_to_idle_managers(backend: str) -> None:
+    """``runtrack requeue`` wakes an idle manager at once, as ``manager.requeue`` does."""
+    async with PUSHING[backend]() as (registry, (_, url, prefix)):
+        ran: list[int] = []
+        second = asyncio.Event()
+
+        async def work(n: int) -> int:
+            ran.append(n)
+            if len(ran) == 2:
+                second.set()
+            return n
+
+        async with BackgroundTaskManager(registry, owner="worker", poll_interval=3600) as worker:
+            task = worker.task(name="again")(work)
+            await _listening_idle(worker)
+            run = await task.submit(5)
+            await worker.wait(run.run_id, timeout=SAFETY)
+            # Idle again, polling once an hour: only the command's announcement wakes it.
+            result = await run_cli(cli_env(url, prefix), "requeue", run.run_id, "--json")
+            assert result.code == 0, result.err
+            again = Run.model_validate_json(result.out)
+            async with asyncio.timeout(SAFETY):
+                await second.wait()
+            finished = await worker.wait(again.run_id, timeout=SAFETY)
+        assert (finished.status, finished.requeued_from) == (RunStatus.COMPLETED, run.run_id)
+        assert ran == [5, 5]

@@ -7,11 +7,12 @@ from datetime import timedelta
 import click
 
 from runtrack._models import Run
-from runtrack._requeue import check_requeueable, requeued
+from runtrack._requeue import check_requeueable, requeue_run
 from runtrack.cli._app import EXIT_FAILED, Fail, run_async, state_of
 from runtrack.cli._durations import DURATION
 from runtrack.cli._format import echo_json
 from runtrack.cli._runs import find_run
+from runtrack.registry.base import Notifying
 
 __all__ = ["requeue_command"]
 
@@ -33,8 +34,9 @@ def requeue_command(
     """Queue a new run of a finished durable run's task, with the same arguments.
 
     Any manager that registered the task runs it (the new run's requeued_from names
-    RUN_ID), with --delay no sooner than that. Exits 4 if there is no such run, 1 if it
-    is not finished or not a run of a durable task.
+    RUN_ID), with --delay no sooner than that; without it, idle managers are told at once
+    where the registry pushes (PostgreSQL NOTIFY, Redis pub/sub). Exits 4 if there is no
+    such run, 1 if it is not finished or not a run of a durable task.
     """
     state = state_of(ctx)
 
@@ -45,9 +47,9 @@ def requeue_command(
                 check_requeueable(run)
             except ValueError as exc:
                 raise Fail(str(exc), EXIT_FAILED) from exc
-            new = await requeued(registry, run.run_id, delay)
-            await registry.add_run(new)
-            return new
+            # Announced as a manager's requeue is: an idle replica runs it at once.
+            announce = registry.announce_new_work if isinstance(registry, Notifying) else None
+            return await requeue_run(registry, run.run_id, delay, announce=announce)
 
     new = run_async(state, main)
     if as_json:
