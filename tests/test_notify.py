@@ -10,7 +10,7 @@ work reach every listener. Memory, SQLite and MariaDB still learn of cancels by 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from urllib.parse import urlsplit, urlunsplit
 
@@ -318,19 +318,25 @@ async def test_durable_work_is_announced_to_idle_managers(backend: str) -> None:
         assert finished.owner == "worker"
 
 
+def _recording_task() -> tuple[Callable[[int], Awaitable[int]], list[int], asyncio.Event]:
+    """A task that records its arguments, the list they go to, and an event set by its 2nd run."""
+    ran: list[int] = []
+    second = asyncio.Event()
+
+    async def work(n: int) -> int:
+        ran.append(n)
+        if len(ran) == 2:
+            second.set()
+        return n
+
+    return work, ran, second
+
+
 @pytest.mark.parametrize("backend", sorted(PUSHING))
 async def test_a_requeue_is_announced_to_idle_managers(backend: str) -> None:
     """``manager.requeue`` tells the other managers at once, as ``submit`` does."""
     async with PUSHING[backend]() as (registry, (kind, url, prefix)):
-        ran: list[int] = []
-        second = asyncio.Event()
-
-        async def work(n: int) -> int:
-            ran.append(n)
-            if len(ran) == 2:
-                second.set()
-            return n
-
+        work, ran, second = _recording_task()
         async with (
             _second_registry(kind, url, prefix) as other,
             BackgroundTaskManager(other, owner="worker", poll_interval=3600) as worker,
@@ -357,15 +363,7 @@ async def test_a_requeue_is_announced_to_idle_managers(backend: str) -> None:
 async def test_a_requeue_by_the_cli_is_announced_to_idle_managers(backend: str) -> None:
     """``runtrack requeue`` wakes an idle manager at once, as ``manager.requeue`` does."""
     async with PUSHING[backend]() as (registry, (_, url, prefix)):
-        ran: list[int] = []
-        second = asyncio.Event()
-
-        async def work(n: int) -> int:
-            ran.append(n)
-            if len(ran) == 2:
-                second.set()
-            return n
-
+        work, ran, second = _recording_task()
         async with BackgroundTaskManager(registry, owner="worker", poll_interval=3600) as worker:
             task = worker.task(name="again")(work)
             await _listening_idle(worker)
