@@ -23,7 +23,7 @@ from runtrack._exceptions import DuplicateRunError
 from runtrack._models import Run
 from runtrack.registry import _redis_prelude as prelude
 from runtrack.registry._redis_client import text as _text
-from runtrack.registry._redis_codec import decode_run as _decode_run
+from runtrack.registry._redis_codec import decode_fields
 from runtrack.registry._redis_codec import encode_run as _encode_run
 from runtrack.registry._redis_host import RedisHost
 from runtrack.registry._refusals import candidates_of_run
@@ -178,7 +178,7 @@ class RedisClaims(RedisHost):
             reply = await claim(
                 keys=self._anchor, args=self._args(owner, int(limit), started, *names)
             )
-        return [_decode_run(fields, trusted=True) for fields in json.loads(reply)]
+        return [decode_fields(fields, trusted=True) for fields in json.loads(reply)]
 
     async def release_runs(self, owner: str, run_ids: Sequence[str]) -> int:
         """Unclaim those of ``run_ids`` still claimed by ``owner`` (see `TaskClaiming`).
