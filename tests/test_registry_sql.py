@@ -32,6 +32,7 @@ from runtrack import (
     RunStatus,
     registry_from_url,
 )
+from runtrack._clock import dt_to_us
 from runtrack.registry.base import BatchWriting, RunWrite, stored_run
 from runtrack.registry.sql import SCHEMA_VERSION, SQLRunRegistry
 from sql_registries import drop_tables, mysql_url, postgres_url, sql_registry, unique_prefix
@@ -125,6 +126,18 @@ async def indexes_and_versions(registry: SQLRunRegistry) -> tuple[set[str], list
         indexes = await conn.run_sync(inspect)
         rows = (await conn.execute(sa.text(f"SELECT version FROM {prefix}schema"))).all()
     return indexes, sorted(version for (version,) in rows)
+
+
+def _partial_index(conn: sa.Connection, name: str) -> bool:
+    """Whether index ``name`` is partial (has a WHERE clause); MySQL has none."""
+    dialect = conn.dialect.name
+    if dialect == "mysql":
+        return False
+    if dialect == "postgresql":
+        query = "SELECT indexdef FROM pg_indexes WHERE indexname = :name"
+    else:
+        query = "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = :name"
+    return " WHERE " in str(conn.execute(sa.text(query), {"name": name}).scalar_one()).upper()
 
 
 def pooled(engine: AsyncEngine) -> int:
@@ -307,6 +320,59 @@ class TestSchema:
         assert f"{prefix}runs_claim" not in indexes
         assert versions == [3, SCHEMA_VERSION]
 
+    async def test_a_version_4_schema_gets_partial_indexes(
+        self, registry: SQLRunRegistry, twin: Callable[[SQLRunRegistry], Any]
+    ) -> None:
+        t0 = datetime(2025, 1, 1, tzinfo=UTC)
+        await registry.add_runs(
+            [
+                Run(run_id="grouped", group="g", created_at=t0),
+                Run(run_id="dead", task="t", dead=True, created_at=t0),
+                Run(run_id="owned", owner="old", created_at=t0),
+            ]
+        )
+        prefix = registry.table_prefix
+        whole = {
+            "runs_owner": "owner, status, finished_at",
+            "runs_dead": "dead, created_at",
+            "runs_group": "run_group, created_at",
+        }
+        async with registry.engine.begin() as conn:  # back to what version 4 created
+            mysql = conn.dialect.name == "mysql"
+            for name, columns in whole.items():
+                if mysql:  # MariaDB/MySQL keep whole indexes: nothing to rebuild
+                    continue
+                await conn.execute(sa.text(f"DROP INDEX {prefix}{name}"))
+                await conn.execute(
+                    sa.text(f"CREATE INDEX {prefix}{name} ON {prefix}runs ({columns})")
+                )
+            await conn.execute(sa.text(f"DELETE FROM {prefix}schema"))
+            await conn.execute(
+                sa.text(f"INSERT INTO {prefix}schema (version, applied_at) VALUES (4, 0)")
+            )
+
+        async with twin(registry) as second:
+            grouped = await second.list_runs(group="g")
+            dead = await second.list_runs(dead=True)
+            await second.transition(
+                "owned",
+                RunStatus.CANCELLED,
+                expect={RunStatus.QUEUED},
+                finished_at=datetime.now(UTC),
+            )
+            cancelled = await second.cancelled_runs("old", t0)
+            indexes, versions = await indexes_and_versions(second)
+            async with second.engine.connect() as conn:
+                partial = {
+                    name: await conn.run_sync(_partial_index, f"{prefix}{name}") for name in whole
+                }
+        assert [r.run_id for r in grouped] == ["grouped"]
+        assert [r.run_id for r in dead] == ["dead"]
+        assert cancelled == ["owned"]
+        assert {f"{prefix}{name}" for name in whole} <= indexes
+        assert partial == dict.fromkeys(whole, not mysql)
+        assert versions == [4, SCHEMA_VERSION]
+
     async def test_existing_schema_is_reused(
         self, registry: SQLRunRegistry, twin: Callable[[SQLRunRegistry], Any]
     ) -> None:
@@ -334,45 +400,71 @@ class TestClaimIndex:
             ]
         )
         await registry.claim_runs("other", ["t0"], 300)  # claimed, not started: still QUEUED
+        await assert_claim_reads_only(registry, "t0", 100)
+
+    async def test_a_long_history_does_not_lure_the_claim_off_its_index(
+        self, registry: SQLRunRegistry
+    ) -> None:
+        """Owned, finished runs outnumber the backlog: the statistics, which take owner and
+        status as independent, then see few unclaimed QUEUED runs, and an index holding
+        unowned runs as well would look cheaper to read them all through, then sort."""
+        runs = [Run(task="t0") for _ in range(22_000)]
+        for i in range(0, len(runs), 10_000):
+            await registry.add_runs(runs[i : i + 10_000])
         prefix = registry.table_prefix
-        async with registry.engine.begin() as conn:
-            dialect = conn.dialect.name
-            if dialect != "sqlite":
-                table = f"TABLE {prefix}runs" if dialect == "mysql" else f"{prefix}runs"
-                await conn.execute(sa.text(f"ANALYZE {table}"))
-        sent: list[tuple[str, Any]] = []
+        cutoff = dt_to_us(sorted(run.created_at for run in runs)[19_999])
+        async with registry.engine.begin() as conn:  # the first 20,000 ran long ago
+            await conn.execute(
+                sa.text(
+                    f"UPDATE {prefix}runs SET status = 'completed', owner = 'old' "
+                    "WHERE created_at <= :cutoff"
+                ),
+                {"cutoff": cutoff},
+            )
+        await assert_claim_reads_only(registry, "t0", 1000)
 
-        def record(conn: Any, cursor: Any, statement: str, params: Any, *args: Any) -> None:
-            if "owner IS NULL" in statement and "ORDER BY" in statement:
-                sent.append((statement, params))
 
-        sa.event.listen(registry.engine.sync_engine, "before_cursor_execute", record)
-        claimed = await registry.claim_runs("me", ["t0"], 100)
-        statement, params = sent[-1]
+async def assert_claim_reads_only(registry: SQLRunRegistry, task: str, limit: int) -> None:
+    """A claim of ``limit`` runs of ``task`` reads that many entries of the claim index."""
+    prefix = registry.table_prefix
+    async with registry.engine.begin() as conn:
+        dialect = conn.dialect.name
+        if dialect != "sqlite":
+            table = f"TABLE {prefix}runs" if dialect == "mysql" else f"{prefix}runs"
+            await conn.execute(sa.text(f"ANALYZE {table}"))
+    sent: list[tuple[str, Any]] = []
 
-        async with registry.engine.connect() as conn:
-            transaction = await conn.begin()  # EXPLAIN ANALYZE runs it: undone after
-            if dialect == "postgresql":
-                explain = f"EXPLAIN (ANALYZE, FORMAT JSON) {statement}"
-                answer = (await conn.exec_driver_sql(explain, params)).scalar_one()
-                nodes = list(plan_nodes(json.loads(answer) if isinstance(answer, str) else answer))
-                scans = [n for n in nodes if n.get("Index Name") == f"{prefix}runs_claimable"]
-                assert [n["Actual Rows"] for n in scans] == [100], nodes
-                assert not [n for n in nodes if "Sort" in n["Node Type"]], nodes
-            elif dialect == "mysql":
-                explain = f"ANALYZE FORMAT=JSON {statement}"
-                plan = json.loads((await conn.exec_driver_sql(explain, params)).scalar_one())
-                access = plan["query_block"]["nested_loop"][0]["table"]
-                assert access["key"] == f"{prefix}runs_claimable", plan
-                assert access["r_rows"] == 100, plan
-                assert "filesort" not in json.dumps(plan), plan
-            else:
-                explain = f"EXPLAIN QUERY PLAN {statement}"
-                steps = [row[-1] for row in await conn.exec_driver_sql(explain, params)]
-                assert any(f"INDEX {prefix}runs_claimable" in step for step in steps), steps
-                assert not [step for step in steps if "TEMP B-TREE" in step], steps
-            await transaction.rollback()
-        assert len(claimed) == 100
+    def record(conn: Any, cursor: Any, statement: str, params: Any, *args: Any) -> None:
+        if "owner IS NULL" in statement and "ORDER BY" in statement:
+            sent.append((statement, params))
+
+    sa.event.listen(registry.engine.sync_engine, "before_cursor_execute", record)
+    claimed = await registry.claim_runs("me", [task], limit)
+    statement, params = sent[-1]
+
+    async with registry.engine.connect() as conn:
+        transaction = await conn.begin()  # EXPLAIN ANALYZE runs it: undone after
+        if dialect == "postgresql":
+            explain = f"EXPLAIN (ANALYZE, FORMAT JSON) {statement}"
+            answer = (await conn.exec_driver_sql(explain, params)).scalar_one()
+            nodes = list(plan_nodes(json.loads(answer) if isinstance(answer, str) else answer))
+            scans = [n for n in nodes if n.get("Index Name") == f"{prefix}runs_claimable"]
+            assert [n["Actual Rows"] for n in scans] == [limit], nodes
+            assert not [n for n in nodes if "Sort" in n["Node Type"]], nodes
+        elif dialect == "mysql":
+            explain = f"ANALYZE FORMAT=JSON {statement}"
+            plan = json.loads((await conn.exec_driver_sql(explain, params)).scalar_one())
+            access = plan["query_block"]["nested_loop"][0]["table"]
+            assert access["key"] == f"{prefix}runs_claimable", plan
+            assert access["r_rows"] == limit, plan
+            assert "filesort" not in json.dumps(plan), plan
+        else:
+            explain = f"EXPLAIN QUERY PLAN {statement}"
+            steps = [row[-1] for row in await conn.exec_driver_sql(explain, params)]
+            assert any(f"INDEX {prefix}runs_claimable" in step for step in steps), steps
+            assert not [step for step in steps if "TEMP B-TREE" in step], steps
+        await transaction.rollback()
+    assert len(claimed) == limit
 
 
 def plan_nodes(plan: Any) -> Iterator[dict[str, Any]]:

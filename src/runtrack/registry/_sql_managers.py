@@ -48,13 +48,18 @@ def add_manager_tables(tables: Tables, prefix: str) -> None:
         **options,
     )
     runs = tables.runs
-    # owner is a TEXT column: MySQL/MariaDB index a prefix of it.
+    # owner is a TEXT column: MySQL/MariaDB index a prefix of it. PostgreSQL and SQLite
+    # index the owned runs only: a lookup by owner is all it serves, and an index of the
+    # unowned QUEUED runs too could lure a claim off the claim index (see _sql_schema).
+    owned = runs.c.owner.is_not(None)
     tables.runs_owner = sa.Index(
         f"{prefix}runs_owner",
         runs.c.owner,
         runs.c.status,
         runs.c.finished_at,
         mysql_length={"owner": 191},
+        postgresql_where=owned,
+        sqlite_where=owned,
     )
 
 

@@ -40,9 +40,10 @@ __all__ = [
 
 #: The version of the table layout this module creates and reads (2: the managers table
 #: and the runs' index by owner; 3: the durable-task columns and their indexes; 4:
-#: ``not_before`` and the claim index that serves the claim's order; each added to an older
-#: schema on first use, see `upgrade`).
-SCHEMA_VERSION: Final = 4
+#: ``not_before`` and the claim index that serves the claim's order; 5: the indexes by
+#: owner, dead and group partial on PostgreSQL and SQLite; each brought to an older schema
+#: on first use, see `upgrade`).
+SCHEMA_VERSION: Final = 5
 
 #: Rows per IN (...) list: well under every driver's bound-parameter limit.
 _CHUNK: Final = 500
@@ -91,8 +92,10 @@ class Tables:
 
     managers: sa.Table
     runs_owner: sa.Index
-    #: Index added by version 3 (created on an older schema by `upgrade`).
+    #: Index added by version 3 (created on an older schema by `upgrade`; partial on
+    #: PostgreSQL and SQLite since version 5, like `runs_group` and `runs_owner`).
     runs_dead: sa.Index
+    runs_group: sa.Index
     #: The claim index of version 4 (MariaDB/MySQL: `runs_claimable_mysql`), created on an
     #: older schema by `upgrade`, which drops the claim index of version 3.
     runs_claimable: sa.Index
@@ -140,7 +143,6 @@ class Tables:
             sa.Index(f"{prefix}runs_created", "created_at", "run_id"),
             sa.Index(f"{prefix}runs_status", "status", "created_at"),
             sa.Index(f"{prefix}runs_name", "name", "created_at"),
-            sa.Index(f"{prefix}runs_group", "run_group", "created_at"),
             **options,
         )
         self.tags = sa.Table(
@@ -206,7 +208,14 @@ class Tables:
             runs.c.created_at,
             runs.c.run_id,
         ).ddl_if(dialect="mysql")
-        self.runs_dead = sa.Index(f"{prefix}runs_dead", runs.c.dead, runs.c.created_at)
+        # Few runs are dead letters or in a group: PostgreSQL and SQLite index only those
+        # (an index entry less for every other run's insert and each of its updates).
+        dead = runs.c.dead == sa.true()  # as `list_runs(dead=True)` spells it
+        self.runs_dead = _partial(f"{prefix}runs_dead", runs.c.dead, runs.c.created_at, dead)
+        grouped = runs.c.run_group.is_not(None)
+        self.runs_group = _partial(
+            f"{prefix}runs_group", runs.c.run_group, runs.c.created_at, grouped
+        )
         # write_batch sends each kind of row with one statement:
         # - PostgreSQL: the whole batch as one JSON parameter, unpacked by the server into
         #   rows of the table's own type (INSERT ... SELECT, UPDATE ... FROM): no value to
@@ -268,14 +277,23 @@ class Tables:
             table.dialect_kwargs["mysql_collate"] = collation
 
 
+def _partial(
+    name: str, first: sa.Column[Any], then: sa.Column[Any], where: sa.ColumnElement[bool]
+) -> sa.Index:
+    """An index of the rows ``where`` holds on PostgreSQL and SQLite, of all on MySQL."""
+    return sa.Index(name, first, then, postgresql_where=where, sqlite_where=where)
+
+
 def upgrade(conn: sa.Connection, tables: Tables) -> None:
     """Bring an older schema's runs table up to this version (run with ``run_sync``).
 
     Adds the version 3 and 4 columns a table created by an earlier version lacks
     (existing rows get NULL, or false for the flags) and the indexes of versions 2 to 4,
-    and drops the claim index of version 3, which version 4's replaces (it serves an
-    older version's claims as well). An older runtrack still reads and writes the table
-    (it ignores the new columns), but claims runs delayed by ``not_before`` early.
+    drops the claim index of version 3, which version 4's replaces (it serves an older
+    version's claims as well), and on PostgreSQL and SQLite rebuilds the indexes by owner,
+    dead and group as the partial indexes of version 5 (which serve the same queries).
+    An older runtrack still reads and writes the table (it ignores the new columns), but
+    claims runs delayed by ``not_before`` early.
     """
     runs = tables.runs
     inspector = sa.inspect(conn)
@@ -292,12 +310,30 @@ def upgrade(conn: sa.Connection, tables: Tables) -> None:
         conn.exec_driver_sql(ddl)
     mysql = conn.dialect.name == "mysql"
     claimable = tables.runs_claimable_mysql if mysql else tables.runs_claimable
-    for index in (tables.runs_owner, tables.runs_dead, claimable):
+    partial = (tables.runs_owner, tables.runs_dead, tables.runs_group)
+    if not mysql:  # version 5: these are partial; an older schema has them whole
+        for index in partial:
+            if _whole(conn, str(index.name)):
+                conn.exec_driver_sql(f"DROP INDEX {quote(str(index.name))}")
+    for index in (*partial, claimable):
         index.create(conn, checkfirst=True)
     old = tables.prefix + _V3_CLAIM_INDEX
     if any(index["name"] == old for index in inspector.get_indexes(runs.name)):
         on = f" ON {quote(runs.name)}" if mysql else ""
         conn.exec_driver_sql(f"DROP INDEX {quote(old)}{on}")
+
+
+def _whole(conn: sa.Connection, name: str) -> bool:
+    """Whether PostgreSQL or SQLite has an index ``name`` that is not partial."""
+    if conn.dialect.name == "postgresql":
+        query = sa.text(
+            "SELECT indexdef FROM pg_indexes "
+            "WHERE schemaname = current_schema() AND indexname = :name"
+        )
+    else:
+        query = sa.text("SELECT sql FROM sqlite_master WHERE type = 'index' AND name = :name")
+    definition = conn.execute(query, {"name": name}).scalar()
+    return definition is not None and " WHERE " not in str(definition).upper()
 
 
 def _quoted(identifier: str) -> str:
