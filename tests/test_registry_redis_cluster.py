@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 
 import pytest
+from structlog.testing import capture_logs
 
 from helpers import SAFETY, wait_until
 from redis_registries import cluster_client, redis_cluster_registry
@@ -309,6 +310,30 @@ async def test_a_listener_on_a_new_cluster_client_hears_work_and_cancels(
         finally:
             await listener.aclose()
     assert heard == [("work", "t1"), ("work", "t2"), ("cancel", "r1")]
+
+
+async def test_without_async_cluster_pubsub_managers_poll(
+    registry: RedisRunRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py before 8 has no pub/sub on its asyncio cluster client: one warning, then
+    cancels reach the owner by its poll, with no listener failing over and over."""
+    monkeypatch.delattr(redis_cluster.RedisCluster, "pubsub")
+    started = asyncio.Event()
+
+    async def wait_forever() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    with capture_logs() as logs:
+        async with BackgroundTaskManager(registry, owner="A", poll_interval=0.05) as manager:
+            run = await manager.submit(wait_forever(), name="waits")
+            async with asyncio.timeout(SAFETY):
+                await started.wait()
+            assert await registry.transition(run.run_id, RunStatus.CANCELLED) is not None
+            ended = await manager.wait(run.run_id, timeout=SAFETY)
+    events = [entry["event"] for entry in logs if entry["log_level"] == "warning"]
+    assert ended.status is RunStatus.CANCELLED
+    assert events == ["notifications_unavailable"]
 
 
 async def _eventually(check: Callable[[], Awaitable[bool]]) -> None:

@@ -18,8 +18,14 @@ from typing import TYPE_CHECKING, Any, Final
 
 from redis.asyncio.cluster import RedisCluster
 
+from runtrack._logging import get_logger
 from runtrack._status import RunStatus
-from runtrack.registry._notifying import ListenerKeeper, NotificationListener, check_task_names
+from runtrack.registry._notifying import (
+    InertListener,
+    ListenerKeeper,
+    NotificationListener,
+    check_task_names,
+)
 from runtrack.registry._redis_host import RedisHost
 from runtrack.registry._redis_layout import len_prefixed
 
@@ -31,6 +37,8 @@ __all__ = ["CHAN_CANCEL", "CHAN_WORK", "RedisNotifying"]
 
 CHAN_CANCEL: Final = "chan:cancel:"
 CHAN_WORK: Final = "chan:work"
+_log = get_logger(component="notifications")
+
 #: Seconds between PINGs on a quiet pub/sub connection (one the network dropped silently).
 _PING_EVERY: Final = 10.0
 
@@ -105,8 +113,20 @@ class RedisNotifying(ListenerKeeper, RedisHost):
         on_cancel: Callable[[str], None],
         on_new_work: Callable[[str], None],
     ) -> NotificationListener:
-        """Subscribe to ``owner``'s cancels and to new work (see `Notifying`)."""
+        """Subscribe to ``owner``'s cancels and to new work (see `Notifying`).
+
+        On a Redis Cluster with redis-py older than 8 (whose asyncio cluster client has no
+        pub/sub), the listener never calls back, with a warning: managers poll.
+        """
         client = self._listen_client or self._client
+        if isinstance(client, RedisCluster) and not hasattr(client, "pubsub"):
+            _log.warning(
+                "notifications_unavailable", backend="redis-cluster",
+                detail="redis-py's asyncio cluster client has pub/sub from version 8: "
+                "install redis>=8 for pushed cancels and new-work announcements; until "
+                "then managers learn of them by polling (poll_interval)",
+            )  # fmt: skip
+            return InertListener()
         handlers = {self._cancel_channel(owner): on_cancel, self._work_channel(): on_new_work}
 
         async def open_session() -> _RedisSession:
