@@ -83,12 +83,12 @@ for _, item in ipairs(found) do
   if #out >= limit then break end
   redis.call('ZREM', item[3], item[2])
   local id = string.sub(item[2], 22)
-  local f = redis.call('HMGET', K_RUN .. id, 'status', 'owner', 'not_before')
-  if f[1] == 'queued' and not f[2] then
+  local cur = current(id)
+  if cur[1] == 'queued' and not cur[6] then
     local at = started
-    if f[3] and tonumber(f[3]) > tonumber(started) then at = f[3] end
+    if cur[10] and tonumber(cur[10]) > tonumber(started) then at = cur[10] end
     claimed.started_at, claimed.heartbeat_at = at, at
-    apply(id, 'running', {'queued'}, claimed, {})
+    apply(id, 'running', {'queued'}, claimed, {}, cur)
     local h, run = redis.call('HGETALL', K_RUN .. id), {}
     for j = 1, #h, 2 do run[h[j]] = h[j + 1] end
     out[#out + 1] = run

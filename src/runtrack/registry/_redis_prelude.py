@@ -104,8 +104,11 @@ local function claim_member(created, id)
   return string.format('%020.0f', tonumber(created)) .. ':' .. id
 end
 
-local function claimable(id, task, status, owner, created, priority, not_before)
+local function claimable(id, task, status, owner, created, priority, not_before, was)
   if not task then return end
+  -- was: whether it may be in the claim sets now (nil: unknown). One that was not, and is
+  -- not claimable, has nothing to move (a claim drops any stale member it meets).
+  if was == false and not (status == 'queued' and not owner) then return end
   local k, m = K_CLAIM .. lp(task), claim_member(created, id)
   if status == 'queued' and not owner then
     if not_before then
@@ -178,9 +181,9 @@ local function sweep()
 end
 
 -- Bookkeeping of a terminal run: its age in K_FINISHED and, under finished_ttl, its expiry.
-local function settle(id)
+local function settle(id, f)
   local rk = K_RUN .. id
-  local f = redis.call('HMGET', rk, 'finished_at', 'created_at', 'name', 'group', 'tags',
+  f = f or redis.call('HMGET', rk, 'finished_at', 'created_at', 'name', 'group', 'tags',
     'task')
   local age = f[1] or f[2]
   if TTL <= 0 then
@@ -226,12 +229,19 @@ local function insert(id, fields)
   return true
 end
 
+-- The fields of a run that apply needs: status, name, group, tags, created_at, owner,
+-- finished_at, task, priority, not_before (in that order).
+local function current(id)
+  return redis.call('HMGET', K_RUN .. id, 'status', 'name', 'group', 'tags', 'created_at',
+    'owner', 'finished_at', 'task', 'priority', 'not_before')
+end
+
 -- Compare-and-set (to: new status, expect: list of statuses) or, without to, a plain
--- update; set: field -> string, del: fields to clear. False if missing or no match.
-local function apply(id, to, expect, set, del)
+-- update; set: field -> string, del: fields to clear; cur: what current(id) returns, if
+-- the caller read it. False if missing or no match.
+local function apply(id, to, expect, set, del, cur)
   local rk = K_RUN .. id
-  local cur = redis.call('HMGET', rk, 'status', 'name', 'group', 'tags', 'created_at', 'owner',
-    'finished_at', 'task', 'priority', 'not_before')
+  cur = cur or current(id)
   local status = cur[1]
   if not status then return false end
   if to then
@@ -283,8 +293,14 @@ local function apply(id, to, expect, set, del)
   if to or owner ~= cur[6] then
     owner_index(id, cur[6], status, owner, to or status, set.finished_at or cur[7])
   end
-  claimable(id, cur[8], to or status, owner, cur[5], set.priority or cur[9], cur[10])
-  if TERMINAL[to or status] then settle(id) end
+  claimable(id, cur[8], to or status, owner, cur[5], set.priority or cur[9], cur[10],
+    status == 'queued' and not cur[6])
+  if TERMINAL[to or status] then
+    local finished, tags = set.finished_at or cur[7], cur[4]
+    for _, f in ipairs(del) do if f == 'finished_at' then finished = false end end
+    if retag then tags = set.tags or false end
+    settle(id, {{finished, cur[5], cur[2], cur[3], tags, cur[8]}})
+  end
   return true
 end
 """

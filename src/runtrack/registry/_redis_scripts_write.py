@@ -54,8 +54,9 @@ for i, w in ipairs(writes) do
     ok = insert(w.id, w.ins)
   elseif w.ins and not w.to then
     ok = false
-  elseif w.to and w.own and redis.call('HGET', K_RUN .. w.id, 'owner') ~= w.own then
-    ok = false
+  elseif w.to and w.own then
+    local cur = current(w.id)
+    ok = cur[6] == w.own and apply(w.id, w.to, w.exp, w.set, w.del, cur)
   else
     ok = apply(w.id, w.to, w.exp, w.set, w.del)
   end
