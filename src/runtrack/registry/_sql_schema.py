@@ -72,6 +72,8 @@ _V3_COLUMNS: Final = (
 )
 #: The columns version 4 added to the runs table.
 _V4_COLUMNS: Final = ("not_before",)
+#: The reflected option that makes an index partial (`upgrade` rebuilds a whole one).
+_WHERE: Final = frozenset({"postgresql_where", "sqlite_where"})
 #: The claim index of version 3, which `upgrade` replaces with `Tables.runs_claimable`.
 _V3_CLAIM_INDEX: Final = "runs_claim"
 #: The QUEUED status as a literal, not a bound parameter: the claim index's predicate
@@ -310,30 +312,19 @@ def upgrade(conn: sa.Connection, tables: Tables) -> None:
         conn.exec_driver_sql(ddl)
     mysql = conn.dialect.name == "mysql"
     claimable = tables.runs_claimable_mysql if mysql else tables.runs_claimable
+    present_indexes = {index["name"]: index for index in inspector.get_indexes(runs.name)}
     partial = (tables.runs_owner, tables.runs_dead, tables.runs_group)
     if not mysql:  # version 5: these are partial; an older schema has them whole
         for index in partial:
-            if _whole(conn, str(index.name)):
+            found = present_indexes.get(str(index.name))
+            if found is not None and not found.get("dialect_options", {}).keys() & _WHERE:
                 conn.exec_driver_sql(f"DROP INDEX {quote(str(index.name))}")
     for index in (*partial, claimable):
         index.create(conn, checkfirst=True)
     old = tables.prefix + _V3_CLAIM_INDEX
-    if any(index["name"] == old for index in inspector.get_indexes(runs.name)):
+    if old in present_indexes:
         on = f" ON {quote(runs.name)}" if mysql else ""
         conn.exec_driver_sql(f"DROP INDEX {quote(old)}{on}")
-
-
-def _whole(conn: sa.Connection, name: str) -> bool:
-    """Whether PostgreSQL or SQLite has an index ``name`` that is not partial."""
-    if conn.dialect.name == "postgresql":
-        query = sa.text(
-            "SELECT indexdef FROM pg_indexes "
-            "WHERE schemaname = current_schema() AND indexname = :name"
-        )
-    else:
-        query = sa.text("SELECT sql FROM sqlite_master WHERE type = 'index' AND name = :name")
-    definition = conn.execute(query, {"name": name}).scalar()
-    return definition is not None and " WHERE " not in str(definition).upper()
 
 
 def _quoted(identifier: str) -> str:
