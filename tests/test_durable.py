@@ -621,14 +621,19 @@ class TestDelay:
             return x
 
         async with manager:
+            # Each record is read straight after its submit: a busy machine may take longer
+            # than the delay between two submits, but not between a submit and one read.
             submitted = datetime.now(UTC)
-            run = await later.submit(1, delay=0.3)
-            many = await later.submit_many([([2], {}), ([3], {})], delay=timedelta(seconds=0.3))
-            listed = {r.run_id: r for r in await registry.list_runs(task="later")}
+            run = await later.submit(1, delay=1.0)
+            listed = {run.run_id: await registry.get_run(run.run_id)}
+            many = await later.submit_many([([2], {}), ([3], {})], delay=timedelta(seconds=1.0))
+            ids = {r.run_id for r in many}
+            stored = await registry.list_runs(task="later")
+            listed |= {r.run_id: r for r in stored if r.run_id in ids}
             done = await all_finished(registry, [run, *many])
 
         assert run.not_before is not None
-        assert run.not_before >= submitted + timedelta(seconds=0.3)
+        assert run.not_before >= submitted + timedelta(seconds=1.0)
         assert all(r.not_before is not None and r.not_before >= run.not_before for r in many)
         assert listed == {r.run_id: r for r in (run, *many)}  # recorded before submit returned
         assert all(r.status is Q and r.owner is None for r in listed.values())
