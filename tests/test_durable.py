@@ -796,6 +796,11 @@ class TestPrefetch:
             # After quick runs, the claim holds what it expects to finish within
             # PREFETCH_HORIZON: here every run waiting, beyond its 2 slots.
             await all_finished(registry, await quick.submit_many([([i], {}) for i in range(20)]))
+            # Idle, it claims half its room at a time: the next claim is on its way while
+            # the runs of the last one execute.
+            room = 2 + manager._claims._prefetch(2)
+            assert room >= 8
+            assert manager._claims._free() == room // 2
             gate.clear()
             second = await gated.submit_many([([i], {}) for i in range(8)])
             await until(lambda: _is(owned(second), 8))

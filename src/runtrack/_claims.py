@@ -9,9 +9,11 @@ The room: with ``max_concurrency``, its free slots plus a prefetch of claimed ru
 wait for a slot, so slots do not idle while the next claim is on its way. The prefetch
 holds what the manager is expected to finish within `PREFETCH_HORIZON` seconds (from the
 mean duration of its recent runs: up to ``max_concurrency`` runs of quick tasks, none of
-slow ones, which another replica should take instead). Unbounded, a batch of claimed runs
-waiting: `BATCH`, doubled up to `MAX_BATCH` while there is a backlog. A bounded manager
-claims again once a quarter of its room is free, or at once when no claimed run waits.
+slow ones, which another replica should take instead). A claim takes at most half of that
+room, so the next claim is on its way while the runs of the last one execute. Unbounded, a
+batch of claimed runs waiting: `BATCH`, doubled up to `MAX_BATCH` while there is a backlog.
+A bounded manager claims again once a quarter of its room is free, or at once when no
+claimed run waits.
 
 It claims again when a local run ends (a slot freed), when `wake` is called (a durable
 run submitted in this process, or a new-work notification pushed by the registry), at the
@@ -192,8 +194,11 @@ class ClaimLoop:
         if manager._max_concurrency is None:
             return self._batch - waiting
         limit = manager._limit
-        room = min(limit + self._prefetch(limit) - len(manager._jobs), MAX_BATCH)
-        if waiting and room < (limit + self._prefetch(limit)) // 4:
+        window = limit + self._prefetch(limit)
+        # At most half the window per claim: the next claim is on its way while the runs
+        # of the last one execute, rather than after all of them ended.
+        room = min(window - len(manager._jobs), MAX_BATCH, max(1, window // 2))
+        if waiting and room < window // 4:
             return 0  # claimed runs still wait for slots: claim more at once, later
         return room
 
