@@ -23,11 +23,9 @@ from runtrack._exceptions import DuplicateRunError
 from runtrack._models import Run
 from runtrack.registry import _redis_prelude as prelude
 from runtrack.registry._redis_client import text as _text
-from runtrack.registry._redis_codec import decode_fields
-from runtrack.registry._redis_codec import encode_run as _encode_run
+from runtrack.registry._redis_codec import decode_fields, encode_run, to_json
 from runtrack.registry._redis_host import RedisHost
 from runtrack.registry._refusals import candidates_of_run
-from runtrack.registry.base import stored_run
 
 if TYPE_CHECKING:
     from redis.commands.core import AsyncScript
@@ -147,7 +145,7 @@ class RedisClaims(RedisHost):
             if run.run_id in seen:
                 raise DuplicateRunError(run.run_id)
             seen.add(run.run_id)
-            encoded.append(json.dumps(_encode_run(stored_run(run)), ensure_ascii=False))
+            encoded.append(to_json(encode_run(run.__dict__)))
         if not encoded:
             return
         add, _, _ = self._claiming()

@@ -45,13 +45,18 @@ _OPTIONAL_FIELDS: Final = (
 )
 
 
-def to_json(value: Any) -> str:
-    """``value`` as compact JSON, non-ASCII characters as they are."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+#: ``value`` as compact JSON, non-ASCII characters as they are.
+to_json: Final[Callable[[Any], str]] = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":")
+).encode
+
+
+def _time(value: Any) -> str:
+    return str(value if is_int(value) else dt_to_us(value))
 
 
 _ENCODERS: Final[dict[str, Callable[[Any], str]]] = {
-    **dict.fromkeys(TIME_FIELDS, lambda v: str(v if is_int(v) else dt_to_us(v))),
+    **dict.fromkeys(TIME_FIELDS, _time),
     **dict.fromkeys(_JSON_FIELDS, to_json),
     **dict.fromkeys(_INT_FIELDS, lambda v: str(int(v))),
     **dict.fromkeys(_FLOAT_FIELDS, lambda v: repr(float(v))),
@@ -69,13 +74,13 @@ def _encode(field: str, value: Any) -> str | None:
 
 
 def encode_run(run: Mapping[str, Any]) -> dict[str, str]:
-    """A run in stored form (see `stored_run`) as its hash fields."""
+    """A run's fields (`Run.__dict__`, or its stored form, see `stored_run`) as its hash."""
     # Spelled out rather than looped over _encode: it runs for every run inserted.
     fields = {
         "run_id": run["run_id"],
         "name": run["name"],
         "status": RunStatus(run["status"]).value,
-        "created_at": str(run["created_at"]),
+        "created_at": _time(run["created_at"]),
         "priority": str(run["priority"]),
         "attempt": str(run["attempt"]),
         "max_attempts": str(run["max_attempts"]),
