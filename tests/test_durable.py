@@ -625,7 +625,9 @@ class TestDelay:
             # than the delay between two submits, but not between a submit and one read.
             submitted = datetime.now(UTC)
             run = await later.submit(1, delay=1.0)
-            listed = {run.run_id: await registry.get_run(run.run_id)}
+            first = await registry.get_run(run.run_id)
+            assert first is not None
+            listed = {run.run_id: first}
             many = await later.submit_many([([2], {}), ([3], {})], delay=timedelta(seconds=1.0))
             ids = {r.run_id for r in many}
             stored = await registry.list_runs(task="later")
