@@ -1,8 +1,8 @@
 """`TaskClaiming` for `SQLRunRegistry`: durable runs claimed with one short transaction.
 
 - PostgreSQL: one ``WITH picked AS MATERIALIZED (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)
-  UPDATE ... FROM picked RETURNING *``: concurrent claimers skip each other's rows instead
-  of waiting.
+  UPDATE ... WHERE run_id = ANY(ARRAY(SELECT run_id FROM picked)) RETURNING *``:
+  concurrent claimers skip each other's rows instead of waiting.
 - MariaDB/MySQL (no ``UPDATE ... RETURNING``): ``SELECT ... FOR UPDATE SKIP LOCKED`` then
   one ``UPDATE`` of the ids read, in the same transaction.
 - SQLite: ``UPDATE ... WHERE run_id IN (SELECT ... LIMIT n) RETURNING *``, in the
@@ -163,9 +163,12 @@ class SQLClaims(SQLHost):
                         .cte("picked")
                         .prefix_with("MATERIALIZED")
                     )
+                    # The claimed rows found by key, as an array: joined to the CTE, they
+                    # were hashed against a scan of the whole table, up to ~100k rows.
+                    ids = sa.func.array(sa.select(chosen.c.run_id).scalar_subquery())
                     claim = (
                         runs.update()
-                        .where(runs.c.run_id == chosen.c.run_id)
+                        .where(runs.c.run_id == sa.any_(ids))
                         .values(claimed)
                         .returning(*runs.c)
                         .cte("claimed")
