@@ -118,16 +118,50 @@ class TestCodeBlocks:
             ]
         else:
             command = [sys.executable, "-c", block.code]
-        result = subprocess.run(
-            command,
-            cwd=tmp_path,
-            env=_env(),
-            capture_output=True,
-            text=True,
-            timeout=BLOCK_TIMEOUT,
-            check=False,
-        )
+        before = _example_keys(block)
+        try:
+            result = subprocess.run(
+                command,
+                cwd=tmp_path,
+                env=_env(),
+                capture_output=True,
+                text=True,
+                timeout=BLOCK_TIMEOUT,
+                check=False,
+            )
+        finally:
+            _remove_example_keys(block, before)
         assert result.returncode == 0, _explain(block, result)
+
+
+#: The key prefix the Redis examples use, and the server they use.
+_EXAMPLE_PREFIX = "docs-example:"
+_EXAMPLE_REDIS = "redis://127.0.0.1:6379/0"
+
+
+def _example_keys(block: Block) -> set[bytes]:
+    """The example keys in Redis before a block that writes some runs (none otherwise).
+
+    An example deletes its runs, but a registry also keeps keys of its own (its schema
+    version): the test removes what the block left.
+    """
+    if _EXAMPLE_PREFIX not in block.code:
+        return set()
+    import redis
+
+    with redis.Redis.from_url(_EXAMPLE_REDIS) as client:
+        return set(client.scan_iter(match=f"{_EXAMPLE_PREFIX}*"))
+
+
+def _remove_example_keys(block: Block, before: set[bytes]) -> None:
+    if _EXAMPLE_PREFIX not in block.code:
+        return
+    import redis
+
+    with redis.Redis.from_url(_EXAMPLE_REDIS) as client:
+        left = set(client.scan_iter(match=f"{_EXAMPLE_PREFIX}*")) - before
+        if left:
+            client.unlink(*left)
 
 
 class TestSite:
