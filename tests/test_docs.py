@@ -8,11 +8,13 @@ so the testing examples exercise runtrack's pytest plugin for real.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,8 +120,7 @@ class TestCodeBlocks:
             ]
         else:
             command = [sys.executable, "-c", block.code]
-        before = _example_keys(block)
-        try:
+        with _example_keys_removed(block):
             result = subprocess.run(
                 command,
                 cwd=tmp_path,
@@ -129,8 +130,6 @@ class TestCodeBlocks:
                 timeout=BLOCK_TIMEOUT,
                 check=False,
             )
-        finally:
-            _remove_example_keys(block, before)
         assert result.returncode == 0, _explain(block, result)
 
 
@@ -139,29 +138,26 @@ _EXAMPLE_PREFIX = "docs-example:"
 _EXAMPLE_REDIS = "redis://127.0.0.1:6379/0"
 
 
-def _example_keys(block: Block) -> set[bytes]:
-    """The example keys in Redis before a block that writes some runs (none otherwise).
+@contextlib.contextmanager
+def _example_keys_removed(block: Block) -> Iterator[None]:
+    """Remove the example keys a block that writes runs to Redis leaves (others: nothing).
 
     An example deletes its runs, but a registry also keeps keys of its own (its schema
-    version): the test removes what the block left.
+    version, its managers).
     """
     if _EXAMPLE_PREFIX not in block.code:
-        return set()
-    import redis
-
-    with redis.Redis.from_url(_EXAMPLE_REDIS) as client:
-        return set(client.scan_iter(match=f"{_EXAMPLE_PREFIX}*"))
-
-
-def _remove_example_keys(block: Block, before: set[bytes]) -> None:
-    if _EXAMPLE_PREFIX not in block.code:
+        yield
         return
     import redis
 
     with redis.Redis.from_url(_EXAMPLE_REDIS) as client:
-        left = set(client.scan_iter(match=f"{_EXAMPLE_PREFIX}*")) - before
-        if left:
-            client.unlink(*left)
+        before = set(client.scan_iter(match=f"{_EXAMPLE_PREFIX}*"))
+        try:
+            yield
+        finally:
+            left = set(client.scan_iter(match=f"{_EXAMPLE_PREFIX}*")) - before
+            if left:
+                client.unlink(*left)
 
 
 class TestSite:
